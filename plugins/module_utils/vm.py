@@ -1,0 +1,155 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vmfleet.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The backend-neutral VM handle: what every module sees of a VM, whether
+libvirt manages it or only a QMP socket reaches it."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import datetime
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
+    DiskNotFound, InvalidArgument,
+)
+
+# Formats whose images can hold internal snapshots.
+SNAPSHOT_FORMATS = ('qcow2',)
+
+
+class ImageSnapshot(object):
+    """One internal snapshot as one image records it."""
+
+    def __init__(self, name, snap_id, vm_state_size, date_sec, vm_clock_sec):
+        self.name = name
+        self.id = snap_id
+        self.vm_state_size = int(vm_state_size or 0)
+        self.date_sec = float(date_sec or 0)
+        self.vm_clock_sec = float(vm_clock_sec or 0)
+
+    @classmethod
+    def from_qemu(cls, s):
+        # query-block and 'qemu-img info' spell the same fields differently.
+        return cls(s['name'], s.get('id'), s.get('vm-state-size'),
+                   s.get('date-sec', 0) + s.get('date-nsec', 0) / 1e9,
+                   s.get('vm-clock-sec', 0) + s.get('vm-clock-nsec', 0) / 1e9)
+
+
+class Disk(object):
+    def __init__(self, name, node_name, file, fmt, virtual_size, read_only, snapshots=None):
+        self.name = name
+        self.node_name = node_name
+        self.file = file
+        self.format = fmt
+        self.virtual_size = virtual_size
+        self.read_only = read_only
+        self.snapshots = snapshots or []
+
+    @property
+    def can_snapshot(self):
+        return self.format in SNAPSHOT_FORMATS and not self.read_only
+
+    def to_dict(self):
+        return dict(name=self.name, node_name=self.node_name, file=self.file, format=self.format,
+                    virtual_size=self.virtual_size, read_only=self.read_only)
+
+
+def _iso(epoch):
+    return datetime.datetime.fromtimestamp(epoch, tz=datetime.timezone.utc).isoformat()
+
+
+def summarize_snapshots(disks):
+    """Group per-image snapshot records by name into one entry per snapshot."""
+    by_name = {}
+    for disk in disks:
+        for s in disk.snapshots:
+            by_name.setdefault(s.name, []).append((disk, s))
+    out = []
+    for name, entries in by_name.items():
+        clocks = set(round(s.vm_clock_sec, 3) for _, s in entries)
+        dates = [s.date_sec for _, s in entries]
+        holders = [d.name for d, s in entries if s.vm_state_size]
+        out.append(dict(
+            name=name,
+            disks=[d.name for d, _ in entries],
+            vmstate_disk=holders[0] if len(holders) == 1 else None,
+            vm_state_size=sum(s.vm_state_size for _, s in entries),
+            date=_iso(min(dates)),
+            vm_clock_sec=entries[0][1].vm_clock_sec,
+            # One moment on every disk, and RAM state in at most one place.
+            consistent=len(clocks) == 1 and max(dates) - min(dates) < 60 and len(holders) <= 1,
+        ))
+    out.sort(key=lambda e: (e['date'], e['name']))
+    return out
+
+
+class VmHandle(object):
+    """Base of the two backends. Subclasses fill in the primitives."""
+
+    backend = None
+
+    def __init__(self, module, name):
+        self.module = module
+        self.name = name
+
+    # -- primitives each backend provides --
+    def state(self):
+        raise NotImplementedError
+
+    def disks(self):
+        raise NotImplementedError
+
+    def qmp(self, command, **args):
+        raise NotImplementedError
+
+    def wait_event(self, timeout):
+        raise NotImplementedError
+
+    def block_jobs(self):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    # -- shared logic --
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def is_running(self):
+        return self.state() in ('running', 'paused')
+
+    def disk(self, name, disks=None):
+        disks = self.disks() if disks is None else disks
+        for d in disks:
+            if name in (d.name, d.node_name):
+                return d
+        raise DiskNotFound(
+            "VM '%s' has no disk '%s'" % (self.name, name),
+            hint="its disks are: %s" % (", ".join(d.name for d in disks) or "none"))
+
+    def snapshots(self, disks=None):
+        return summarize_snapshots(self.disks() if disks is None else disks)
+
+    def describe(self):
+        disks = self.disks()
+        return dict(name=self.name, backend=self.backend, state=self.state(),
+                    disks=[d.to_dict() for d in disks],
+                    snapshots=self.snapshots(disks),
+                    block_jobs=self.block_jobs() if self.is_running() else [])
+
+
+def open_vm(module, params=None):
+    """Open the VM the connection options name: a libvirt domain or a QMP socket."""
+    # Imported here so a host with only one of the two libraries still works.
+    params = params or module.params
+    if params.get('qmp_socket'):
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.qmp_backend import QmpVm
+        return QmpVm.open(module, params['qmp_socket'], params['timeout'])
+    if params.get('domain'):
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.libvirt_backend import LibvirtVm
+        return LibvirtVm.open(module, params['uri'], params['domain'])
+    raise InvalidArgument("one of 'domain' or 'qmp_socket' is required",
+                          hint="name the libvirt domain, or the QMP socket of a QEMU no libvirt manages")

@@ -1,0 +1,217 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vmfleet.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: vm_info
+short_description: Describe QEMU/KVM VMs on a hypervisor and what the host can do
+version_added: 0.1.0
+description:
+  - Lists the VMs of a hypervisor (every libvirt domain on O(uri)), or one VM named by
+    O(domain) or reached through O(qmp_socket), with their disks, internal snapshots and
+    running block jobs.
+  - Reports the host's QEMU and libvirt versions and the capabilities the other modules
+    of this collection rely on, asked of the QEMU binary that runs the VMs.
+  - Changes nothing; snapshots are read from the disk images themselves, so snapshots made
+    outside libvirt's snapshot API are listed too.
+author:
+  - vmfleet.kvm contributors
+extends_documentation_fragment:
+  - vmfleet.kvm.connection
+attributes:
+  check_mode:
+    support: full
+    description: The module never changes anything.
+  diff_mode:
+    support: none
+    description: Nothing to compare.
+options: {}
+'''
+
+EXAMPLES = r'''
+- name: Every libvirt domain on this hypervisor
+  vmfleet.kvm.vm_info:
+  register: fleet
+
+- name: One libvirt domain
+  vmfleet.kvm.vm_info:
+    domain: web01
+  register: web01
+
+- name: A QEMU that no libvirt manages
+  vmfleet.kvm.vm_info:
+    qmp_socket: /run/vms/build01.qmp
+  register: build01
+
+- name: Refuse to go on without parallel save
+  ansible.builtin.assert:
+    that: fleet.host.capabilities.parallel_save
+    fail_msg: this host cannot save VMs over several channels
+'''
+
+RETURN = r'''
+vms:
+  description: The VMs found, one entry each.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: libvirt domain name, or the QEMU C(-name) (else the socket's file name).
+      type: str
+      sample: web01
+    backend:
+      description: C(libvirt) or C(qemu) (raw QEMU through its QMP socket).
+      type: str
+      sample: libvirt
+    state:
+      description: C(running), C(paused), C(shutoff), C(crashed) or another libvirt state name.
+      type: str
+      sample: running
+    disks:
+      description: The VM's disks.
+      type: list
+      elements: dict
+      sample:
+        - name: vda
+          node_name: libvirt-3-format
+          file: /var/lib/libvirt/images/web01.qcow2
+          format: qcow2
+          virtual_size: 21474836480
+          read_only: false
+    snapshots:
+      description: Internal snapshots found in the disk images, one entry per name.
+      type: list
+      elements: dict
+      sample:
+        - name: pre-upgrade
+          disks: [vda, vdb]
+          vmstate_disk: vda
+          vm_state_size: 268435456
+          date: "2026-11-23T10:00:00+00:00"
+          vm_clock_sec: 812.5
+          consistent: true
+    block_jobs:
+      description: Block jobs running on the VM's disks (empty when it is not running).
+      type: list
+      elements: dict
+      sample:
+        - disk: vda
+          type: mirror
+          bytes_total: 2147483648
+          bytes_done: 1073741824
+          ready: false
+host:
+  description: What this hypervisor runs and can do.
+  returned: always
+  type: dict
+  contains:
+    qemu_version:
+      description: Version of the QEMU that runs (or would run) the VMs.
+      type: str
+      sample: 10.0.2
+    libvirt_version:
+      description: Version of libvirt, null when the VM was reached through a QMP socket and libvirt is absent.
+      type: str
+      sample: 11.3.0
+    capabilities:
+      description:
+        - C(mapped_ram) - QEMU can save RAM to a file over parallel channels (mapped-ram).
+        - C(multifd) - QEMU can migrate over several channels.
+        - C(background_snapshot) - QEMU and the kernel (userfaultfd write-protect) allow instant snapshots.
+        - C(userfaultfd_wp) - the kernel offers userfaultfd write-protect.
+        - C(parallel_save) - a save over several channels works through this backend.
+        - C(snapshot_jobs) - QEMU has the snapshot-save job.
+        - C(internal_snapshot_revert) - QEMU can load internal snapshots (snapshot-load).
+        - C(libvirt_snapshot_revert) - libvirt's own snapshot revert is usable (not 11.2-11.3).
+      type: dict
+      sample:
+        mapped_ram: true
+        multifd: true
+        background_snapshot: true
+        userfaultfd_wp: true
+        parallel_save: true
+        snapshot_jobs: true
+        internal_snapshot_revert: true
+        libvirt_snapshot_revert: false
+'''
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.args_common import (
+    CONNECTION_MUTUALLY_EXCLUSIVE, argument_spec,
+)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.capabilities import (
+    host_facts, probe_binary, qmp_facts,
+)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import CapabilityMissing, VmGone
+from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.vm import open_vm
+
+
+def _libvirt():
+    from ansible_collections.vmfleet.kvm.plugins.module_utils import libvirt_backend
+    return libvirt_backend
+
+
+def _default_emulator(module):
+    path = module.get_bin_path('qemu-system-%s' % os.uname().machine) \
+        or module.get_bin_path('qemu-system-x86_64')
+    if not path:
+        raise CapabilityMissing("no qemu-system binary found on this host",
+                                hint="install QEMU (Debian: qemu-system-x86)")
+    return path
+
+
+def _qmp_vm(module):
+    with open_vm(module) as vm:
+        desc = vm.describe()
+        qemu = qmp_facts(vm.qmp)
+    lv = _libvirt()
+    version = lv.version_string(lv.libvirt.getVersion()) if lv.HAS_LIBVIRT else None
+    return [desc], host_facts(qemu, version, lv.libvirt if lv.HAS_LIBVIRT else None)
+
+
+def _libvirt_vms(module):
+    lv = _libvirt()
+    p = module.params
+    conn = lv.connect(p['uri'])
+    try:
+        names = [p['domain']] if p['domain'] else lv.list_domain_names(conn)
+        vms, emulator = [], None
+        for name in names:
+            try:
+                with lv.LibvirtVm.open(module, p['uri'], name, conn=conn) as vm:
+                    vms.append(vm.describe())
+                    emulator = emulator or vm.emulator()
+            except VmGone:
+                if p['domain']:
+                    raise
+                continue  # shut down and undefined while we listed; not ours to report
+        version = lv.version_string(conn.getLibVersion())
+    finally:
+        conn.close()
+    qemu = probe_binary(emulator or _default_emulator(module), timeout=p['timeout'])
+    return vms, host_facts(qemu, version, lv.libvirt)
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(),
+                           mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE,
+                           supports_check_mode=True)
+
+    def work(module):
+        vms, host = _qmp_vm(module) if module.params['qmp_socket'] else _libvirt_vms(module)
+        return dict(changed=False, vms=vms, host=host)
+
+    run_module(module, work)
+
+
+if __name__ == '__main__':
+    main()

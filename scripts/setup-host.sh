@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Installs the hypervisor side: QEMU 10 and libvirt 11.3 from bookworm-backports,
+# plus what the test guest and libvirt-python's build need. Safe to run twice.
+set -euo pipefail
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+derive_backports() {
+    # Copy the machine's own Debian entry and change the suite, so no mirror
+    # host is ever written down by us.
+    local out=/etc/apt/sources.list.d/vmfleet-backports.sources
+    [ -f "$out" ] && return 0
+    local src=/etc/apt/sources.list.d/debian.sources
+    if [ -f "$src" ]; then
+        python3 - "$src" <<'PY' | $SUDO tee "$out" >/dev/null
+import sys
+text = open(sys.argv[1]).read()
+for stanza in text.split("\n\n"):
+    lines = stanza.strip().splitlines()
+    suites = [l for l in lines if l.startswith("Suites:")]
+    if suites and " bookworm" in " " + suites[0].split(":", 1)[1] + " " and "security" not in stanza:
+        print("\n".join("Suites: bookworm-backports" if l.startswith("Suites:") else l
+                        for l in lines if not l.startswith("#")))
+        break
+else:
+    sys.exit("no bookworm entry found in " + sys.argv[1])
+PY
+    elif [ -f /etc/apt/sources.list ]; then
+        grep -E '^deb .* bookworm main' /etc/apt/sources.list | head -n1 \
+            | sed 's/ bookworm main/ bookworm-backports main/' \
+            | $SUDO tee /etc/apt/sources.list.d/vmfleet-backports.list >/dev/null
+    else
+        echo "setup-host: no Debian apt source found to derive bookworm-backports from" >&2
+        exit 1
+    fi
+}
+
+need_install() {
+    command -v qemu-system-x86_64 >/dev/null || return 0
+    command -v libvirtd >/dev/null || return 0
+    command -v virtlogd >/dev/null || return 0
+    [ -f /usr/include/libvirt/libvirt.h ] || return 0
+    command -v cpio >/dev/null || return 0
+    command -v pkg-config >/dev/null || return 0
+    local v
+    v=$(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\).*/\1/p')
+    [ "${v:-0}" -ge 10 ] || return 0
+    return 1
+}
+
+if need_install; then
+    derive_backports
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t bookworm-backports \
+        --no-install-recommends \
+        qemu-system-x86 qemu-utils qemu-block-extra \
+        libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev \
+        libvirt-daemon-system \
+        pkg-config cpio gzip xz-utils >/dev/null
+fi
+
+# No systemd here: start the daemons ourselves if they are not up.
+start_daemons() {
+    $SUDO mkdir -p /var/run/libvirt /var/lib/libvirt/images
+    pgrep -x virtlogd >/dev/null || $SUDO virtlogd -d
+    if ! pgrep -x libvirtd >/dev/null; then
+        $SUDO libvirtd -d
+    fi
+    for _ in $(seq 1 50); do
+        virsh -c qemu:///system version >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    echo "setup-host: libvirtd did not answer on qemu:///system" >&2
+    return 1
+}
+start_daemons
+qemu-system-x86_64 --version | head -n1
+virsh -c qemu:///system version | sed -n '1,4p'
