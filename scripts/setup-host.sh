@@ -43,6 +43,7 @@ need_install() {
     [ -f /usr/include/libvirt/libvirt.h ] || return 0
     command -v cpio >/dev/null || return 0
     command -v pkg-config >/dev/null || return 0
+    command -v shellcheck >/dev/null || return 0
     local v
     v=$(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\).*/\1/p')
     [ "${v:-0}" -ge 10 ] || return 0
@@ -57,7 +58,7 @@ if need_install; then
         qemu-system-x86 qemu-utils qemu-block-extra \
         libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev \
         libvirt-daemon-system \
-        pkg-config cpio gzip xz-utils >/dev/null
+        pkg-config cpio gzip xz-utils shellcheck >/dev/null
 fi
 
 # No systemd here: start the daemons ourselves if they are not up.

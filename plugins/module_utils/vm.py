@@ -66,16 +66,17 @@ def summarize_snapshots(disks):
             by_name.setdefault(s.name, []).append((disk, s))
     out = []
     for name, entries in by_name.items():
-        clocks = set(round(s.vm_clock_sec, 3) for _, s in entries)
-        dates = [s.date_sec for _, s in entries]
+        snaps = [s for d, s in entries]
+        clocks = set(round(s.vm_clock_sec, 3) for s in snaps)
+        dates = [s.date_sec for s in snaps]
         holders = [d.name for d, s in entries if s.vm_state_size]
         out.append(dict(
             name=name,
-            disks=[d.name for d, _ in entries],
+            disks=[d.name for d, s in entries],
             vmstate_disk=holders[0] if len(holders) == 1 else None,
-            vm_state_size=sum(s.vm_state_size for _, s in entries),
+            vm_state_size=sum(s.vm_state_size for s in snaps),
             date=_iso(min(dates)),
-            vm_clock_sec=entries[0][1].vm_clock_sec,
+            vm_clock_sec=snaps[0].vm_clock_sec,
             # One moment on every disk, and RAM state in at most one place.
             consistent=len(clocks) == 1 and max(dates) - min(dates) < 60 and len(holders) <= 1,
         ))

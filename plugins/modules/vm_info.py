@@ -19,7 +19,7 @@ description:
   - Changes nothing; snapshots are read from the disk images themselves, so snapshots made
     outside libvirt's snapshot API are listed too.
 author:
-  - vmfleet.kvm contributors
+  - vmfleet.kvm contributors (@vmfleet)
 extends_documentation_fragment:
   - vmfleet.kvm.connection
 attributes:

@@ -1,0 +1,58 @@
+# The two commands of the README: `make demo` and `make test`. Each installs
+# what it needs and is safe to run twice.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+COLL := .collections/ansible_collections/vmfleet/kvm
+STAMP := build/stamps
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
+export ANSIBLE_PYTHON_INTERPRETER := $(CURDIR)/$(VENV)/bin/python
+
+.PHONY: demo test setup host venv guest collection unit system sanity lint bench clean
+
+setup: host venv guest collection
+
+host:
+	bash scripts/setup-host.sh
+
+# libvirt-python compiles against libvirt-dev, which `host` installs.
+venv: $(STAMP)/venv
+$(STAMP)/venv: requirements.txt requirements-dev.txt | host
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	mkdir -p $(STAMP) && touch $@
+
+guest: | host
+	bash scripts/build-guest.sh
+
+collection:
+	bash scripts/link-collection.sh
+
+unit: venv collection
+	$(PY) -m pytest tests/unit
+
+system: setup
+	$(PY) -m pytest tests/system
+
+sanity: venv collection
+	bash scripts/sanity.sh
+
+lint: venv collection
+	cd $(COLL) && ansible-lint --profile production
+
+test: setup
+	$(PY) -m pytest tests/unit tests/system
+	bash scripts/sanity.sh
+	cd $(COLL) && ansible-lint --profile production
+
+demo: setup
+	$(PY) scripts/demo.py
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	-virsh -c qemu:///system list --all --name | grep '^vmfleet-' | xargs -r -n1 virsh -c qemu:///system destroy
+	rm -rf build .collections tests/output

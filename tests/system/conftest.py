@@ -1,0 +1,116 @@
+"""Real VMs for the system tests. Shared VMs serve the tests that do not
+change them; a test that changes a VM boots its own. Every VM is torn down."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rig.accel import detect_accel  # noqa: E402
+from rig.libvirt_vm import LibvirtVM  # noqa: E402
+from rig.qemu_vm import QemuVM  # noqa: E402
+
+URI = 'qemu:///system'
+PREFIX = 'vmfleet-test-'
+
+
+def _sweep_leftovers():
+    """Domains an earlier, killed run may have left behind."""
+    out = subprocess.run(['virsh', '-c', URI, 'list', '--all', '--name'], capture_output=True, text=True, check=False).stdout
+    for name in out.split():
+        if name.startswith(PREFIX):
+            subprocess.run(['virsh', '-c', URI, 'destroy', name], capture_output=True, check=False)
+            subprocess.run(['virsh', '-c', URI, 'undefine', name, '--snapshots-metadata', '--nvram'],
+                           capture_output=True, check=False)
+
+
+@pytest.fixture(scope='session')
+def accel():
+    return detect_accel()
+
+
+@pytest.fixture(scope='session')
+def workroot():
+    _sweep_leftovers()
+    # libvirt's QEMU runs as another user: the tree must be traversable.
+    root = tempfile.mkdtemp(prefix='vmfleet-tests-', dir='/var/tmp')
+    os.chmod(root, 0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _workdir(root, name):
+    d = os.path.join(root, name)
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    return d
+
+
+class VmFactory:
+    """Boots VMs on demand and tears all of them down at the end."""
+
+    def __init__(self, root, accel):
+        self.root = root
+        self.accel = accel
+        self.vms = []
+        self.n = 0
+
+    def _boot(self, vm):
+        self.vms.append(vm)
+        vm.start()
+        vm.wait_booted(120)
+        return vm
+
+    def qemu(self, **kw):
+        self.n += 1
+        name = kw.pop('name', '%sraw%d' % (PREFIX, self.n))
+        return self._boot(QemuVM(_workdir(self.root, name), name=name, accel=self.accel, **kw))
+
+    def libvirt(self, **kw):
+        self.n += 1
+        name = kw.pop('name', '%slv%d' % (PREFIX, self.n))
+        return self._boot(LibvirtVM(_workdir(self.root, name), name=name, accel=self.accel, uri=URI, **kw))
+
+    def close(self):
+        for vm in reversed(self.vms):
+            try:
+                vm.stop()
+            except Exception as e:  # keep tearing the others down
+                print('teardown of %s failed: %s' % (getattr(vm, 'name', vm), e))
+        self.vms = []
+
+
+@pytest.fixture(scope='session')
+def session_vms(workroot, accel):
+    f = VmFactory(os.path.join(workroot, 'shared'), accel)
+    os.makedirs(f.root, exist_ok=True)
+    os.chmod(f.root, 0o755)
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def vms(workroot, accel, request):
+    """VMs a single test may change; gone when the test ends."""
+    f = VmFactory(os.path.join(workroot, request.node.name[:40]), accel)
+    os.makedirs(f.root, exist_ok=True)
+    os.chmod(f.root, 0o755)
+    yield f
+    f.close()
+
+
+@pytest.fixture(scope='session')
+def shared_qemu(session_vms):
+    """A raw QEMU VM that no test changes."""
+    return session_vms.qemu(name=PREFIX + 'shared-raw')
+
+
+@pytest.fixture(scope='session')
+def shared_libvirt(session_vms):
+    """A libvirt domain that no test changes."""
+    return session_vms.libvirt(name=PREFIX + 'shared-lv')
