@@ -183,3 +183,32 @@ class LibvirtVm(VmHandle):
     def emulator(self):
         el = self.xml().find('./devices/emulator')
         return el.text if el is not None else None
+
+    # -- libvirt's own snapshot API, used where it can do the job --
+    def libvirt_snapshot_names(self):
+        return set(self._call('listing snapshots', self.dom.snapshotListNames, 0))
+
+    def libvirt_snapshot_create(self, name, disk_names):
+        root = ET.Element('domainsnapshot')
+        ET.SubElement(root, 'name').text = name
+        ET.SubElement(root, 'memory', snapshot='internal')
+        el = ET.SubElement(root, 'disks')
+        for d in disk_names:
+            ET.SubElement(el, 'disk', name=d, snapshot='internal')
+        self._call("creating snapshot '%s'" % name, self.dom.snapshotCreateXML,
+                   ET.tostring(root, encoding='unicode'), 0)
+
+    def libvirt_snapshot_delete(self, name, metadata_only=False):
+        snap = self._call("looking up snapshot '%s'" % name, self.dom.snapshotLookupByName, name, 0)
+        flags = libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY if metadata_only else 0
+        self._call("deleting snapshot '%s'" % name, snap.delete, flags)
+
+    def libvirt_snapshot_revert(self, name):
+        snap = self._call("looking up snapshot '%s'" % name, self.dom.snapshotLookupByName, name, 0)
+        self._call("reverting to snapshot '%s'" % name, self.dom.revertToSnapshot, snap, 0)
+
+    def libvirt_can_revert(self):
+        # libvirt 11.2 and 11.3 cannot revert internal snapshots in some
+        # configurations (fixed in 11.4): there we revert through QEMU's job.
+        v = self.conn.getLibVersion()
+        return not (11002000 <= v < 11004000)

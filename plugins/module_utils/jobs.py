@@ -1,0 +1,73 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vmfleet.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""QEMU's job framework: start a job, wait for it on events and polls within
+the deadline, read its error, dismiss it."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import uuid
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
+    JobFailed, OperationTimeout, QmpCommandError,
+)
+
+POLL_S = 0.25
+
+
+def _find(vm, job_id):
+    for job in vm.qmp('query-jobs'):
+        if job['id'] == job_id:
+            return job
+    return None
+
+
+def start_job(vm, command, args):
+    job_id = 'vmfleet-%s-%s' % (command, uuid.uuid4().hex[:8])
+    args = dict(args)
+    args['job-id'] = job_id
+    vm.qmp(command, **args)
+    return job_id
+
+
+def wait_job(vm, job_id, deadline, what):
+    """Wait until ``job_id`` concludes. Returns the QMP events seen meanwhile
+    (STOP/RESUME tell how long the guest was paused)."""
+    events = []
+    while True:
+        job = _find(vm, job_id)
+        if job is None:
+            raise JobFailed("%s: QEMU job %s vanished before it concluded" % (what, job_id))
+        if job['status'] == 'concluded':
+            try:
+                vm.qmp('job-dismiss', id=job_id)
+            except QmpCommandError:
+                pass  # auto-dismissed
+            if job.get('error'):
+                raise JobFailed("%s failed: %s" % (what, job['error']), job_id=job_id)
+            return events
+        if deadline.expired():
+            raise OperationTimeout(
+                "%s did not finish within %.0fs; QEMU job %s is still %s"
+                % (what, deadline.timeout, job_id, job['status']),
+                job_id=job_id, job_status=job['status'])
+        ev = vm.wait_event(min(POLL_S, deadline.remaining(0.01)))
+        if ev:
+            events.append(ev)
+
+
+def run_job(vm, command, args, deadline, what):
+    return wait_job(vm, start_job(vm, command, args), deadline, what)
+
+
+def paused_ms(events):
+    """Guest pause from the STOP and RESUME events' own timestamps."""
+    def ts(ev):
+        t = ev.get('timestamp', {})
+        return t.get('seconds', 0) + t.get('microseconds', 0) / 1e6
+    stop = next((ts(e) for e in events if e.get('event') == 'STOP'), None)
+    resume = next((ts(e) for e in events if e.get('event') == 'RESUME'), None)
+    if stop is None or resume is None:
+        return None
+    return round((resume - stop) * 1000.0, 1)

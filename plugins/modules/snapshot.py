@@ -1,0 +1,211 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vmfleet.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: snapshot
+short_description: Create, delete or revert internal snapshots of a QEMU/KVM VM
+version_added: 0.1.0
+description:
+  - Manages internal (qcow2) snapshots of a VM reached through libvirt (O(domain)) or a raw
+    QEMU QMP socket (O(qmp_socket)).
+  - On a running VM the snapshot covers the chosen O(disks) and, with O(memory), the guest's
+    RAM and device state, written to O(vmstate_disk). Disks left out (such as a raw OVMF
+    varstore) are neither snapshotted nor reverted.
+  - A running VM is snapshotted with QEMU's C(snapshot-save) job (through libvirt's QMP
+    passthrough for a libvirt domain, which libvirt marks as tainted), or with libvirt's own
+    snapshot API when the snapshot covers every writable disk of the domain with RAM state
+    on the first one, so that libvirt's snapshot list stays truthful. A shut-off libvirt
+    domain is handled with C(qemu-img snapshot) on its images. The result's RV(route) says
+    which ran.
+  - The guest is paused while its RAM is written; RV(paused_ms) reports for how long.
+author:
+  - vmfleet.kvm contributors (@vmfleet)
+extends_documentation_fragment:
+  - vmfleet.kvm.connection
+attributes:
+  check_mode:
+    support: full
+    description: Predicts what would be created, deleted or reverted; touches nothing.
+  diff_mode:
+    support: full
+    description: Shows the disks holding the snapshot before and after.
+options:
+  name:
+    description:
+      - Name (tag) of the snapshot.
+      - Up to 128 printable characters; not all digits (qcow2 would confuse it with an ID).
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) creates the snapshot unless it exists on every selected disk.
+      - V(absent) deletes it from every disk that holds it.
+      - V(reverted) loads it (disks and RAM); the VM runs on from the snapshot's moment,
+        or stays paused if it was paused. Always reports a change.
+    type: str
+    choices: [present, absent, reverted]
+    default: present
+  disks:
+    description:
+      - Disks to snapshot, by name (libvirt target such as V(vda), or the QEMU device id / node name).
+      - Default is every writable disk whose format can hold internal snapshots (qcow2).
+      - Naming a raw or read-only disk fails before anything is touched.
+    type: list
+    elements: str
+  vmstate_disk:
+    description:
+      - Disk that stores the RAM state. Must be one of O(disks).
+      - Default is the first of O(disks); never a raw disk.
+    type: str
+  memory:
+    description:
+      - Save the RAM and device state with the disks (V(true)), or take a crash-consistent
+        disk-only snapshot of all O(disks) at one instant (V(false)).
+      - A disk-only snapshot of a running VM can only be reverted while the VM is shut off.
+    type: bool
+    default: true
+  overwrite:
+    description:
+      - Replace a snapshot of that name (deleted first, then created anew).
+      - Without it an existing snapshot is left alone and the task reports no change.
+    type: bool
+    default: false
+'''
+
+EXAMPLES = r'''
+- name: Snapshot a VM before an upgrade, leaving its raw OVMF varstore out
+  vmfleet.kvm.snapshot:
+    domain: web01
+    name: pre-upgrade
+    disks: [vda, vdb]
+    vmstate_disk: vda
+
+- name: Roll back
+  vmfleet.kvm.snapshot:
+    domain: web01
+    name: pre-upgrade
+    state: reverted
+
+- name: Drop it after a good upgrade
+  vmfleet.kvm.snapshot:
+    domain: web01
+    name: pre-upgrade
+    state: absent
+
+- name: A VM no libvirt manages
+  vmfleet.kvm.snapshot:
+    qmp_socket: /run/vms/build01.qmp
+    name: nightly
+    timeout: 600
+'''
+
+RETURN = r'''
+snapshot:
+  description: The snapshot as the disk images record it (for V(absent), as it was).
+  returned: when a snapshot exists or would exist
+  type: dict
+  sample:
+    name: pre-upgrade
+    disks: [vda, vdb]
+    vmstate_disk: vda
+    vm_state_size: 268435456
+    date: "2026-11-23T10:00:00+00:00"
+    vm_clock_sec: 812.5
+    consistent: true
+route:
+  description: V(qmp) (QEMU snapshot jobs), V(libvirt) (libvirt's snapshot API) or V(qemu-img) (VM shut off); null when nothing ran.
+  returned: always
+  type: str
+  sample: qmp
+actions:
+  description: What was (or in check mode would be) done, in order.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - action: create
+      disks: [vda, vdb]
+      vmstate_disk: vda
+paused_ms:
+  description:
+    - How long the guest was paused, in milliseconds, from QEMU's STOP and RESUME events.
+    - Through libvirt no events are seen, so this is the length of the operation, an upper bound.
+  returned: when O(state) is V(present) or V(reverted)
+  type: float
+  sample: 812.4
+duration_s:
+  description: Wall time of the whole operation in seconds.
+  returned: always
+  type: float
+  sample: 1.25
+state:
+  description: The VM's state after a revert.
+  returned: when O(state=reverted) and not in check mode
+  type: str
+  sample: running
+'''
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.args_common import (
+    CONNECTION_MUTUALLY_EXCLUSIVE, argument_spec,
+)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.internal_snapshots import Snapshots
+from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.vm import open_vm
+
+
+def _diff(state, name, before, result):
+    held = sorted(before['disks']) if before else []
+    if state == 'present':
+        after = sorted(result['snapshot']['disks']) if result.get('snapshot') else held
+    elif state == 'absent':
+        after = []
+    else:
+        return dict(before='VM at its current state\n', after="VM at snapshot '%s'\n" % name)
+    return dict(before=dict(snapshot=name, disks=held), after=dict(snapshot=name, disks=after))
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(
+            name=dict(type='str', required=True),
+            state=dict(type='str', choices=['present', 'absent', 'reverted'], default='present'),
+            disks=dict(type='list', elements='str'),
+            vmstate_disk=dict(type='str'),
+            memory=dict(type='bool', default=True),
+            overwrite=dict(type='bool', default=False),
+        ),
+        mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE,
+        required_one_of=[('domain', 'qmp_socket')],
+        supports_check_mode=True,
+    )
+
+    def work(module):
+        p = module.params
+        t0 = time.monotonic()
+        with open_vm(module) as vm:
+            ops = Snapshots(vm, p['timeout'], check_mode=module.check_mode)
+            if p['state'] == 'present':
+                result, before = ops.present(p['name'], p['disks'], p['vmstate_disk'], p['memory'], p['overwrite'])
+            elif p['state'] == 'absent':
+                result, before = ops.absent(p['name'])
+            else:
+                result, before = ops.reverted(p['name'])
+        result['duration_s'] = round(time.monotonic() - t0, 3)
+        if module._diff and result['changed']:
+            result['diff'] = _diff(p['state'], p['name'], before, result)
+        return result
+
+    run_module(module, work)
+
+
+if __name__ == '__main__':
+    main()

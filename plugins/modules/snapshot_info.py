@@ -1,0 +1,160 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vmfleet.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: snapshot_info
+short_description: List the internal snapshots of QEMU/KVM VMs
+version_added: 0.1.0
+description:
+  - Lists the internal snapshots of one VM (O(domain) or O(qmp_socket)) or of every libvirt
+    domain on O(uri), read from the disk images themselves, so snapshots made through QEMU's
+    snapshot jobs (which libvirt's snapshot list does not show) are listed too.
+  - Says for each snapshot which disks hold it, where its RAM state is, and whether it is
+    one consistent moment across its disks.
+author:
+  - vmfleet.kvm contributors (@vmfleet)
+extends_documentation_fragment:
+  - vmfleet.kvm.connection
+attributes:
+  check_mode:
+    support: full
+    description: The module never changes anything.
+  diff_mode:
+    support: none
+    description: Nothing to compare.
+options:
+  name:
+    description: Only the snapshot of this exact name.
+    type: str
+  name_prefix:
+    description: Only snapshots whose name starts with this (retention of a role's own snapshots).
+    type: str
+'''
+
+EXAMPLES = r'''
+- name: Snapshots a role made on every VM of the host, oldest first
+  vmfleet.kvm.snapshot_info:
+    name_prefix: vmfleet-pre-upgrade-
+  register: ours
+
+- name: Is the pre-upgrade snapshot of web01 whole?
+  vmfleet.kvm.snapshot_info:
+    domain: web01
+    name: pre-upgrade
+  register: snap
+  failed_when: snap.snapshots | length != 1 or not snap.snapshots[0].consistent
+'''
+
+RETURN = r'''
+snapshots:
+  description: One entry per snapshot per VM, oldest first within a VM.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    vm:
+      description: The VM's name.
+      type: str
+      sample: web01
+    backend:
+      description: C(libvirt) or C(qemu).
+      type: str
+      sample: libvirt
+    name:
+      description: Snapshot name.
+      type: str
+      sample: pre-upgrade
+    mode:
+      description: C(internal) (qcow2 internal snapshot).
+      type: str
+      sample: internal
+    disks:
+      description: Disks whose images hold the snapshot.
+      type: list
+      elements: str
+      sample: [vda, vdb]
+    vmstate_disk:
+      description: Disk holding the RAM state; null for a disk-only snapshot.
+      type: str
+      sample: vda
+    vm_state_size:
+      description: Bytes of RAM state saved.
+      type: int
+      sample: 268435456
+    date:
+      description: When it was taken (ISO 8601, UTC).
+      type: str
+      sample: "2026-11-23T10:00:00+00:00"
+    vm_clock_sec:
+      description: The guest's clock (seconds it had run) at the snapshot.
+      type: float
+      sample: 812.5
+    consistent:
+      description: The same moment on every disk that holds it, with RAM state in at most one.
+      type: bool
+      sample: true
+    in_libvirt:
+      description: libvirt's snapshot metadata knows it (made through libvirt's API).
+      type: bool
+      sample: false
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.args_common import (
+    CONNECTION_MUTUALLY_EXCLUSIVE, argument_spec,
+)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmGone
+from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.vm import open_vm
+
+
+def _entries(vm, p):
+    known = vm.libvirt_snapshot_names() if vm.backend == 'libvirt' else set()
+    out = []
+    for s in vm.snapshots():
+        if p['name'] is not None and s['name'] != p['name']:
+            continue
+        if p['name_prefix'] and not s['name'].startswith(p['name_prefix']):
+            continue
+        s = dict(s, vm=vm.name, backend=vm.backend, mode='internal', in_libvirt=s['name'] in known)
+        out.append(s)
+    return out
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(name=dict(type='str'), name_prefix=dict(type='str')),
+        mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE + [('name', 'name_prefix')],
+        supports_check_mode=True,
+    )
+
+    def work(module):
+        p = module.params
+        if p['domain'] or p['qmp_socket']:
+            with open_vm(module) as vm:
+                return dict(changed=False, snapshots=_entries(vm, p))
+        from ansible_collections.vmfleet.kvm.plugins.module_utils import libvirt_backend as lv
+        conn = lv.connect(p['uri'])
+        snaps = []
+        try:
+            for name in lv.list_domain_names(conn):
+                try:
+                    with lv.LibvirtVm.open(module, p['uri'], name, conn=conn) as vm:
+                        snaps.extend(_entries(vm, p))
+                except VmGone:
+                    continue
+        finally:
+            conn.close()
+        return dict(changed=False, snapshots=snaps)
+
+    run_module(module, work)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,202 @@
+"""vmfleet.kvm.snapshot and snapshot_info through ansible-playbook, on a raw
+QEMU VM and a libvirt domain, each with a raw varstore-like disk."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from ansible_run import REPO, ansible_env, run_one, run_tasks
+from targets import Target
+
+
+@pytest.fixture(scope='module', params=['qemu', 'libvirt'])
+def target(request, session_vms):
+    """One VM per backend for this module's tests; each test cleans up its snapshots."""
+    boot = session_vms.qemu if request.param == 'qemu' else session_vms.libvirt
+    # some random RAM makes the RAM state a real amount of work to save and load
+    return Target(boot(name='vmfleet-test-snap-%s' % request.param, cmdline_extra='vmfleet.fill=32'), request.param)
+
+
+def _snapshots(t, name=None):
+    r = run_one(t.task('snapshot_info', **({'name': name} if name else {})))
+    assert not r.get('failed'), r
+    return r['snapshots']
+
+
+def _ok(r):
+    assert not r.get('failed'), r.get('msg', r)
+    return r
+
+
+def _failed(r, *words):
+    assert r.get('failed') is True, r
+    assert 'exception' not in r, r['exception']
+    for w in words:
+        assert w in r['msg'], (w, r['msg'])
+
+
+def test_revert_goes_back_in_time_with_raw_disk_left_out(target):
+    t = target
+    disks = [t.disk('root'), t.disk('data')]
+    t.wait_counter(3)
+    before = t.counter()
+    r = _ok(run_one(t.task('snapshot', name='s-revert', disks=disks, vmstate_disk=t.disk('root'))))
+    after = t.counter()
+    assert r['changed'] is True
+    assert sorted(r['snapshot']['disks']) == sorted(disks)
+    assert r['snapshot']['vmstate_disk'] == t.disk('root')
+    assert r['snapshot']['vm_state_size'] > 0
+    assert r['paused_ms'] > 0
+    try:
+        # the guest runs on past the snapshot and writes its disks
+        ran_to = t.wait_counter(after + 3)
+        disk_before_revert = t.disk_counter('root')
+        assert disk_before_revert >= after + 1
+        offset = t.serial_size()
+        r = _ok(run_one(t.task('snapshot', name='s-revert', state='reverted')))
+        assert r['changed'] is True and r['state'] == 'running'
+        t.wait_counter(0)  # log keeps growing
+        deadline = time.time() + 30
+        while len(t.counters_after(offset)) < 3 and time.time() < deadline:
+            time.sleep(0.3)
+        resumed = t.counters_after(offset)
+        assert len(resumed) >= 3, resumed
+        # back at the snapshot's moment: the counter stood between `before` and `after`
+        assert before <= resumed[0] - 1 <= after + 1, (before, after, resumed)
+        assert resumed[0] < ran_to
+        # ... and rises again from there
+        assert resumed == list(range(resumed[0], resumed[0] + len(resumed)))
+        # the disks went back too: sector 0 holds a count from the snapshot's time or just after
+        assert t.disk_counter('root') <= resumed[-1] + 1
+        assert t.disk_counter('root') < disk_before_revert + len(resumed)
+        snaps = _snapshots(t, 's-revert')
+        assert snaps[0]['consistent'] is True
+        assert t.disk('varstore') not in snaps[0]['disks']
+    finally:
+        run_one(t.task('snapshot', name='s-revert', state='absent'))
+
+
+def test_raw_disk_is_refused_before_anything_changes(target):
+    t = target
+    r = run_one(t.task('snapshot', name='s-raw', disks=[t.disk('root'), t.disk('varstore')]))
+    _failed(r, t.disk('varstore'), 'raw', 'leave it out')
+    assert _snapshots(t, 's-raw') == []
+
+
+def test_present_absent_idempotent_with_check_and_overwrite(target):
+    t = target
+    name = 's-idem'
+    try:
+        results, _ = run_tasks([t.task('snapshot', name=name)], check=True, diff=True)
+        assert results[0]['changed'] is True and 'diff' in results[0]
+        assert _snapshots(t, name) == [], 'check mode created a snapshot'
+
+        first = _ok(run_one(t.task('snapshot', name=name)))
+        assert first['changed'] is True
+        # default disks: every writable qcow2 disk, never the raw one
+        assert sorted(first['snapshot']['disks']) == sorted([t.disk('root'), t.disk('data')])
+        again = _ok(run_one(t.task('snapshot', name=name)))
+        assert again['changed'] is False
+        assert again['snapshot']['date'] == first['snapshot']['date']
+
+        time.sleep(1.1)
+        replaced = _ok(run_one(t.task('snapshot', name=name, overwrite=True)))
+        assert replaced['changed'] is True
+        assert replaced['snapshot']['date'] > first['snapshot']['date']
+        assert len(_snapshots(t, name)) == 1
+
+        results, _ = run_tasks([t.task('snapshot', name=name, state='absent')], check=True)
+        assert results[0]['changed'] is True
+        assert len(_snapshots(t, name)) == 1, 'check mode deleted the snapshot'
+        gone = _ok(run_one(t.task('snapshot', name=name, state='absent')))
+        assert gone['changed'] is True
+        assert _snapshots(t, name) == []
+        assert _ok(run_one(t.task('snapshot', name=name, state='absent')))['changed'] is False
+    finally:
+        run_one(t.task('snapshot', name=name, state='absent'))
+
+
+def test_inconsistent_name_is_reported_and_left_alone(target):
+    t = target
+    try:
+        _ok(run_one(t.task('snapshot', name='s-part', disks=[t.disk('root')])))
+        r = run_one(t.task('snapshot', name='s-part', disks=[t.disk('root'), t.disk('data')]))
+        _failed(r, 's-part', t.disk('data'), 'nothing was changed')
+        [snap] = _snapshots(t, 's-part')
+        assert snap['disks'] == [t.disk('root')]
+    finally:
+        run_one(t.task('snapshot', name='s-part', state='absent'))
+
+
+def test_bad_input_fails_clearly_and_changes_nothing(target):
+    t = target
+    results, proc = run_tasks([
+        t.task('snapshot', name='s-bad', disks=['nosuchdisk']),
+        t.task('snapshot', name='s-bad', disks=[t.disk('data')], vmstate_disk=t.disk('root')),
+        t.task('snapshot', name=''),
+        t.task('snapshot', name='42'),
+        t.task('snapshot', name='nosuchsnap', state='reverted'),
+        t.task('snapshot', name='s-disk-only', memory=False),
+        t.task('snapshot', name='s-disk-only', state='reverted'),
+    ])
+    _failed(results[0], 'nosuchdisk', t.disk('root'))
+    _failed(results[1], 'vmstate_disk', t.disk('root'), 'not one of the disks')
+    _failed(results[2], 'empty')
+    _failed(results[3], '42', 'digits')
+    _failed(results[4], 'nosuchsnap', 'no snapshot')
+    _ok(results[5])
+    assert results[5]['snapshot']['vmstate_disk'] is None
+    _failed(results[6], 'disk-only', 'shut the VM down')
+    assert 'Traceback' not in proc.stdout + proc.stderr
+    run_one(t.task('snapshot', name='s-disk-only', state='absent'))
+    assert [s['name'] for s in _snapshots(t)] == []
+
+    r = run_one({'vmfleet.kvm.snapshot': {'domain': 'no-such-vm-xyz', 'name': 'x'}})
+    _failed(r, 'no-such-vm-xyz')
+
+
+def test_timeout_undoes_the_snapshot(target):
+    t = target
+    r = run_one(t.task('snapshot', name='s-slow', timeout=0.01))
+    _failed(r, 's-slow', 'did not finish', 'nothing changed')
+    assert _snapshots(t, 's-slow') == []
+    t.wait_counter(t.counter() + 1)  # the guest still runs
+
+
+def _root_image_growth(path, grow_by, timeout):
+    size0 = os.path.getsize(path)
+    end = time.time() + timeout
+    while time.time() < end:
+        if os.path.getsize(path) > size0 + grow_by:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.parametrize('backend', ['qemu', 'libvirt'])
+def test_vm_killed_mid_snapshot_fails_clearly(vms, backend, tmp_path):
+    vm = (vms.qemu if backend == 'qemu' else vms.libvirt)(cmdline_extra='vmfleet.fill=128')
+    t = Target(vm, backend)
+    task = t.task('snapshot', name='s-killed')
+    play = str(tmp_path / 'kill.yml')
+    with open(play, 'w') as f:
+        yaml.safe_dump([{'hosts': 'localhost', 'connection': 'local', 'gather_facts': False,
+                         'tasks': [task]}], f)
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'),
+                             '-i', 'localhost,', play], env=ansible_env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the RAM state lands in the root image: kill the VM once it starts growing
+    assert _root_image_growth(vm.disk_path('root'), 4 << 20, 60), 'snapshot never started'
+    if backend == 'qemu':
+        os.kill(vm.pid, signal.SIGKILL)
+    else:
+        subprocess.run(['virsh', '-c', 'qemu:///system', 'destroy', vm.name], check=True, capture_output=True)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert 'went away' in out or 'not running' in out or 'disappeared' in out, out[-3000:]
+    assert 'Traceback' not in out
