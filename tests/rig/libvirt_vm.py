@@ -1,0 +1,123 @@
+"""The same test guest as a libvirt domain, driven with virsh (no libvirt-python)."""
+
+import os
+import shutil
+import subprocess
+from xml.sax.saxutils import escape, quoteattr
+
+from . import guest
+from .accel import detect_accel
+from .qemu_vm import CMDLINE, DEFAULT_DISKS, create_disks
+
+# undefine flags that make it succeed whatever metadata a test left on the domain
+_UNDEFINE_FLAGS = ['--managed-save', '--snapshots-metadata', '--checkpoints-metadata', '--nvram']
+
+
+class LibvirtVM:
+    def __init__(self, workdir, name, memory_mib=256, disks=None, cmdline_extra='', accel=None,
+                 uri='qemu:///system'):
+        self.workdir = os.path.abspath(workdir)
+        self._name = name
+        self.memory_mib = memory_mib
+        self.cmdline_extra = cmdline_extra
+        self.accel = accel
+        self.uri = uri
+        # libvirt's QEMU runs as libvirt-qemu: it must reach the workdir
+        os.makedirs(self.workdir, exist_ok=True)
+        os.chmod(self.workdir, 0o755)
+        self.disks = create_disks(self.workdir, disks or DEFAULT_DISKS)
+        self._serial_start = 0
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def serial_log(self):
+        return os.path.join(self.workdir, self._name + '.serial.log')
+
+    def disk_path(self, name):
+        return self.disks[name][0]
+
+    def virsh(self, *args, check=True):
+        return subprocess.run(['virsh', '-c', self.uri] + list(args), capture_output=True, text=True,
+                              check=check)
+
+    def xml(self):
+        accel = self.accel or detect_accel()
+        # private copies: libvirt relabels what it boots, keep its hands off build/guest
+        kernel = os.path.join(self.workdir, 'vmlinuz')
+        initrd = os.path.join(self.workdir, 'initrd.img')
+        cmdline = (CMDLINE + ' ' + self.cmdline_extra).strip()
+        disks = ''.join(
+            "<disk type='file' device='disk'><driver name='qemu' type=%s/>"
+            "<source file=%s/><target dev='vd%s' bus='virtio'/></disk>\n"
+            % (quoteattr(fmt), quoteattr(path), chr(ord('a') + i))
+            for i, (path, fmt) in enumerate(self.disks.values()))
+        log = quoteattr(self.serial_log)
+        return """<domain type='%(type)s'>
+  <name>%(name)s</name>
+  <memory unit='MiB'>%(mem)d</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>%(kernel)s</kernel>
+    <initrd>%(initrd)s</initrd>
+    <cmdline>%(cmdline)s</cmdline>
+  </os>
+  %(cpu)s
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    %(disks)s
+    <serial type='file'><source path=%(log)s append='on'/><target port='0'/></serial>
+    <console type='file'><source path=%(log)s append='on'/><target type='serial' port='0'/></console>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+""" % dict(type='kvm' if accel == 'kvm' else 'qemu', name=escape(self._name), mem=self.memory_mib,
+           kernel=escape(kernel), initrd=escape(initrd), cmdline=escape(cmdline),
+           cpu="<cpu mode='host-passthrough'/>" if accel == 'kvm' else '', disks=disks, log=log)
+
+    def defined(self):
+        return self.virsh('dominfo', self._name, check=False).returncode == 0
+
+    def start(self):
+        guest.build_guest()
+        for f in ('vmlinuz', 'initrd.img'):
+            shutil.copyfile(os.path.join(guest.GUEST_DIR, f), os.path.join(self.workdir, f))
+            os.chmod(os.path.join(self.workdir, f), 0o644)
+        if not self.defined():
+            path = os.path.join(self.workdir, self._name + '.xml')
+            with open(path, 'w') as f:
+                f.write(self.xml())
+            r = self.virsh('define', path, check=False)
+            if r.returncode:
+                raise RuntimeError('virsh define %s failed: %s' % (self._name, r.stderr.strip()))
+        # the log is appended to across restarts (and restores): boot is judged past this point
+        self._serial_start = os.path.getsize(self.serial_log) if os.path.exists(self.serial_log) else 0
+        r = self.virsh('start', self._name, check=False)
+        if r.returncode:
+            raise RuntimeError('virsh start %s failed: %s' % (self._name, r.stderr.strip()))
+        return self
+
+    def wait_booted(self, timeout=120):
+        return guest.wait_serial(self.serial_log, r'VMFLEET-COUNTER \d+', timeout, self._serial_start)
+
+    def stop(self):
+        """Destroy and undefine; fine if the domain is already gone."""
+        if not self.defined():
+            return
+        self.virsh('destroy', self._name, check=False)
+        if self.virsh('undefine', self._name, *_UNDEFINE_FLAGS, check=False).returncode:
+            self.virsh('undefine', self._name, check=False)
+        if self.defined():
+            raise RuntimeError('could not remove libvirt domain %s' % self._name)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,171 @@
+"""A test guest run by a bare qemu-system-x86_64 (no libvirt), driven over QMP."""
+
+import ctypes
+import os
+import signal
+import subprocess
+import threading
+import time
+
+from . import guest
+from .accel import detect_accel
+
+# (name, format, size in MiB); the guest sees them as vda, vdb, vdc in this order
+DEFAULT_DISKS = (('root', 'qcow2', 64), ('data', 'qcow2', 64), ('varstore', 'raw', 2))
+CMDLINE = 'console=ttyS0 quiet panic=-1'
+FIRST_SLOT = 4  # q35 uses slots 0-2 and 0x1f itself
+
+
+def create_disks(workdir, disks):
+    """Create missing disk images; return {name: (path, fmt)}."""
+    out = {}
+    for name, fmt, size_mib in disks:
+        path = os.path.join(workdir, '%s.%s' % (name, fmt))
+        if not os.path.exists(path):
+            subprocess.run(['qemu-img', 'create', '-q', '-f', fmt, path, '%dM' % size_mib],
+                           check=True, capture_output=True)
+        out[name] = (path, fmt)
+    return out
+
+
+def _die_with_parent():
+    # a crashed test run must not leave guests burning the CPU
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class QemuVM:
+    def __init__(self, workdir, name='rawvm', memory_mib=256, disks=None, cmdline_extra='', accel=None):
+        self.workdir = os.path.abspath(workdir)
+        self.name = name
+        self.memory_mib = memory_mib
+        self.cmdline_extra = cmdline_extra
+        self.accel = accel
+        os.makedirs(self.workdir, exist_ok=True)
+        self.disks = create_disks(self.workdir, disks or DEFAULT_DISKS)
+        self.proc = None
+        self._argv = None
+
+    @property
+    def qmp_socket(self):
+        return os.path.join(self.workdir, self.name + '.qmp')
+
+    @property
+    def serial_log(self):
+        return os.path.join(self.workdir, self.name + '.serial.log')
+
+    @property
+    def qemu_log(self):
+        return os.path.join(self.workdir, self.name + '.qemu.log')
+
+    @property
+    def pidfile(self):
+        return os.path.join(self.workdir, self.name + '.pid')
+
+    def disk_path(self, name):
+        return self.disks[name][0]
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    @property
+    def argv(self):
+        if self._argv is None:
+            self._argv = self._build_argv()
+        return list(self._argv)
+
+    def _build_argv(self):
+        accel = self.accel or detect_accel()
+        argv = ['qemu-system-x86_64', '-name', self.name, '-machine', 'q35', '-accel', accel]
+        if accel == 'kvm':
+            argv += ['-cpu', 'host']
+        argv += ['-m', str(self.memory_mib), '-smp', '1', '-display', 'none', '-nodefaults',
+                 '-serial', 'file:' + self.serial_log,
+                 '-kernel', guest.KERNEL, '-initrd', guest.INITRD,
+                 '-append', (CMDLINE + ' ' + self.cmdline_extra).strip(),
+                 '-qmp', 'unix:%s,server=on,wait=off' % self.qmp_socket,
+                 '-pidfile', self.pidfile]
+        for i, (name, (path, fmt)) in enumerate(self.disks.items()):
+            argv += ['-blockdev', 'driver=file,filename=%s,node-name=%s-file' % (path, name),
+                     '-blockdev', 'driver=%s,file=%s-file,node-name=%s' % (fmt, name, name),
+                     '-device', 'virtio-blk-pci,drive=%s,id=%s,bus=pcie.0,addr=0x%x'
+                     % (name, name, FIRST_SLOT + i)]
+        return argv
+
+    def start(self):
+        if self.proc and self.proc.poll() is None:
+            raise RuntimeError('%s is already running' % self.name)
+        if len(self.qmp_socket) > 107:
+            raise ValueError('QMP socket path too long for a unix socket: ' + self.qmp_socket)
+        if any(',' in path for path, _fmt in self.disks.values()):
+            raise ValueError('disk paths must not contain commas (QEMU option syntax)')
+        guest.build_guest()
+        for f in (self.qmp_socket, self.pidfile):
+            if os.path.exists(f):
+                os.unlink(f)
+        with open(self.qemu_log, 'ab') as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        # callers talk QMP right after start(): wait for the socket
+        end = time.monotonic() + 30
+        while not os.path.exists(self.qmp_socket):
+            if self.proc.poll() is not None or time.monotonic() > end:
+                self.stop()
+                with open(self.qemu_log, 'rb') as f:
+                    tail = f.read()[-2000:].decode('utf-8', 'replace')
+                raise RuntimeError('QEMU for %s did not come up:\n%s' % (self.name, tail))
+            time.sleep(0.05)
+        return self
+
+    def wait_booted(self, timeout=120):
+        return guest.wait_serial(self.serial_log, r'VMFLEET-COUNTER \d+', timeout)
+
+    def _qmp_quit(self):
+        try:
+            from qemu.qmp.legacy import QEMUMonitorProtocol
+        except ImportError:
+            return False
+
+        def quit_():
+            try:
+                qmp = QEMUMonitorProtocol(self.qmp_socket)
+                qmp.connect()
+                try:
+                    qmp.cmd('quit')
+                finally:
+                    qmp.close()
+            except Exception:  # the process is killed below anyway
+                pass
+
+        # connect() has no timeout and hangs while another client holds the monitor
+        t = threading.Thread(target=quit_, daemon=True)
+        t.start()
+        t.join(3)
+        return True
+
+    def stop(self):
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            if proc.poll() is None:
+                if not (os.path.exists(self.qmp_socket) and self._qmp_quit()):
+                    proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.terminate()
+                    try:
+                        proc.wait(3)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+        finally:
+            proc.wait()
+            self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
