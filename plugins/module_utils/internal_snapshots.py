@@ -176,20 +176,29 @@ class Snapshots(object):
                 for d in selected])
             return 'qmp', round((time.monotonic() - t0) * 1000.0, 1)
         args = {'tag': name, 'vmstate': vmstate.node_name, 'devices': [d.node_name for d in selected]}
+        what = "snapshot-save '%s' of VM '%s'" % (name, vm.name)
+        if self.deadline.expired():
+            raise OperationTimeout("%s did not start: the timeout of %gs ran out first; nothing changed"
+                                   % (what, self.deadline.timeout), hint="raise 'timeout'")
         try:
-            return 'qmp', self._job('snapshot-save', args, "snapshot-save '%s' of VM '%s'" % (name, vm.name))
+            paused = self._job('snapshot-save', args, what)
         except OperationTimeout as e:
-            self._undo_timed_out_save(name, e)
+            self._undo_timed_out_save(name, e, e.result.get('job_started'))
             raise
+        if self.deadline.expired():
+            # QEMU answers no QMP while it saves, so a save can end past the deadline.
+            err = OperationTimeout("%s did not finish within %gs" % (what, self.deadline.timeout))
+            self._undo_timed_out_save(name, err)
+            raise err
+        return 'qmp', paused
 
-    def _undo_timed_out_save(self, name, err):
+    def _undo_timed_out_save(self, name, err, job_id=None):
         """A save that outran the timeout must not leave a snapshot behind."""
-        job_id = err.result.get('job_started')
-        grace = Deadline(UNDO_GRACE_S)
-        try:
-            wait_job(self.vm, job_id, grace, 'snapshot-save')
-        except VmfleetError:
-            pass
+        if job_id:
+            try:
+                wait_job(self.vm, job_id, Deadline(UNDO_GRACE_S), 'snapshot-save')
+            except VmfleetError:
+                pass
         disks = self.vm.disks()
         made = _find(self.vm, name, disks)
         if made:

@@ -16,8 +16,10 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
 POLL_S = 0.25
 
 
-def _find(vm, job_id):
-    for job in vm.qmp('query-jobs'):
+def _find(vm, job_id, deadline):
+    # A job such as snapshot-save holds QEMU's main loop while it runs, so
+    # even query-jobs waits for it: the call itself must respect the deadline.
+    for job in vm.qmp('query-jobs', _timeout=deadline.remaining(0.05)):
         if job['id'] == job_id:
             return job
     return None
@@ -36,10 +38,13 @@ def wait_job(vm, job_id, deadline, what):
     (STOP/RESUME tell how long the guest was paused)."""
     events = []
     while True:
-        job = _find(vm, job_id)
+        try:
+            job = _find(vm, job_id, deadline)
+        except OperationTimeout:
+            job = dict(status='running (QEMU busy)')
         if job is None:
             raise JobFailed("%s: QEMU job %s vanished before it concluded" % (what, job_id))
-        if job['status'] == 'concluded':
+        if job.get('status') == 'concluded':
             try:
                 vm.qmp('job-dismiss', id=job_id)
             except QmpCommandError:
@@ -49,7 +54,7 @@ def wait_job(vm, job_id, deadline, what):
             return events
         if deadline.expired():
             raise OperationTimeout(
-                "%s did not finish within %.0fs; QEMU job %s is still %s"
+                "%s did not finish within %gs; QEMU job %s is still %s"
                 % (what, deadline.timeout, job_id, job['status']),
                 job_id=job_id, job_status=job['status'])
         ev = vm.wait_event(min(POLL_S, deadline.remaining(0.01)))

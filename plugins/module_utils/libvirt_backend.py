@@ -160,9 +160,10 @@ class LibvirtVm(VmHandle):
                                  speed=info.get('bandwidth'), ready=info.get('cur') == info.get('end')))
         return jobs
 
-    def qmp(self, command, **args):
+    def qmp(self, command, _timeout=None, **args):
         """QMP passthrough. libvirt marks the domain tainted (custom-monitor);
-        used only where libvirt's own API cannot do the job."""
+        used only where libvirt's own API cannot do the job. libvirt gives no
+        per-call timeout: callers check their deadline between calls."""
         msg = json.dumps({'execute': command, 'arguments': args} if args else {'execute': command})
         try:
             reply = json.loads(libvirt_qemu.qemuMonitorCommand(self.dom, msg, 0))

@@ -78,8 +78,8 @@ class QmpVm(VmHandle):
     def close(self):
         self.client.close()
 
-    def qmp(self, command, **args):
-        return self.client.execute(command, args)
+    def qmp(self, command, _timeout=60.0, **args):
+        return self.client.execute(command, args, timeout=_timeout)
 
     def wait_event(self, timeout):
         return self.client.wait_event(timeout)

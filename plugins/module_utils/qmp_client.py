@@ -11,6 +11,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import asyncio
+import logging
 import traceback
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
@@ -20,6 +21,10 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
 try:
     from qemu.qmp import QMPClient, EventListener, ExecuteError, ConnectError
     HAS_QMP = True
+    # A reply that arrives after we gave up waiting is dropped with a warning;
+    # the module's stdout must stay pure JSON, so qemu.qmp logs nowhere.
+    logging.getLogger('qemu.qmp').addHandler(logging.NullHandler())
+    logging.getLogger('qemu.qmp').propagate = False
     QMP_IMPORT_ERROR = None
 except ImportError:
     HAS_QMP = False

@@ -13,16 +13,18 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import Vmfl
 
 
 def run_module(module, work):
-    """Call ``work(module)`` and exit with its result dict, or fail clearly."""
+    """Call ``work(module)`` and exit with its result dict, or fail clearly.
+
+    fail_json is called outside the except blocks: inside one, ansible-core
+    attaches the active traceback to the result even for expected errors."""
+    failure = None
     try:
         result = work(module)
     except VmfleetError as e:
-        extra = dict(e.result)
-        exc = extra.pop('exception', None)
-        if exc:
-            module.fail_json(msg=e.message, exception=exc, **extra)
-        module.fail_json(msg=e.message, error=type(e).__name__, **extra)
+        failure = dict(e.result, msg=e.message, error=type(e).__name__)
     except Exception as e:  # a bug of ours: say so, keep the trace for -vvv
-        module.fail_json(msg="vmfleet.kvm internal error: %s: %s" % (type(e).__name__, e),
-                         exception=traceback.format_exc())
+        failure = dict(msg="vmfleet.kvm internal error: %s: %s" % (type(e).__name__, e),
+                       exception=traceback.format_exc())
+    if failure is not None:
+        module.fail_json(**failure)
     module.exit_json(**result)

@@ -1,6 +1,7 @@
 """Real VMs for the system tests. Shared VMs serve the tests that do not
 change them; a test that changes a VM boots its own. Every VM is torn down."""
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -94,10 +95,14 @@ def session_vms(workroot, accel):
     f.close()
 
 
+_test_dirs = itertools.count(1)
+
+
 @pytest.fixture
-def vms(workroot, accel, request):
+def vms(workroot, accel):
     """VMs a single test may change; gone when the test ends."""
-    f = VmFactory(os.path.join(workroot, request.node.name[:40]), accel)
+    # short paths: a QMP socket path must fit in 107 bytes
+    f = VmFactory(os.path.join(workroot, 't%d' % next(_test_dirs)), accel)
     os.makedirs(f.root, exist_ok=True)
     os.chmod(f.root, 0o755)
     yield f

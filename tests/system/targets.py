@@ -1,6 +1,7 @@
 """One test body, two backends: how a test names a VM and its disks."""
 
 import re
+import subprocess
 import time
 
 from rig.guest import disk_counter, last_serial_counter
@@ -25,6 +26,24 @@ class Target:
 
     def task(self, module, **args):
         return {'vmfleet.kvm.' + module: dict(self.conn, **args)}
+
+    def pause(self):
+        self._control('stop', 'suspend')
+
+    def resume(self):
+        self._control('cont', 'resume')
+
+    def _control(self, qmp_cmd, virsh_cmd):
+        if self.backend == 'qemu':
+            from qemu.qmp.legacy import QEMUMonitorProtocol
+            q = QEMUMonitorProtocol(self.vm.qmp_socket)
+            q.connect()
+            try:
+                q.cmd(qmp_cmd)
+            finally:
+                q.close()
+        else:
+            subprocess.run(['virsh', '-c', 'qemu:///system', virsh_cmd, self.vm.name], check=True, capture_output=True)
 
     def counter(self):
         return last_serial_counter(self.vm.serial_log) or 0
