@@ -221,3 +221,36 @@ def test_vm_killed_mid_snapshot_fails_clearly(vms, backend, tmp_path):
     assert proc.returncode != 0
     assert 'went away' in out or 'not running' in out or 'disappeared' in out, out[-3000:]
     assert 'Traceback' not in out
+
+
+def test_libvirt_api_route_and_offline_route(vms):
+    """All-qcow2 domain: libvirt's own snapshot API makes it (virsh lists it);
+    shut off: qemu-img on the images, and the disks go back."""
+    vm = vms.libvirt(disks=(('root', 'qcow2', 64), ('data', 'qcow2', 64)))
+    t = Target(vm, 'libvirt')
+    t.wait_counter(3)
+    r = _ok(run_one(t.task('snapshot', name='s-api')))
+    assert r['route'] == 'libvirt'
+    assert sorted(r['snapshot']['disks']) == ['vda', 'vdb'] and r['snapshot']['vmstate_disk'] == 'vda'
+    listed = vm.virsh('snapshot-list', vm.name, '--name').stdout.split()
+    assert listed == ['s-api']
+    [info] = _snapshots(t, 's-api')
+    assert info['in_libvirt'] is True
+
+    # shut off: the offline route
+    vm.virsh('destroy', vm.name)
+    at_shutdown = t.disk_counter('root')
+    r = _ok(run_one(t.task('snapshot', name='s-off')))
+    assert r['route'] == 'qemu-img' and r['snapshot']['vmstate_disk'] is None
+    vm.virsh('start', vm.name)
+    t.wait_counter(t.counter() + 3)
+    vm.virsh('destroy', vm.name)
+    assert t.disk_counter('root') > at_shutdown
+    r = _ok(run_one(t.task('snapshot', name='s-off', state='reverted')))
+    assert r['route'] == 'qemu-img' and r['state'] == 'shutoff'
+    assert t.disk_counter('root') == at_shutdown
+    for name, route in (('s-off', 'qemu-img'), ('s-api', 'libvirt')):
+        r = _ok(run_one(t.task('snapshot', name=name, state='absent')))
+        assert r['route'] == route
+    assert vm.virsh('snapshot-list', vm.name, '--name').stdout.split() == []
+    assert _snapshots(t) == []
