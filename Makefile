@@ -40,12 +40,12 @@ sanity: venv collection
 	bash scripts/sanity.sh
 
 lint: venv collection
-	cd $(COLL) && ansible-lint --profile production
+	ansible-lint --profile production
 
 test: setup
 	$(PY) -m pytest tests/unit tests/system
 	bash scripts/sanity.sh
-	cd $(COLL) && ansible-lint --profile production
+	ansible-lint --profile production
 
 demo: setup
 	$(PY) scripts/demo.py

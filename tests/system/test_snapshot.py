@@ -112,7 +112,7 @@ def test_present_absent_idempotent_with_check_and_overwrite(target):
     t = target
     name = 's-idem'
     try:
-        results, _ = run_tasks([t.task('snapshot', name=name)], check=True, diff=True)
+        results = run_tasks([t.task('snapshot', name=name)], check=True, diff=True)[0]
         assert results[0]['changed'] is True and 'diff' in results[0]
         assert _snapshots(t, name) == [], 'check mode created a snapshot'
 
@@ -130,7 +130,7 @@ def test_present_absent_idempotent_with_check_and_overwrite(target):
         assert replaced['snapshot']['date'] > first['snapshot']['date']
         assert len(_snapshots(t, name)) == 1
 
-        results, _ = run_tasks([t.task('snapshot', name=name, state='absent')], check=True)
+        results = run_tasks([t.task('snapshot', name=name, state='absent')], check=True)[0]
         assert results[0]['changed'] is True
         assert len(_snapshots(t, name)) == 1, 'check mode deleted the snapshot'
         gone = _ok(run_one(t.task('snapshot', name=name, state='absent')))
@@ -217,7 +217,7 @@ def test_vm_killed_mid_snapshot_fails_clearly(vms, backend, tmp_path):
         os.kill(vm.pid, signal.SIGKILL)
     else:
         subprocess.run(['virsh', '-c', 'qemu:///system', 'destroy', vm.name], check=True, capture_output=True)
-    out, _ = proc.communicate(timeout=120)
+    out = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0
     assert 'went away' in out or 'not running' in out or 'disappeared' in out, out[-3000:]
     assert 'Traceback' not in out
