@@ -3,6 +3,7 @@ change them; a test that changes a VM boots its own. Every VM is torn down."""
 
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,13 +22,19 @@ PREFIX = 'vmfleet-test-'
 
 
 def _sweep_leftovers():
-    """Domains an earlier, killed run may have left behind."""
+    """Domains a killed run left behind: ours by name, and their disks gone.
+    A domain whose disks still exist belongs to a run still going on."""
     out = subprocess.run(['virsh', '-c', URI, 'list', '--all', '--name'], capture_output=True, text=True, check=False).stdout
     for name in out.split():
-        if name.startswith(PREFIX):
-            subprocess.run(['virsh', '-c', URI, 'destroy', name], capture_output=True, check=False)
-            subprocess.run(['virsh', '-c', URI, 'undefine', name, '--snapshots-metadata', '--nvram'],
-                           capture_output=True, check=False)
+        if not name.startswith(PREFIX):
+            continue
+        xml = subprocess.run(['virsh', '-c', URI, 'dumpxml', name], capture_output=True, text=True, check=False).stdout
+        sources = re.findall(r"<source file='([^']+)'", xml)
+        if sources and any(os.path.exists(src) for src in sources):
+            continue
+        subprocess.run(['virsh', '-c', URI, 'destroy', name], capture_output=True, check=False)
+        subprocess.run(['virsh', '-c', URI, 'undefine', name, '--snapshots-metadata', '--nvram'],
+                       capture_output=True, check=False)
 
 
 @pytest.fixture(scope='session')
