@@ -35,8 +35,10 @@ def _die_with_parent():
 
 
 class QemuVM:
-    def __init__(self, workdir, name='rawvm', memory_mib=256, disks=None, cmdline_extra='', accel=None):
+    def __init__(self, workdir, name='rawvm', memory_mib=256, disks=None, cmdline_extra='', accel=None,
+                 incoming=None):
         self.workdir = os.path.abspath(workdir)
+        self.incoming = incoming  # e.g. 'defer': start as a migration target
         self.name = name
         self.memory_mib = memory_mib
         self.cmdline_extra = cmdline_extra
@@ -86,6 +88,8 @@ class QemuVM:
                  '-append', (CMDLINE + ' ' + self.cmdline_extra).strip(),
                  '-qmp', 'unix:%s,server=on,wait=off' % self.qmp_socket,
                  '-pidfile', self.pidfile]
+        if self.incoming:
+            argv += ['-incoming', self.incoming]
         for i, (name, (path, fmt)) in enumerate(self.disks.items()):
             argv += ['-blockdev', 'driver=file,filename=%s,node-name=%s-file' % (path, name),
                      '-blockdev', 'driver=%s,file=%s-file,node-name=%s' % (fmt, name, name),
