@@ -118,6 +118,14 @@ class LibvirtVm(VmHandle):
                 raise VmGone("libvirt domain '%s' disappeared during %s" % (self.name, what))
             raise VmfleetError("libvirt refused %s on domain '%s': %s" % (what, self.name, e.get_error_message()))
 
+    def parallel_save_supported(self):
+        # 11.2 added the parameter; older libvirt-python bindings send it wrongly.
+        return self.conn.getLibVersion() >= 11002000 and \
+            hasattr(libvirt, 'VIR_DOMAIN_SAVE_PARAM_PARALLEL_CHANNELS')
+
+    def uuid(self):
+        return self.dom.UUIDString()
+
     def state(self):
         st = self._call('reading the state', self.dom.state)[0]
         return _state_names().get(st, 'unknown')

@@ -7,7 +7,9 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import socket
 import stat
+import struct
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
     CapabilityMissing, ConnectionFailed,
@@ -111,15 +113,18 @@ class QmpVm(VmHandle):
         return "%d.%d.%d" % (v['major'], v['minor'], v['micro'])
 
     def pid(self):
-        """PID of the QEMU behind the socket, from the kernel's peer credentials."""
-        import socket
-        import struct
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(self.socket_path)
-            creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize('3i'))
-            return struct.unpack('3i', creds)[0]
-        except OSError:
-            return None
-        finally:
-            s.close()
+        return peer_pid(self.socket_path)
+
+
+def peer_pid(socket_path):
+    """PID of the process listening on a UNIX socket, from the kernel's peer
+    credentials: a connection QEMU has not accepted yet still carries them."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(socket_path)
+        creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize('3i'))
+        return struct.unpack('3i', creds)[0]
+    except OSError:
+        return None
+    finally:
+        s.close()

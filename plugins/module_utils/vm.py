@@ -121,6 +121,9 @@ class VmHandle(object):
     def __exit__(self, *exc):
         self.close()
 
+    def migrate_caps(self):
+        return [c['capability'] for c in self.qmp('query-migrate-capabilities')]
+
     def is_running(self):
         return self.state() in ('running', 'paused')
 

@@ -1,0 +1,44 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vmfleet.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""QEMU migration control shared by save, restore and instant snapshots."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import JobFailed, OperationTimeout
+
+_ACTIVE = ('setup', 'active', 'device', 'pre-switchover', 'wait-unplug', 'postcopy-active',
+           'postcopy-paused', 'postcopy-recover-setup', 'postcopy-recover', 'colo', 'cancelling')
+
+
+def set_capabilities(vm, caps):
+    vm.qmp('migrate-set-capabilities',
+           capabilities=[{'capability': k, 'state': bool(v)} for k, v in sorted(caps.items())])
+
+
+def wait(vm, deadline, what, on_progress=None, extra_done=None):
+    """Poll query-migrate until completed; fail with QEMU's reason, or time out
+    (the caller decides whether to cancel)."""
+    while True:
+        info = vm.qmp('query-migrate', _timeout=deadline.remaining(1.0))
+        status = info.get('status', 'none')
+        if on_progress:
+            on_progress(info)
+        if status == 'completed' and (extra_done is None or extra_done()):
+            return info
+        if status in ('failed', 'cancelled'):
+            raise JobFailed("%s %s: %s" % (what, status, info.get('error-desc', 'QEMU gave no reason')))
+        if deadline.expired():
+            ram = info.get('ram', {})
+            raise OperationTimeout("%s did not finish within %gs (status %s, %d of %d bytes)"
+                                   % (what, deadline.timeout, status, ram.get('transferred', 0), ram.get('total', 0)),
+                                   migration_status=status)
+        vm.wait_event(min(0.2, deadline.remaining(0.01)))
+
+
+def cancel(vm):
+    try:
+        vm.qmp('migrate_cancel')
+    except Exception:  # nothing to cancel, or QEMU gone: the caller reports the first error
+        pass

@@ -1,0 +1,232 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vmfleet.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: vm_restore
+short_description: Bring a VM back from an image written by vmfleet.kvm.vm_save
+version_added: 0.1.0
+description:
+  - Restores the VM saved at O(path); it runs on from the moment it was saved.
+  - A libvirt domain is restored with C(restoreParams) over the channels it was saved with.
+    A raw QEMU VM is started again from its recorded command line with C(-incoming defer),
+    the capabilities of the save are set, and the image is loaded with C(migrate-incoming).
+  - With O(verify), every file is checked against the manifest's size and SHA-256 before anything
+    starts; a truncated or corrupt image fails naming the file.
+  - A failed restore stops the half-restored QEMU and leaves the image untouched.
+author:
+  - vmfleet.kvm contributors (@vmfleet)
+extends_documentation_fragment:
+  - vmfleet.kvm.connection
+attributes:
+  check_mode:
+    support: full
+    description: Checks the image and says whether a restore would run; starts nothing.
+  diff_mode:
+    support: none
+    description: Nothing to compare.
+options:
+  path:
+    description: The save image (as given to M(vmfleet.kvm.vm_save)).
+    type: path
+    required: true
+  state:
+    description: Leave the restored VM V(running) or V(paused).
+    type: str
+    choices: [running, paused]
+    default: running
+  verify:
+    description: Check every file's SHA-256 against the manifest before starting anything.
+    type: bool
+    default: true
+notes:
+  - O(domain) and O(qmp_socket) are optional here; the manifest names the VM. For a raw QEMU VM,
+    O(qmp_socket) adds a QMP socket at that path to the restored QEMU when it differs from the saved one.
+'''
+
+EXAMPLES = r'''
+- name: Bring a domain back after maintenance
+  vmfleet.kvm.vm_restore:
+    path: /var/lib/vmfleet/save/web01.img
+
+- name: Bring a raw QEMU VM back paused
+  vmfleet.kvm.vm_restore:
+    path: /var/lib/vmfleet/save/build01.img
+    state: paused
+'''
+
+RETURN = r'''
+vm:
+  description: Name of the restored VM.
+  returned: always
+  type: str
+  sample: web01
+backend:
+  description: C(libvirt) or C(qemu).
+  returned: always
+  type: str
+  sample: qemu
+state:
+  description: The VM's state after the restore.
+  returned: always
+  type: str
+  sample: running
+path_used:
+  description: The save path the image was written with.
+  returned: always
+  type: str
+  sample: mapped-ram
+qmp_socket:
+  description: QMP socket of the restored raw QEMU.
+  returned: for raw QEMU
+  type: str
+  sample: /run/vms/build01.qmp
+pid:
+  description: PID of the restored raw QEMU.
+  returned: for raw QEMU
+  type: int
+  sample: 4242
+bytes:
+  description: Bytes of the image.
+  returned: always
+  type: int
+  sample: 1073741824
+duration_s:
+  description: Seconds the restore took (checks included).
+  returned: when a restore ran
+  type: float
+  sample: 1.9
+rate_mib_s:
+  description: Image bytes loaded per second, in MiB/s.
+  returned: when a restore ran
+  type: float
+  sample: 560.2
+'''
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils import save_image
+from ansible_collections.vmfleet.kvm.plugins.module_utils.args_common import (
+    CONNECTION_MUTUALLY_EXCLUSIVE, argument_spec,
+)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import ConnectionFailed, VmfleetError
+from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
+from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_state import (
+    restore_qemu, run_blocking, socket_alive,
+)
+
+
+def _libvirt_domain(conn, manifest):
+    import libvirt
+    try:
+        return conn.lookupByUUIDString(manifest['vm']['uuid'])
+    except libvirt.libvirtError:
+        return None
+
+
+def _qemu_restored_pid(sock):
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.qmp_backend import peer_pid
+    return peer_pid(sock)
+
+
+def _running_from_image(module, manifest):
+    done = manifest.get('restored')
+    if not done:
+        return None
+    if manifest['vm']['backend'] == 'qemu':
+        sock = done['qmp_socket']
+        if socket_alive(sock) and _qemu_restored_pid(sock) == done['pid']:
+            return done
+        return None
+    from ansible_collections.vmfleet.kvm.plugins.module_utils import libvirt_backend as lv
+    conn = lv.connect(module.params['uri'])
+    try:
+        dom = _libvirt_domain(conn, manifest)
+        if dom is not None and dom.isActive() and dom.ID() == done.get('domain_id'):
+            return done
+    finally:
+        conn.close()
+    return None
+
+
+def _restore_libvirt(module, manifest, path, state, deadline):
+    import libvirt
+    from ansible_collections.vmfleet.kvm.plugins.module_utils import libvirt_backend as lv
+    uri = module.params['uri']
+    conn = lv.connect(uri)
+    try:
+        dom = _libvirt_domain(conn, manifest)
+        name = manifest['vm']['name']
+        if dom is not None and dom.isActive():
+            raise ConnectionFailed("libvirt domain '%s' is running" % name,
+                                   hint="restoring would replace its running state; stop it first")
+        params = {libvirt.VIR_DOMAIN_SAVE_PARAM_FILE: path}
+        if manifest['path_used'] == 'libvirt-sparse':
+            params[libvirt.VIR_DOMAIN_SAVE_PARAM_PARALLEL_CHANNELS] = manifest['channels']
+        flags = libvirt.VIR_DOMAIN_SAVE_RUNNING if state == 'running' else libvirt.VIR_DOMAIN_SAVE_PAUSED
+        run_blocking(lambda: conn.restoreParams(params, flags), deadline,
+                     "restoring libvirt domain '%s' from %s" % (name, path))
+        dom = _libvirt_domain(conn, manifest)
+        with lv.LibvirtVm(module, conn, dom, uri, own_conn=False) as vm:
+            return dict(domain_id=dom.ID(), state=vm.state())
+    finally:
+        conn.close()
+
+
+def work(module):
+    p = module.params
+    path = p['path']
+    save_image.validate_path(path)
+    manifest = save_image.read_manifest(path)
+    if manifest is None:
+        raise VmfleetError("no complete save image at %s (its manifest %s is missing)"
+                           % (path, save_image.manifest_path(path)),
+                           hint="check the path; an interrupted save leaves no manifest and must be redone")
+    vm = manifest['vm']
+    base = dict(vm=vm['name'], backend=vm['backend'], path_used=manifest['path_used'],
+                bytes=sum(f['bytes'] for f in manifest['files']))
+    done = _running_from_image(module, manifest)
+    if done:
+        return dict(base, changed=False, state='running', **{k: done[k] for k in ('pid', 'qmp_socket') if k in done})
+    t0 = time.monotonic()
+    deadline = Deadline(p['timeout'])
+    save_image.check_files(path, manifest, checksum=p['verify'])
+    if module.check_mode:
+        return dict(base, changed=True, state=p['state'])
+    t_load = time.monotonic()
+    if vm['backend'] == 'qemu':
+        restored = restore_qemu(module, manifest, path, p['qmp_socket'], p['state'], deadline)
+    else:
+        restored = _restore_libvirt(module, manifest, path, p['state'], deadline)
+    load_s = time.monotonic() - t_load
+    manifest['restored'] = dict(restored, at=time.time())
+    save_image.write_manifest(path, manifest)
+    result = dict(base, changed=True, state=restored['state'], duration_s=round(time.monotonic() - t0, 3),
+                  rate_mib_s=round(base['bytes'] / 1048576.0 / load_s, 1) if load_s else None)
+    if vm['backend'] == 'qemu':
+        result.update(pid=restored['pid'], qmp_socket=restored['qmp_socket'])
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(
+            path=dict(type='path', required=True),
+            state=dict(type='str', choices=['running', 'paused'], default='running'),
+            verify=dict(type='bool', default=True),
+        ),
+        mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE,
+        supports_check_mode=True,
+    )
+    run_module(module, work)
+
+
+if __name__ == '__main__':
+    main()
