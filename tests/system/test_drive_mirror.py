@@ -1,0 +1,336 @@
+"""vmfleet.kvm.drive_mirror through ansible-playbook, on raw QEMU VMs and
+libvirt domains whose guest writes sequential records to its data disk
+(``vmfleet.writer=vdb``) the whole time: the copy must lose none of them."""
+
+import glob
+import hashlib
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from ansible_run import REPO, ansible_env, run_one, run_tasks
+from rig.guest import seq_records, wait_serial
+from targets import Target
+
+WRITER = 'vmfleet.writer=vdb'
+
+
+def _ok(r):
+    assert not r.get('failed'), r.get('msg', r)
+    return r
+
+
+def _failed(r, *words):
+    assert r.get('failed') is True, r
+    assert 'Traceback' not in str(r.get('exception', '')), r['exception']
+    for w in words:
+        assert w.lower() in r['msg'].lower(), (w, r['msg'])
+    return r
+
+
+def _boot(vms, backend, **kw):
+    vm = (vms.qemu if backend == 'qemu' else vms.libvirt)(cmdline_extra=WRITER, **kw)
+    t = Target(vm, backend)
+    # the writer is going: a few hundred records are on the data disk
+    wait_serial(vm.serial_log, r'VMFLEET-SEQ [1-9]\d*00\r?\n', 60)
+    return t
+
+
+def _newdir(t, name='new'):
+    # libvirt's QEMU runs as another user: the target's directory must be reachable
+    d = os.path.join(t.vm.workdir, name)
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    return d
+
+
+def _seq_written(t):
+    """The highest record number the guest reported writing (every 100)."""
+    with open(t.vm.serial_log, 'rb') as f:
+        found = re.findall(rb'VMFLEET-SEQ (\d+)\r?\n', f.read())
+    return int(found[-1]) if found else 0
+
+
+def _sha(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _phases(journal):
+    return [h['phase'] for h in journal['history']]
+
+
+def _journal_files(jdir):
+    return sorted(glob.glob(os.path.join(jdir, '*.json')))
+
+
+def _live_file(t, role):
+    """The image the VM runs disk ``role`` on, as vm_info reports it."""
+    r = _ok(run_one(t.task('vm_info')))
+    vm = r['vms'][0] if 'vms' in r else r['vm']
+    for d in vm['disks']:
+        if d['name'] == t.disk(role):
+            return d['file']
+    raise AssertionError('disk %s not in %s' % (role, vm['disks']))
+
+
+def _assert_no_record_lost(t, target, fmt='qcow2'):
+    """Every record the guest wrote is on the target: exactly 1..k, no hole."""
+    written = _seq_written(t)
+    values = seq_records(target, fmt, written + 2000)
+    assert values, 'no records on the target'
+    holes = [i + 1 for i, v in enumerate(values) if v != i + 1]
+    assert not holes, 'records missing or wrong on the target at %s' % holes[:20]
+    assert len(values) >= written, (len(values), written)
+    return len(values)
+
+
+@pytest.mark.parametrize('backend,copy_mode', [('qemu', 'background'), ('libvirt', 'write-blocking')])
+def test_mirror_and_pivot_lose_no_write(vms, tmp_path, backend, copy_mode):
+    t = _boot(vms, backend)
+    jdir = str(tmp_path / 'journal')
+    target = os.path.join(_newdir(t), 'data-moved.qcow2')
+    source = t.vm.disk_path('data')
+    task = t.task('drive_mirror', disk=t.disk('data'), target=target, copy_mode=copy_mode, journal_dir=jdir)
+
+    # check mode: predicts, touches nothing
+    [pred], _ = run_tasks([task], check=True, diff=True)
+    _ok(pred)
+    assert pred['changed'] is True and 'diff' in pred
+    assert [a['action'] for a in pred['actions']][:2] == ['create_target', 'start_copy']
+    assert 'switch' in [a['action'] for a in pred['actions']]
+    assert not os.path.exists(target) and not os.path.exists(jdir)
+
+    at_start = _seq_written(t)
+    r = _ok(run_one(task, extra_args=['-vvv']))
+    assert r['changed'] is True and r['on_target'] is True
+    assert r['live_file'] == target and r['source'] == source
+    assert r['bytes_total'] > 0 and r['bytes_copied'] > 0 and r['rate_mib_s'] > 0 and r['duration_s'] > 0
+    assert r['progress'], 'no progress samples at -vvv'
+    phases = _phases(r['journal'])
+    expected = ['planned', 'target_created', 'copying', 'ready', 'switching', 'switched']
+    if backend == 'libvirt':
+        expected.append('config_updated')
+    assert phases == expected + ['done'], phases
+    [jf] = _journal_files(jdir)
+    assert stat.S_IMODE(os.stat(jf).st_mode) == 0o600
+    with open(jf) as f:
+        assert json.load(f)['phase'] == 'done'
+    assert _live_file(t, 'data') == target
+    if backend == 'libvirt':
+        inactive = t.vm.virsh('dumpxml', '--inactive', t.vm.name).stdout
+        assert "file='%s'" % target in inactive and "file='%s'" % source not in inactive
+    else:
+        assert any('command line still names' in w for w in r.get('warnings', [])), r.get('warnings')
+
+    # the guest runs on: its writes land on the target only, the source stays as it was
+    sha = _sha(source)
+    t.wait_counter(t.counter() + 3)
+    assert _sha(source) == sha, 'the old source changed after the switch'
+    n = _assert_no_record_lost(t, target)
+    assert n > at_start
+    # the source holds a gap-free prefix of them (what was written before the switch)
+    old = seq_records(source, 'qcow2', n + 2000)
+    assert old == list(range(1, len(old) + 1)) and at_start <= len(old) <= n
+
+    again = _ok(run_one(task))
+    assert again['changed'] is False and again['on_target'] is True
+    assert _phases(again['journal']) == phases
+
+
+def _start_play(tasks, tmp_path, name):
+    play = str(tmp_path / name)
+    with open(play, 'w') as f:
+        yaml.safe_dump([{'hosts': 'localhost', 'connection': 'local', 'gather_facts': False,
+                         'tasks': tasks}], f)
+    return subprocess.Popen([os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'),
+                             '-i', 'localhost,', play], env=ansible_env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _wait_phase(jdir, phase, timeout=60, proc=None):
+    end = time.time() + timeout
+    while time.time() < end:
+        for jf in _journal_files(jdir):
+            try:
+                with open(jf) as f:
+                    if json.load(f).get('phase') == phase:
+                        return jf
+            except (OSError, ValueError):
+                pass
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError('the play ended before phase %s:\n%s' % (phase, proc.stdout.read()[-3000:]))
+        time.sleep(0.05)
+    raise AssertionError('journal never reached phase %s' % phase)
+
+
+def _qmp(t, cmd, **args):
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+    q = QEMUMonitorProtocol(t.vm.qmp_socket)
+    q.connect()
+    try:
+        return q.cmd(cmd, **args)
+    finally:
+        q.close()
+
+
+@pytest.mark.parametrize('backend', ['qemu', 'libvirt'])
+def test_killed_mid_copy_rerun_ends_pivoted(vms, tmp_path, backend):
+    """The module is killed while copying (slowly: speed-limited). A re-run
+    adopts the job QEMU/libvirt kept running, or (raw QEMU, job cancelled
+    behind our back) starts over; either way it ends pivoted, and says so."""
+    t = _boot(vms, backend)
+    jdir = str(tmp_path / 'journal')
+    target = os.path.join(_newdir(t), 'data-moved.qcow2')
+    args = dict(disk=t.disk('data'), target=target, journal_dir=jdir)
+    proc = _start_play([t.task('drive_mirror', speed=64 * 1024, **args)], tmp_path, 'slow.yml')
+    try:
+        _wait_phase(jdir, 'copying', proc=proc)
+        time.sleep(1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with open(_journal_files(jdir)[0]) as f:
+        assert json.load(f)['phase'] == 'copying'
+    assert _live_file(t, 'data') == t.vm.disk_path('data')
+    if backend == 'qemu':
+        # QEMU's job dies too (cancelled behind our back): the re-run must start over
+        jobs = _qmp(t, 'query-block-jobs')
+        assert [j['device'] for j in jobs] == ['vmfleet-mirror-data'], jobs
+        assert not jobs[0]['ready']
+        _qmp(t, 'block-job-cancel', device='vmfleet-mirror-data', force=True)
+    r = _ok(run_one(t.task('drive_mirror', **args)))
+    assert r['changed'] is True and r['on_target'] is True
+    phases = _phases(r['journal'])
+    notes = ' '.join(h.get('note', '') for h in r['journal']['history'])
+    if backend == 'qemu':
+        assert 'failed' in phases or r['journal'].get('previous'), r['journal']
+        assert 'ended' in notes + json.dumps(r['journal'].get('previous')) or phases.count('planned') >= 1
+    else:
+        assert phases[:3] == ['planned', 'target_created', 'copying'] and 'adopted' in notes, r['journal']
+    assert phases[-3:] in (['switching', 'switched', 'done'], ['switched', 'config_updated', 'done']), phases
+    assert _live_file(t, 'data') == target
+    _assert_no_record_lost(t, target)
+    assert _ok(run_one(t.task('drive_mirror', **args)))['changed'] is False
+
+
+@pytest.mark.parametrize('backend', ['qemu', 'libvirt'])
+def test_ready_cancel_then_verified_pivot(vms, tmp_path, backend):
+    t = _boot(vms, backend)
+    jdir = str(tmp_path / 'journal')
+    target = os.path.join(_newdir(t), 'data-moved.qcow2')
+    args = dict(disk=t.disk('data'), target=target, journal_dir=jdir)
+
+    r = _ok(run_one(t.task('drive_mirror', state='ready', **args)))
+    assert r['changed'] is True and r['on_target'] is False and r['journal']['phase'] == 'ready'
+    again = _ok(run_one(t.task('drive_mirror', state='ready', **args)))
+    assert again['changed'] is False
+    assert _live_file(t, 'data') == t.vm.disk_path('data')
+
+    # cancel: the VM stays on its source, the copy (ours) is removed on request
+    [pred], _ = run_tasks([t.task('drive_mirror', state='cancelled', remove_target=True, **args)], check=True)
+    assert pred['changed'] is True and os.path.exists(target)
+    c = _ok(run_one(t.task('drive_mirror', state='cancelled', remove_target=True, **args)))
+    assert c['changed'] is True and c['on_target'] is False and not os.path.exists(target)
+    assert _live_file(t, 'data') == t.vm.disk_path('data')
+    assert _ok(run_one(t.task('drive_mirror', state='cancelled', **args)))['changed'] is False
+    t.wait_counter(t.counter() + 1)
+
+    # again, and this time switch with the guest paused and the copy proven equal
+    v = _ok(run_one(t.task('drive_mirror', verify=True, **args)))
+    assert v['changed'] is True and v['on_target'] is True
+    assert v['verified'] is True and v['paused_ms'] > 0
+    assert 'verify' in [a['action'] for a in v['actions']]
+    assert v['journal']['previous']['phase'] == 'cancelled'
+    t.wait_counter(t.counter() + 2)  # it runs again
+    _assert_no_record_lost(t, target)
+
+
+def test_target_errors_fail_before_anything_starts(vms, tmp_path):
+    t = _boot(vms, 'qemu')
+    jdir = str(tmp_path / 'journal')
+    d = _newdir(t)
+    taken = os.path.join(d, 'taken.qcow2')
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', taken, '64M'], check=True)
+    taken_sha = _sha(taken)
+    results, proc = run_tasks([
+        t.task('drive_mirror', disk='nosuchdisk', target=os.path.join(d, 'x.qcow2'), journal_dir=jdir),
+        t.task('drive_mirror', disk='data', target=taken, journal_dir=jdir),
+        t.task('drive_mirror', disk='data', target=os.path.join(d, 'missing', 'x.qcow2'), journal_dir=jdir),
+        t.task('drive_mirror', disk='data', target=os.path.join(d, 'absent.qcow2'), create_target=False,
+               journal_dir=jdir),
+        t.task('drive_mirror', disk='data', target=t.vm.disk_path('root'), overwrite=True, journal_dir=jdir),
+    ])
+    _failed(results[0], 'nosuchdisk', 'root', 'data')
+    _failed(results[1], taken, 'already exists', 'overwrite')
+    _failed(results[2], 'missing', 'does not exist')
+    _failed(results[3], 'absent.qcow2', 'create_target')
+    _failed(results[4], 'root')
+    assert 'Traceback' not in proc.stdout + proc.stderr
+    assert _sha(taken) == taken_sha
+    assert _qmp(t, 'query-block-jobs') == []
+
+    # a filesystem too small: refused before anything starts
+    small = os.path.join(t.vm.workdir, 'small')
+    os.makedirs(small)
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m,mode=0755', 'tmpfs', small], check=True)
+    try:
+        for check in (True, False):
+            [r], _ = run_tasks([t.task('drive_mirror', disk='data', target=os.path.join(small, 'x.qcow2'),
+                                       journal_dir=jdir)], check=check)
+            _failed(r, small, 'MiB free', 'needs about', 'nothing was started')
+            assert r['space_needed'] > r['space_free']
+            assert os.listdir(small) == []
+    finally:
+        subprocess.run(['umount', small], check=False)
+    assert _qmp(t, 'query-block-jobs') == []
+    assert _live_file(t, 'data') == t.vm.disk_path('data')
+
+
+def test_target_filling_up_mid_copy_leaves_vm_on_source(vms, tmp_path):
+    t = _boot(vms, 'qemu')
+    jdir = str(tmp_path / 'journal')
+    fs = os.path.join(t.vm.workdir, 'fills')
+    os.makedirs(fs)
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=32m,mode=0755', 'tmpfs', fs], check=True)
+    try:
+        target = os.path.join(fs, 'data-moved.qcow2')
+        proc = _start_play([t.task('drive_mirror', disk='data', target=target, speed=64 * 1024,
+                                   journal_dir=jdir)], tmp_path, 'fill.yml')
+        try:
+            _wait_phase(jdir, 'copying', proc=proc)
+            # someone else takes the rest of the filesystem
+            with open(os.path.join(fs, 'filler'), 'wb') as f:
+                try:
+                    while True:
+                        f.write(b'\xff' * (1 << 20))
+                        f.flush()
+                except OSError:
+                    pass
+            out = proc.communicate(timeout=180)[0]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert 'No space left on device' in out, out[-3000:]
+        assert 'keeps running on %s' % t.vm.disk_path('data') in out, out[-3000:]
+        assert 'Traceback' not in out
+        with open(_journal_files(jdir)[0]) as f:
+            j = json.load(f)
+        assert j['phase'] == 'failed' and 'No space' in j['history'][-1]['note']
+        assert _live_file(t, 'data') == t.vm.disk_path('data')
+        assert _qmp(t, 'query-block-jobs') == []
+        t.wait_counter(t.counter() + 2)  # the guest runs on
+        assert os.path.exists(target), 'the failed copy is left in place, nothing deleted'
+    finally:
+        subprocess.run(['umount', '-l', fs], check=False)
