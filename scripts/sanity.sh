@@ -22,9 +22,11 @@ done
 # ansible-test refuses a cwd reached through a symlink and does not follow
 # linked directories, and reads the enclosing git repo: so it checks a copy,
 # outside the repo, of the files git would commit.
-tree="${TMPDIR:-/tmp}/vmfleet-sanity/ansible_collections/vmfleet/kvm"
-rm -rf "$tree" && mkdir -p "$tree"
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/vmfleet-sanity.XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+tree="$scratch/ansible_collections/vmfleet/kvm"
+mkdir -p "$tree"
 (cd "$repo" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$tree")
 cd "$tree"
 pyver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-exec "$repo/.venv/bin/ansible-test" sanity --venv --python "$pyver" --color no "$@"
+"$repo/.venv/bin/ansible-test" sanity --venv --python "$pyver" --color no "$@"
