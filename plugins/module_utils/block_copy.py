@@ -502,7 +502,10 @@ class DriveMirror(object):
                         hint="re-run to retry; until then a restart of the domain would use the old image",
                         **self._result(self.disk, journal, True))
                 if journal.exists:
-                    journal.record(mj.CONFIG_UPDATED)
+                    journal.record(mj.CONFIG_UPDATED, note='the module rewrote the persistent definition')
+        elif cfg is not None and journal.exists and journal.phase == mj.SWITCHED and not self.check:
+            journal.record(mj.CONFIG_UPDATED, note='checked: the persistent definition names the target '
+                                                   '(libvirt updated it at the pivot)')
         if journal.exists and _same(journal.get('target'), self.target) and journal.phase != mj.DONE \
                 and not self.check:
             journal.record(mj.DONE)
