@@ -50,6 +50,21 @@ class SpaceTooSmall(VmfleetError):
     pass
 
 
+def qmp(vm, command, _timeout=60.0, **args):
+    """``vm.qmp`` that always turns QEMU's refusal into QmpCommandError.
+
+    qmp_client.QmpClient.execute reads ``e.error.class_`` where qemu.qmp has
+    ``e.error_class``, so a refused command surfaces as an AttributeError
+    whose context is the ExecuteError; recover QEMU's words from it."""
+    try:
+        return vm.qmp(command, _timeout=_timeout, **args)
+    except AttributeError as e:
+        cause = e.__context__
+        if cause is not None and type(cause).__name__ == 'ExecuteError':
+            raise QmpCommandError(command, getattr(cause, 'error_class', None), str(cause))
+        raise
+
+
 def _real(path):
     return os.path.realpath(path) if path else path
 
@@ -81,13 +96,13 @@ class QmpDriver(object):
         """Our job for ``disk``: dict(len, offset, ready, status, error, speed) or None."""
         jid = job_id or self.job_id(disk)
         out = None
-        for j in self.vm.qmp('query-block-jobs'):
+        for j in qmp(self.vm, 'query-block-jobs'):
             if j.get('device') == jid:
                 out = dict(id=jid, len=j.get('len', 0), offset=j.get('offset', 0), ready=bool(j.get('ready')),
                            status=j.get('status'), error=None, speed=j.get('speed'))
         if out is None:
             # a concluded job (auto-dismiss off) is only in query-jobs
-            for j in self.vm.qmp('query-jobs'):
+            for j in qmp(self.vm, 'query-jobs'):
                 if j.get('id') == jid:
                     out = dict(id=jid, len=j.get('total-progress', 0), offset=j.get('current-progress', 0),
                                ready=False, status=j.get('status'), error=j.get('error'), speed=None)
@@ -97,7 +112,7 @@ class QmpDriver(object):
         return None  # QEMU does not say; the journal does
 
     def _nodes(self):
-        return dict((n.get('node-name'), n) for n in self.vm.qmp('query-named-block-nodes'))
+        return dict((n.get('node-name'), n) for n in qmp(self.vm, 'query-named-block-nodes'))
 
     def _drop_nodes(self, target):
         base = self.target_node(target)
@@ -105,14 +120,14 @@ class QmpDriver(object):
         for name in (base, base + '-file'):
             if name in nodes:
                 try:
-                    self.vm.qmp('blockdev-del', **{'node-name': name})
+                    qmp(self.vm, 'blockdev-del', **{'node-name': name})
                 except QmpCommandError:
                     pass
 
     def start(self, disk, target, fmt, sync, copy_mode, speed, granularity, buf_size, backing_node=None):
         base = self.target_node(target)
         self._drop_nodes(target)  # a run killed between blockdev-add and the mirror left them
-        self.vm.qmp('blockdev-add', **{'driver': 'file', 'filename': target, 'node-name': base + '-file'})
+        qmp(self.vm, 'blockdev-add', **{'driver': 'file', 'filename': target, 'node-name': base + '-file'})
         fmt_node = {'driver': fmt, 'file': base + '-file', 'node-name': base}
         if fmt == 'qcow2' and sync == 'top':
             if backing_node:
@@ -120,7 +135,7 @@ class QmpDriver(object):
         elif fmt == 'qcow2':
             fmt_node['backing'] = None
         try:
-            self.vm.qmp('blockdev-add', **fmt_node)
+            qmp(self.vm, 'blockdev-add', **fmt_node)
             args = {'job-id': self.job_id(disk), 'device': disk.node_name, 'target': base,
                     'sync': sync, 'copy-mode': copy_mode, 'auto-dismiss': False}
             if speed:
@@ -129,18 +144,18 @@ class QmpDriver(object):
                 args['granularity'] = granularity
             if buf_size:
                 args['buf-size'] = buf_size
-            self.vm.qmp('blockdev-mirror', **args)
+            qmp(self.vm, 'blockdev-mirror', **args)
         except QmpCommandError:
             self._drop_nodes(target)
             raise
         return self.job_id(disk)
 
     def set_speed(self, job, speed):
-        self.vm.qmp('block-job-set-speed', device=job['id'], speed=int(speed or 0))
+        qmp(self.vm, 'block-job-set-speed', device=job['id'], speed=int(speed or 0))
 
     def dismiss(self, job):
         try:
-            self.vm.qmp('job-dismiss', id=job['id'])
+            qmp(self.vm, 'job-dismiss', id=job['id'])
         except QmpCommandError:
             pass
 
@@ -159,12 +174,12 @@ class QmpDriver(object):
             self.vm.wait_event(min(POLL_S, deadline.remaining(0.01)))
 
     def complete(self, disk, job, deadline):
-        self.vm.qmp('block-job-complete', device=job['id'])
+        qmp(self.vm, 'block-job-complete', device=job['id'])
         return self._finish(job, deadline, 'switching disk %s' % disk.name)
 
     def cancel(self, disk, job, deadline):
         if job['status'] not in ('concluded', 'null'):
-            self.vm.qmp('block-job-cancel', device=job['id'])
+            qmp(self.vm, 'block-job-cancel', device=job['id'])
         return self._finish(job, deadline, 'cancelling the mirror of disk %s' % disk.name)
 
     def after_switch(self, disk, target, source):
@@ -177,10 +192,10 @@ class QmpDriver(object):
         return False
 
     def pause(self):
-        self.vm.qmp('stop')
+        qmp(self.vm, 'stop')
 
     def resume(self):
-        self.vm.qmp('cont')
+        qmp(self.vm, 'cont')
 
     def nodes_for_verify(self, disk, target):
         return disk.node_name, self.target_node(target)
@@ -660,10 +675,10 @@ class DriveMirror(object):
         return job
 
     def _backing_node(self, disk):
-        for n in self.vm.qmp('query-named-block-nodes'):
+        for n in qmp(self.vm, 'query-named-block-nodes'):
             if n.get('node-name') == disk.node_name:
                 bf = n.get('backing_file')
-                for m in self.vm.qmp('query-named-block-nodes'):
+                for m in qmp(self.vm, 'query-named-block-nodes'):
                     if bf and _same(m.get('file'), bf) and m.get('drv') not in ('file', 'host_device'):
                         return m.get('node-name')
         return None
@@ -782,42 +797,29 @@ class DriveMirror(object):
             time.sleep(0.05)
 
     def _verify(self, job):
-        """Compare source and target through QEMU itself (NBD exports of both
-        nodes, read-only), so caches and qcow2 metadata not yet on disk count."""
+        """Compare source and target images while the guest is paused and the
+        job has nothing left to copy. The mirror target refuses a second
+        reader inside QEMU, so both images are flushed (the qcow2 metadata QEMU
+        caches must reach the files) and compared from the host."""
         src_node, tgt_node = self.driver.nodes_for_verify(self.disk, self.target)
-        tmp = tempfile.mkdtemp(prefix='.vmfleet-verify-', dir=os.path.dirname(self.target))
-        sock = os.path.join(tmp, 'nbd.sock')
-        if len(sock) > 100:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp = tempfile.mkdtemp(prefix='vmfleet-verify-')
-            sock = os.path.join(tmp, 'nbd.sock')
-        # QEMU (for libvirt: its own user, as the target image's owner shows) creates the socket
-        st = os.stat(self.target)
-        os.chown(tmp, st.st_uid, st.st_gid)
-        exports = []
-        started = False
-        try:
-            self.vm.qmp('nbd-server-start', addr={'type': 'unix', 'data': {'path': sock}})
-            started = True
-            for name, node in (('vmfleet-src', src_node), ('vmfleet-tgt', tgt_node)):
-                self.vm.qmp('block-export-add', type='nbd', id=name, **{'node-name': node, 'name': name,
-                                                                          'writable': False})
-                exports.append(name)
-            uri = 'nbd+unix:///%s?socket=' + sock
-            argv = [qemu_img(self.module), 'compare', '-f', 'raw', '-F', 'raw', uri % 'vmfleet-src', uri % 'vmfleet-tgt']
-            rc, out, err = self.module.run_command(argv)
-        finally:
-            for name in exports:
-                try:
-                    self.vm.qmp('block-export-del', id=name)
-                except VmfleetError:
-                    pass
-            if started:
-                try:
-                    self.vm.qmp('nbd-server-stop')
-                except VmfleetError:
-                    pass
-            shutil.rmtree(tmp, ignore_errors=True)
+        for node in (src_node, tgt_node):
+            # HMP qemu-io on a node takes no permissions: a plain flush
+            qmp(self.vm, 'human-monitor-command', **{'command-line': 'qemu-io -d %s "flush"' % node})
+        fmt = self.p['target_format'] or self.disk.format
+
+        def opts(path, f):
+            # QEMU holds the target's lock against readers until the switch; the
+            # guest is paused, the job idle and both images flushed, so the files
+            # are what the guest would read: read them without the lock.
+            return 'driver=%s,file.driver=file,file.filename=%s,file.locking=off' % (f, path.replace(',', ',,'))
+        argv = [qemu_img(self.module), 'compare', '--image-opts', opts(self.disk.file, self.disk.format),
+                opts(self.target, fmt)]
+        rc, out, err = self.module.run_command(argv)
+        if rc not in (0, 1):
+            raise JobFailed("verify: cannot compare source and target of disk '%s': %s"
+                            % (self.disk.name, (out + err).strip() or 'qemu-img compare rc %d' % rc),
+                            hint="nothing was switched; the VM resumes on its source and job %s is left running "
+                                 "(re-run without verify, or cancel it with state: cancelled)" % job['id'])
         if rc == 0:
             self.verified = True
             self._act('verify', result='identical')

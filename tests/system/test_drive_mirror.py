@@ -76,13 +76,18 @@ def _journal_files(jdir):
 
 
 def _live_file(t, role):
-    """The image the VM runs disk ``role`` on, as vm_info reports it."""
-    r = _ok(run_one(t.task('vm_info')))
-    vm = r['vms'][0] if 'vms' in r else r['vm']
-    for d in vm['disks']:
-        if d['name'] == t.disk(role):
-            return d['file']
-    raise AssertionError('disk %s not in %s' % (role, vm['disks']))
+    """The image the VM runs disk ``role`` on, asked of QEMU / libvirt directly."""
+    if t.backend == 'qemu':
+        for dev in _qmp(t, 'query-block'):
+            if dev.get('qdev', '').startswith('/machine/peripheral/%s/' % role) and dev.get('inserted'):
+                return dev['inserted']['file']
+        raise AssertionError('disk %s not found' % role)
+    out = t.vm.virsh('domblklist', t.vm.name, '--details').stdout
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) == 4 and f[2] == t.disk(role):
+            return f[3]
+    raise AssertionError('disk %s not in %s' % (role, out))
 
 
 def _assert_no_record_lost(t, target, fmt='qcow2'):
