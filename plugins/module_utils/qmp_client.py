@@ -80,7 +80,7 @@ class QmpClient(object):
         try:
             return self._run(self._client.execute(command, args or None), timeout)
         except ExecuteError as e:
-            raise QmpCommandError(command, e.error.class_, e.error.desc)
+            raise QmpCommandError(command, e.error.error.class_, e.error.error.desc)
         except asyncio.TimeoutError:
             raise OperationTimeout("QMP command '%s' on %s got no answer within %.0fs"
                                    % (command, self.address, timeout))

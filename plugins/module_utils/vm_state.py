@@ -150,8 +150,9 @@ class Saver(object):
                 from ansible_collections.vmfleet.kvm.plugins.module_utils.multifd_stream import ChannelSink
                 sockdir = tempfile.mkdtemp(prefix='vmfleet-save-')
                 sock = os.path.join(sockdir, 'sink.sock')
+                # QEMU opens the main channel plus one per multifd channel.
                 sink = ChannelSink(sock, os.path.dirname(self.path), os.path.basename(self.path) + save_image.PARTIAL,
-                                   self.channels)
+                                   1 + self.channels)
                 vm.qmp('migrate', uri='unix:%s' % sock)
                 info = migration.wait(vm, self.deadline, "saving VM '%s'" % vm.name, self._progress)
                 written = sink.finish(self.deadline.remaining(30.0))

@@ -1,0 +1,181 @@
+"""vm_save / vm_restore through ansible-playbook on real VMs: the guest runs
+on from exactly the saved counter, and the checksum it computes over its
+random-filled RAM after the restore equals the one from before the save."""
+
+import glob
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from ansible_run import run_one
+from rig.guest import wait_serial
+from targets import Target
+
+FILL_MIB = 768
+CASES = [(1, 'none'), (4, 'none'), (4, 'zstd')]
+PATHS = {'qemu': {'none': 'mapped-ram', 'zstd': 'multifd-stream'},
+         'libvirt': {'none': 'libvirt-sparse', 'zstd': 'libvirt-compressed'}}
+
+
+@pytest.fixture(scope='module', params=['qemu', 'libvirt'])
+def big(request, session_vms):
+    """A 1 GiB guest whose RAM holds 768 MiB of random data, and that data's SHA-256."""
+    boot = session_vms.qemu if request.param == 'qemu' else session_vms.libvirt
+    vm = boot(name='vmfleet-test-save-%s' % request.param, memory_mib=1024,
+              cmdline_extra='vmfleet.fill=%d' % FILL_MIB)
+    m = wait_serial(vm.serial_log, r'VMFLEET-FILL %d ([0-9a-f]{64})' % FILL_MIB, 600)
+    t = Target(vm, request.param)
+    t.fill_sha = m.group(1)
+    t.save_dir = os.path.join(os.path.dirname(vm.serial_log), 'saves')
+    os.makedirs(t.save_dir, exist_ok=True)
+    return t
+
+
+def _ok(r):
+    assert not r.get('failed'), r.get('msg', r)
+    return r
+
+
+def _running(t):
+    if t.backend == 'qemu':
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(t.vm.qmp_socket)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+    out = subprocess.run(['virsh', '-c', 'qemu:///system', 'domstate', t.vm.name],
+                         capture_output=True, text=True, check=False).stdout.strip()
+    return out == 'running'
+
+
+def _restore_log_counters(t, offset):
+    # A relaunched raw QEMU opens its serial file anew; libvirt appends.
+    start = 0 if t.backend == 'qemu' else offset
+    return t.counters_after(start)
+
+
+@pytest.mark.parametrize('channels,compression', CASES, ids=['1ch', '4ch', '4ch-zstd'])
+def test_save_restore_runs_on_from_the_saved_moment(big, channels, compression):
+    t = big
+    img = os.path.join(t.save_dir, 'img-%d-%s' % (channels, compression))
+    t.wait_counter(t.counter() + 2)
+    r = _ok(run_one(t.task('vm_save', path=img, channels=channels, compression=compression)))
+    assert r['changed'] is True
+    assert r['path_used'] == PATHS[t.backend][compression]
+    assert r['channels'] == channels and r['bytes'] > FILL_MIB * 2**20 // 2
+    assert r['downtime_ms'] > 0 and r['rate_mib_s'] > 0
+    assert not _running(t)
+    saved = t.counter()
+    offset = t.serial_size()
+    for f in glob.glob(img + '*'):
+        assert os.stat(f).st_mode & 0o777 == 0o600, f
+    assert not glob.glob(img + '*.partial')
+
+    again = _ok(run_one(t.task('vm_save', path=img, channels=channels, compression=compression)))
+    assert again['changed'] is False
+
+    r = _ok(run_one({'vmfleet.kvm.vm_restore': {'path': img}}))
+    assert r['changed'] is True and r['state'] == 'running'
+    deadline = time.time() + 60
+    while len(_restore_log_counters(t, offset)) < 2 and time.time() < deadline:
+        time.sleep(0.3)
+    after = _restore_log_counters(t, offset)
+    assert after[:2] == [saved + 1, saved + 2], (saved, after[:5])
+    if t.backend == 'libvirt':
+        assert 'VMFLEET-BOOT' not in open(t.vm.serial_log, errors='replace').read()[offset:]
+    # the guest's own checksum over its random RAM, computed after the restore
+    # (a FILLSUM line names the tick its hashing began: take one begun after the restore)
+    pos = 0 if t.backend == 'qemu' else offset
+    while True:
+        m = wait_serial(t.vm.serial_log, r'VMFLEET-FILLSUM (\d+) ([0-9a-f]{64})', 300, after_offset=pos)
+        pos = m.end()
+        if int(m.group(1)) > saved:
+            break
+    assert m.group(2) == t.fill_sha
+
+    assert _ok(run_one({'vmfleet.kvm.vm_restore': {'path': img}}))['changed'] is False
+    for f in glob.glob(img + '*'):
+        os.unlink(f)
+
+
+def test_corrupt_or_truncated_image_fails_before_anything_starts(big):
+    t = big
+    img = os.path.join(t.save_dir, 'img-corrupt')
+    _ok(run_one(t.task('vm_save', path=img, channels=2)))
+    with open(img, 'r+b') as f:
+        f.seek(4096 * 1000)
+        byte = f.read(1)
+        f.seek(4096 * 1000)
+        f.write(bytes([byte[0] ^ 0xff]))
+    r = run_one({'vmfleet.kvm.vm_restore': {'path': img}})
+    assert r['failed'] and img in r['msg'] and 'SHA-256' in r['msg'], r
+    assert not _running(t)
+    with open(img, 'r+b') as f:
+        f.seek(4096 * 1000)
+        f.write(byte)
+    size = os.path.getsize(img)
+    with open(img, 'rb') as f:
+        f.seek(size - 4096)
+        tail = f.read()
+    os.truncate(img, size - 4096)
+    r = run_one({'vmfleet.kvm.vm_restore': {'path': img, 'verify': False}})
+    assert r['failed'] and img in r['msg'] and 'truncated' in r['msg'], r
+    assert not _running(t)
+    with open(img, 'ab') as f:
+        f.write(tail)
+    _ok(run_one({'vmfleet.kvm.vm_restore': {'path': img}}))
+    assert _running(t)
+    r = run_one(t.task('vm_save', path=img))
+    assert r['failed'] and 'already exists' in r['msg'] and _running(t), r
+    for f in glob.glob(img + '*'):
+        os.unlink(f)
+
+
+def test_save_killed_or_out_of_space_leaves_no_image(vms, tmp_path):
+    """Disk full: no image, VM still running. QEMU killed mid-save: no image."""
+    small = tmp_path / 'small'
+    small.mkdir()
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', str(small)],
+                             capture_output=True, check=False).returncode == 0
+    vm = vms.qemu(cmdline_extra='vmfleet.fill=96')
+    wait_serial(vm.serial_log, r'VMFLEET-FILL 96 ', 300)
+    t = Target(vm, 'qemu')
+    try:
+        if mounted:
+            img = str(small / 'img')
+            r = run_one(t.task('vm_save', path=img, channels=4))
+            assert r['failed'], r
+            assert os.listdir(small) == [], os.listdir(small)
+            assert _running(t)
+            t.wait_counter(t.counter() + 2)  # and it runs on
+    finally:
+        if mounted:
+            subprocess.run(['umount', str(small)], check=False)
+
+    img = str(tmp_path / 'img-killed')
+
+    def killer():
+        # kill QEMU once the image starts growing
+        end = time.time() + 60
+        while time.time() < end:
+            if os.path.exists(img + '.partial') and os.path.getsize(img + '.partial') > 0:
+                os.kill(vm.pid, signal.SIGKILL)
+                return
+            time.sleep(0.005)
+    th = threading.Thread(target=killer)
+    th.start()
+    r = run_one(t.task('vm_save', path=img, channels=1))
+    th.join()
+    assert r['failed'], r
+    assert re.search(r'went away|gone|exited|failed', r['msg']), r['msg']
+    assert not os.path.exists(img + '.manifest.json')
+    assert not glob.glob(img + '*'), glob.glob(img + '*')
