@@ -99,7 +99,7 @@ class QmpDriver(object):
         for j in qmp(self.vm, 'query-block-jobs'):
             if j.get('device') == jid:
                 out = dict(id=jid, len=j.get('len', 0), offset=j.get('offset', 0), ready=bool(j.get('ready')),
-                           status=j.get('status'), error=None, speed=j.get('speed'))
+                           status=j.get('status'), error=j.get('error'), speed=j.get('speed'))
         if out is None:
             # a concluded job (auto-dismiss off) is only in query-jobs
             for j in qmp(self.vm, 'query-jobs'):
@@ -711,7 +711,8 @@ class DriveMirror(object):
                 raise JobFailed(
                     "the mirror of disk '%s' of VM '%s' to %s failed: %s" % (
                         self.disk.name, self.vm.name, self.target,
-                        err or 'the job ended without an error message (libvirt reports it only in its log)'),
+                        err or ('the job ended without an error message (libvirt reports it only in its log)'
+                                if self.vm.backend == 'libvirt' else 'the job ended without an error message')),
                     hint="the VM keeps running on %s; check space and health of the target storage, then re-run"
                          % live, **self._result(self.disk, journal, False))
             self.bytes_total = j['len']

@@ -348,26 +348,38 @@ def test_target_errors_fail_before_anything_starts(vms, tmp_path):
     assert _live_file(t, 'data') == t.vm.disk_path('data')
 
 
+def _fill(path):
+    """Take every free byte of the filesystem holding ``path``."""
+    with open(path, 'wb', buffering=0) as f:
+        for chunk in (1 << 20, 4096):
+            try:
+                while True:
+                    f.write(b'\xff' * chunk)
+            except OSError:
+                pass
+
+
 def test_target_filling_up_mid_copy_leaves_vm_on_source(vms, tmp_path):
-    t = _boot(vms, 'qemu')
+    # 40 MiB of data on the disk before the VM boots: the copy takes a few
+    # seconds at 8 MiB/s, and the target's filesystem fills meanwhile
+    name = 'vmfleet-test-fill'
+    wd = os.path.join(vms.root, name)
+    os.makedirs(wd)
+    data = os.path.join(wd, 'data.qcow2')
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', data, '64M'], check=True)
+    subprocess.run(['qemu-io', '-f', 'qcow2', '-c', 'write -P 0xab 16M 40M', data], check=True, capture_output=True)
+    t = _boot(vms, 'qemu', name=name)
     jdir = str(tmp_path / 'journal')
     fs = os.path.join(t.vm.workdir, 'fills')
     os.makedirs(fs)
-    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=32m,mode=0755', 'tmpfs', fs], check=True)
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=56m,mode=0755', 'tmpfs', fs], check=True)
     try:
         target = os.path.join(fs, 'data-moved.qcow2')
-        proc = _start_play([t.task('drive_mirror', disk='data', target=target, speed=64 * 1024,
+        proc = _start_play([t.task('drive_mirror', disk='data', target=target, speed=8 << 20,
                                    journal_dir=jdir)], tmp_path, 'fill.yml')
         try:
             _wait_phase(jdir, 'copying', proc=proc)
-            # someone else takes the rest of the filesystem
-            with open(os.path.join(fs, 'filler'), 'wb') as f:
-                try:
-                    while True:
-                        f.write(b'\xff' * (1 << 20))
-                        f.flush()
-                except OSError:
-                    pass
+            _fill(os.path.join(fs, 'filler'))  # someone else takes the rest of the filesystem
             out = proc.communicate(timeout=180)[0]
         finally:
             if proc.poll() is None:
@@ -380,6 +392,7 @@ def test_target_filling_up_mid_copy_leaves_vm_on_source(vms, tmp_path):
         assert j['phase'] == 'failed' and 'No space' in j['history'][-1]['note']
         assert _live_file(t, 'data') == t.vm.disk_path('data')
         assert _qmp(t, 'query-block-jobs') == []
+        assert _qmp(t, 'query-status')['status'] == 'running'
         t.wait_counter(t.counter() + 2)  # the guest runs on
         assert os.path.exists(target), 'the failed copy is left in place, nothing deleted'
     finally:
