@@ -22,7 +22,19 @@ description:
     on the first one, so that libvirt's snapshot list stays truthful. A shut-off libvirt
     domain is handled with C(qemu-img snapshot) on its images. The result's RV(route) says
     which ran.
-  - The guest is paused while its RAM is written; RV(paused_ms) reports for how long.
+  - With O(mode=internal) the guest is paused while its RAM is written; RV(paused_ms) reports for how long.
+  - With O(mode=instant) (raw QEMU VMs only) the guest is paused only while its disks are
+    snapshotted (one QMP C(transaction) of disk-only internal snapshots) and its device state is
+    saved; its RAM is written to a memory file under O(memory_dir) by QEMU's C(background-snapshot)
+    migration while it runs on. The snapshot's moment is the pause. A manifest next to the memory
+    file marks the disk snapshots as instant. Revert stops QEMU, reverts the disks with
+    C(qemu-img snapshot -a), relaunches the recorded QEMU command line with C(-incoming defer)
+    and loads the memory file; everything is checked before QEMU is stopped.
+  - O(mode=instant) fails before pausing anything when the host kernel lacks userfaultfd
+    write-protect, QEMU lacks C(background-snapshot), or the guest's memory backend cannot be
+    write-protected. On a libvirt domain it fails before touching anything: libvirt 11.x has no
+    instant snapshot API and cannot load a memory file outside its own save format; use
+    O(mode=internal) there.
 author:
   - vmfleet.kvm contributors (@vmfleet)
 extends_documentation_fragment:
@@ -75,6 +87,22 @@ options:
       - Without it an existing snapshot is left alone and the task reports no change.
     type: bool
     default: false
+  mode:
+    description:
+      - V(internal) keeps RAM state inside a qcow2 image, written while the guest is paused.
+      - V(instant) freezes the moment in milliseconds and writes RAM while the guest runs
+        (raw QEMU VMs only); O(vmstate_disk) and O(memory) do not apply.
+    type: str
+    choices: [internal, instant]
+    default: internal
+  memory_dir:
+    description:
+      - Directory of the memory files and manifests of instant snapshots
+        (C(<memory_dir>/<vm>.<name>.vmstate) and C(.vmstate.manifest.json)).
+      - Must exist. M(vmfleet.kvm.snapshot_info) needs the same directory to list them.
+      - With O(mode=internal) it is only read, to refuse handling an instant snapshot as internal.
+    type: path
+    default: /var/lib/vmfleet/snapshots
 '''
 
 EXAMPLES = r'''
@@ -102,6 +130,13 @@ EXAMPLES = r'''
     qmp_socket: /run/vms/build01.qmp
     name: nightly
     timeout: 600
+
+- name: Instant snapshot of a big VM, paused for milliseconds
+  vmfleet.kvm.snapshot:
+    qmp_socket: /run/vms/db01.qmp
+    name: pre-upgrade
+    mode: instant
+    memory_dir: /var/lib/vmfleet/snapshots
 '''
 
 RETURN = r'''
@@ -148,6 +183,26 @@ state:
   returned: when O(state=reverted) and not in check mode
   type: str
   sample: running
+mode:
+  description: V(instant) when the instant engine ran.
+  returned: when O(mode=instant)
+  type: str
+  sample: instant
+pid:
+  description: PID of the relaunched QEMU after the revert of an instant snapshot.
+  returned: when O(mode=instant), O(state=reverted) and not in check mode
+  type: int
+  sample: 4242
+qmp_socket:
+  description: QMP socket of the relaunched QEMU after the revert of an instant snapshot.
+  returned: when O(mode=instant), O(state=reverted) and not in check mode
+  type: str
+  sample: /run/vms/db01.qmp
+ram_bytes:
+  description: Bytes of guest RAM the instant snapshot wrote.
+  returned: when O(mode=instant) created a snapshot
+  type: int
+  sample: 4294967296
 '''
 
 import time
@@ -156,6 +211,10 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.args_common import (
     CONNECTION_MUTUALLY_EXCLUSIVE, argument_spec,
+)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument
+from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import (
+    DEFAULT_MEMORY_DIR, InstantSnapshots, guard_internal,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.internal_snapshots import Snapshots
 from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module
@@ -182,6 +241,8 @@ def main():
             vmstate_disk=dict(type='str'),
             memory=dict(type='bool', default=True),
             overwrite=dict(type='bool', default=False),
+            mode=dict(type='str', choices=['internal', 'instant'], default='internal'),
+            memory_dir=dict(type='path', default=DEFAULT_MEMORY_DIR),
         ),
         mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE,
         required_one_of=[('domain', 'qmp_socket')],
@@ -191,7 +252,24 @@ def main():
     def work(module):
         p = module.params
         t0 = time.monotonic()
+        if p['mode'] == 'instant':
+            if p['vmstate_disk'] or not p['memory']:
+                raise InvalidArgument("vmstate_disk and memory do not apply to mode: instant",
+                                      hint="its RAM goes to a memory file under memory_dir; drop them")
+            with open_vm(module) as vm:
+                ops = InstantSnapshots(vm, p['timeout'], p['memory_dir'], check_mode=module.check_mode)
+                if p['state'] == 'present':
+                    result, before = ops.present(p['name'], p['disks'], p['overwrite'])
+                elif p['state'] == 'absent':
+                    result, before = ops.absent(p['name'])
+                else:
+                    result, before = ops.reverted(p['name'])
+            result['duration_s'] = round(time.monotonic() - t0, 3)
+            if module._diff and result['changed']:
+                result['diff'] = _diff(p['state'], p['name'], before, result)
+            return result
         with open_vm(module) as vm:
+            guard_internal(vm, p['memory_dir'], p['name'])
             ops = Snapshots(vm, p['timeout'], check_mode=module.check_mode)
             if p['state'] == 'present':
                 result, before = ops.present(p['name'], p['disks'], p['vmstate_disk'], p['memory'], p['overwrite'])

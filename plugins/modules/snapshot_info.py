@@ -34,6 +34,12 @@ options:
   name_prefix:
     description: Only snapshots whose name starts with this (retention of a role's own snapshots).
     type: str
+  memory_dir:
+    description:
+      - Directory of the memory files and manifests of instant snapshots (see M(vmfleet.kvm.snapshot) O(mode=instant)).
+      - Their disk snapshots are listed with RV(snapshots[].mode=instant) and their memory file.
+    type: path
+    default: /var/lib/vmfleet/snapshots
 '''
 
 EXAMPLES = r'''
@@ -70,7 +76,7 @@ snapshots:
       type: str
       sample: pre-upgrade
     mode:
-      description: C(internal) (qcow2 internal snapshot).
+      description: C(internal) (qcow2 internal snapshot) or C(instant) (disk-only internal snapshots plus a memory file).
       type: str
       sample: internal
     disks:
@@ -102,6 +108,14 @@ snapshots:
       description: libvirt's snapshot metadata knows it (made through libvirt's API).
       type: bool
       sample: false
+    memory_file:
+      description: The memory file of an instant snapshot.
+      type: str
+      sample: /var/lib/vmfleet/snapshots/db01.pre-upgrade.vmstate
+    paused_ms:
+      description: How long the guest was paused when the instant snapshot was taken.
+      type: float
+      sample: 3.2
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -110,26 +124,47 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.args_common import (
     CONNECTION_MUTUALLY_EXCLUSIVE, argument_spec,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmGone
+from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import (
+    DEFAULT_MEMORY_DIR, describe, find_manifests,
+)
 from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module
 from ansible_collections.vmfleet.kvm.plugins.module_utils.vm import open_vm
 
 
+def _wanted(p, name):
+    if p['name'] is not None and name != p['name']:
+        return False
+    return not (p['name_prefix'] and not name.startswith(p['name_prefix']))
+
+
 def _entries(vm, p):
     known = vm.libvirt_snapshot_names() if vm.backend == 'libvirt' else set()
+    disks = vm.disks()
+    instant = find_manifests(p['memory_dir'], vm.name) if vm.backend == 'qemu' else {}
     out = []
-    for s in vm.snapshots():
-        if p['name'] is not None and s['name'] != p['name']:
+    for s in vm.snapshots(disks):
+        if not _wanted(p, s['name']):
             continue
-        if p['name_prefix'] and not s['name'].startswith(p['name_prefix']):
-            continue
-        s = dict(s, vm=vm.name, backend=vm.backend, mode='internal', in_libvirt=s['name'] in known)
-        out.append(s)
+        if s['name'] in instant:
+            path, manifest = instant.pop(s['name'])
+            s = dict(s, **describe(manifest, path, disks))
+            if not s['disks']:
+                # the disks hold a snapshot of that name, but not the one the manifest recorded
+                s = dict(s, disks=[], consistent=False)
+        else:
+            s = dict(s, mode='internal')
+        out.append(dict(s, vm=vm.name, backend=vm.backend, in_libvirt=s['name'] in known))
+    for name, (path, manifest) in sorted(instant.items()):
+        # a memory file whose disk snapshots are gone: listed so it can be removed
+        if _wanted(p, name):
+            out.append(dict(describe(manifest, path, disks), vm=vm.name, backend=vm.backend, in_libvirt=False))
     return out
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=argument_spec(name=dict(type='str'), name_prefix=dict(type='str')),
+        argument_spec=argument_spec(name=dict(type='str'), name_prefix=dict(type='str'),
+                                    memory_dir=dict(type='path', default=DEFAULT_MEMORY_DIR)),
         mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE + [('name', 'name_prefix')],
         supports_check_mode=True,
     )

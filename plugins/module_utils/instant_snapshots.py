@@ -1,0 +1,473 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vmfleet.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Instant snapshots (seed 001): the guest is paused only for as long as it
+takes to snapshot its disks and its device state; its RAM is written while it
+runs on, by QEMU's ``background-snapshot`` migration (userfaultfd
+write-protect copies a page out before the guest changes it).
+
+An instant snapshot is three things:
+
+- a disk-only internal snapshot of every selected disk, taken in one QMP
+  ``transaction`` while the guest is paused;
+- the memory file ``<memory_dir>/<vm>.<name>.vmstate``: a migration stream of
+  RAM and device state at that same moment;
+- its manifest ``<memory file>.manifest.json`` (written last: no manifest, no
+  snapshot), which records the disks' snapshot records (so a later internal
+  snapshot of the same name is not mistaken for ours) and the QEMU command
+  line a revert relaunches.
+
+The disk snapshots alone look like a disk-only internal snapshot; the manifest
+is what marks them instant.
+
+Revert (raw QEMU only): check everything first, then stop QEMU, ``qemu-img
+snapshot -a`` every disk, relaunch the recorded command line with
+``-incoming defer`` and load the memory file.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import glob
+import os
+import signal
+import time
+
+from urllib.parse import quote
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils import migration, save_image
+from ansible_collections.vmfleet.kvm.plugins.module_utils.capabilities import userfaultfd_wp
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
+    CapabilityMissing, InvalidArgument, OperationTimeout, QmpCommandError, SnapshotNotFound, VmfleetError,
+)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.images import qemu_img
+from ansible_collections.vmfleet.kvm.plugins.module_utils.internal_snapshots import (
+    SnapshotInconsistent, Snapshots, select_disks, validate_name,
+)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.jobs import paused_ms
+from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_state import (
+    incoming_argv, launch_qemu, qemu_argv, qmp_socket_of, wait_for_socket,
+)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
+
+DEFAULT_MEMORY_DIR = '/var/lib/vmfleet/snapshots'
+SUFFIX = '.vmstate'
+KIND = 'instant'
+# Capabilities QEMU refuses next to background-snapshot; switched off if on.
+_EXCLUDED = ('multifd', 'mapped-ram', 'postcopy-ram', 'xbzrle', 'auto-converge', 'release-ram',
+             'return-path', 'dirty-bitmaps', 'late-block-activate', 'pause-before-switchover',
+             'validate-uuid', 'zero-copy-send', 'x-colo', 'compress', 'postcopy-blocktime',
+             'postcopy-preempt', 'switchover-ack', 'dirty-limit', 'rdma-pin-all', 'x-ignore-shared')
+LIBVIRT_REASON = (
+    "instant snapshots are not available for libvirt domains: libvirt 11.x has no instant (background-snapshot) "
+    "snapshot API, and it can load guest memory only from its own save-image format, so a revert could not be "
+    "done without bypassing libvirt")
+LIBVIRT_HINT = "use mode: internal for libvirt domain '%s' (the guest is paused while its RAM is written)"
+
+
+def memory_path(memory_dir, vm_name, name):
+    return os.path.join(memory_dir, '%s.%s%s' % (quote(vm_name, safe=''), quote(name, safe=''), SUFFIX))
+
+
+def find_manifests(memory_dir, vm_name):
+    """{snapshot name: (memory file, manifest)} of one VM's instant snapshots."""
+    out = {}
+    if not memory_dir or not os.path.isdir(memory_dir):
+        return out
+    prefix = os.path.join(memory_dir, glob.escape(quote(vm_name, safe='')) + '.')
+    for mp in glob.glob(prefix + '*' + SUFFIX + save_image.MANIFEST_SUFFIX):
+        path = mp[:-len(save_image.MANIFEST_SUFFIX)]
+        try:
+            m = save_image.read_manifest(path)
+        except VmfleetError:
+            continue
+        if m and m.get('kind') == KIND and m.get('vm', {}).get('name') == vm_name:
+            out[m['name']] = (path, m)
+    return out
+
+
+def _disk_record(snap_disk):
+    return dict(name=snap_disk.name, file=snap_disk.file, node_name=snap_disk.node_name)
+
+
+def holds(manifest, disks):
+    """True when every disk of the manifest holds the very disk snapshot it recorded."""
+    by_name = dict((d.name, d) for d in disks)
+    for rec in manifest.get('disks', []):
+        d = by_name.get(rec['name'])
+        if d is None:
+            return False
+        if not [s for s in d.snapshots
+                if s.name == manifest['name'] and abs(s.date_sec - rec['date_sec']) < 1.0 and not s.vm_state_size]:
+            return False
+    return True
+
+
+def describe(manifest, path, disks):
+    """The snapshot_info/snapshot entry of an instant snapshot."""
+    ok = holds(manifest, disks)
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = None
+    return dict(
+        name=manifest['name'], mode=KIND,
+        disks=[r['name'] for r in manifest['disks']] if ok else [],
+        vmstate_disk=None, memory_file=path, vm_state_size=size or 0,
+        date=manifest.get('date'), vm_clock_sec=manifest.get('vm_clock_sec'),
+        paused_ms=manifest.get('paused_ms'),
+        consistent=ok and size is not None and size == manifest.get('memory_bytes'),
+    )
+
+
+def guard_internal(vm, memory_dir, name):
+    """mode: internal must not half-handle an instant snapshot."""
+    if vm.backend != 'qemu':
+        return
+    if save_image.read_manifest(memory_path(memory_dir or DEFAULT_MEMORY_DIR, vm.name, name)) is not None:
+        raise InvalidArgument("snapshot '%s' of VM '%s' is an instant snapshot" % (name, vm.name),
+                              hint="nothing was changed; use mode: instant for it")
+
+
+class InstantSnapshots(object):
+    def __init__(self, vm, timeout, memory_dir, check_mode=False):
+        self.vm = vm
+        self.deadline = Deadline(timeout)
+        self.memory_dir = memory_dir or DEFAULT_MEMORY_DIR
+        self.check_mode = check_mode
+
+    # -- checks, all before anything is touched --
+    def _refuse_libvirt(self):
+        if self.vm.backend != 'qemu':
+            raise CapabilityMissing(LIBVIRT_REASON, hint=LIBVIRT_HINT % self.vm.name)
+
+    def _check_dir(self):
+        d = self.memory_dir
+        if not os.path.isabs(d):
+            raise InvalidArgument("memory_dir %r is not absolute" % d, hint="give an absolute directory")
+        if not os.path.isdir(d):
+            raise InvalidArgument("memory_dir %s does not exist" % d, hint="create it first")
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise InvalidArgument("memory_dir %s is not writable" % d)
+
+    def _check_can_snapshot(self):
+        vm = self.vm
+        caps = vm.migrate_caps()
+        if 'background-snapshot' not in caps:
+            raise CapabilityMissing("QEMU of VM '%s' (%s) has no background-snapshot migration capability"
+                                    % (vm.name, vm.qemu_version()),
+                                    hint="QEMU >= 6.0 is needed for mode: instant; nothing was changed; "
+                                         "use mode: internal")
+        if not userfaultfd_wp():
+            raise CapabilityMissing("the host kernel lacks userfaultfd write-protect, which instant snapshots need "
+                                    "to copy a page before the guest changes it",
+                                    hint="nothing was changed; use a kernel >= 5.7 with userfaultfd enabled "
+                                         "(vm.unprivileged_userfaultfd or root), or mode: internal")
+        status = vm.qmp('query-migrate').get('status', 'none')
+        if status in migration._ACTIVE:
+            raise InvalidArgument("VM '%s' is already migrating (status %s)" % (vm.name, status),
+                                  hint="nothing was changed; wait for that migration to end")
+        return caps
+
+    def _arm(self, caps):
+        """Switch background-snapshot on (QEMU checks the guest's memory backends now)."""
+        enabled = set(c['capability'] for c in self.vm.qmp('query-migrate-capabilities') if c['state'])
+        want = dict((c, False) for c in _EXCLUDED if c in enabled)
+        want['background-snapshot'] = True
+        try:
+            migration.set_capabilities(self.vm, want)
+        except QmpCommandError as e:
+            raise CapabilityMissing("VM '%s' cannot take an instant snapshot: %s" % (self.vm.name, e.desc),
+                                    hint="nothing was changed; the guest's memory backend (hugepages, shared or "
+                                         "file-backed memory) may not support write-protect; use mode: internal")
+
+    def _disarm(self):
+        try:
+            migration.set_capabilities(self.vm, {'background-snapshot': False})
+        except VmfleetError:
+            pass
+
+    def _lookup(self, name, disks):
+        path = memory_path(self.memory_dir, self.vm.name, name)
+        manifest = save_image.read_manifest(path)
+        internal = [s for s in self.vm.snapshots(disks) if s['name'] == name]
+        return path, manifest, (internal[0] if internal else None)
+
+    # -- present --
+    def present(self, name, disk_names, overwrite):
+        validate_name(name)
+        self._refuse_libvirt()
+        self._check_dir()
+        vm = self.vm
+        disks = vm.disks()
+        selected, _ = select_disks(vm, disks, disk_names, None, False)
+        path, manifest, internal = self._lookup(name, disks)
+        result = dict(changed=False, route=None, paused_ms=0, actions=[], mode=KIND)
+        if manifest and holds(manifest, disks) and not overwrite:
+            if sorted(r['name'] for r in manifest['disks']) != sorted(d.name for d in selected) and disk_names:
+                raise SnapshotInconsistent(
+                    "instant snapshot '%s' of VM '%s' exists on %s, not on the disks asked for (%s)"
+                    % (name, vm.name, ", ".join(r['name'] for r in manifest['disks']),
+                       ", ".join(d.name for d in selected)),
+                    hint="nothing was changed; delete it (state: absent) or replace it (overwrite: true)")
+            result['snapshot'] = describe(manifest, path, disks)
+            return result, result['snapshot']
+        if not overwrite and (internal or manifest or os.path.exists(path)):
+            what = ("an internal snapshot of that name exists" if internal and not manifest else
+                    "its memory file or manifest exists but its disks do not hold it (an interrupted snapshot)")
+            raise SnapshotInconsistent("cannot create instant snapshot '%s' of VM '%s': %s" % (name, vm.name, what),
+                                       hint="nothing was changed; remove it (state: absent, with the mode it was "
+                                            "made with) or replace it (overwrite: true)")
+        if vm.state() not in ('running', 'paused'):
+            raise InvalidArgument("VM '%s' is not running (state %s)" % (vm.name, vm.state()),
+                                  hint="an instant snapshot saves the RAM of a running VM")
+        caps = self._check_can_snapshot()
+        before = describe(manifest, path, disks) if manifest else internal
+        if before or os.path.exists(path):
+            result['actions'].append(dict(action='delete', disks=sorted((before or {}).get('disks', [])),
+                                          memory_file=path))
+        result['actions'].append(dict(action='create', disks=[d.name for d in selected], memory_file=path))
+        result['changed'] = True
+        if self.check_mode:
+            result['snapshot'] = dict(name=name, mode=KIND, disks=[d.name for d in selected], memory_file=path)
+            return result, before
+        if before or os.path.exists(path) or save_image.read_manifest(path) is not None:
+            self._delete(name, path, disks)
+            disks = vm.disks()
+            selected = [vm.disk(d.name, disks) for d in selected]
+        result['route'] = 'qmp'
+        result['paused_ms'], info = self._create(name, selected, path, caps)
+        result['ram_bytes'] = info.get('ram', {}).get('total')
+        result['snapshot'] = describe(save_image.read_manifest(path), path, vm.disks())
+        return result, before
+
+    def _create(self, name, selected, path, caps):
+        vm = self.vm
+        pid = vm.pid()
+        argv = qemu_argv(pid) if pid else None
+        if not argv or not qmp_socket_of(argv):
+            raise InvalidArgument("cannot read the command line and QMP socket of VM '%s' (pid %s)" % (vm.name, pid),
+                                  hint="a revert relaunches QEMU with it; run the module on the VM's host")
+        self._arm(caps)
+        tmp = path + save_image.PARTIAL
+        save_image.remove([tmp])
+        save_image.create_private(tmp)
+        was_running = vm.state() == 'running'
+        vm.client.drain_events()
+        paused_by_us = False
+        disks_done = False
+        started = False
+        t0 = time.monotonic()
+        try:
+            if was_running:
+                vm.qmp('stop')
+                paused_by_us = True
+            vm.qmp('transaction', actions=[
+                {'type': 'blockdev-snapshot-internal-sync', 'data': {'device': d.node_name, 'name': name}}
+                for d in selected])
+            disks_done = True
+            vm.qmp('migrate', uri='file:%s' % tmp)
+            started = True
+            self._wait_tracking()
+            if paused_by_us:
+                vm.qmp('cont')
+                paused_by_us = False
+            t_resumed = time.monotonic()
+            events = vm.client.drain_events()
+            info = migration.wait(vm, self.deadline, "writing the memory of VM '%s' to %s" % (vm.name, tmp))
+            snap_disks = vm.disks()
+            records = []
+            for d in selected:
+                d2 = vm.disk(d.name, snap_disks)
+                s = [x for x in d2.snapshots if x.name == name][-1]
+                records.append(dict(_disk_record(d2), date_sec=s.date_sec, vm_clock_sec=s.vm_clock_sec))
+            measured = paused_ms(events)
+            if measured is None:
+                measured = round((t_resumed - t0) * 1000.0, 1) if was_running else 0
+            manifest = dict(
+                kind=KIND, name=name, vm=dict(name=vm.name, backend=vm.backend, qmp_socket=vm.socket_path),
+                disks=records, date=records[0] and time.strftime('%Y-%m-%dT%H:%M:%S+00:00',
+                                                                  time.gmtime(records[0]['date_sec'])),
+                vm_clock_sec=records[0]['vm_clock_sec'], paused_ms=measured, state_at_snapshot=(
+                    'running' if was_running else 'paused'),
+                memory_bytes=os.path.getsize(tmp), ram_bytes=info.get('ram', {}).get('total'),
+                qemu=dict(argv=argv, version=vm.qemu_version()),
+                files=[dict(file=os.path.basename(path), bytes=os.path.getsize(tmp), kind=KIND, sha256=None)])
+            save_image.commit([tmp], manifest, path)
+        except Exception as e:
+            if started:
+                migration.cancel(vm)
+            save_image.remove([tmp])
+            if paused_by_us:
+                try:
+                    vm.qmp('cont')
+                except VmfleetError:
+                    pass
+            if disks_done:
+                try:
+                    self._delete_disks(name, vm.disks(), Deadline(120))
+                except VmfleetError:
+                    pass
+            if isinstance(e, VmfleetError):
+                e.msg += "; the instant snapshot was undone, nothing changed"
+                if isinstance(e, OperationTimeout):
+                    e.hint = "raise 'timeout' (the guest runs on while its RAM is written)"
+            raise
+        finally:
+            self._disarm()
+        return measured, info
+
+    def _wait_tracking(self):
+        """Until QEMU has saved the device state and write-protected RAM: its
+        first RAM pages are out (or it is already done). Resuming the guest
+        earlier would move the memory's moment past the disks'."""
+        end = Deadline(min(60.0, self.deadline.remaining(1.0)))
+        while True:
+            info = self.vm.qmp('query-migrate')
+            ram = info.get('ram', {})
+            status = info.get('status')
+            if status in ('failed', 'cancelled'):
+                raise VmfleetError("QEMU could not start the instant snapshot: %s"
+                                   % info.get('error-desc', 'no reason given'))
+            if status == 'completed' or ram.get('normal', 0) + ram.get('duplicate', 0) > 0:
+                # one more round trip: QEMU's resume handler is queued before our next command runs
+                self.vm.qmp('query-status')
+                return
+            if end.expired():
+                raise OperationTimeout("QEMU did not start writing the memory within %gs" % end.timeout)
+            time.sleep(0.002)
+
+    # -- absent --
+    def _delete_disks(self, name, disks, deadline=None):
+        holders = [d for d in disks if any(s.name == name for s in d.snapshots)]
+        if not holders:
+            return
+        snap = dict(name=name, disks=[d.name for d in holders])
+        Snapshots(self.vm, (deadline or self.deadline).remaining(1.0))._delete(name, snap, disks)
+
+    def _delete(self, name, path, disks):
+        self._delete_disks(name, disks)
+        save_image.remove([save_image.manifest_path(path), path, path + save_image.PARTIAL])
+        save_image.fsync_dir(path)
+
+    def absent(self, name):
+        validate_name(name)
+        self._refuse_libvirt()
+        disks = self.vm.disks()
+        path, manifest, internal = self._lookup(name, disks)
+        result = dict(changed=False, route=None, actions=[], mode=KIND)
+        leftovers = [p for p in (path, path + save_image.PARTIAL) if os.path.exists(p)]
+        if not manifest and not leftovers:
+            if internal:
+                raise InvalidArgument("snapshot '%s' of VM '%s' is an internal snapshot, not an instant one"
+                                      % (name, self.vm.name), hint="nothing was changed; use mode: internal")
+            return result, None
+        before = describe(manifest, path, disks) if manifest else dict(name=name, disks=[], memory_file=path)
+        result.update(changed=True, snapshot=before,
+                      actions=[dict(action='delete', disks=before['disks'], memory_file=path)])
+        if not self.check_mode:
+            self._delete(name, path, disks)
+            result['route'] = 'qmp'
+        return result, before
+
+    # -- reverted --
+    def reverted(self, name):
+        validate_name(name)
+        self._refuse_libvirt()
+        vm = self.vm
+        disks = vm.disks()
+        path, manifest, internal = self._lookup(name, disks)
+        if not manifest:
+            raise SnapshotNotFound("VM '%s' has no instant snapshot '%s' in %s" % (vm.name, name, self.memory_dir),
+                                   hint="nothing was changed; check name and memory_dir%s" % (
+                                       " (an internal snapshot of that name exists: use mode: internal)"
+                                       if internal else ""))
+        # Everything is checked before anything stops: never half-revert.
+        if not holds(manifest, disks):
+            raise SnapshotInconsistent("the disks of VM '%s' no longer hold instant snapshot '%s' (%s)"
+                                       % (vm.name, name, ", ".join(r['name'] for r in manifest['disks'])),
+                                       hint="nothing was changed; the snapshot cannot be reverted, remove it")
+        save_image.check_files(path, manifest, checksum=False)
+        argv = manifest['qemu']['argv']
+        sock = qmp_socket_of(argv)
+        if sock != vm.socket_path:
+            raise InvalidArgument("instant snapshot '%s' was taken of the QEMU on %s, not %s"
+                                  % (name, sock, vm.socket_path), hint="nothing was changed")
+        by_name = dict((d.name, d) for d in disks)
+        files = [by_name[r['name']].file for r in manifest['disks']]
+        for f in files:
+            if not f or not os.path.exists(f):
+                raise InvalidArgument("disk image %s of VM '%s' is not a local file" % (f, vm.name),
+                                      hint="nothing was changed; revert needs the image files on this host")
+        if not os.path.exists(argv[0]) and not any(
+                os.access(os.path.join(p, argv[0]), os.X_OK) for p in os.environ.get('PATH', '').split(os.pathsep)):
+            raise InvalidArgument("the recorded QEMU binary %s is gone" % argv[0], hint="nothing was changed")
+        state = vm.state()
+        result = dict(changed=True, mode=KIND, route=None, paused_ms=0,
+                      snapshot=describe(manifest, path, disks),
+                      actions=[dict(action='revert', disks=[r['name'] for r in manifest['disks']],
+                                    memory_file=path)])
+        if self.check_mode:
+            return result, result['snapshot']
+        pid = vm.pid()
+        t0 = time.monotonic()
+        self._stop_qemu(pid)
+        img = qemu_img(vm.module)
+        for f in files:
+            rc, out, err = vm.module.run_command([img, 'snapshot', '-a', name, f])
+            if rc != 0:
+                raise VmfleetError("qemu-img snapshot -a %s %s failed after QEMU was stopped: %s"
+                                   % (name, f, err.strip()),
+                                   hint="VM '%s' is stopped; its command line is in %s"
+                                        % (vm.name, save_image.manifest_path(path)))
+        result.update(self._relaunch(argv, path, state), route='qemu-relaunch')
+        result['paused_ms'] = round((time.monotonic() - t0) * 1000.0, 1)
+        return result, result['snapshot']
+
+    def _stop_qemu(self, pid):
+        vm = self.vm
+        try:
+            vm.qmp('quit')
+        except VmfleetError:
+            pass  # QEMU closes the monitor as it quits
+        vm.close()
+        if pid is None:
+            return
+        end = Deadline(min(30.0, self.deadline.remaining(5.0)))
+        while not end.expired():
+            if not os.path.exists('/proc/%d' % pid) or _zombie(pid):
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+
+    def _relaunch(self, argv, path, state):
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.qmp_backend import QmpVm
+        sock = qmp_socket_of(argv)
+        save_image.remove([sock])
+        # QEMU's own output, next to its QMP socket: the VM's place, not the snapshot's
+        proc = launch_qemu(incoming_argv(argv), sock + '.log')
+        new = None
+        try:
+            wait_for_socket(sock, proc, self.deadline)
+            new = QmpVm.open(self.vm.module, sock, self.deadline.remaining(5.0))
+            new.qmp('migrate-incoming', uri='file:%s' % path)
+            migration.wait(new, self.deadline, "loading memory file %s" % path)
+            if state == 'running':
+                new.qmp('cont')
+            return dict(pid=proc.pid, qmp_socket=sock, state=new.state())
+        except Exception:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            if new is not None:
+                new.close()
+
+
+def _zombie(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] == 'Z'
+    except (OSError, IndexError):
+        return True
