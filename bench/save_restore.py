@@ -1,0 +1,396 @@
+"""Save/restore benchmark (run by ``make bench``, never by the tests).
+
+On one libvirt domain (default 1 GiB, 768 MiB of it filled with random data
+by the guest), side by side in one run:
+
+save:    vmfleet.kvm.vm_save (through ansible-playbook) with 1, 2 and 4
+         channels (no compression) and 4 channels + zstd; plain ``virsh save``;
+         ``virsh save --parallel-channels 4 --image-format sparse``;
+         ``dd if=/dev/zero bs=4M conv=fdatasync`` of the same number of bytes
+         to the same filesystem (the disk's write limit).
+restore: vmfleet.kvm.vm_restore of each vm_save image; ``virsh restore``
+         (``--parallel-channels 4`` for the sparse image); ``dd of=/dev/null``
+         of a save image after dropping the page cache (the disk's read limit).
+
+Every image is made durable before its clock stops: vm_save fsyncs; after a
+``virsh save`` the file is fdatasynced (``sync --data FILE``) and that time
+is counted. The page cache is dropped before every save and every restore.
+Figures go to bench/results/save_restore.json and save_restore.png.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, 'tests'))
+sys.path.insert(0, os.path.join(REPO, 'tests', 'system'))
+
+from ansible_run import run_one  # noqa: E402
+from rig.accel import detect_accel  # noqa: E402
+from rig.guest import wait_serial  # noqa: E402
+from rig.libvirt_vm import LibvirtVM  # noqa: E402
+
+RESULTS = os.path.join(HERE, 'results')
+MIB = 1024.0 * 1024.0
+URI = 'qemu:///system'
+DD_BS = 4 << 20
+
+# (label, vm_save channels, compression)
+VM_SAVE_CASES = [('vm_save c1', 1, 'none'), ('vm_save c2', 2, 'none'), ('vm_save c4', 4, 'none'),
+                 ('vm_save c4 zstd', 4, 'zstd')]
+
+
+def sh(argv, **kw):
+    return subprocess.run(argv, check=True, capture_output=True, text=True, **kw)
+
+
+class Caches:
+    """Drops the page cache when the kernel lets us; remembers whether it did."""
+
+    def __init__(self):
+        self.permitted = None
+
+    def drop(self):
+        subprocess.run(['sync'], check=False)
+        try:
+            with open('/proc/sys/vm/drop_caches', 'w') as f:
+                f.write('3\n')
+            self.permitted = True if self.permitted is None else self.permitted
+        except OSError:
+            self.permitted = False
+
+
+def image_files(path):
+    """Data files of an image (vm_save may write path.chN for stream paths)."""
+    d, base = os.path.split(path)
+    out = []
+    for name in sorted(os.listdir(d)):
+        if name == base or (name.startswith(base + '.ch') and not name.endswith('.json')):
+            out.append(os.path.join(d, name))
+    return out
+
+
+def disk_usage(path):
+    files = image_files(path)
+    apparent = sum(os.stat(f).st_size for f in files)
+    allocated = sum(os.stat(f).st_blocks * 512 for f in files)
+    return apparent, allocated
+
+
+def remove_image(path):
+    d, base = os.path.split(path)
+    for name in os.listdir(d):
+        if name == base or name.startswith(base + '.'):
+            os.unlink(os.path.join(d, name))
+
+
+def virsh(*args):
+    return sh(['virsh', '-c', URI] + list(args))
+
+
+def domstate(name):
+    return subprocess.run(['virsh', '-c', URI, 'domstate', name], capture_output=True, text=True,
+                          check=False).stdout.strip()
+
+
+def _module_ok(r, what):
+    if r.get('failed'):
+        raise RuntimeError('%s failed: %s' % (what, r.get('msg', r)))
+    return r
+
+
+class Bench:
+    def __init__(self, vm, save_dir, caches, verify):
+        self.vm = vm
+        self.save_dir = save_dir
+        self.caches = caches
+        self.verify = verify
+        self.runs = {}  # label -> list of measurement dicts
+
+    def record(self, label, m):
+        m['mib_s'] = round(m['bytes_written'] / MIB / m['seconds'], 1) if m['seconds'] else None
+        self.runs.setdefault(label, []).append(m)
+        print('  %-34s %7.2f s  %7.1f MiB/s  %6.0f MiB allocated' % (
+            label, m['seconds'], m['mib_s'] or 0, m.get('allocated_bytes', m['bytes_written']) / MIB), flush=True)
+
+    def wait_guest_runs(self, offset):
+        # the restored guest must run on: a counter line past where the log ended
+        wait_serial(self.vm.serial_log, r'VMFLEET-COUNTER \d+\r?\n', 120, offset)
+
+    # -- saves --
+    def vm_save(self, label, img, channels, compression):
+        self.caches.drop()
+        task = {'vmfleet.kvm.vm_save': {'domain': self.vm.name, 'uri': URI, 'path': img, 'channels': channels,
+                                        'compression': compression, 'verify': self.verify}}
+        t0 = time.monotonic()
+        r = _module_ok(run_one(task), label)
+        wall = time.monotonic() - t0
+        apparent, allocated = disk_usage(img)
+        self.record(label, dict(seconds=r['duration_s'], wall_s_with_ansible=round(wall, 2),
+                                downtime_ms=r.get('downtime_ms'), module_rate_mib_s=r.get('rate_mib_s'),
+                                path_used=r['path_used'], bytes_written=allocated, apparent_bytes=apparent,
+                                allocated_bytes=allocated, durable='module fsyncs files and directory'))
+
+    def virsh_save(self, label, img, extra):
+        self.caches.drop()
+        t0 = time.monotonic()
+        virsh('save', self.vm.name, img, *extra)
+        t1 = time.monotonic()
+        # libvirt does not promise the image is on disk: fdatasync it, counted
+        sh(['sync', '--data', img])
+        t2 = time.monotonic()
+        apparent, allocated = disk_usage(img)
+        self.record(label, dict(seconds=round(t2 - t0, 3), virsh_s=round(t1 - t0, 3), sync_s=round(t2 - t1, 3),
+                                downtime_ms=round((t1 - t0) * 1000.0, 1), bytes_written=allocated,
+                                apparent_bytes=apparent, allocated_bytes=allocated,
+                                durable='sync --data FILE after virsh save, time included'))
+
+    def dd_write(self, nbytes):
+        self.caches.drop()
+        path = os.path.join(self.save_dir, 'dd.bin')
+        count = -(-nbytes // DD_BS)
+        t0 = time.monotonic()
+        sh(['dd', 'if=/dev/zero', 'of=' + path, 'bs=%d' % DD_BS, 'count=%d' % count, 'conv=fdatasync'])
+        dt = time.monotonic() - t0
+        self.record('dd write (fdatasync)', dict(seconds=round(dt, 3), bytes_written=count * DD_BS,
+                                                 allocated_bytes=count * DD_BS))
+        return path
+
+    # -- reads and restores --
+    def dd_read(self, label, path):
+        self.caches.drop()
+        nbytes = sum(os.stat(f).st_size for f in image_files(path))
+        t0 = time.monotonic()
+        for f in image_files(path):
+            sh(['dd', 'if=' + f, 'of=/dev/null', 'bs=%d' % DD_BS])
+        dt = time.monotonic() - t0
+        # a sparse image's holes cost no disk read: count what is allocated
+        apparent, allocated = disk_usage(path)
+        self.record(label, dict(seconds=round(dt, 3), bytes_written=allocated, apparent_bytes=apparent,
+                                allocated_bytes=allocated, read_apparent_bytes=nbytes))
+
+    def vm_restore(self, label, img):
+        self.caches.drop()
+        offset = os.path.getsize(self.vm.serial_log)
+        t0 = time.monotonic()
+        r = _module_ok(run_one({'vmfleet.kvm.vm_restore': {'path': img, 'uri': URI, 'verify': self.verify}}),
+                       label)
+        wall = time.monotonic() - t0
+        apparent, allocated = disk_usage(img)
+        self.record(label, dict(seconds=r['duration_s'], wall_s_with_ansible=round(wall, 2),
+                                module_rate_mib_s=r.get('rate_mib_s'), bytes_written=allocated,
+                                apparent_bytes=apparent, allocated_bytes=allocated))
+        self.wait_guest_runs(offset)
+
+    def virsh_restore(self, label, img, extra):
+        self.caches.drop()
+        offset = os.path.getsize(self.vm.serial_log)
+        t0 = time.monotonic()
+        virsh('restore', img, *extra)
+        dt = time.monotonic() - t0
+        apparent, allocated = disk_usage(img)
+        self.record(label, dict(seconds=round(dt, 3), bytes_written=allocated, apparent_bytes=apparent,
+                                allocated_bytes=allocated))
+        self.wait_guest_runs(offset)
+
+    def one_round(self, rnd):
+        d = self.save_dir
+        sizes = []
+        for label, channels, comp in VM_SAVE_CASES:
+            img = os.path.join(d, 'vmsave-c%d-%s.img' % (channels, comp))
+            self.vm_save(label, img, channels, comp)
+            if comp == 'none':
+                sizes.append(disk_usage(img)[1])
+            if channels == 4 and comp == 'none':
+                self.dd_read('dd read vm_save c4 image', img)
+            self.vm_restore(label.replace('vm_save', 'vm_restore'), img)
+            remove_image(img)
+        img = os.path.join(d, 'virsh-plain.img')
+        self.virsh_save('virsh save', img, [])
+        sizes.append(disk_usage(img)[1])
+        self.dd_read('dd read virsh save image', img)
+        self.virsh_restore('virsh restore', img, [])
+        remove_image(img)
+        img = os.path.join(d, 'virsh-sparse.img')
+        self.virsh_save('virsh save sparse p4', img, ['--parallel-channels', '4', '--image-format', 'sparse'])
+        sizes.append(disk_usage(img)[1])
+        self.virsh_restore('virsh restore sparse p4', img, ['--parallel-channels', '4'])
+        remove_image(img)
+        # the disk's limit for as many bytes as the largest uncompressed image
+        dd = self.dd_write(max(sizes))
+        self.dd_read('dd read (page cache dropped)', dd)
+        os.unlink(dd)
+        print('round %d done' % rnd, flush=True)
+
+
+def summarize(runs):
+    out = {}
+    for label, ms in runs.items():
+        secs = [m['seconds'] for m in ms]
+        med = statistics.median(secs)
+        rates = [m['mib_s'] for m in ms if m['mib_s']]
+        out[label] = dict(seconds_median=round(med, 3), mib_s_median=round(statistics.median(rates), 1) if rates else None,
+                          allocated_bytes_median=int(statistics.median(m['allocated_bytes'] for m in ms)),
+                          apparent_bytes_median=int(statistics.median(m.get('apparent_bytes', m['allocated_bytes'])
+                                                                      for m in ms)),
+                          downtime_ms_median=(round(statistics.median(m['downtime_ms'] for m in ms), 1)
+                                              if all(m.get('downtime_ms') is not None for m in ms) else None),
+                          repeats=len(ms), runs=ms)
+    return out
+
+
+def _version(argv):
+    try:
+        return sh(argv).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return None
+
+
+def _libvirt_versions():
+    try:
+        out = sh(['virsh', '-c', URI, 'version', '--daemon']).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return re.findall(r'(?:Using library|Running hypervisor|Running against daemon): .*', out)
+
+
+def machine_facts(save_dir, caches):
+    fs = sh(['df', '--output=source,fstype,target', save_dir]).stdout.strip().splitlines()[-1].split()
+    return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+                nproc=os.cpu_count(), kernel=platform.release(), machine=platform.machine(),
+                qemu=_version(['qemu-system-x86_64', '--version']),
+                libvirt=_libvirt_versions(),
+                accel=detect_accel(), save_dir=save_dir,
+                save_fs=dict(device=fs[0], type=fs[1], mount=fs[2]),
+                drop_caches_permitted=caches.permitted,
+                load_note='shared 2-core machine; other people run VMs at the same time: figures are noisy')
+
+
+def plot(summary, path):
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print('matplotlib missing: no plot')
+        return False
+    saves = ['dd write (fdatasync)', 'vm_save c1', 'vm_save c2', 'vm_save c4', 'vm_save c4 zstd', 'virsh save',
+             'virsh save sparse p4']
+    loads = ['dd read (page cache dropped)', 'dd read vm_save c4 image', 'dd read virsh save image', 'vm_restore c1',
+             'vm_restore c2', 'vm_restore c4', 'vm_restore c4 zstd', 'virsh restore', 'virsh restore sparse p4']
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    for ax, labels, title in ((axes[0], saves, 'save (MiB/s of allocated image bytes)'),
+                              (axes[1], loads, 'restore / read (MiB/s)')):
+        labels = [lb for lb in labels if lb in summary]
+        vals = [summary[lb]['mib_s_median'] or 0 for lb in labels]
+        colors = ['grey' if lb.startswith('dd') else ('tab:blue' if lb.startswith('vm_') else 'tab:orange')
+                  for lb in labels]
+        bars = ax.bar(range(len(labels)), vals, color=colors)
+        for b, lb in zip(bars, labels):
+            ax.text(b.get_x() + b.get_width() / 2, b.get_height(), '%.0f\n%.1fs' % (
+                b.get_height(), summary[lb]['seconds_median']), ha='center', va='bottom', fontsize=8)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=35, ha='right', fontsize=8)
+        ax.set_title(title)
+        ax.set_ylabel('MiB/s (median)')
+        ax.margins(y=0.2)
+    fig.suptitle('vmfleet.kvm save/restore vs virsh vs dd (same VM, same fs; noisy shared host)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--memory-mib', type=int, default=1024)
+    ap.add_argument('--fill-mib', type=int, default=768)
+    ap.add_argument('--repeats', type=int, default=2)
+    ap.add_argument('--verify', action='store_true',
+                    help='let vm_save/vm_restore checksum the image (off: compare the write itself)')
+    ap.add_argument('--save-dir', default='/var/tmp', help='filesystem the images go to')
+    ap.add_argument('--max-seconds', type=float, default=0,
+                    help='start no further round if it would end past this many seconds of measuring')
+    ap.add_argument('--out', default=RESULTS)
+    args = ap.parse_args(argv)
+
+    caches = Caches()
+    work = tempfile.mkdtemp(prefix='vmfleet-bench-sr-', dir=args.save_dir)
+    os.chmod(work, 0o755)  # libvirt's QEMU (libvirt-qemu) must reach the VM's files
+    save_dir = os.path.join(work, 'saves')
+    os.makedirs(save_dir)
+    os.chmod(save_dir, 0o755)
+    vm = LibvirtVM(os.path.join(work, 'vm'), 'vmfleet-bench-save', memory_mib=args.memory_mib,
+                   cmdline_extra='vmfleet.fill=%d' % args.fill_mib)
+    bench = Bench(vm, save_dir, caches, args.verify)
+    failed = None
+    try:
+        vm.start()
+        print('waiting for the guest to fill %d MiB of RAM (TCG: minutes)...' % args.fill_mib, flush=True)
+        t0 = time.monotonic()
+        m = wait_serial(vm.serial_log, r'VMFLEET-FILL %d ([0-9a-f]{64})' % args.fill_mib, 1200)
+        print('filled in %.0f s' % (time.monotonic() - t0), flush=True)
+        fill_sha = m.group(1)
+        started = time.monotonic()
+        for rnd in range(1, args.repeats + 1):
+            t_round = time.monotonic()
+            bench.one_round(rnd)
+            spent = time.monotonic() - started
+            if args.max_seconds and rnd < args.repeats and spent + (time.monotonic() - t_round) > args.max_seconds:
+                print('stopping after %d round(s): another would pass --max-seconds' % rnd, flush=True)
+                break
+    except Exception as e:  # write what was measured, then fail
+        failed = '%s: %s' % (type(e).__name__, e)
+        print('FAILED: ' + failed, file=sys.stderr)
+        fill_sha = None
+    finally:
+        try:
+            vm.stop()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    summary = summarize(bench.runs)
+    result = dict(machine=machine_facts(args.save_dir, caches),
+                  config=dict(memory_mib=args.memory_mib, fill_mib=args.fill_mib, repeats=args.repeats,
+                              verify=args.verify, fill_sha256=fill_sha, domain=vm.name),
+                  method=dict(
+                      seconds='vm_save/vm_restore: the module\'s duration_s (wall_s_with_ansible adds the '
+                              'ansible-playbook overhead); virsh: wall time of the command plus, for save, the '
+                              'fdatasync of the image; dd: wall time',
+                      mib_s='allocated (on-disk) bytes of the image / seconds; a sparse image\'s holes are not '
+                            'counted as written',
+                      durability='vm_save fsyncs files and dir; virsh save: libvirt does not fdatasync the image '
+                                 'for us to rely on, so `sync --data FILE` (fdatasync of that file only, not '
+                                 '`sync -f`, which would also flush other users\' writes on the shared fs) runs '
+                                 'after it and its time (sync_s) is included; dd uses conv=fdatasync',
+                      caches='page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before every save, '
+                             'restore and read when permitted: see machine.drop_caches_permitted',
+                      downtime_ms='save: guest paused from the start of the save to a complete image (vm_save\'s '
+                                  'downtime_ms; virsh: the virsh command time); restores: the guest runs only '
+                                  'when the restore returns, so its downtime is the restore time',
+                      verify='vm_save/vm_restore ran with verify=%s' % args.verify),
+                  summary=summary, failed=failed)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, 'save_restore.json'), 'w') as f:
+        json.dump(result, f, indent=1, sort_keys=True)
+        f.write('\n')
+    plot(summary, os.path.join(args.out, 'save_restore.png'))
+    print('\n%-34s %9s %9s %10s %12s' % ('method', 'seconds', 'MiB/s', 'MiB alloc', 'downtime ms'))
+    for label, s in summary.items():
+        print('%-34s %9.2f %9s %10.0f %12s' % (
+            label, s['seconds_median'], s['mib_s_median'], s['allocated_bytes_median'] / MIB, s['downtime_ms_median']))
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
