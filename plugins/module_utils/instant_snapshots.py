@@ -284,10 +284,10 @@ class InstantSnapshots(object):
             measured = paused_ms(events)
             if measured is None:
                 measured = round((t_resumed - t0) * 1000.0, 1) if was_running else 0
+            taken = time.strftime('%Y-%m-%dT%H:%M:%S+00:00', time.gmtime(records[0]['date_sec']))
             manifest = dict(
                 kind=KIND, name=name, vm=dict(name=vm.name, backend=vm.backend, qmp_socket=vm.socket_path),
-                disks=records, date=records[0] and time.strftime('%Y-%m-%dT%H:%M:%S+00:00',
-                                                                  time.gmtime(records[0]['date_sec'])),
+                disks=records, date=taken,
                 vm_clock_sec=records[0]['vm_clock_sec'], paused_ms=measured, state_at_snapshot=(
                     'running' if was_running else 'paused'),
                 memory_bytes=os.path.getsize(tmp), ram_bytes=info.get('ram', {}).get('total'),

@@ -32,7 +32,7 @@ description:
     and loads the memory file; everything is checked before QEMU is stopped.
   - O(mode=instant) fails before pausing anything when the host kernel lacks userfaultfd
     write-protect, QEMU lacks C(background-snapshot), or the guest's memory backend cannot be
-    write-protected. On a libvirt domain it fails before touching anything: libvirt 11.x has no
+    write-protected. On a libvirt domain it fails before touching anything, because libvirt 11.x has no
     instant snapshot API and cannot load a memory file outside its own save format; use
     O(mode=internal) there.
 author:
