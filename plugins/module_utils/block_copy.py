@@ -17,8 +17,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 
@@ -586,8 +584,8 @@ class DriveMirror(object):
                 job = None
         if journal.exists and journal.phase == mj.SWITCHING and job is None:
             if not self.check:
-                journal.record(mj.FAILED, note='re-run: the VM still runs on the source and the job is gone; '
-                                              'the switch did not happen')
+                journal.record(mj.FAILED, note=('re-run: the VM still runs on the source and the job is gone; '
+                                                'the switch did not happen'))
         fmt = p['target_format'] or self.disk.format
         if job is None:
             job = self._start(journal, fmt)

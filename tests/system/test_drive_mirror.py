@@ -110,7 +110,7 @@ def test_mirror_and_pivot_lose_no_write(vms, tmp_path, backend, copy_mode):
     task = t.task('drive_mirror', disk=t.disk('data'), target=target, copy_mode=copy_mode, journal_dir=jdir)
 
     # check mode: predicts, touches nothing
-    [pred], _ = run_tasks([task], check=True, diff=True)
+    [pred], _proc = run_tasks([task], check=True, diff=True)
     _ok(pred)
     assert pred['changed'] is True and 'diff' in pred
     assert [a['action'] for a in pred['actions']][:2] == ['create_target', 'start_copy']
@@ -289,7 +289,7 @@ def test_ready_cancel_then_verified_pivot(vms, tmp_path, backend):
     assert _live_file(t, 'data') == t.vm.disk_path('data')
 
     # cancel: the VM stays on its source, the copy (ours) is removed on request
-    [pred], _ = run_tasks([t.task('drive_mirror', state='cancelled', remove_target=True, **args)], check=True)
+    [pred], _proc = run_tasks([t.task('drive_mirror', state='cancelled', remove_target=True, **args)], check=True)
     assert pred['changed'] is True and os.path.exists(target)
     c = _ok(run_one(t.task('drive_mirror', state='cancelled', remove_target=True, **args)))
     assert c['changed'] is True and c['on_target'] is False and not os.path.exists(target)
@@ -337,8 +337,8 @@ def test_target_errors_fail_before_anything_starts(vms, tmp_path):
     subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m,mode=0755', 'tmpfs', small], check=True)
     try:
         for check in (True, False):
-            [r], _ = run_tasks([t.task('drive_mirror', disk='data', target=os.path.join(small, 'x.qcow2'),
-                                       journal_dir=jdir)], check=check)
+            task = t.task('drive_mirror', disk='data', target=os.path.join(small, 'x.qcow2'), journal_dir=jdir)
+            [r], _proc = run_tasks([task], check=check)
             _failed(r, small, 'MiB free', 'needs about', 'nothing was started')
             assert r['space_needed'] > r['space_free']
             assert os.listdir(small) == []
