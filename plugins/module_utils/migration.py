@@ -17,6 +17,17 @@ def set_capabilities(vm, caps):
            capabilities=[{'capability': k, 'state': bool(v)} for k, v in sorted(caps.items())])
 
 
+def configure(vm, caps, params):
+    """Set capabilities and parameters from any previous state. QEMU checks
+    each against the other (mapped-ram refuses compression), so mapped-ram
+    goes off first, then the parameters, then the capabilities wanted."""
+    if 'mapped-ram' in caps:
+        set_capabilities(vm, {'mapped-ram': False})
+    if params:
+        vm.qmp('migrate-set-parameters', **params)
+    set_capabilities(vm, caps)
+
+
 def wait(vm, deadline, what, on_progress=None, extra_done=None):
     """Poll query-migrate until completed; fail with QEMU's reason, or time out
     (the caller decides whether to cancel)."""

@@ -77,7 +77,8 @@ def sha256_file(path, bufsize=4 << 20):
 def describe_files(paths, kinds, checksum):
     out = []
     for p, kind in zip(paths, kinds):
-        out.append(dict(file=os.path.basename(p), bytes=os.path.getsize(p), kind=kind,
+        st = os.stat(p)
+        out.append(dict(file=os.path.basename(p), bytes=st.st_size, allocated=st.st_blocks * 512, kind=kind,
                         sha256=sha256_file(p) if checksum else None))
     return out
 

@@ -132,13 +132,8 @@ class Saver(object):
             caps = {'multifd': multifd}
             if 'mapped-ram' in vm.migrate_caps():
                 caps['mapped-ram'] = path_used == 'mapped-ram'
-            migration.set_capabilities(vm, caps)
-            params = {}
-            if multifd:
-                params['multifd-channels'] = self.channels
-                params['multifd-compression'] = self.compression
-            if params:
-                vm.qmp('migrate-set-parameters', **params)
+            params = {'multifd-channels': self.channels, 'multifd-compression': self.compression} if multifd else {}
+            migration.configure(vm, caps, params)
             if path_used == 'mapped-ram':
                 tmp = self.path + save_image.PARTIAL
                 save_image.create_private(tmp)
@@ -164,10 +159,11 @@ class Saver(object):
                     os.rename(w['file'], final)
                     partials.append(final)
                 kinds = [w['kind'] for w in written]
-            finals = [p[:-len(save_image.PARTIAL)] for p in partials]
-            manifest = self._manifest(path_used, argv, state, info)
             for p in partials:
                 save_image.fsync_path(p)
+            written_at = time.monotonic()
+            finals = [p[:-len(save_image.PARTIAL)] for p in partials]
+            manifest = self._manifest(path_used, argv, state, info)
             manifest['files'] = save_image.describe_files(partials, kinds, self.verify)
             for f in manifest['files']:
                 f['file'] = f['file'][:-len(save_image.PARTIAL)]
@@ -187,18 +183,17 @@ class Saver(object):
                 except VmfleetError:
                     pass
             raise
-        done = time.monotonic()
         if self.keep_running:
             if was_running:
                 vm.qmp('cont')
             downtime = info.get('downtime')
         else:
-            downtime = round((done - stopped_at) * 1000.0, 1) if stopped_at else 0
+            downtime = round((written_at - stopped_at) * 1000.0, 1) if stopped_at else 0
             try:
                 vm.qmp('quit')
             except VmfleetError:
                 pass  # QEMU closes the monitor as it quits
-        return manifest, done - t0, downtime
+        return manifest, written_at - t0, downtime
 
     def _manifest(self, path_used, argv, state, info):
         vm = self.vm
@@ -231,6 +226,8 @@ class Saver(object):
         try:
             run_blocking(lambda: vm.dom.saveParams(params, 0), self.deadline,
                          "saving libvirt domain '%s'" % vm.name, on_timeout=vm.dom.abortJob)
+            save_image.fsync_path(tmp)  # libvirt leaves the sparse format unflushed
+            dt = time.monotonic() - t0
             manifest = self._manifest(path_used, None, state, None)
             manifest['files'] = save_image.describe_files([tmp], [path_used], self.verify)
             manifest['files'][0]['file'] = os.path.basename(self.path)
@@ -238,7 +235,6 @@ class Saver(object):
         except Exception:
             save_image.remove([tmp])
             raise
-        dt = time.monotonic() - t0
         return manifest, dt, round(dt * 1000.0, 1)
 
 
@@ -271,9 +267,10 @@ def run_blocking(fn, deadline, what, on_timeout=None):
     return box.get('result')
 
 
-def wait_for_socket(path, proc, deadline):
+def wait_for_socket(path, proc, deadline, daemonizes=False):
     while not deadline.expired():
-        if proc is not None and proc.poll() is not None and not os.path.exists(path):
+        # A daemonizing QEMU's first process exits once the daemon runs.
+        if not daemonizes and proc.poll() is not None and not os.path.exists(path):
             raise VmfleetError("the restored QEMU exited (code %s) before opening %s" % (proc.returncode, path))
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -325,16 +322,14 @@ def restore_qemu(module, manifest, path, qmp_socket, state, deadline):
     proc = launch_qemu(incoming_argv(argv), path + '.restore.log')
     vm = None
     try:
-        wait_for_socket(sock, proc, deadline)
+        wait_for_socket(sock, proc, deadline, daemonizes='-daemonize' in argv)
         vm = QmpVm.open(module, sock, deadline.remaining(5.0))
         multifd = manifest['channels'] > 1 or manifest['path_used'] == 'multifd-stream'
         caps = {'multifd': multifd}
         if manifest['path_used'] == 'mapped-ram':
             caps['mapped-ram'] = True
-        migration.set_capabilities(vm, caps)
-        if multifd:
-            vm.qmp('migrate-set-parameters', **{'multifd-channels': manifest['channels'],
-                                                'multifd-compression': manifest['compression']})
+        migration.configure(vm, caps, {'multifd-channels': manifest['channels'],
+                                       'multifd-compression': manifest['compression']} if multifd else {})
         files = save_image.data_files(path, manifest)
         if manifest['path_used'] == 'mapped-ram':
             vm.qmp('migrate-incoming', uri='file:%s' % files[0])
@@ -351,11 +346,17 @@ def restore_qemu(module, manifest, path, qmp_socket, state, deadline):
             os.rmdir(sockdir)
         if state == 'running':
             vm.qmp('cont')
-        pid = proc.pid
+        pid = vm.pid()
         result_state = vm.state()
     except Exception:
         # A half-restored QEMU is no VM: stop it, the image stays as it was.
-        proc.kill()
+        if vm is not None:
+            try:
+                vm.qmp('quit')
+            except VmfleetError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
         proc.wait()
         raise
     finally:

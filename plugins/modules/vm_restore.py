@@ -101,7 +101,7 @@ duration_s:
   type: float
   sample: 1.9
 rate_mib_s:
-  description: Image bytes loaded per second, in MiB/s.
+  description: Image bytes on disk (sparse holes excluded) loaded per second, in MiB/s.
   returned: when a restore ran
   type: float
   sample: 560.2
@@ -192,6 +192,7 @@ def work(module):
     vm = manifest['vm']
     base = dict(vm=vm['name'], backend=vm['backend'], path_used=manifest['path_used'],
                 bytes=sum(f['bytes'] for f in manifest['files']))
+    read = sum(f.get('allocated', f['bytes']) for f in manifest['files'])
     done = _running_from_image(module, manifest)
     if done:
         return dict(base, changed=False, state='running', **{k: done[k] for k in ('pid', 'qmp_socket') if k in done})
@@ -209,7 +210,7 @@ def work(module):
     manifest['restored'] = dict(restored, at=time.time())
     save_image.write_manifest(path, manifest)
     result = dict(base, changed=True, state=restored['state'], duration_s=round(time.monotonic() - t0, 3),
-                  rate_mib_s=round(base['bytes'] / 1048576.0 / load_s, 1) if load_s else None)
+                  rate_mib_s=round(read / 1048576.0 / load_s, 1) if load_s else None)
     if vm['backend'] == 'qemu':
         result.update(pid=restored['pid'], qmp_socket=restored['qmp_socket'])
     return result

@@ -118,24 +118,30 @@ files:
       kind: mapped-ram
       sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 bytes:
-  description: Bytes on disk (all data files; a sparse file counts its apparent size).
+  description: Size of the data files (a sparse file counts its apparent size, holes included).
   returned: always
   type: int
   sample: 1073741824
+bytes_written:
+  description: Bytes the data files occupy on disk (a sparse file's holes excluded); RV(rate_mib_s) counts these.
+  returned: always
+  type: int
+  sample: 889192448
 duration_s:
   description: Seconds the save took.
   returned: when a save ran
   type: float
   sample: 2.4
 rate_mib_s:
-  description: O(path) bytes written per second, in MiB/s.
+  description: RV(bytes_written) per second until the RAM state was written (checksums excluded), in MiB/s.
   returned: when a save ran
   type: float
   sample: 426.7
 downtime_ms:
   description:
     - Milliseconds the guest did not run because of the save.
-    - Without O(keep_running) the guest stays stopped; this is the time from pausing it to a complete image.
+    - Without O(keep_running) the guest stays stopped; this is the time from pausing it until its RAM state is
+      written and flushed (the checksum pass of O(verify) excluded).
   returned: when a save ran
   type: float
   sample: 2400.0
@@ -159,7 +165,8 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_state import Saver,
 def _result(path, manifest, changed):
     return dict(changed=changed, image=path, manifest=save_image.manifest_path(path),
                 path_used=manifest['path_used'], why=manifest.get('why'), channels=manifest['channels'],
-                files=manifest['files'], bytes=sum(f['bytes'] for f in manifest['files']))
+                files=manifest['files'], bytes=sum(f['bytes'] for f in manifest['files']),
+                bytes_written=sum(f.get('allocated', f['bytes']) for f in manifest['files']))
 
 
 def _already_saved(module, manifest):
@@ -198,7 +205,7 @@ def work(module):
                                   hint="start it, or restore it if it was saved")
         if module.check_mode:
             return dict(changed=True, image=path, manifest=save_image.manifest_path(path), path_used=path_used,
-                        why=why, channels=p['channels'], files=[], bytes=0)
+                        why=why, channels=p['channels'], files=[], bytes=0, bytes_written=0)
         # A save that died before its manifest leaves only partial files: never an image.
         save_image.remove([f for f in save_image.existing_files(path) if f.endswith(save_image.PARTIAL)])
         saver = Saver(module, vm, path, p['channels'], p['compression'], p['keep_running'], p['verify'], p['timeout'])
@@ -210,7 +217,7 @@ def work(module):
             manifest, duration, downtime = saver.save_qemu(path_used)
     result = _result(path, manifest, True)
     result.update(duration_s=round(time.monotonic() - t0, 3), downtime_ms=downtime,
-                  rate_mib_s=round(result['bytes'] / 1048576.0 / duration, 1) if duration else None)
+                  rate_mib_s=round(result['bytes_written'] / 1048576.0 / duration, 1) if duration else None)
     return result
 
 

@@ -68,21 +68,28 @@ class VmFactory:
         self.vms = []
         self.n = 0
 
-    def _boot(self, vm):
+    def _boot(self, vm, fill_mib=0):
         self.vms.append(vm)
         vm.start()
-        vm.wait_booted(120)
+        # the guest fills its RAM before it counts: ~20 MB/s under TCG, slower on a busy host
+        vm.wait_booted(120 + fill_mib)
         return vm
+
+    @staticmethod
+    def _fill(kw):
+        m = re.search(r'vmfleet\.fill=(\d+)', kw.get('cmdline_extra', ''))
+        return int(m.group(1)) if m else 0
 
     def qemu(self, **kw):
         self.n += 1
         name = kw.pop('name', '%sraw%d' % (PREFIX, self.n))
-        return self._boot(QemuVM(_workdir(self.root, name), name=name, accel=self.accel, **kw))
+        return self._boot(QemuVM(_workdir(self.root, name), name=name, accel=self.accel, **kw), self._fill(kw))
 
     def libvirt(self, **kw):
         self.n += 1
         name = kw.pop('name', '%slv%d' % (PREFIX, self.n))
-        return self._boot(LibvirtVM(_workdir(self.root, name), name=name, accel=self.accel, uri=URI, **kw))
+        return self._boot(LibvirtVM(_workdir(self.root, name), name=name, accel=self.accel, uri=URI, **kw),
+                          self._fill(kw))
 
     def close(self):
         for vm in reversed(self.vms):
