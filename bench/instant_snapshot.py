@@ -79,7 +79,7 @@ class SerialClock:
     def pause_ms(self, t_from, t_to):
         """Longest gap between counter lines that overlaps [t_from, t_to],
         minus the median gap of the minute around it."""
-        pts = [t for t, _ in self.stamps]
+        pts = [stamp[0] for stamp in self.stamps]
         gaps = [(pts[i - 1], pts[i]) for i in range(1, len(pts))]
         near = [b - a for a, b in gaps if t_from - 60 <= a <= t_to + 60]
         hit = [b - a for a, b in gaps if b >= t_from and a <= t_to]
@@ -95,7 +95,7 @@ def snap(vm, name, mode, memdir, state='present'):
         args.update(mode='instant', memory_dir=memdir)
     else:
         args.update(disks=['root', 'data'], vmstate_disk='root')
-    [r], _ = run_tasks([{'vmfleet.kvm.snapshot': args}], timeout=2400)
+    [r] = run_tasks([{'vmfleet.kvm.snapshot': args}], timeout=2400)[0]
     if r.get('failed'):
         raise RuntimeError('%s snapshot failed: %s' % (mode, r.get('msg')))
     return r

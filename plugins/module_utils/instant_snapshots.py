@@ -200,7 +200,7 @@ class InstantSnapshots(object):
         self._check_dir()
         vm = self.vm
         disks = vm.disks()
-        selected, _ = select_disks(vm, disks, disk_names, None, False)
+        selected = select_disks(vm, disks, disk_names, None, False)[0]
         path, manifest, internal = self._lookup(name, disks)
         result = dict(changed=False, route=None, paused_ms=0, actions=[], mode=KIND)
         if manifest and holds(manifest, disks) and not overwrite:

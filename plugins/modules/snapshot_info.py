@@ -36,7 +36,7 @@ options:
     type: str
   memory_dir:
     description:
-      - Directory of the memory files and manifests of instant snapshots (see M(vmfleet.kvm.snapshot) O(mode=instant)).
+      - Directory of the memory files and manifests of instant snapshots (see M(vmfleet.kvm.snapshot), option O(vmfleet.kvm.snapshot#module:mode)).
       - Their disk snapshots are listed with RV(snapshots[].mode=instant) and their memory file.
     type: path
     default: /var/lib/vmfleet/snapshots

@@ -55,7 +55,7 @@ def test_instant_create_run_on_revert_absent(inst):
     name = 'i-revert'
     t.wait_counter(3)
     # check mode predicts and touches nothing
-    [pred], _ = run_tasks([_snap(t, name=name, disks=['root', 'data'])], check=True, diff=True)
+    [pred] = run_tasks([_snap(t, name=name, disks=['root', 'data'])], check=True, diff=True)[0]
     assert pred['changed'] is True and pred['snapshot']['mode'] == 'instant', pred
     assert glob.glob(os.path.join(t.memdir, '*')) == []
     assert _info(t, name) == []
