@@ -123,6 +123,16 @@ def vms(workroot, accel):
     f.close()
 
 
+@pytest.fixture(scope='module')
+def module_vms(workroot, accel, request):
+    """VMs for one test module (big or busy guests that later modules should not pay for)."""
+    f = VmFactory(os.path.join(workroot, 'm%d' % next(_test_dirs)), accel)
+    os.makedirs(f.root, exist_ok=True)
+    os.chmod(f.root, 0o755)
+    yield f
+    f.close()
+
+
 @pytest.fixture(scope='session')
 def shared_qemu(session_vms):
     """A raw QEMU VM that no test changes."""

@@ -24,9 +24,9 @@ PATHS = {'qemu': {'none': 'mapped-ram', 'zstd': 'multifd-stream'},
 
 
 @pytest.fixture(scope='module', params=['qemu', 'libvirt'])
-def big(request, session_vms):
+def big(request, module_vms):
     """A 1 GiB guest whose RAM holds 768 MiB of random data, and that data's SHA-256."""
-    boot = session_vms.qemu if request.param == 'qemu' else session_vms.libvirt
+    boot = module_vms.qemu if request.param == 'qemu' else module_vms.libvirt
     vm = boot(name='vmfleet-test-save-%s' % request.param, memory_mib=1024,
               cmdline_extra='vmfleet.fill=%d' % FILL_MIB)
     m = wait_serial(vm.serial_log, r'VMFLEET-FILL %d ([0-9a-f]{64})' % FILL_MIB, 600)

@@ -15,9 +15,9 @@ from targets import Target
 
 
 @pytest.fixture(scope='module', params=['qemu', 'libvirt'])
-def target(request, session_vms):
+def target(request, module_vms):
     """One VM per backend for this module's tests; each test cleans up its snapshots."""
-    boot = session_vms.qemu if request.param == 'qemu' else session_vms.libvirt
+    boot = module_vms.qemu if request.param == 'qemu' else module_vms.libvirt
     # some random RAM makes the RAM state a real amount of work to save and load
     return Target(boot(name='vmfleet-test-snap-%s' % request.param, cmdline_extra='vmfleet.fill=32'), request.param)
 
