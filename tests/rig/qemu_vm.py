@@ -69,7 +69,21 @@ class QemuVM:
 
     @property
     def pid(self):
-        return self.proc.pid if self.proc else None
+        """The QEMU running this VM now: ours, or one vm_restore relaunched."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self.proc.pid
+        return self._pidfile_pid()
+
+    def _pidfile_pid(self):
+        try:
+            with open(self.pidfile) as f:
+                pid = int(f.read().strip())
+            with open('/proc/%d/cmdline' % pid, 'rb') as f:
+                argv = f.read().split(b'\0')
+        except (OSError, ValueError):
+            return None
+        # a stale pidfile's number may belong to another process by now
+        return pid if self.qmp_socket.encode() in b' '.join(argv) else None
 
     @property
     def argv(self):
@@ -150,10 +164,8 @@ class QemuVM:
 
     def stop(self):
         proc = self.proc
-        if proc is None:
-            return
         try:
-            if proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 if not (os.path.exists(self.qmp_socket) and self._qmp_quit()):
                     proc.terminate()
                 try:
@@ -165,8 +177,30 @@ class QemuVM:
                     except subprocess.TimeoutExpired:
                         proc.kill()
         finally:
-            proc.wait()
-            self.proc = None
+            if proc is not None:
+                proc.wait()
+                self.proc = None
+            self._stop_relaunched()
+
+    def _stop_relaunched(self):
+        """vm_restore and instant reverts start QEMU detached from us, with the
+        same pidfile and QMP socket: stop that one too."""
+        pid = self._pidfile_pid()
+        if pid is None:
+            return
+        if os.path.exists(self.qmp_socket):
+            self._qmp_quit()
+        for sig, grace in ((None, 5.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+            if sig is not None:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    return
+            end = time.time() + grace
+            while time.time() < end:
+                if self._pidfile_pid() != pid:
+                    return
+                time.sleep(0.05)
 
     def __enter__(self):
         return self.start()
