@@ -48,21 +48,6 @@ class SpaceTooSmall(VmfleetError):
     pass
 
 
-def qmp(vm, command, _timeout=60.0, **args):
-    """``vm.qmp`` that always turns QEMU's refusal into QmpCommandError.
-
-    qmp_client.QmpClient.execute reads ``e.error.class_`` where qemu.qmp has
-    ``e.error_class``, so a refused command surfaces as an AttributeError
-    whose context is the ExecuteError; recover QEMU's words from it."""
-    try:
-        return vm.qmp(command, _timeout=_timeout, **args)
-    except AttributeError as e:
-        cause = e.__context__
-        if cause is not None and type(cause).__name__ == 'ExecuteError':
-            raise QmpCommandError(command, getattr(cause, 'error_class', None), str(cause))
-        raise
-
-
 def _real(path):
     return os.path.realpath(path) if path else path
 
@@ -94,13 +79,13 @@ class QmpDriver(object):
         """Our job for ``disk``: dict(len, offset, ready, status, error, speed) or None."""
         jid = job_id or self.job_id(disk)
         out = None
-        for j in qmp(self.vm, 'query-block-jobs'):
+        for j in self.vm.qmp('query-block-jobs'):
             if j.get('device') == jid:
                 out = dict(id=jid, len=j.get('len', 0), offset=j.get('offset', 0), ready=bool(j.get('ready')),
                            status=j.get('status'), error=j.get('error'), speed=j.get('speed'))
         if out is None:
             # a concluded job (auto-dismiss off) is only in query-jobs
-            for j in qmp(self.vm, 'query-jobs'):
+            for j in self.vm.qmp('query-jobs'):
                 if j.get('id') == jid:
                     out = dict(id=jid, len=j.get('total-progress', 0), offset=j.get('current-progress', 0),
                                ready=False, status=j.get('status'), error=j.get('error'), speed=None)
@@ -110,7 +95,7 @@ class QmpDriver(object):
         return None  # QEMU does not say; the journal does
 
     def _nodes(self):
-        return dict((n.get('node-name'), n) for n in qmp(self.vm, 'query-named-block-nodes'))
+        return dict((n.get('node-name'), n) for n in self.vm.qmp('query-named-block-nodes'))
 
     def _drop_nodes(self, target):
         base = self.target_node(target)
@@ -118,14 +103,14 @@ class QmpDriver(object):
         for name in (base, base + '-file'):
             if name in nodes:
                 try:
-                    qmp(self.vm, 'blockdev-del', **{'node-name': name})
+                    self.vm.qmp('blockdev-del', **{'node-name': name})
                 except QmpCommandError:
                     pass
 
     def start(self, disk, target, fmt, sync, copy_mode, speed, granularity, buf_size, backing_node=None):
         base = self.target_node(target)
         self._drop_nodes(target)  # a run killed between blockdev-add and the mirror left them
-        qmp(self.vm, 'blockdev-add', **{'driver': 'file', 'filename': target, 'node-name': base + '-file'})
+        self.vm.qmp('blockdev-add', **{'driver': 'file', 'filename': target, 'node-name': base + '-file'})
         fmt_node = {'driver': fmt, 'file': base + '-file', 'node-name': base}
         if fmt == 'qcow2' and sync == 'top':
             if backing_node:
@@ -133,7 +118,7 @@ class QmpDriver(object):
         elif fmt == 'qcow2':
             fmt_node['backing'] = None
         try:
-            qmp(self.vm, 'blockdev-add', **fmt_node)
+            self.vm.qmp('blockdev-add', **fmt_node)
             args = {'job-id': self.job_id(disk), 'device': disk.node_name, 'target': base,
                     'sync': sync, 'copy-mode': copy_mode, 'auto-dismiss': False}
             if speed:
@@ -142,18 +127,18 @@ class QmpDriver(object):
                 args['granularity'] = granularity
             if buf_size:
                 args['buf-size'] = buf_size
-            qmp(self.vm, 'blockdev-mirror', **args)
+            self.vm.qmp('blockdev-mirror', **args)
         except QmpCommandError:
             self._drop_nodes(target)
             raise
         return self.job_id(disk)
 
     def set_speed(self, job, speed):
-        qmp(self.vm, 'block-job-set-speed', device=job['id'], speed=int(speed or 0))
+        self.vm.qmp('block-job-set-speed', device=job['id'], speed=int(speed or 0))
 
     def dismiss(self, job):
         try:
-            qmp(self.vm, 'job-dismiss', id=job['id'])
+            self.vm.qmp('job-dismiss', id=job['id'])
         except QmpCommandError:
             pass
 
@@ -172,12 +157,12 @@ class QmpDriver(object):
             self.vm.wait_event(min(POLL_S, deadline.remaining(0.01)))
 
     def complete(self, disk, job, deadline):
-        qmp(self.vm, 'block-job-complete', device=job['id'])
+        self.vm.qmp('block-job-complete', device=job['id'])
         return self._finish(job, deadline, 'switching disk %s' % disk.name)
 
     def cancel(self, disk, job, deadline):
         if job['status'] not in ('concluded', 'null'):
-            qmp(self.vm, 'block-job-cancel', device=job['id'])
+            self.vm.qmp('block-job-cancel', device=job['id'])
         return self._finish(job, deadline, 'cancelling the mirror of disk %s' % disk.name)
 
     def after_switch(self, disk, target, source):
@@ -190,10 +175,10 @@ class QmpDriver(object):
         return False
 
     def pause(self):
-        qmp(self.vm, 'stop')
+        self.vm.qmp('stop')
 
     def resume(self):
-        qmp(self.vm, 'cont')
+        self.vm.qmp('cont')
 
     def nodes_for_verify(self, disk, target):
         return disk.node_name, self.target_node(target)
@@ -673,10 +658,10 @@ class DriveMirror(object):
         return job
 
     def _backing_node(self, disk):
-        for n in qmp(self.vm, 'query-named-block-nodes'):
+        for n in self.vm.qmp('query-named-block-nodes'):
             if n.get('node-name') == disk.node_name:
                 bf = n.get('backing_file')
-                for m in qmp(self.vm, 'query-named-block-nodes'):
+                for m in self.vm.qmp('query-named-block-nodes'):
                     if bf and _same(m.get('file'), bf) and m.get('drv') not in ('file', 'host_device'):
                         return m.get('node-name')
         return None
@@ -803,7 +788,7 @@ class DriveMirror(object):
         src_node, tgt_node = self.driver.nodes_for_verify(self.disk, self.target)
         for node in (src_node, tgt_node):
             # HMP qemu-io on a node takes no permissions: a plain flush
-            qmp(self.vm, 'human-monitor-command', **{'command-line': 'qemu-io -d %s "flush"' % node})
+            self.vm.qmp('human-monitor-command', **{'command-line': 'qemu-io -d %s "flush"' % node})
         fmt = self.p['target_format'] or self.disk.format
 
         def opts(path, f):
