@@ -20,6 +20,7 @@ import re
 import time
 import xml.etree.ElementTree as ET
 
+from ansible_collections.vmfleet.kvm.plugins.module_utils import durable
 from ansible_collections.vmfleet.kvm.plugins.module_utils import mirror_journal as mj
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
     InvalidArgument, JobFailed, OperationTimeout, QmpCommandError, VmfleetError, VmGone,
@@ -542,7 +543,7 @@ class DriveMirror(object):
             self._act('remove_target', path=self.target)
             if not self.check:
                 os.unlink(self.target)
-                mj.fsync_dir(os.path.dirname(self.target))
+                durable.fsync_dir(os.path.dirname(self.target))
                 journal.update(target_removed=True)
         return self._result(self.disk, journal, False)
 
@@ -678,7 +679,7 @@ class DriveMirror(object):
             raise TargetProblem("cannot create mirror target %s: %s" % (self.target, err.strip()),
                                 hint="check the target filesystem; nothing was started")
         os.chmod(self.target, 0o600)
-        mj.fsync_dir(os.path.dirname(self.target))
+        durable.fsync_dir(os.path.dirname(self.target))
 
     def _wait_ready(self, job, journal):
         last_log = 0

@@ -35,6 +35,7 @@ import time
 
 from urllib.parse import quote
 
+from ansible_collections.vmfleet.kvm.plugins.module_utils import durable
 from ansible_collections.vmfleet.kvm.plugins.module_utils import migration, save_image
 from ansible_collections.vmfleet.kvm.plugins.module_utils.capabilities import userfaultfd_wp
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
@@ -348,7 +349,7 @@ class InstantSnapshots(object):
     def _delete(self, name, path, disks):
         self._delete_disks(name, disks)
         save_image.remove([save_image.manifest_path(path), path, path + save_image.PARTIAL])
-        save_image.fsync_dir(path)
+        durable.fsync_dir(os.path.dirname(path))
 
     def absent(self, name):
         validate_name(name)

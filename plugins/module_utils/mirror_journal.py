@@ -19,8 +19,8 @@ import errno
 import json
 import os
 import re
-import tempfile
 
+from ansible_collections.vmfleet.kvm.plugins.module_utils import durable
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmfleetError
 
 VERSION = 1
@@ -56,34 +56,6 @@ def journal_path(journal_dir, vm_name, disk_name):
     def safe(s):
         return _UNSAFE.sub('_', s or 'unnamed')
     return os.path.join(journal_dir, '%s--%s.json' % (safe(vm_name), safe(disk_name)))
-
-
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, data, mode=0o600):
-    """Write ``data`` (bytes) to ``path`` so a crash leaves the old or the new file."""
-    d = os.path.dirname(path) or '.'
-    fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path), suffix='.tmp', dir=d)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(d)
 
 
 class Journal(object):
@@ -167,7 +139,7 @@ class Journal(object):
     def _write(self):
         body = json.dumps(self.data, indent=1, sort_keys=True).encode('utf-8') + b'\n'
         try:
-            atomic_write(self.path, body)
+            durable.atomic_write(self.path, body)
         except (IOError, OSError) as e:
             raise VmfleetError("cannot write the mirror journal %s: %s" % (self.path, e.strerror),
                                hint="free space or fix permissions on journal_dir; nothing is switched "

@@ -30,6 +30,7 @@ import struct
 import threading
 import time
 
+from ansible_collections.vmfleet.kvm.plugins.module_utils import durable
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmfleetError
 
 # migration/savevm.c QEMU_VM_FILE_MAGIC ("QEVM") and migration/multifd.h
@@ -72,14 +73,6 @@ def _describe(exc):
     if isinstance(exc, OSError) and exc.errno:
         return '%s (%s)' % (os.strerror(exc.errno), errno.errorcode.get(exc.errno, exc.errno))
     return str(exc) or exc.__class__.__name__
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _splice_available():
@@ -355,7 +348,7 @@ class ChannelSink(object):
                                          'channels (kinds: %s; check %s)' % (', '.join(kinds), ', '.join(bad)),
                                          path=bad[0] if bad else None)
             try:
-                _fsync_dir(self.out_dir)
+                durable.fsync_dir(self.out_dir)
             except OSError as e:
                 raise MultifdStreamError('syncing directory %s failed: %s' % (self.out_dir, _describe(e)),
                                          path=self.out_dir)

@@ -13,6 +13,7 @@ import json
 import os
 import time
 
+from ansible_collections.vmfleet.kvm.plugins.module_utils import durable
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument, VmfleetError
 
 PARTIAL = '.partial'
@@ -49,18 +50,6 @@ def create_private(path):
     os.close(fd)
 
 
-def fsync_path(path):
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path):
-    fsync_path(os.path.dirname(path) or '.')
-
-
 def sha256_file(path, bufsize=4 << 20):
     h = hashlib.sha256()
     with open(path, 'rb', buffering=0) as f:
@@ -86,27 +75,18 @@ def describe_files(paths, kinds, checksum):
 def commit(partials, manifest, path):
     """Make the image complete: fsync and rename every data file, then the manifest."""
     for p in partials:
-        fsync_path(p)
+        durable.fsync_path(p)
         os.chmod(p, 0o600)
     for p in partials:
         os.rename(p, p[:-len(PARTIAL)])
-    fsync_dir(path)
+    durable.fsync_dir(os.path.dirname(path))
     manifest = dict(manifest, version=MANIFEST_VERSION, completed_at=time.time())
     write_manifest(path, manifest)
     return manifest
 
 
 def write_manifest(path, manifest):
-    mp = manifest_path(path)
-    tmp = mp + PARTIAL
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, json.dumps(manifest, indent=1, sort_keys=True).encode('utf-8'))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, mp)
-    fsync_dir(mp)
+    durable.atomic_write(manifest_path(path), json.dumps(manifest, indent=1, sort_keys=True).encode('utf-8'))
 
 
 def read_manifest(path):

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 
+from ansible_collections.vmfleet.kvm.plugins.module_utils import durable
 from ansible_collections.vmfleet.kvm.plugins.module_utils import migration, save_image
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
     CapabilityMissing, ConnectionFailed, InvalidArgument, OperationTimeout, VmfleetError,
@@ -160,7 +161,7 @@ class Saver(object):
                     partials.append(final)
                 kinds = [w['kind'] for w in written]
             for p in partials:
-                save_image.fsync_path(p)
+                durable.fsync_path(p)
             written_at = time.monotonic()
             finals = [p[:-len(save_image.PARTIAL)] for p in partials]
             manifest = self._manifest(path_used, argv, state, info)
@@ -226,7 +227,7 @@ class Saver(object):
         try:
             run_blocking(lambda: vm.dom.saveParams(params, 0), self.deadline,
                          "saving libvirt domain '%s'" % vm.name, on_timeout=vm.dom.abortJob)
-            save_image.fsync_path(tmp)  # libvirt leaves the sparse format unflushed
+            durable.fsync_path(tmp)  # libvirt leaves the sparse format unflushed
             dt = time.monotonic() - t0
             manifest = self._manifest(path_used, None, state, None)
             manifest['files'] = save_image.describe_files([tmp], [path_used], self.verify)

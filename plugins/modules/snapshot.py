@@ -252,27 +252,19 @@ def main():
     def work(module):
         p = module.params
         t0 = time.monotonic()
-        if p['mode'] == 'instant':
-            if p['vmstate_disk'] or not p['memory']:
-                raise InvalidArgument("vmstate_disk and memory do not apply to mode: instant",
-                                      hint="its RAM goes to a memory file under memory_dir; drop them")
-            with open_vm(module) as vm:
-                ops = InstantSnapshots(vm, p['timeout'], p['memory_dir'], check_mode=module.check_mode)
-                if p['state'] == 'present':
-                    result, before = ops.present(p['name'], p['disks'], p['overwrite'])
-                elif p['state'] == 'absent':
-                    result, before = ops.absent(p['name'])
-                else:
-                    result, before = ops.reverted(p['name'])
-            result['duration_s'] = round(time.monotonic() - t0, 3)
-            if module._diff and result['changed']:
-                result['diff'] = _diff(p['state'], p['name'], before, result)
-            return result
+        if p['mode'] == 'instant' and (p['vmstate_disk'] or not p['memory']):
+            raise InvalidArgument("vmstate_disk and memory do not apply to mode: instant",
+                                  hint="its RAM goes to a memory file under memory_dir; drop them")
         with open_vm(module) as vm:
-            guard_internal(vm, p['memory_dir'], p['name'])
-            ops = Snapshots(vm, p['timeout'], check_mode=module.check_mode)
+            if p['mode'] == 'instant':
+                ops = InstantSnapshots(vm, p['timeout'], p['memory_dir'], check_mode=module.check_mode)
+                create = (p['name'], p['disks'], p['overwrite'])
+            else:
+                guard_internal(vm, p['memory_dir'], p['name'])
+                ops = Snapshots(vm, p['timeout'], check_mode=module.check_mode)
+                create = (p['name'], p['disks'], p['vmstate_disk'], p['memory'], p['overwrite'])
             if p['state'] == 'present':
-                result, before = ops.present(p['name'], p['disks'], p['vmstate_disk'], p['memory'], p['overwrite'])
+                result, before = ops.present(*create)
             elif p['state'] == 'absent':
                 result, before = ops.absent(p['name'])
             else:

@@ -63,3 +63,19 @@ def run_tasks(tasks, check=False, diff=False, extra_args=(), timeout=900):
 def run_one(task, **kw):
     results, proc = run_tasks([task], **kw)
     return results[0]
+
+
+def ok(r):
+    """The task succeeded; hand its result on."""
+    assert not r.get('failed'), r.get('msg', r)
+    return r
+
+
+def failed(r, *words):
+    """The task failed with a message naming every one of ``words``, and no traceback.
+    (ansible-core 2.19 stamps '(traceback unavailable)' on any failure; ours must carry none.)"""
+    assert r.get('failed') is True, r
+    assert 'Traceback' not in str(r.get('exception', '')), r['exception']
+    for w in words:
+        assert w.lower() in r['msg'].lower(), (w, r['msg'])
+    return r

@@ -16,24 +16,11 @@ import time
 import pytest
 import yaml
 
-from ansible_run import REPO, ansible_env, run_one, run_tasks
+from ansible_run import REPO, ansible_env, failed, ok, run_one, run_tasks
 from rig.guest import seq_records, wait_serial
 from targets import Target
 
 WRITER = 'vmfleet.writer=vdb'
-
-
-def _ok(r):
-    assert not r.get('failed'), r.get('msg', r)
-    return r
-
-
-def _failed(r, *words):
-    assert r.get('failed') is True, r
-    assert 'Traceback' not in str(r.get('exception', '')), r['exception']
-    for w in words:
-        assert w.lower() in r['msg'].lower(), (w, r['msg'])
-    return r
 
 
 def _boot(vms, backend, **kw):
@@ -111,14 +98,14 @@ def test_mirror_and_pivot_lose_no_write(vms, tmp_path, backend, copy_mode):
 
     # check mode: predicts, touches nothing
     [pred], _proc = run_tasks([task], check=True, diff=True)
-    _ok(pred)
+    ok(pred)
     assert pred['changed'] is True and 'diff' in pred
     assert [a['action'] for a in pred['actions']][:2] == ['create_target', 'start_copy']
     assert 'switch' in [a['action'] for a in pred['actions']]
     assert not os.path.exists(target) and not os.path.exists(jdir)
 
     at_start = _seq_written(t)
-    r = _ok(run_one(task, extra_args=['-vvv']))
+    r = ok(run_one(task, extra_args=['-vvv']))
     assert r['changed'] is True and r['on_target'] is True
     assert r['live_file'] == target and r['source'] == source
     assert r['bytes_total'] > 0 and r['bytes_copied'] > 0 and r['rate_mib_s'] > 0 and r['duration_s'] > 0
@@ -149,7 +136,7 @@ def test_mirror_and_pivot_lose_no_write(vms, tmp_path, backend, copy_mode):
     old = seq_records(source, 'qcow2', n + 2000)
     assert old == list(range(1, len(old) + 1)) and at_start <= len(old) <= n
 
-    again = _ok(run_one(task))
+    again = ok(run_one(task))
     assert again['changed'] is False and again['on_target'] is True
     assert _phases(again['journal']) == phases
 
@@ -160,7 +147,7 @@ def test_mirror_and_pivot_lose_no_write(vms, tmp_path, backend, copy_mode):
         with open(xml_path, 'w') as f:
             f.write(t.vm.virsh('dumpxml', '--inactive', t.vm.name).stdout.replace(target, source))
         t.vm.virsh('define', xml_path)
-        fix = _ok(run_one(task))
+        fix = ok(run_one(task))
         assert fix['changed'] is True
         assert [a['action'] for a in fix['actions']] == ['update_config'], fix['actions']
         assert "file='%s'" % target in t.vm.virsh('dumpxml', '--inactive', t.vm.name).stdout
@@ -260,7 +247,7 @@ def test_killed_mid_copy_rerun_ends_pivoted(vms, tmp_path, backend):
         assert [j['device'] for j in jobs] == ['vmfleet-mirror-data'], jobs
         assert not jobs[0]['ready']
         _qmp(t, 'block-job-cancel', device='vmfleet-mirror-data', force=True)
-    r = _ok(run_one(t.task('drive_mirror', **args)))
+    r = ok(run_one(t.task('drive_mirror', **args)))
     assert r['changed'] is True and r['on_target'] is True
     phases = _phases(r['journal'])
     notes = ' '.join(h.get('note', '') for h in r['journal']['history'])
@@ -272,7 +259,7 @@ def test_killed_mid_copy_rerun_ends_pivoted(vms, tmp_path, backend):
     assert phases[-3:] in (['switching', 'switched', 'done'], ['switched', 'config_updated', 'done']), phases
     assert _live_file(t, 'data') == target
     _assert_no_record_lost(t, target)
-    assert _ok(run_one(t.task('drive_mirror', **args)))['changed'] is False
+    assert ok(run_one(t.task('drive_mirror', **args)))['changed'] is False
 
 
 @pytest.mark.parametrize('backend', ['qemu', 'libvirt'])
@@ -282,23 +269,23 @@ def test_ready_cancel_then_verified_pivot(vms, tmp_path, backend):
     target = os.path.join(_newdir(t), 'data-moved.qcow2')
     args = dict(disk=t.disk('data'), target=target, journal_dir=jdir)
 
-    r = _ok(run_one(t.task('drive_mirror', state='ready', **args)))
+    r = ok(run_one(t.task('drive_mirror', state='ready', **args)))
     assert r['changed'] is True and r['on_target'] is False and r['journal']['phase'] == 'ready'
-    again = _ok(run_one(t.task('drive_mirror', state='ready', **args)))
+    again = ok(run_one(t.task('drive_mirror', state='ready', **args)))
     assert again['changed'] is False
     assert _live_file(t, 'data') == t.vm.disk_path('data')
 
     # cancel: the VM stays on its source, the copy (ours) is removed on request
     [pred], _proc = run_tasks([t.task('drive_mirror', state='cancelled', remove_target=True, **args)], check=True)
     assert pred['changed'] is True and os.path.exists(target)
-    c = _ok(run_one(t.task('drive_mirror', state='cancelled', remove_target=True, **args)))
+    c = ok(run_one(t.task('drive_mirror', state='cancelled', remove_target=True, **args)))
     assert c['changed'] is True and c['on_target'] is False and not os.path.exists(target)
     assert _live_file(t, 'data') == t.vm.disk_path('data')
-    assert _ok(run_one(t.task('drive_mirror', state='cancelled', **args)))['changed'] is False
+    assert ok(run_one(t.task('drive_mirror', state='cancelled', **args)))['changed'] is False
     t.wait_counter(t.counter() + 1)
 
     # again, and this time switch with the guest paused and the copy proven equal
-    v = _ok(run_one(t.task('drive_mirror', verify=True, **args)))
+    v = ok(run_one(t.task('drive_mirror', verify=True, **args)))
     assert v['changed'] is True and v['on_target'] is True
     assert v['verified'] is True and v['paused_ms'] > 0
     assert 'verify' in [a['action'] for a in v['actions']]
@@ -322,11 +309,11 @@ def test_target_errors_fail_before_anything_starts(vms, tmp_path):
                journal_dir=jdir),
         t.task('drive_mirror', disk='data', target=t.vm.disk_path('root'), overwrite=True, journal_dir=jdir),
     ])
-    _failed(results[0], 'nosuchdisk', 'root', 'data')
-    _failed(results[1], taken, 'already exists', 'overwrite')
-    _failed(results[2], 'missing', 'does not exist')
-    _failed(results[3], 'absent.qcow2', 'create_target')
-    _failed(results[4], 'root')
+    failed(results[0], 'nosuchdisk', 'root', 'data')
+    failed(results[1], taken, 'already exists', 'overwrite')
+    failed(results[2], 'missing', 'does not exist')
+    failed(results[3], 'absent.qcow2', 'create_target')
+    failed(results[4], 'root')
     assert 'Traceback' not in proc.stdout + proc.stderr
     assert _sha(taken) == taken_sha
     assert _qmp(t, 'query-block-jobs') == []
@@ -339,7 +326,7 @@ def test_target_errors_fail_before_anything_starts(vms, tmp_path):
         for check in (True, False):
             task = t.task('drive_mirror', disk='data', target=os.path.join(small, 'x.qcow2'), journal_dir=jdir)
             [r], _proc = run_tasks([task], check=check)
-            _failed(r, small, 'MiB free', 'needs about', 'nothing was started')
+            failed(r, small, 'MiB free', 'needs about', 'nothing was started')
             assert r['space_needed'] > r['space_free']
             assert os.listdir(small) == []
     finally:

@@ -9,20 +9,8 @@ import time
 
 import pytest
 
-from ansible_run import run_one, run_tasks
+from ansible_run import failed, ok, run_one, run_tasks
 from targets import Target
-
-
-def _ok(r):
-    assert not r.get('failed'), r.get('msg', r)
-    return r
-
-
-def _failed(r, *words):
-    assert r.get('failed') is True, r
-    assert 'Traceback' not in str(r.get('exception', '')), r['exception']
-    for w in words:
-        assert w.lower() in r['msg'].lower(), (w, r['msg'])
 
 
 @pytest.fixture
@@ -46,7 +34,7 @@ def _snap(t, **kw):
 
 
 def _info(t, name):
-    r = _ok(run_one(t.task('snapshot_info', name=name, memory_dir=t.memdir)))
+    r = ok(run_one(t.task('snapshot_info', name=name, memory_dir=t.memdir)))
     return r['snapshots']
 
 
@@ -61,7 +49,7 @@ def test_instant_create_run_on_revert_absent(inst):
     assert _info(t, name) == []
 
     before = t.counter()
-    r = _ok(run_one(_snap(t, name=name, disks=['root', 'data'])))
+    r = ok(run_one(_snap(t, name=name, disks=['root', 'data'])))
     after = t.counter()
     assert r['changed'] is True and r['mode'] == 'instant'
     assert 0 < r['paused_ms'] < 500, r['paused_ms']
@@ -75,13 +63,13 @@ def test_instant_create_run_on_revert_absent(inst):
     assert sorted(listed['disks']) == ['data', 'root']
 
     # idempotent
-    again = _ok(run_one(_snap(t, name=name, disks=['root', 'data'])))
+    again = ok(run_one(_snap(t, name=name, disks=['root', 'data'])))
     assert again['changed'] is False
 
     # the guest ran on past the snapshot and wrote its disks
     ran_to = t.wait_counter(after + 3)
     assert t.disk_counter('root') >= after + 1
-    r = _ok(run_one(_snap(t, name=name, state='reverted')))
+    r = ok(run_one(_snap(t, name=name, state='reverted')))
     assert r['changed'] is True and r['state'] == 'running', r
     t.relaunched.append(r['pid'])
     # A relaunched QEMU opens its serial file anew: all it prints is after the revert.
@@ -97,12 +85,12 @@ def test_instant_create_run_on_revert_absent(inst):
     assert resumed[0] - 1 <= t.disk_counter('root') <= resumed[-1] + 1
 
     # absent removes the disk snapshots and the memory file
-    gone = _ok(run_one(_snap(t, name=name, state='absent')))
+    gone = ok(run_one(_snap(t, name=name, state='absent')))
     assert gone['changed'] is True
     assert glob.glob(os.path.join(t.memdir, '*')) == []
     assert _info(t, name) == []
-    assert _ok(run_one(t.task('snapshot_info', name=name)))['snapshots'] == []
-    assert _ok(run_one(_snap(t, name=name, state='absent')))['changed'] is False
+    assert ok(run_one(t.task('snapshot_info', name=name)))['snapshots'] == []
+    assert ok(run_one(_snap(t, name=name, state='absent')))['changed'] is False
 
 
 def test_instant_refusals_change_nothing(inst):
@@ -119,17 +107,17 @@ def test_instant_refusals_change_nothing(inst):
         t.task('snapshot', name='i-int', state='absent'),
         {'vmfleet.kvm.snapshot': {'domain': 'no-such-domain-xyz', 'name': 'x', 'mode': 'instant'}},
     ])
-    _failed(results[0], 'varstore', 'raw')
-    _failed(results[1], '/nonexistent/dir')
-    _failed(results[2], 'vmstate_disk', 'instant')
-    _failed(results[3], 'i-none', 'no instant snapshot')
-    _ok(results[4])
-    _failed(results[5], 'internal snapshot', 'nothing was changed')
-    _failed(results[6], 'internal snapshot', 'mode: internal')
-    _ok(results[7])
+    failed(results[0], 'varstore', 'raw')
+    failed(results[1], '/nonexistent/dir')
+    failed(results[2], 'vmstate_disk', 'instant')
+    failed(results[3], 'i-none', 'no instant snapshot')
+    ok(results[4])
+    failed(results[5], 'internal snapshot', 'nothing was changed')
+    failed(results[6], 'internal snapshot', 'mode: internal')
+    ok(results[7])
     assert 'Traceback' not in proc.stdout + proc.stderr
     assert glob.glob(os.path.join(t.memdir, '*')) == []
-    assert _ok(run_one(t.task('snapshot_info')))['snapshots'] == []
+    assert ok(run_one(t.task('snapshot_info')))['snapshots'] == []
     # the guest was never paused for long
     c = t.counter()
     t.wait_counter(c + 1, timeout=5)

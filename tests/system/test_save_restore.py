@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ansible_run import run_one
+from ansible_run import ok, run_one
 from rig.guest import wait_serial
 from targets import Target
 
@@ -35,11 +35,6 @@ def big(request, module_vms):
     t.save_dir = os.path.join(os.path.dirname(vm.serial_log), 'saves')
     os.makedirs(t.save_dir, exist_ok=True)
     return t
-
-
-def _ok(r):
-    assert not r.get('failed'), r.get('msg', r)
-    return r
 
 
 def _running(t):
@@ -68,7 +63,7 @@ def test_save_restore_runs_on_from_the_saved_moment(big, channels, compression):
     t = big
     img = os.path.join(t.save_dir, 'img-%d-%s' % (channels, compression))
     t.wait_counter(t.counter() + 2)
-    r = _ok(run_one(t.task('vm_save', path=img, channels=channels, compression=compression)))
+    r = ok(run_one(t.task('vm_save', path=img, channels=channels, compression=compression)))
     assert r['changed'] is True
     assert r['path_used'] == PATHS[t.backend][compression]
     assert r['channels'] == channels and r['bytes'] > FILL_MIB * 2**20 // 2
@@ -80,10 +75,10 @@ def test_save_restore_runs_on_from_the_saved_moment(big, channels, compression):
         assert os.stat(f).st_mode & 0o777 == 0o600, f
     assert not glob.glob(img + '*.partial')
 
-    again = _ok(run_one(t.task('vm_save', path=img, channels=channels, compression=compression)))
+    again = ok(run_one(t.task('vm_save', path=img, channels=channels, compression=compression)))
     assert again['changed'] is False
 
-    r = _ok(run_one({'vmfleet.kvm.vm_restore': {'path': img}}))
+    r = ok(run_one({'vmfleet.kvm.vm_restore': {'path': img}}))
     assert r['changed'] is True and r['state'] == 'running'
     deadline = time.time() + 60
     while len(_restore_log_counters(t, offset)) < 2 and time.time() < deadline:
@@ -102,7 +97,7 @@ def test_save_restore_runs_on_from_the_saved_moment(big, channels, compression):
             break
     assert m.group(2) == t.fill_sha
 
-    assert _ok(run_one({'vmfleet.kvm.vm_restore': {'path': img}}))['changed'] is False
+    assert ok(run_one({'vmfleet.kvm.vm_restore': {'path': img}}))['changed'] is False
     for f in glob.glob(img + '*'):
         os.unlink(f)
 
@@ -110,7 +105,7 @@ def test_save_restore_runs_on_from_the_saved_moment(big, channels, compression):
 def test_corrupt_or_truncated_image_fails_before_anything_starts(big):
     t = big
     img = os.path.join(t.save_dir, 'img-corrupt')
-    _ok(run_one(t.task('vm_save', path=img, channels=2)))
+    ok(run_one(t.task('vm_save', path=img, channels=2)))
     with open(img, 'r+b') as f:
         f.seek(4096 * 1000)
         byte = f.read(1)
@@ -132,7 +127,7 @@ def test_corrupt_or_truncated_image_fails_before_anything_starts(big):
     assert not _running(t)
     with open(img, 'ab') as f:
         f.write(tail)
-    _ok(run_one({'vmfleet.kvm.vm_restore': {'path': img}}))
+    ok(run_one({'vmfleet.kvm.vm_restore': {'path': img}}))
     assert _running(t)
     r = run_one(t.task('vm_save', path=img))
     assert r['failed'] and 'already exists' in r['msg'] and _running(t), r

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from ansible_run import REPO, ansible_env, run_one, run_tasks
+from ansible_run import REPO, ansible_env, failed, ok, run_one, run_tasks
 from targets import Target
 
 
@@ -26,18 +26,6 @@ def _snapshots(t, name=None):
     r = run_one(t.task('snapshot_info', **({'name': name} if name else {})))
     assert not r.get('failed'), r
     return r['snapshots']
-
-
-def _ok(r):
-    assert not r.get('failed'), r.get('msg', r)
-    return r
-
-
-def _failed(r, *words):
-    assert r.get('failed') is True, r
-    assert 'Traceback' not in str(r.get('exception', '')), r['exception']
-    for w in words:
-        assert w.lower() in r['msg'].lower(), (w, r['msg'])
 
 
 def _after_the_drop(t, offset, last, timeout=30):
@@ -59,7 +47,7 @@ def test_revert_goes_back_in_time_with_raw_disk_left_out(target):
     disks = [t.disk('root'), t.disk('data')]
     t.wait_counter(3)
     before = t.counter()
-    r = _ok(run_one(t.task('snapshot', name='s-revert', disks=disks, vmstate_disk=t.disk('root'))))
+    r = ok(run_one(t.task('snapshot', name='s-revert', disks=disks, vmstate_disk=t.disk('root'))))
     after = t.counter()
     assert r['changed'] is True
     assert sorted(r['snapshot']['disks']) == sorted(disks)
@@ -72,7 +60,7 @@ def test_revert_goes_back_in_time_with_raw_disk_left_out(target):
         disk_before_revert = t.disk_counter('root')
         assert disk_before_revert >= after + 1
         offset, last = t.serial_size(), t.counter()
-        r = _ok(run_one(t.task('snapshot', name='s-revert', state='reverted')))
+        r = ok(run_one(t.task('snapshot', name='s-revert', state='reverted')))
         assert r['changed'] is True and r['state'] == 'running'
         resumed = _after_the_drop(t, offset, last)
         # back at the snapshot's moment: the counter stood between `before` and `after`
@@ -86,7 +74,7 @@ def test_revert_goes_back_in_time_with_raw_disk_left_out(target):
         varstore_before = t.disk_counter('varstore')
         t.pause()
         try:
-            r = _ok(run_one(t.task('snapshot', name='s-revert', state='reverted')))
+            r = ok(run_one(t.task('snapshot', name='s-revert', state='reverted')))
             assert r['state'] == 'paused'
             for role in ('root', 'data'):
                 assert before - 1 <= t.disk_counter(role) <= after + 1, (role, before, after)
@@ -104,7 +92,7 @@ def test_revert_goes_back_in_time_with_raw_disk_left_out(target):
 def test_raw_disk_is_refused_before_anything_changes(target):
     t = target
     r = run_one(t.task('snapshot', name='s-raw', disks=[t.disk('root'), t.disk('varstore')]))
-    _failed(r, t.disk('varstore'), 'raw', 'Leave it out')
+    failed(r, t.disk('varstore'), 'raw', 'Leave it out')
     assert _snapshots(t, 's-raw') == []
 
 
@@ -116,16 +104,16 @@ def test_present_absent_idempotent_with_check_and_overwrite(target):
         assert results[0]['changed'] is True and 'diff' in results[0]
         assert _snapshots(t, name) == [], 'check mode created a snapshot'
 
-        first = _ok(run_one(t.task('snapshot', name=name)))
+        first = ok(run_one(t.task('snapshot', name=name)))
         assert first['changed'] is True
         # default disks: every writable qcow2 disk, never the raw one
         assert sorted(first['snapshot']['disks']) == sorted([t.disk('root'), t.disk('data')])
-        again = _ok(run_one(t.task('snapshot', name=name)))
+        again = ok(run_one(t.task('snapshot', name=name)))
         assert again['changed'] is False
         assert again['snapshot']['date'] == first['snapshot']['date']
 
         time.sleep(1.1)
-        replaced = _ok(run_one(t.task('snapshot', name=name, overwrite=True)))
+        replaced = ok(run_one(t.task('snapshot', name=name, overwrite=True)))
         assert replaced['changed'] is True
         assert replaced['snapshot']['date'] > first['snapshot']['date']
         assert len(_snapshots(t, name)) == 1
@@ -133,10 +121,10 @@ def test_present_absent_idempotent_with_check_and_overwrite(target):
         results = run_tasks([t.task('snapshot', name=name, state='absent')], check=True)[0]
         assert results[0]['changed'] is True
         assert len(_snapshots(t, name)) == 1, 'check mode deleted the snapshot'
-        gone = _ok(run_one(t.task('snapshot', name=name, state='absent')))
+        gone = ok(run_one(t.task('snapshot', name=name, state='absent')))
         assert gone['changed'] is True
         assert _snapshots(t, name) == []
-        assert _ok(run_one(t.task('snapshot', name=name, state='absent')))['changed'] is False
+        assert ok(run_one(t.task('snapshot', name=name, state='absent')))['changed'] is False
     finally:
         run_one(t.task('snapshot', name=name, state='absent'))
 
@@ -144,9 +132,9 @@ def test_present_absent_idempotent_with_check_and_overwrite(target):
 def test_inconsistent_name_is_reported_and_left_alone(target):
     t = target
     try:
-        _ok(run_one(t.task('snapshot', name='s-part', disks=[t.disk('root')])))
+        ok(run_one(t.task('snapshot', name='s-part', disks=[t.disk('root')])))
         r = run_one(t.task('snapshot', name='s-part', disks=[t.disk('root'), t.disk('data')]))
-        _failed(r, 's-part', t.disk('data'), 'nothing was changed')
+        failed(r, 's-part', t.disk('data'), 'nothing was changed')
         [snap] = _snapshots(t, 's-part')
         assert snap['disks'] == [t.disk('root')]
     finally:
@@ -164,27 +152,27 @@ def test_bad_input_fails_clearly_and_changes_nothing(target):
         t.task('snapshot', name='s-disk-only', memory=False),
         t.task('snapshot', name='s-disk-only', state='reverted'),
     ])
-    _failed(results[0], 'nosuchdisk', t.disk('root'))
-    _failed(results[1], 'vmstate_disk', t.disk('root'), 'not one of the disks')
-    _failed(results[2], 'empty')
-    _failed(results[3], '42', 'digits')
-    _failed(results[4], 'nosuchsnap', 'no snapshot')
-    _ok(results[5])
+    failed(results[0], 'nosuchdisk', t.disk('root'))
+    failed(results[1], 'vmstate_disk', t.disk('root'), 'not one of the disks')
+    failed(results[2], 'empty')
+    failed(results[3], '42', 'digits')
+    failed(results[4], 'nosuchsnap', 'no snapshot')
+    ok(results[5])
     assert results[5]['snapshot']['vmstate_disk'] is None
-    _failed(results[6], 'disk-only', 'shut the VM down')
+    failed(results[6], 'disk-only', 'shut the VM down')
     assert 'Traceback' not in proc.stdout + proc.stderr
     run_one(t.task('snapshot', name='s-disk-only', state='absent'))
     assert [s['name'] for s in _snapshots(t)] == []
 
     r = run_one({'vmfleet.kvm.snapshot': {'domain': 'no-such-vm-xyz', 'name': 'x'}})
-    _failed(r, 'no-such-vm-xyz')
+    failed(r, 'no-such-vm-xyz')
 
 
 def test_timeout_undoes_the_snapshot(target):
     t = target
     r = run_one(t.task('snapshot', name='s-slow', timeout=0.01))
     # either it could not start in time or its work was undone: nothing changed
-    _failed(r, 's-slow', '0.01s', 'nothing changed')
+    failed(r, 's-slow', '0.01s', 'nothing changed')
     assert _snapshots(t, 's-slow') == []
     t.wait_counter(t.counter() + 1)  # the guest still runs
 
@@ -229,7 +217,7 @@ def test_libvirt_api_route_and_offline_route(vms):
     vm = vms.libvirt(disks=(('root', 'qcow2', 64), ('data', 'qcow2', 64)))
     t = Target(vm, 'libvirt')
     t.wait_counter(3)
-    r = _ok(run_one(t.task('snapshot', name='s-api')))
+    r = ok(run_one(t.task('snapshot', name='s-api')))
     assert r['route'] == 'libvirt'
     assert sorted(r['snapshot']['disks']) == ['vda', 'vdb'] and r['snapshot']['vmstate_disk'] == 'vda'
     listed = vm.virsh('snapshot-list', vm.name, '--name').stdout.split()
@@ -240,17 +228,17 @@ def test_libvirt_api_route_and_offline_route(vms):
     # shut off: the offline route
     vm.virsh('destroy', vm.name)
     at_shutdown = t.disk_counter('root')
-    r = _ok(run_one(t.task('snapshot', name='s-off')))
+    r = ok(run_one(t.task('snapshot', name='s-off')))
     assert r['route'] == 'qemu-img' and r['snapshot']['vmstate_disk'] is None
     vm.virsh('start', vm.name)
     t.wait_counter(t.counter() + 3)
     vm.virsh('destroy', vm.name)
     assert t.disk_counter('root') > at_shutdown
-    r = _ok(run_one(t.task('snapshot', name='s-off', state='reverted')))
+    r = ok(run_one(t.task('snapshot', name='s-off', state='reverted')))
     assert r['route'] == 'qemu-img' and r['state'] == 'shutoff'
     assert t.disk_counter('root') == at_shutdown
     for name, route in (('s-off', 'qemu-img'), ('s-api', 'libvirt')):
-        r = _ok(run_one(t.task('snapshot', name=name, state='absent')))
+        r = ok(run_one(t.task('snapshot', name=name, state='absent')))
         assert r['route'] == route
     assert vm.virsh('snapshot-list', vm.name, '--name').stdout.split() == []
     assert _snapshots(t) == []
