@@ -47,7 +47,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.internal_snapshots imp
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.jobs import paused_ms
 from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_state import (
-    incoming_argv, launch_qemu, qemu_argv, qmp_socket_of, wait_for_socket,
+    qemu_argv, qmp_socket_of, relaunch_incoming,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
 
@@ -443,27 +443,12 @@ class InstantSnapshots(object):
         time.sleep(0.2)
 
     def _relaunch(self, argv, path, state):
-        from ansible_collections.vmfleet.kvm.plugins.module_utils.qmp_backend import QmpVm
+        def load(vm):
+            vm.qmp('migrate-incoming', uri='file:%s' % path)
+            migration.wait(vm, self.deadline, "loading memory file %s" % path)
         sock = qmp_socket_of(argv)
-        save_image.remove([sock])
         # QEMU's own output, next to its QMP socket: the VM's place, not the snapshot's
-        proc = launch_qemu(incoming_argv(argv), sock + '.log')
-        new = None
-        try:
-            wait_for_socket(sock, proc, self.deadline)
-            new = QmpVm.open(self.vm.module, sock, self.deadline.remaining(5.0))
-            new.qmp('migrate-incoming', uri='file:%s' % path)
-            migration.wait(new, self.deadline, "loading memory file %s" % path)
-            if state == 'running':
-                new.qmp('cont')
-            return dict(pid=proc.pid, qmp_socket=sock, state=new.state())
-        except Exception:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            if new is not None:
-                new.close()
+        return relaunch_incoming(self.vm.module, argv, sock, sock + '.log', self.deadline, load, state)
 
 
 def _zombie(pid):

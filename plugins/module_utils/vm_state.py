@@ -305,52 +305,22 @@ def socket_alive(path):
         s.close()
 
 
-def restore_qemu(module, manifest, path, qmp_socket, state, deadline):
+def relaunch_incoming(module, argv, sock, log_path, deadline, load, state):
+    """Start QEMU again from ``argv`` with ``-incoming defer``, let ``load(vm)``
+    feed it its state, then ``cont`` if ``state`` is running. On any failure
+    the new QEMU is stopped: a half-loaded QEMU is no VM."""
     from ansible_collections.vmfleet.kvm.plugins.module_utils.qmp_backend import QmpVm
-    argv = manifest['qemu']['argv']
-    if not argv:
-        raise VmfleetError("the save image %s records no QEMU command line" % path)
-    sock = qmp_socket_of(argv)
-    if qmp_socket and qmp_socket != sock:
-        argv = argv + ['-qmp', 'unix:%s,server=on,wait=off' % qmp_socket]
-        sock = qmp_socket
-    if not sock:
-        raise InvalidArgument("the saved QEMU had no QMP UNIX socket", hint="give qmp_socket for the restored VM")
-    if socket_alive(sock):
-        raise ConnectionFailed("a QEMU already answers on %s" % sock,
-                               hint="stop that VM first; restoring would run the saved VM twice")
-    save_image.remove([sock])  # stale socket file of the saved (quit) QEMU
-    proc = launch_qemu(incoming_argv(argv), path + '.restore.log')
+    save_image.remove([sock])  # stale socket file of the QEMU that quit
+    proc = launch_qemu(incoming_argv(argv), log_path)
     vm = None
     try:
         wait_for_socket(sock, proc, deadline, daemonizes='-daemonize' in argv)
         vm = QmpVm.open(module, sock, deadline.remaining(5.0))
-        multifd = manifest['channels'] > 1 or manifest['path_used'] == 'multifd-stream'
-        caps = {'multifd': multifd}
-        if manifest['path_used'] == 'mapped-ram':
-            caps['mapped-ram'] = True
-        migration.configure(vm, caps, {'multifd-channels': manifest['channels'],
-                                       'multifd-compression': manifest['compression']} if multifd else {})
-        files = save_image.data_files(path, manifest)
-        if manifest['path_used'] == 'mapped-ram':
-            vm.qmp('migrate-incoming', uri='file:%s' % files[0])
-            migration.wait(vm, deadline, "restoring from %s" % path)
-        else:
-            from ansible_collections.vmfleet.kvm.plugins.module_utils.multifd_stream import ChannelSource
-            sockdir = tempfile.mkdtemp(prefix='vmfleet-restore-')
-            insock = os.path.join(sockdir, 'in.sock')
-            vm.qmp('migrate-incoming', uri='unix:%s' % insock)
-            source = ChannelSource(files, insock)
-            migration.wait(vm, deadline, "restoring from %s" % path)
-            source.finish(deadline.remaining(30.0))
-            save_image.remove([insock])
-            os.rmdir(sockdir)
+        load(vm)
         if state == 'running':
             vm.qmp('cont')
-        pid = vm.pid()
-        result_state = vm.state()
+        return dict(pid=vm.pid(), qmp_socket=sock, state=vm.state())
     except Exception:
-        # A half-restored QEMU is no VM: stop it, the image stays as it was.
         if vm is not None:
             try:
                 vm.qmp('quit')
@@ -363,4 +333,44 @@ def restore_qemu(module, manifest, path, qmp_socket, state, deadline):
     finally:
         if vm is not None:
             vm.close()
-    return dict(pid=pid, qmp_socket=sock, state=result_state)
+
+
+def restore_qemu(module, manifest, path, qmp_socket, state, deadline):
+    argv = manifest['qemu']['argv']
+    if not argv:
+        raise VmfleetError("the save image %s records no QEMU command line" % path)
+    sock = qmp_socket_of(argv)
+    if qmp_socket and qmp_socket != sock:
+        argv = argv + ['-qmp', 'unix:%s,server=on,wait=off' % qmp_socket]
+        sock = qmp_socket
+    if not sock:
+        raise InvalidArgument("the saved QEMU had no QMP UNIX socket", hint="give qmp_socket for the restored VM")
+    if socket_alive(sock):
+        raise ConnectionFailed("a QEMU already answers on %s" % sock,
+                               hint="stop that VM first; restoring would run the saved VM twice")
+
+    def load(vm):
+        multifd = manifest['channels'] > 1 or manifest['path_used'] == 'multifd-stream'
+        caps = {'multifd': multifd}
+        if manifest['path_used'] == 'mapped-ram':
+            caps['mapped-ram'] = True
+        migration.configure(vm, caps, {'multifd-channels': manifest['channels'],
+                                       'multifd-compression': manifest['compression']} if multifd else {})
+        files = save_image.data_files(path, manifest)
+        if manifest['path_used'] == 'mapped-ram':
+            vm.qmp('migrate-incoming', uri='file:%s' % files[0])
+            migration.wait(vm, deadline, "restoring from %s" % path)
+            return
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.multifd_stream import ChannelSource
+        sockdir = tempfile.mkdtemp(prefix='vmfleet-restore-')
+        insock = os.path.join(sockdir, 'in.sock')
+        try:
+            vm.qmp('migrate-incoming', uri='unix:%s' % insock)
+            source = ChannelSource(files, insock)
+            migration.wait(vm, deadline, "restoring from %s" % path)
+            source.finish(deadline.remaining(30.0))
+        finally:
+            save_image.remove([insock])
+            os.rmdir(sockdir)
+
+    return relaunch_incoming(module, argv, sock, path + '.restore.log', deadline, load, state)
