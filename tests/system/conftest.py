@@ -100,35 +100,33 @@ class VmFactory:
         self.vms = []
 
 
+_test_dirs = itertools.count(1)
+
+
+def _factory(workroot, accel, prefix):
+    # short paths: a QMP socket path must fit in 107 bytes
+    return VmFactory(_workdir(workroot, '%s%d' % (prefix, next(_test_dirs))), accel)
+
+
 @pytest.fixture(scope='session')
 def session_vms(workroot, accel):
-    f = VmFactory(os.path.join(workroot, 'shared'), accel)
-    os.makedirs(f.root, exist_ok=True)
-    os.chmod(f.root, 0o755)
+    f = _factory(workroot, accel, 's')
     yield f
     f.close()
-
-
-_test_dirs = itertools.count(1)
 
 
 @pytest.fixture
 def vms(workroot, accel):
     """VMs a single test may change; gone when the test ends."""
-    # short paths: a QMP socket path must fit in 107 bytes
-    f = VmFactory(os.path.join(workroot, 't%d' % next(_test_dirs)), accel)
-    os.makedirs(f.root, exist_ok=True)
-    os.chmod(f.root, 0o755)
+    f = _factory(workroot, accel, 't')
     yield f
     f.close()
 
 
 @pytest.fixture(scope='module')
-def module_vms(workroot, accel, request):
+def module_vms(workroot, accel):
     """VMs for one test module (big or busy guests that later modules should not pay for)."""
-    f = VmFactory(os.path.join(workroot, 'm%d' % next(_test_dirs)), accel)
-    os.makedirs(f.root, exist_ok=True)
-    os.chmod(f.root, 0o755)
+    f = _factory(workroot, accel, 'm')
     yield f
     f.close()
 
