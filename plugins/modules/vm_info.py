@@ -68,6 +68,12 @@ vms:
       description: C(libvirt) or C(qemu) (raw QEMU through its QMP socket).
       type: str
       sample: libvirt
+    connection:
+      description:
+        - The connection options that reach this VM, ready to pass to the other modules
+          (C(domain) and C(uri), or C(qmp_socket)).
+      type: dict
+      sample: {domain: web01, uri: "qemu:///system"}
     state:
       description: C(running), C(paused), C(shutoff), C(crashed) or another libvirt state name.
       type: str
@@ -172,6 +178,7 @@ def _default_emulator(module):
 def _qmp_vm(module):
     with open_vm(module) as vm:
         desc = vm.describe()
+        desc['connection'] = dict(qmp_socket=module.params['qmp_socket'])
         qemu = qmp_facts(vm.qmp)
     lv = _libvirt()
     version = lv.version_string(lv.libvirt.getVersion()) if lv.HAS_LIBVIRT else None
@@ -188,7 +195,9 @@ def _libvirt_vms(module):
         for name in names:
             try:
                 with lv.LibvirtVm.open(module, p['uri'], name, conn=conn) as vm:
-                    vms.append(vm.describe())
+                    desc = vm.describe()
+                    desc['connection'] = dict(domain=name, uri=p['uri'])
+                    vms.append(desc)
                     emulator = emulator or vm.emulator()
             except VmGone:
                 if p['domain']:

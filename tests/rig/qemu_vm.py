@@ -36,8 +36,9 @@ def _die_with_parent():
 
 class QemuVM:
     def __init__(self, workdir, name='rawvm', memory_mib=256, disks=None, cmdline_extra='', accel=None,
-                 incoming=None):
+                 incoming=None, detach=False):
         self.workdir = os.path.abspath(workdir)
+        self.detach = detach  # outlive this process (molecule, demo): stopped later through the pidfile
         self.incoming = incoming  # e.g. 'defer': start as a migration target
         self.name = name
         self.memory_mib = memory_mib
@@ -124,7 +125,8 @@ class QemuVM:
                 os.unlink(f)
         with open(self.qemu_log, 'ab') as log:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                         stderr=subprocess.STDOUT,
+                                         preexec_fn=os.setsid if self.detach else _die_with_parent)
         # callers talk QMP right after start(): wait for the socket
         end = time.monotonic() + 30
         while not os.path.exists(self.qmp_socket):

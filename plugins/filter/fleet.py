@@ -1,0 +1,146 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmfleet.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Selection and retention policy shared by the fleet roles. Pure data: the
+roles gather facts with the modules and ask these filters what to do."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+
+from ansible.errors import AnsibleFilterError
+
+# Formats that can hold internal snapshots (and the RAM state of one).
+SNAPSHOT_FORMATS = ('qcow2',)
+
+
+def _matches(vm, entry):
+    conn = vm.get('connection') or {}
+    return entry in (vm.get('name'), conn.get('qmp_socket'), conn.get('domain'))
+
+
+def _pattern_ok(name, pattern):
+    if not pattern:
+        return True
+    try:
+        return re.search(pattern, name) is not None
+    except re.error as e:
+        raise AnsibleFilterError("name pattern %r is not a valid regular expression: %s" % (pattern, e))
+
+
+def snapshot_disks(vm):
+    """The disks a snapshot of ``vm`` can cover, the one for its RAM state,
+    and the ones left out with the reason."""
+    disks, left_out = [], []
+    for d in vm.get('disks') or []:
+        if d.get('read_only'):
+            left_out.append(dict(disk=d['name'], reason='read-only (%s)' % (d.get('file') or 'no file')))
+        elif d.get('format') not in SNAPSHOT_FORMATS:
+            left_out.append(dict(disk=d['name'], reason='%s image cannot hold snapshots (varstore-like disk: left as it is)'
+                                 % d.get('format')))
+        else:
+            disks.append(d['name'])
+    return dict(disks=disks, vmstate_disk=disks[0] if disks else None, left_out=left_out)
+
+
+def fleet_select(vms_info, vms=None, exclude=None, pattern='', states=('running',), unreachable=None):
+    """Pick the VMs a role acts on.
+
+    ``vms_info``: the ``vms`` lists vm_info returned (a list of them, or one).
+    ``vms``: names or QMP socket paths; empty = every VM in ``states``.
+    ``exclude``: names, socket paths or shell-style globs of names.
+    ``pattern``: a regular expression the VM name must match.
+    ``unreachable``: vm_info results that failed (for a QMP socket).
+    Returns targets (each VM with its connection and snapshot disks),
+    missing (asked for but not found, with why) and skipped (with why)."""
+    found, seen = [], set()
+    for item in vms_info or []:
+        for vm in (item if isinstance(item, list) else [item]):
+            key = (vm.get('backend'), vm.get('name'), str(vm.get('connection')))
+            if key not in seen:
+                seen.add(key)
+                found.append(vm)
+    vms, exclude = list(vms or []), list(exclude or [])
+    targets, skipped, missing = [], [], []
+    why = dict((r.get('item'), r.get('msg')) for r in unreachable or [])
+    for entry in vms:
+        if not any(_matches(vm, entry) for vm in found):
+            missing.append(dict(vm=entry, msg=why.get(entry) or "no VM named '%s' on this host" % entry))
+    for entry, msg in why.items():
+        if entry not in vms:  # a socket from the role's own list
+            missing.append(dict(vm=entry, msg=msg))
+    for vm in found:
+        name = vm.get('name')
+        if vms and not any(_matches(vm, e) for e in vms):
+            continue
+        if any(_matches(vm, e) or fnmatch.fnmatchcase(name or '', e) for e in exclude):
+            skipped.append(dict(vm=name, reason='excluded'))
+            continue
+        if not _pattern_ok(name or '', pattern):
+            continue
+        if states and vm.get('state') not in states:
+            if vms:  # asked for by name: say why nothing is done to it
+                skipped.append(dict(vm=name, reason='state is %s, not %s' % (vm.get('state'), ' or '.join(states))))
+            continue
+        target = dict(name=name, backend=vm.get('backend'), state=vm.get('state'),
+                      connection=vm.get('connection'), disks_all=vm.get('disks') or [],
+                      snapshots=vm.get('snapshots') or [])
+        target.update(snapshot_disks(vm))
+        targets.append(target)
+    return dict(targets=targets, missing=missing, skipped=skipped)
+
+
+def prefixed(name, prefix):
+    """The snapshot name as the roles write it: always carrying the prefix."""
+    if not name:
+        raise AnsibleFilterError("a snapshot name is required")
+    return name if name.startswith(prefix) else prefix + name
+
+
+def fleet_retention(snapshots, prefix, keep, vm=None):
+    """Names of the snapshots to delete so that only the newest ``keep``
+    carrying ``prefix`` remain. Snapshots without the prefix are never
+    returned. ``keep`` < 1 keeps everything."""
+    if not prefix:
+        raise AnsibleFilterError("retention needs a non-empty name prefix: it must never touch snapshots it did not make")
+    keep = int(keep)
+    if keep < 1:
+        return []
+    ours = [s for s in snapshots or [] if str(s.get('name', '')).startswith(prefix)
+            and (vm is None or s.get('vm') == vm)]
+    names = {}
+    for s in ours:  # one entry per name: the newest date seen for it
+        names[s['name']] = max(names.get(s['name'], ''), s.get('date') or '')
+    newest_first = sorted(names, key=lambda n: (names[n], n), reverse=True)
+    return newest_first[keep:]
+
+
+def fleet_disks_under(vm, directory):
+    """The disks of ``vm`` whose image lies directly or deeper under ``directory``."""
+    base = directory.rstrip('/') + '/'
+    return [d for d in vm.get('disks_all') or vm.get('disks') or []
+            if isinstance(d, dict) and (d.get('file') or '').startswith(base) and not d.get('read_only')]
+
+
+def fleet_record(vm, status, msg=None, extra=None):
+    """One VM's line in a role's report."""
+    rec = dict(vm=vm.get('name') or vm.get('vm'), backend=vm.get('backend'), status=status, changed=False)
+    for key in ('disks', 'left_out', 'connection'):
+        if key in vm:
+            rec[key] = vm[key]
+    if msg:
+        rec['msg'] = msg
+    rec.update(extra or {})
+    return rec
+
+
+class FilterModule(object):
+    def filters(self):
+        return {
+            'fleet_select': fleet_select,
+            'fleet_retention': fleet_retention,
+            'fleet_prefixed': prefixed,
+            'fleet_disks_under': fleet_disks_under,
+            'fleet_record': fleet_record,
+        }
