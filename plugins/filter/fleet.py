@@ -116,11 +116,24 @@ def fleet_retention(snapshots, prefix, keep, vm=None):
     return newest_first[keep:]
 
 
-def fleet_disks_under(vm, directory):
-    """The disks of ``vm`` whose image lies directly or deeper under ``directory``."""
-    base = directory.rstrip('/') + '/'
-    return [d for d in vm.get('disks_all') or vm.get('disks') or []
-            if isinstance(d, dict) and (d.get('file') or '').startswith(base) and not d.get('read_only')]
+def fleet_moves(vm, target_dir, source_dir='', per_vm_dir=False):
+    """The disks of ``vm`` to move to ``target_dir``: writable file-backed
+    disks not already there (and under ``source_dir`` when given), each with
+    its target path (``target_dir/<vm>/<file>`` with ``per_vm_dir``)."""
+    if not target_dir or not target_dir.startswith('/'):
+        raise AnsibleFilterError("the target directory must be an absolute path, not %r" % target_dir)
+    target_dir = target_dir.rstrip('/')
+    under = (source_dir.rstrip('/') + '/') if source_dir else None
+    moves = []
+    for d in vm.get('disks_all') or vm.get('disks') or []:
+        src = d.get('file') or ''
+        if not isinstance(d, dict) or d.get('read_only') or not src.startswith('/') \
+                or src.startswith(target_dir + '/') or (under and not src.startswith(under)):
+            continue
+        dest_dir = target_dir + '/' + vm['name'] if per_vm_dir else target_dir
+        moves.append(dict(disk=d['name'], source=src, target=dest_dir + '/' + src.rsplit('/', 1)[1],
+                          format=d.get('format')))
+    return moves
 
 
 def fleet_record(vm, status, msg=None, extra=None):
@@ -141,6 +154,6 @@ class FilterModule(object):
             'fleet_select': fleet_select,
             'fleet_retention': fleet_retention,
             'fleet_prefixed': prefixed,
-            'fleet_disks_under': fleet_disks_under,
+            'fleet_moves': fleet_moves,
             'fleet_record': fleet_record,
         }
