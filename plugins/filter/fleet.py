@@ -116,7 +116,7 @@ def fleet_retention(snapshots, prefix, keep, vm=None):
     return newest_first[keep:]
 
 
-def fleet_moves(vm, target_dir, source_dir='', per_vm_dir=False):
+def _moves(vm, target_dir, source_dir='', per_vm_dir=False):
     """The disks of ``vm`` to move to ``target_dir``: writable file-backed
     disks not already there (and under ``source_dir`` when given), each with
     its target path (``target_dir/<vm>/<file>`` with ``per_vm_dir``)."""
@@ -136,12 +136,29 @@ def fleet_moves(vm, target_dir, source_dir='', per_vm_dir=False):
     return moves
 
 
+def fleet_plan(targets, target_dir, source_dir='', per_vm_dir=False):
+    """Each target VM with the ``moves`` of its disks; a VM whose target path
+    would collide with another disk's gets an ``error`` instead."""
+    plan = [dict(t, moves=_moves(t, target_dir, source_dir, per_vm_dir)) for t in targets or []]
+    seen = {}
+    for p in plan:
+        for m in p['moves']:
+            seen.setdefault(m['target'], []).append('%s:%s' % (p['name'], m['disk']))
+    for p in plan:
+        clash = [m['target'] for m in p['moves'] if len(seen[m['target']]) > 1]
+        if clash:
+            p['error'] = ("target %s would hold several disks (%s): set per_vm_dir to give each VM its own directory"
+                          % (clash[0], ', '.join(seen[clash[0]])))
+    return plan
+
+
 def fleet_record(vm, status, msg=None, extra=None):
     """One VM's line in a role's report."""
     rec = dict(vm=vm.get('name') or vm.get('vm'), backend=vm.get('backend'), status=status, changed=False)
     for key in ('disks', 'left_out', 'connection'):
         if key in vm:
             rec[key] = vm[key]
+    msg = msg or vm.get('error')
     if msg:
         rec['msg'] = msg
     rec.update(extra or {})
@@ -154,6 +171,6 @@ class FilterModule(object):
             'fleet_select': fleet_select,
             'fleet_retention': fleet_retention,
             'fleet_prefixed': prefixed,
-            'fleet_moves': fleet_moves,
+            'fleet_plan': fleet_plan,
             'fleet_record': fleet_record,
         }
