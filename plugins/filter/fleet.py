@@ -165,6 +165,16 @@ def fleet_record(vm, status, msg=None, extra=None):
     return rec
 
 
+def fleet_list(value):
+    """A list from an extra var given as a list, a comma-separated string
+    (an AWX survey's text field) or nothing."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(',') if v.strip()]
+    return list(value)
+
+
 class FilterModule(object):
     def filters(self):
         return {
@@ -173,4 +183,5 @@ class FilterModule(object):
             'fleet_prefixed': prefixed,
             'fleet_plan': fleet_plan,
             'fleet_record': fleet_record,
+            'fleet_list': fleet_list,
         }

@@ -103,7 +103,9 @@ def counters(root):
                 disks[name] = disk_counter(path, fmt)
             except Exception as e:  # a disk moved away: say so
                 disks[name] = 'unreadable: %s' % e
-        out[entry['name']] = dict(last=found[-1] if found else None, count=len(found),
+        drops = [[a, b] for a, b in zip(found, found[1:]) if b < a]
+        out[entry['name']] = dict(last=found[-1] if found else None, count=len(found), drops=drops,
+                                  values=found[-400:],
                                   log_size=os.path.getsize(entry['serial_log'])
                                   if os.path.exists(entry['serial_log']) else 0, disks=disks)
     return out
