@@ -102,11 +102,11 @@ def fleet_retention(snapshots, prefix, keep, vm=None):
     """Names of the snapshots to delete so that only the newest ``keep``
     carrying ``prefix`` remain. Snapshots without the prefix are never
     returned. ``keep`` < 1 keeps everything."""
-    if not prefix:
-        raise AnsibleFilterError("retention needs a non-empty name prefix: it must never touch snapshots it did not make")
     keep = int(keep)
     if keep < 1:
         return []
+    if not prefix:
+        raise AnsibleFilterError("retention needs a non-empty name prefix: it must never touch snapshots it did not make")
     ours = [s for s in snapshots or [] if str(s.get('name', '')).startswith(prefix)
             and (vm is None or s.get('vm') == vm)]
     names = {}
