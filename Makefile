@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
 export ANSIBLE_PYTHON_INTERPRETER := $(CURDIR)/$(VENV)/bin/python
 
-.PHONY: demo test setup host venv guest collection unit system sanity lint bench clean
+.PHONY: demo test setup host venv guest collection unit system molecule sanity lint bench clean
 
 setup: host venv guest collection
 
@@ -36,6 +36,10 @@ unit: venv collection
 system: setup
 	$(PY) -m pytest tests/system
 
+# every role's scenario on real VMs booted once by the default scenario (shared_state)
+molecule: setup
+	molecule test --all
+
 sanity: venv collection
 	bash scripts/sanity.sh
 
@@ -44,6 +48,7 @@ lint: venv collection
 
 test: setup
 	$(PY) -m pytest tests/unit tests/system
+	molecule test --all
 	bash scripts/sanity.sh
 	ansible-lint --profile production
 

@@ -16,6 +16,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
     InvalidArgument, OperationTimeout, SnapshotNotFound, VmfleetError,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.images import qemu_img
+from ansible_collections.vmfleet.kvm.plugins.module_utils.migration import clear_stream_caps
 from ansible_collections.vmfleet.kvm.plugins.module_utils.jobs import (
     paused_ms, start_job, wait_job,
 )
@@ -162,6 +163,7 @@ class Snapshots(object):
         if not self._running():
             self._qemu_img('-c', name, selected)
             return 'qemu-img', 0
+        clear_stream_caps(vm)
         writable = [d for d in all_disks if not d.read_only]
         if (vm.backend == 'libvirt' and vmstate is not None and set(selected) == set(writable)
                 and vmstate is selected[0]):
@@ -262,6 +264,8 @@ class Snapshots(object):
         if self.check_mode:
             return result, snap
         holders = [d for d in disks if d.name in snap['disks']]
+        if running:
+            clear_stream_caps(self.vm)
         if not running:
             self._qemu_img('-a', name, holders)
             result['route'] = 'qemu-img'

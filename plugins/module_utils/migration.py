@@ -12,6 +12,19 @@ _ACTIVE = ('setup', 'active', 'device', 'pre-switchover', 'wait-unplug', 'postco
            'postcopy-paused', 'postcopy-recover-setup', 'postcopy-recover', 'colo', 'cancelling')
 
 
+# Capabilities that change the shape of QEMU's migration stream. A save or a
+# restore leaves them set on the process, and QEMU 10 then crashes in
+# snapshot-save (multifd + mapped-ram): whoever streams next clears them.
+STREAM_CAPS = ('multifd', 'mapped-ram', 'background-snapshot', 'xbzrle', 'postcopy-ram')
+
+
+def clear_stream_caps(vm):
+    on = [c['capability'] for c in vm.qmp('query-migrate-capabilities')
+          if c['state'] and c['capability'] in STREAM_CAPS]
+    if on:
+        set_capabilities(vm, dict.fromkeys(on, False))
+
+
 def set_capabilities(vm, caps):
     vm.qmp('migrate-set-capabilities',
            capabilities=[{'capability': k, 'state': bool(v)} for k, v in sorted(caps.items())])
@@ -20,9 +33,9 @@ def set_capabilities(vm, caps):
 def configure(vm, caps, params):
     """Set capabilities and parameters from any previous state. QEMU checks
     each against the other (mapped-ram refuses compression), so mapped-ram
-    goes off first, then the parameters, then the capabilities wanted."""
-    if 'mapped-ram' in caps:
-        set_capabilities(vm, {'mapped-ram': False})
+    goes off first (with every stream capability an earlier run left on),
+    then the parameters, then the capabilities wanted."""
+    clear_stream_caps(vm)
     if params:
         vm.qmp('migrate-set-parameters', **params)
     set_capabilities(vm, caps)

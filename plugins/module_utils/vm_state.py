@@ -317,6 +317,7 @@ def relaunch_incoming(module, argv, sock, log_path, deadline, load, state):
         wait_for_socket(sock, proc, deadline, daemonizes='-daemonize' in argv)
         vm = QmpVm.open(module, sock, deadline.remaining(5.0))
         load(vm)
+        migration.clear_stream_caps(vm)
         if state == 'running':
             vm.qmp('cont')
         return dict(pid=vm.pid(), qmp_socket=sock, state=vm.state())

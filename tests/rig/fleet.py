@@ -105,7 +105,7 @@ def counters(root):
                 disks[name] = 'unreadable: %s' % e
         drops = [[a, b] for a, b in zip(found, found[1:]) if b < a]
         out[entry['name']] = dict(last=found[-1] if found else None, count=len(found), drops=drops,
-                                  values=found[-400:],
+                                  seen=found[-400:],
                                   log_size=os.path.getsize(entry['serial_log'])
                                   if os.path.exists(entry['serial_log']) else 0, disks=disks)
     return out
