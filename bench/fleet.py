@@ -67,10 +67,10 @@ def single(vms, workdir):
             {'name': 't1 %d' % i, 'ansible.builtin.set_fact': {'t1_%d' % i: '{{ now().timestamp() }}'}},
         ]
     out = os.path.join(workdir, 'single.json')
-    collect = {'vm%d' % i: {'round_trip_s': '{{ t1_%d | float - t0_%d | float }}' % (i, i),
-                            'duration_s': '{{ r_%d.duration_s }}' % i, 'paused_ms': '{{ r_%d.paused_ms }}' % i,
-                            'route': '{{ r_%d.route }}' % i} for i in range(len(vms))}
-    tasks.append({'name': 'write', 'ansible.builtin.copy': {'content': '{{ %s | to_json }}' % json.dumps(collect),
+    collect = ', '.join(
+        "'vm%d': {'round_trip_s': t1_%d | float - t0_%d | float, 'duration_s': r_%d.duration_s, "
+        "'paused_ms': r_%d.paused_ms, 'route': r_%d.route}" % ((i,) * 6) for i in range(len(vms)))
+    tasks.append({'name': 'write', 'ansible.builtin.copy': {'content': '{{ {%s} | to_json }}' % collect,
                                                             'dest': out, 'mode': '0600'}})
     play = [{'name': 'single', 'hosts': 'hypervisors', 'gather_facts': False, 'tasks': tasks}]
     path = os.path.join(workdir, 'single.yml')

@@ -121,3 +121,14 @@ def test_instant_refusals_change_nothing(inst):
     # the guest was never paused for long
     c = t.counter()
     t.wait_counter(c + 1, timeout=5)
+
+
+def test_instant_on_a_libvirt_domain_is_refused_before_anything_is_touched(shared_libvirt, tmp_path):
+    t = Target(shared_libvirt, 'libvirt')
+    before = ok(run_one(t.task('snapshot_info')))['snapshots']
+    c = t.wait_counter(1)
+    r = run_one(t.task('snapshot', name='i-lv', mode='instant', memory_dir=str(tmp_path)))
+    failed(r, 'libvirt', 'mode: internal')
+    assert ok(run_one(t.task('snapshot_info')))['snapshots'] == before
+    assert list(tmp_path.iterdir()) == []
+    t.wait_counter(c + 1, timeout=10)  # the guest was never stopped
