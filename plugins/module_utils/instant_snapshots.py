@@ -47,7 +47,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.internal_snapshots imp
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.jobs import paused_ms
 from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_state import (
-    qemu_argv, qmp_socket_of, relaunch_incoming,
+    check_relaunchable, qemu_argv, qmp_socket_of, relaunch_incoming,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
 
@@ -249,6 +249,7 @@ class InstantSnapshots(object):
         if not argv or not qmp_socket_of(argv):
             raise InvalidArgument("cannot read the command line and QMP socket of VM '%s' (pid %s)" % (vm.name, pid),
                                   hint="a revert relaunches QEMU with it; run the module on the VM's host")
+        check_relaunchable(vm, argv)
         self._arm(caps)
         tmp = path + save_image.PARTIAL
         save_image.remove([tmp])

@@ -163,7 +163,7 @@ class LibvirtVm(VmHandle):
         for d in self.disks():
             info = self._call('reading block jobs', self.dom.blockJobInfo, d.name, 0)
             if info:
-                jobs.append(dict(disk=d.name, type=info.get('type'), status=None,
+                jobs.append(dict(disk=d.name, job=None, type=info.get('type'), status=None,
                                  bytes_total=info.get('end'), bytes_done=info.get('cur'),
                                  speed=info.get('bandwidth'), ready=info.get('cur') == info.get('end')))
         return jobs

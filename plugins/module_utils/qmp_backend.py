@@ -7,6 +7,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import re
 import socket
 import stat
 import struct
@@ -103,8 +104,13 @@ class QmpVm(VmHandle):
         return out
 
     def block_jobs(self):
-        return [dict(disk=j.get('device'), type=j.get('type'), status=j.get('status'),
-                     bytes_total=j.get('len'), bytes_done=j.get('offset'),
+        # QEMU names a blockdev job by its job id, not by the disk: drive_mirror's ids
+        # (vmfleet-mirror-<disk>) lead back to the disk, a node or device name is the disk
+        names = dict((d.node_name, d.name) for d in self.disks())
+        names.update((d.name, d.name) for d in self.disks())
+        names.update(('vmfleet-mirror-' + re.sub(r'[^A-Za-z0-9_-]', '_', d.name), d.name) for d in self.disks())
+        return [dict(disk=names.get(j.get('device'), j.get('device')), job=j.get('device'), type=j.get('type'),
+                     status=j.get('status'), bytes_total=j.get('len'), bytes_done=j.get('offset'),
                      speed=j.get('speed'), ready=j.get('ready'))
                 for j in self.qmp('query-block-jobs')]
 

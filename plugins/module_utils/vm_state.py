@@ -64,6 +64,20 @@ def qemu_argv(pid):
     return [a.decode('utf-8', 'surrogateescape') for a in raw.split(b'\0') if a]
 
 
+def check_relaunchable(vm, argv):
+    """A relaunch runs ``argv`` again, so it must name every image the VM
+    runs on now. After drive_mirror switched a disk, the command line still
+    names the old image: relaunching it would pair this RAM with that disk."""
+    text = '\0'.join(argv)
+    moved = [d for d in vm.disks() if d.file and d.file.startswith('/') and d.file not in text]
+    if moved:
+        d = moved[0]
+        raise VmfleetError(
+            "disk %s of VM '%s' runs on %s, which its QEMU command line does not name (moved by drive_mirror?): "
+            "a relaunch from that command line would bring back the old image" % (d.name, vm.name, d.file),
+            hint="nothing was touched; restart the VM from a command line that names its current images first")
+
+
 def qmp_socket_of(argv):
     """The path of the first ``-qmp unix:PATH,...`` monitor in ``argv``."""
     for i, a in enumerate(argv[:-1]):
@@ -118,6 +132,8 @@ class Saver(object):
         vm = self.vm
         pid = vm.pid()
         argv = qemu_argv(pid) if pid else None
+        if argv:
+            check_relaunchable(vm, argv)
         state = vm.state()
         was_running = state == 'running'
         t0 = time.monotonic()

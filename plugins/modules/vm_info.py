@@ -102,11 +102,14 @@ vms:
           vm_clock_sec: 812.5
           consistent: true
     block_jobs:
-      description: Block jobs running on the VM's disks (empty when it is not running).
+      description:
+        - Block jobs running on the VM's disks (empty when it is not running).
+        - C(disk) is the disk the job works on; C(job) is QEMU's job id (raw QEMU), null through libvirt.
       type: list
       elements: dict
       sample:
         - disk: vda
+          job: vmfleet-mirror-vda
           type: mirror
           bytes_total: 2147483648
           bytes_done: 1073741824

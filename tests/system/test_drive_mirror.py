@@ -125,6 +125,17 @@ def test_mirror_and_pivot_lose_no_write(vms, tmp_path, backend, copy_mode):
         assert "file='%s'" % target in inactive and "file='%s'" % source not in inactive
     else:
         assert any('command line still names' in w for w in r.get('warnings', [])), r.get('warnings')
+        # a save or an instant snapshot would relaunch that command line later, with the old
+        # image under this RAM: both refuse before touching the VM
+        img = str(tmp_path / 'saved.vmstate')
+        memdir = str(tmp_path / 'mem')
+        os.makedirs(memdir)
+        results, _proc = run_tasks([t.task('vm_save', path=img),
+                                    t.task('snapshot', name='i', mode='instant', memory_dir=memdir)])
+        for res in results:
+            failed(res, 'runs on %s' % target, 'command line')
+        assert glob.glob(img + '*') == [] and os.listdir(memdir) == []
+        t.wait_counter(t.counter() + 1, timeout=10)
 
     # the guest runs on: its writes land on the target only, the source stays as it was
     sha = _sha(source)
@@ -291,6 +302,31 @@ def test_ready_cancel_then_verified_pivot(vms, tmp_path, backend):
     assert 'verify' in [a['action'] for a in v['actions']]
     assert v['journal']['previous']['phase'] == 'cancelled'
     t.wait_counter(t.counter() + 2)  # it runs again
+    _assert_no_record_lost(t, target)
+
+
+@pytest.mark.parametrize('backend', ['qemu', 'libvirt'])
+def test_timeout_names_the_running_job_or_cancels_it(vms, tmp_path, backend):
+    t = _boot(vms, backend)
+    jdir = str(tmp_path / 'journal')
+    target = os.path.join(_newdir(t), 'data-moved.qcow2')
+    slow = dict(disk=t.disk('data'), target=target, journal_dir=jdir, speed=1 << 20, timeout=4)
+
+    r = failed(run_one(t.task('drive_mirror', **slow)), 'not in sync within 4s', 'left running')
+    jobs = ok(run_one(t.task('vm_info')))['vms'][0]['block_jobs']
+    assert [j['disk'] for j in jobs] == [t.disk('data')], jobs
+    assert _live_file(t, 'data') == t.vm.disk_path('data')
+    assert r['journal']['phase'] == 'copying'
+
+    # the re-run takes the running job over; this time the timeout cancels it
+    failed(run_one(t.task('drive_mirror', cancel_on_timeout=True, **slow)), 'cancelled', 'runs on its source')
+    assert ok(run_one(t.task('vm_info')))['vms'][0]['block_jobs'] == []
+    assert _live_file(t, 'data') == t.vm.disk_path('data')
+    t.wait_counter(t.counter() + 1)
+
+    # and nothing stands in the way of a copy at full speed
+    done = ok(run_one(t.task('drive_mirror', disk=t.disk('data'), target=target, journal_dir=jdir)))
+    assert done['on_target'] is True and _live_file(t, 'data') == target
     _assert_no_record_lost(t, target)
 
 
