@@ -16,7 +16,6 @@ __metaclass__ = type
 import hashlib
 import json
 import os
-import re
 import time
 import xml.etree.ElementTree as ET
 
@@ -26,6 +25,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
     InvalidArgument, JobFailed, OperationTimeout, QmpCommandError, VmfleetError, VmGone,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.images import qemu_img
+from ansible_collections.vmfleet.kvm.plugins.module_utils.jobs import mirror_job_id
 from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
 
 try:
@@ -70,7 +70,7 @@ class QmpDriver(object):
 
     @staticmethod
     def job_id(disk):
-        return 'vmfleet-mirror-%s' % re.sub(r'[^A-Za-z0-9_-]', '_', disk.name)
+        return mirror_job_id(disk.name)
 
     @staticmethod
     def target_node(target):

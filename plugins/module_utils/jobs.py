@@ -7,6 +7,7 @@ the deadline, read its error, dismiss it."""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import re
 import uuid
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
@@ -14,6 +15,11 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
 )
 
 POLL_S = 0.25
+
+
+def mirror_job_id(disk_name):
+    """The id of drive_mirror's job on a disk: the same on every run, so a re-run finds it."""
+    return 'vmfleet-mirror-%s' % re.sub(r'[^A-Za-z0-9_-]', '_', disk_name)
 
 
 def _find(vm, job_id, deadline):

@@ -7,7 +7,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
-import re
 import socket
 import stat
 import struct
@@ -15,6 +14,7 @@ import struct
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
     CapabilityMissing, ConnectionFailed,
 )
+from ansible_collections.vmfleet.kvm.plugins.module_utils.jobs import mirror_job_id
 from ansible_collections.vmfleet.kvm.plugins.module_utils.qmp_client import (
     HAS_QMP, QMP_IMPORT_ERROR, QmpClient,
 )
@@ -106,9 +106,9 @@ class QmpVm(VmHandle):
     def block_jobs(self):
         # QEMU names a blockdev job by its job id, not by the disk: drive_mirror's ids
         # (vmfleet-mirror-<disk>) lead back to the disk, a node or device name is the disk
-        names = dict((d.node_name, d.name) for d in self.disks())
-        names.update((d.name, d.name) for d in self.disks())
-        names.update(('vmfleet-mirror-' + re.sub(r'[^A-Za-z0-9_-]', '_', d.name), d.name) for d in self.disks())
+        names = {}
+        for d in self.disks():
+            names.update({d.node_name: d.name, d.name: d.name, mirror_job_id(d.name): d.name})
         return [dict(disk=names.get(j.get('device'), j.get('device')), job=j.get('device'), type=j.get('type'),
                      status=j.get('status'), bytes_total=j.get('len'), bytes_done=j.get('offset'),
                      speed=j.get('speed'), ready=j.get('ready'))
