@@ -82,7 +82,8 @@ def main():
                      if went_back else 'DID NOT GO BACK %s' % after[name]['seen'][-8:]))
             print('   rollback: %s, VM %s; cleanup deleted: %s'
                   % (rb['status'], rb.get('state_after'), ', '.join(cl.get('deleted') or []) or 'nothing'))
-        print('\nReports (JSON, as AWX stats get them) were in %s/reports.' % root)
+        print('\nEach role also published its report to set_stats (vmfleet_<role>, what AWX shows as artifacts)'
+              ' and wrote it as JSON on the host (here in a scratch directory removed with the demo VMs).')
         print('Demo %s.' % ('succeeded: both guests went back in time' if ok else 'FAILED'))
     finally:
         fleet.down(os.path.join(root, 'vms'))

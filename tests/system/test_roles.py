@@ -1,0 +1,49 @@
+"""The fleet roles' promise when one VM fails: the others are done, the failed
+one is left as it was, and the host fails at the end naming each failed VM and
+why. (Each role's happy path is its molecule scenario in extensions/molecule.)"""
+
+import json
+import os
+import subprocess
+
+from ansible_run import REPO, VENV_BIN, ansible_env, ok, run_one
+from targets import Target
+
+
+def _playbook(name, tmp_path, **extra):
+    inv = tmp_path / 'inventory.ini'
+    inv.write_text('[hypervisors]\nlocalhost ansible_connection=local\n')
+    return subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i', str(inv), 'vmfleet.kvm.' + name,
+                           '-e', json.dumps(extra)], env=ansible_env(), cwd=REPO, capture_output=True, text=True,
+                          timeout=900, check=False)
+
+
+def test_one_failed_vm_does_not_stop_the_others_and_fails_the_host_naming_it(vms, tmp_path):
+    good = Target(vms.qemu(), 'qemu')
+    # a VM with nothing but a raw disk: no disk of it can hold a snapshot
+    bare = Target(vms.qemu(disks=(('root', 'raw', 16),)), 'qemu')
+    reports = tmp_path / 'reports'
+    c = good.wait_counter(1)
+    proc = _playbook('pre_upgrade_snapshot', tmp_path, vmfleet_snapshot_name='fail-test',
+                     vmfleet_vms=[good.vm.qmp_socket, bare.vm.qmp_socket, '/nonexistent/vm.qmp', 'no-such-domain-xyz'],
+                     pre_upgrade_snapshot_report_dir=str(reports))
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    out = proc.stdout + proc.stderr
+    assert 'Traceback' not in out
+    assert 'pre_upgrade_snapshot failed on 3 VM(s)' in out, out[-3000:]
+    for why in ('/nonexistent/vm.qmp', 'no-such-domain-xyz', 'no disk of this VM can hold a snapshot'):
+        assert why in out, (why, out[-3000:])
+
+    report = json.loads((reports / 'pre_upgrade_snapshot.json').read_text())
+    status = dict((r['vm'], r['status']) for r in report['vms'])
+    assert status[good.vm.name] == 'ok' and status[bare.vm.name] == 'failed', status
+    assert status['/nonexistent/vm.qmp'] == 'failed' and status['no-such-domain-xyz'] == 'failed', status
+    mine = next(r for r in report['vms'] if r['vm'] == good.vm.name)
+    assert mine['changed'] is True and mine['state_before'] == mine['state_after'] == 'running'
+    assert os.stat(reports / 'pre_upgrade_snapshot.json').st_mode & 0o777 == 0o600
+
+    # the good VM holds the snapshot on its qcow2 disks, not on the raw one; both guests run on
+    snaps = ok(run_one(good.task('snapshot_info', name='vmfleet-fail-test')))['snapshots']
+    assert snaps and sorted(snaps[0]['disks']) == ['data', 'root'], snaps
+    good.wait_counter(c + 1)
+    bare.wait_counter(bare.counter() + 1)
