@@ -177,6 +177,7 @@ class InstantSnapshots(object):
         want['background-snapshot'] = True
         try:
             migration.set_capabilities(self.vm, want)
+            migration.unthrottle(self.vm)
         except QmpCommandError as e:
             raise CapabilityMissing("VM '%s' cannot take an instant snapshot: %s" % (self.vm.name, e.desc),
                                     hint="nothing was changed; the guest's memory backend (hugepages, shared or "

@@ -18,6 +18,15 @@ _ACTIVE = ('setup', 'active', 'device', 'pre-switchover', 'wait-unplug', 'postco
 STREAM_CAPS = ('multifd', 'mapped-ram', 'background-snapshot', 'xbzrle', 'postcopy-ram')
 
 
+# QEMU throttles a migration to 128 MiB/s unless told otherwise; a save to
+# local storage or a snapshot wants the disk's speed, as libvirt asks for its saves.
+NO_BANDWIDTH_LIMIT = ((1 << 63) - 1) >> 20 << 20
+
+
+def unthrottle(vm):
+    vm.qmp('migrate-set-parameters', **{'max-bandwidth': NO_BANDWIDTH_LIMIT})
+
+
 def clear_stream_caps(vm):
     on = [c['capability'] for c in vm.qmp('query-migrate-capabilities')
           if c['state'] and c['capability'] in STREAM_CAPS]
@@ -36,8 +45,7 @@ def configure(vm, caps, params):
     goes off first (with every stream capability an earlier run left on),
     then the parameters, then the capabilities wanted."""
     clear_stream_caps(vm)
-    if params:
-        vm.qmp('migrate-set-parameters', **params)
+    vm.qmp('migrate-set-parameters', **dict(params or {}, **{'max-bandwidth': NO_BANDWIDTH_LIMIT}))
     set_capabilities(vm, caps)
 
 
