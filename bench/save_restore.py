@@ -11,6 +11,8 @@ save:    vmfleet.kvm.vm_save (through ansible-playbook) with 1, 2 and 4
 restore: vmfleet.kvm.vm_restore of each vm_save image; ``virsh restore``
          (``--parallel-channels 4`` for the sparse image); ``dd of=/dev/null``
          of a save image after dropping the page cache (the disk's read limit).
+raw:     then the same guest as a raw QEMU VM (no libvirt): vm_save (mapped-ram,
+         or multifd streams with zstd) and vm_restore (relaunch), labelled "raw".
 
 Every image is made durable before its clock stops: vm_save fsyncs; after a
 ``virsh save`` the file is fdatasynced (``sync --data FILE``) and that time
@@ -40,6 +42,7 @@ from ansible_run import run_one  # noqa: E402
 from rig.accel import detect_accel  # noqa: E402
 from rig.guest import wait_serial  # noqa: E402
 from rig.libvirt_vm import LibvirtVM  # noqa: E402
+from rig.qemu_vm import QemuVM  # noqa: E402
 
 RESULTS = os.path.join(HERE, 'results')
 MIB = 1024.0 * 1024.0
@@ -129,10 +132,13 @@ class Bench:
         wait_serial(self.vm.serial_log, r'VMFLEET-COUNTER \d+\r?\n', 120, offset)
 
     # -- saves --
+    def conn(self):
+        return {'domain': self.vm.name, 'uri': URI}
+
     def vm_save(self, label, img, channels, compression):
         self.caches.drop()
-        task = {'vmfleet.kvm.vm_save': {'domain': self.vm.name, 'uri': URI, 'path': img, 'channels': channels,
-                                        'compression': compression, 'verify': self.verify}}
+        task = {'vmfleet.kvm.vm_save': dict(self.conn(), path=img, channels=channels,
+                                            compression=compression, verify=self.verify)}
         t0 = time.monotonic()
         r = _module_ok(run_one(task), label)
         wall = time.monotonic() - t0
@@ -180,9 +186,12 @@ class Bench:
         self.record(label, dict(seconds=round(dt, 3), bytes_written=allocated, apparent_bytes=apparent,
                                 allocated_bytes=allocated, read_apparent_bytes=nbytes))
 
+    def restore_offset(self):
+        return os.path.getsize(self.vm.serial_log)
+
     def vm_restore(self, label, img):
         self.caches.drop()
-        offset = os.path.getsize(self.vm.serial_log)
+        offset = self.restore_offset()
         t0 = time.monotonic()
         r = _module_ok(run_one({'vmfleet.kvm.vm_restore': {'path': img, 'uri': URI, 'verify': self.verify}}),
                        label)
@@ -232,6 +241,24 @@ class Bench:
         self.dd_read('dd read (page cache dropped)', dd)
         os.unlink(dd)
         print('round %d done' % rnd, flush=True)
+
+
+class RawBench(Bench):
+    """The same measurements on a raw QEMU VM: vm_save and vm_restore only (no virsh there)."""
+
+    def conn(self):
+        return {'qmp_socket': self.vm.qmp_socket}
+
+    def restore_offset(self):
+        return 0  # the relaunched QEMU starts its serial file anew
+
+    def one_round(self, rnd):
+        for label, channels, comp in VM_SAVE_CASES:
+            img = os.path.join(self.save_dir, 'raw-c%d-%s.img' % (channels, comp))
+            self.vm_save('raw ' + label, img, channels, comp)
+            self.vm_restore('raw ' + label.replace('vm_save', 'vm_restore'), img)
+            remove_image(img)
+        print('raw round %d done' % rnd, flush=True)
 
 
 def summarize(runs):
@@ -286,15 +313,17 @@ def plot(summary, path):
         print('matplotlib missing: no plot')
         return False
     saves = ['dd write (fdatasync)', 'vm_save c1', 'vm_save c2', 'vm_save c4', 'vm_save c4 zstd', 'virsh save',
-             'virsh save sparse p4']
+             'virsh save sparse p4', 'raw vm_save c1', 'raw vm_save c2', 'raw vm_save c4', 'raw vm_save c4 zstd']
     loads = ['dd read (page cache dropped)', 'dd read vm_save c4 image', 'dd read virsh save image', 'vm_restore c1',
-             'vm_restore c2', 'vm_restore c4', 'vm_restore c4 zstd', 'virsh restore', 'virsh restore sparse p4']
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+             'vm_restore c2', 'vm_restore c4', 'vm_restore c4 zstd', 'virsh restore', 'virsh restore sparse p4',
+             'raw vm_restore c1', 'raw vm_restore c2', 'raw vm_restore c4', 'raw vm_restore c4 zstd']
+    fig, axes = plt.subplots(1, 2, figsize=(18, 6))
     for ax, labels, title in ((axes[0], saves, 'save (MiB/s of allocated image bytes)'),
                               (axes[1], loads, 'restore / read (MiB/s)')):
         labels = [lb for lb in labels if lb in summary]
         vals = [summary[lb]['mib_s_median'] or 0 for lb in labels]
-        colors = ['grey' if lb.startswith('dd') else ('tab:blue' if lb.startswith('vm_') else 'tab:orange')
+        colors = ['grey' if lb.startswith('dd') else ('tab:blue' if lb.startswith('vm_') else
+                                                       'tab:green' if lb.startswith('raw') else 'tab:orange')
                   for lb in labels]
         bars = ax.bar(range(len(labels)), vals, color=colors)
         for b, lb in zip(bars, labels):
@@ -349,6 +378,18 @@ def main(argv=None):
             if args.max_seconds and rnd < args.repeats and spent + (time.monotonic() - t_round) > args.max_seconds:
                 print('stopping after %d round(s): another would pass --max-seconds' % rnd, flush=True)
                 break
+        vm.stop()
+        raw = QemuVM(os.path.join(work, 'raw'), 'vmfleet-bench-save-raw', memory_mib=args.memory_mib,
+                     cmdline_extra='vmfleet.fill=%d' % args.fill_mib)
+        raw_bench = RawBench(raw, save_dir, caches, args.verify)
+        raw_bench.runs = bench.runs
+        raw.start()
+        wait_serial(raw.serial_log, r'VMFLEET-FILL %d ([0-9a-f]{64})' % args.fill_mib, 1200)
+        try:
+            for rnd in range(1, args.repeats + 1):
+                raw_bench.one_round(rnd)
+        finally:
+            raw.stop()
     except Exception as e:  # write what was measured, then fail
         failed = '%s: %s' % (type(e).__name__, e)
         print('FAILED: ' + failed, file=sys.stderr)
