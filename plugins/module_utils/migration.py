@@ -45,7 +45,10 @@ def configure(vm, caps, params):
     goes off first (with every stream capability an earlier run left on),
     then the parameters, then the capabilities wanted."""
     clear_stream_caps(vm)
-    vm.qmp('migrate-set-parameters', **dict(params or {}, **{'max-bandwidth': NO_BANDWIDTH_LIMIT}))
+    # parameters persist too: a zstd restore leaves multifd-compression set, which mapped-ram refuses
+    wanted = {'multifd-compression': 'none', 'max-bandwidth': NO_BANDWIDTH_LIMIT}
+    wanted.update(params or {})
+    vm.qmp('migrate-set-parameters', **wanted)
     set_capabilities(vm, caps)
 
 

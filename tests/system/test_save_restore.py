@@ -105,6 +105,14 @@ def test_save_restore_runs_on_from_the_saved_moment(big, channels, compression):
         assert ok(run_one(snap))['changed'] is True
         assert _running(t)
         ok(run_one(t.task('snapshot', name='after-restore', state='absent')))
+    if compression == 'zstd':
+        # the zstd restore leaves multifd-compression set on QEMU; mapped-ram refused it
+        plain = img + '-plain'
+        r = ok(run_one(t.task('vm_save', path=plain, channels=1)))
+        assert r['path_used'] == PATHS[t.backend]['none']
+        assert ok(run_one({'vmfleet.kvm.vm_restore': {'path': plain}}))['state'] == 'running'
+        for f in glob.glob(plain + '*'):
+            os.unlink(f)
     for f in glob.glob(img + '*'):
         os.unlink(f)
 
