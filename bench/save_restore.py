@@ -322,9 +322,8 @@ def plot(summary, path):
                               (axes[1], loads, 'restore / read (MiB/s)')):
         labels = [lb for lb in labels if lb in summary]
         vals = [summary[lb]['mib_s_median'] or 0 for lb in labels]
-        colors = ['grey' if lb.startswith('dd') else ('tab:blue' if lb.startswith('vm_') else
-                                                       'tab:green' if lb.startswith('raw') else 'tab:orange')
-                  for lb in labels]
+        palette = {'dd': 'grey', 'vm_': 'tab:blue', 'raw': 'tab:green'}
+        colors = [next((c for k, c in palette.items() if lb.startswith(k)), 'tab:orange') for lb in labels]
         bars = ax.bar(range(len(labels)), vals, color=colors)
         for b, lb in zip(bars, labels):
             ax.text(b.get_x() + b.get_width() / 2, b.get_height(), '%.0f\n%.1fs' % (
