@@ -198,8 +198,8 @@ class Bench:
         wall = time.monotonic() - t0
         apparent, allocated = disk_usage(img)
         self.record(label, dict(seconds=r['duration_s'], wall_s_with_ansible=round(wall, 2),
-                                module_rate_mib_s=r.get('rate_mib_s'), bytes_written=allocated,
-                                apparent_bytes=apparent, allocated_bytes=allocated))
+                                module_rate_mib_s=r.get('rate_mib_s'), direct_io=r.get('direct_io'),
+                                bytes_written=allocated, apparent_bytes=apparent, allocated_bytes=allocated))
         self.wait_guest_runs(offset)
 
     def virsh_restore(self, label, img, extra):

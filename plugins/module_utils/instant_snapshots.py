@@ -175,6 +175,7 @@ class InstantSnapshots(object):
         enabled = set(c['capability'] for c in self.vm.qmp('query-migrate-capabilities') if c['state'])
         want = dict((c, False) for c in _EXCLUDED if c in enabled)
         want['background-snapshot'] = True
+        want.update(migration.WAKE_CAPS)
         try:
             migration.set_capabilities(self.vm, want)
             migration.unthrottle(self.vm)

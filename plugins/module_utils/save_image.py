@@ -131,6 +131,19 @@ def existing_files(path):
     return sorted(os.path.join(d, n) for n in os.listdir(d) if n == base or n.startswith(base + '.'))
 
 
+def opens_direct(path):
+    """Whether the file system serves ``path`` with O_DIRECT (tmpfs before
+    Linux 6.6, some FUSE and network file systems refuse it)."""
+    flag = getattr(os, 'O_DIRECT', 0)
+    if not flag:
+        return False
+    try:
+        os.close(os.open(path, os.O_RDONLY | flag))
+    except OSError:
+        return False
+    return True
+
+
 def remove(paths):
     for p in paths:
         try:

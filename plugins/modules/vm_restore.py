@@ -90,6 +90,17 @@ pid:
   returned: for raw QEMU
   type: int
   sample: 4242
+direct_io:
+  description:
+    - Whether QEMU read the image with O_DIRECT, straight into guest RAM. It
+      does for a mapped-ram image saved with more than one channel, when this
+      QEMU has the C(direct-io) migration parameter (9.1 and later) and the
+      file system accepts O_DIRECT.
+    - libvirt restores go through the page cache; with libvirt 11.3 and QEMU
+      10.0 an O_DIRECT restore crashes QEMU.
+  returned: when a raw QEMU restore ran
+  type: bool
+  sample: true
 bytes:
   description: Bytes of the image.
   returned: always
@@ -212,7 +223,7 @@ def work(module):
     result = dict(base, changed=True, state=restored['state'], duration_s=round(time.monotonic() - t0, 3),
                   rate_mib_s=round(read / 1048576.0 / load_s, 1) if load_s else None)
     if vm['backend'] == 'qemu':
-        result.update(pid=restored['pid'], qmp_socket=restored['qmp_socket'])
+        result.update(pid=restored['pid'], qmp_socket=restored['qmp_socket'], direct_io=restored['direct_io'])
     return result
 
 
