@@ -8,11 +8,15 @@ save:    vmfleet.kvm.vm_save (through ansible-playbook) with 1, 2 and 4
          ``virsh save --parallel-channels 4 --image-format sparse``;
          ``dd if=/dev/zero bs=4M conv=fdatasync`` of the same number of bytes
          to the same filesystem (the disk's write limit).
-restore: vmfleet.kvm.vm_restore of each vm_save image; ``virsh restore``
+restore: vmfleet.kvm.vm_restore of each vm_save image, with the module's
+         default (libvirt: through the page cache) and, for a second 4-channel
+         image, with ``direct_io: true`` (O_DIRECT); ``virsh restore``
          (``--parallel-channels 4`` for the sparse image); ``dd of=/dev/null``
          of a save image after dropping the page cache (the disk's read limit).
 raw:     then the same guest as a raw QEMU VM (no libvirt): vm_save (mapped-ram,
-         or multifd streams with zstd) and vm_restore (relaunch), labelled "raw".
+         or multifd streams with zstd) and vm_restore (relaunch), labelled "raw";
+         there the default reads with O_DIRECT and the second 4-channel image
+         is read through the page cache (``direct_io: false``).
 
 Every image is made durable before its clock stops: vm_save fsyncs; after a
 ``virsh save`` the file is fdatasynced (``sync --data FILE``) and that time
@@ -49,9 +53,10 @@ MIB = 1024.0 * 1024.0
 URI = 'qemu:///system'
 DD_BS = 4 << 20
 
-# (label, vm_save channels, compression)
-VM_SAVE_CASES = [('vm_save c1', 1, 'none'), ('vm_save c2', 2, 'none'), ('vm_save c4', 4, 'none'),
-                 ('vm_save c4 zstd', 4, 'zstd')]
+# (label, vm_save channels, compression, vm_restore direct_io: None = the module's default, 'other' = the
+# opposite of the backend's default: O_DIRECT for libvirt, the page cache for raw QEMU)
+VM_SAVE_CASES = [('vm_save c1', 1, 'none', None), ('vm_save c2', 2, 'none', None), ('vm_save c4', 4, 'none', None),
+                 ('vm_save c4', 4, 'none', 'other'), ('vm_save c4 zstd', 4, 'zstd', None)]
 
 
 def sh(argv, **kw):
@@ -189,12 +194,18 @@ class Bench:
     def restore_offset(self):
         return os.path.getsize(self.vm.serial_log)
 
-    def vm_restore(self, label, img):
+    # vm_restore's direct_io when not left to the module, and the label of that case
+    other_direct_io = (True, ' direct_io')
+
+    def vm_restore(self, label, img, direct_io=None):
         self.caches.drop()
         offset = self.restore_offset()
+        args = {'path': img, 'uri': URI, 'verify': self.verify}
+        if direct_io == 'other':
+            args['direct_io'], suffix = self.other_direct_io
+            label += suffix
         t0 = time.monotonic()
-        r = _module_ok(run_one({'vmfleet.kvm.vm_restore': {'path': img, 'uri': URI, 'verify': self.verify}}),
-                       label)
+        r = _module_ok(run_one({'vmfleet.kvm.vm_restore': args}), label)
         wall = time.monotonic() - t0
         apparent, allocated = disk_usage(img)
         self.record(label, dict(seconds=r['duration_s'], wall_s_with_ansible=round(wall, 2),
@@ -216,14 +227,14 @@ class Bench:
     def one_round(self, rnd):
         d = self.save_dir
         sizes = []
-        for label, channels, comp in VM_SAVE_CASES:
+        for label, channels, comp, direct_io in VM_SAVE_CASES:
             img = os.path.join(d, 'vmsave-c%d-%s.img' % (channels, comp))
             self.vm_save(label, img, channels, comp)
             if comp == 'none':
                 sizes.append(disk_usage(img)[1])
-            if channels == 4 and comp == 'none':
+            if channels == 4 and comp == 'none' and direct_io is None:
                 self.dd_read('dd read vm_save c4 image', img)
-            self.vm_restore(label.replace('vm_save', 'vm_restore'), img)
+            self.vm_restore(label.replace('vm_save', 'vm_restore'), img, direct_io)
             remove_image(img)
         img = os.path.join(d, 'virsh-plain.img')
         self.virsh_save('virsh save', img, [])
@@ -246,6 +257,8 @@ class Bench:
 class RawBench(Bench):
     """The same measurements on a raw QEMU VM: vm_save and vm_restore only (no virsh there)."""
 
+    other_direct_io = (False, ' page cache')
+
     def conn(self):
         return {'qmp_socket': self.vm.qmp_socket}
 
@@ -253,10 +266,10 @@ class RawBench(Bench):
         return 0  # the relaunched QEMU starts its serial file anew
 
     def one_round(self, rnd):
-        for label, channels, comp in VM_SAVE_CASES:
+        for label, channels, comp, direct_io in VM_SAVE_CASES:
             img = os.path.join(self.save_dir, 'raw-c%d-%s.img' % (channels, comp))
             self.vm_save('raw ' + label, img, channels, comp)
-            self.vm_restore('raw ' + label.replace('vm_save', 'vm_restore'), img)
+            self.vm_restore('raw ' + label.replace('vm_save', 'vm_restore'), img, direct_io)
             remove_image(img)
         print('raw round %d done' % rnd, flush=True)
 
@@ -315,8 +328,9 @@ def plot(summary, path):
     saves = ['dd write (fdatasync)', 'vm_save c1', 'vm_save c2', 'vm_save c4', 'vm_save c4 zstd', 'virsh save',
              'virsh save sparse p4', 'raw vm_save c1', 'raw vm_save c2', 'raw vm_save c4', 'raw vm_save c4 zstd']
     loads = ['dd read (page cache dropped)', 'dd read vm_save c4 image', 'dd read virsh save image', 'vm_restore c1',
-             'vm_restore c2', 'vm_restore c4', 'vm_restore c4 zstd', 'virsh restore', 'virsh restore sparse p4',
-             'raw vm_restore c1', 'raw vm_restore c2', 'raw vm_restore c4', 'raw vm_restore c4 zstd']
+             'vm_restore c2', 'vm_restore c4', 'vm_restore c4 direct_io', 'vm_restore c4 zstd', 'virsh restore',
+             'virsh restore sparse p4', 'raw vm_restore c1', 'raw vm_restore c2', 'raw vm_restore c4',
+             'raw vm_restore c4 page cache', 'raw vm_restore c4 zstd']
     fig, axes = plt.subplots(1, 2, figsize=(18, 6))
     for ax, labels, title in ((axes[0], saves, 'save (MiB/s of allocated image bytes)'),
                               (axes[1], loads, 'restore / read (MiB/s)')):

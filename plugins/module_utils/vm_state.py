@@ -352,7 +352,7 @@ def relaunch_incoming(module, argv, sock, log_path, deadline, load, state):
             vm.close()
 
 
-def restore_qemu(module, manifest, path, qmp_socket, state, deadline):
+def restore_qemu(module, manifest, path, qmp_socket, state, deadline, direct_io=True):
     argv = manifest['qemu']['argv']
     if not argv:
         raise VmfleetError("the save image %s records no QEMU command line" % path)
@@ -376,7 +376,7 @@ def restore_qemu(module, manifest, path, qmp_socket, state, deadline):
         files = save_image.data_files(path, manifest)
         # Measured on a 1 GiB guest: 4 threads reading with O_DIRECT straight
         # into guest RAM load ~1.5x faster than through the page cache.
-        direct = multifd and manifest['path_used'] == 'mapped-ram' and save_image.opens_direct(files[0])
+        direct = direct_io and multifd and manifest['path_used'] == 'mapped-ram' and save_image.opens_direct(files[0])
         used['direct_io'] = migration.configure(vm, caps, {'multifd-channels': manifest['channels'],
                                        'multifd-compression': manifest['compression']} if multifd else {},
                             direct_io=direct)
