@@ -131,16 +131,23 @@ def existing_files(path):
     return sorted(os.path.join(d, n) for n in os.listdir(d) if n == base or n.startswith(base + '.'))
 
 
-def opens_direct(path):
+def opens_direct(path, create=False):
     """Whether the file system serves ``path`` with O_DIRECT (tmpfs before
-    Linux 6.6, some FUSE and network file systems refuse it)."""
+    Linux 6.6, some FUSE and network file systems refuse it). ``create``:
+    probe with an empty private file at ``path``, removed again."""
     flag = getattr(os, 'O_DIRECT', 0)
     if not flag:
         return False
+    mode = os.O_RDONLY
+    if create:
+        mode = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     try:
-        os.close(os.open(path, os.O_RDONLY | flag))
+        os.close(os.open(path, mode | flag, 0o600))
     except OSError:
         return False
+    finally:
+        if create:
+            remove([path])
     return True
 
 

@@ -239,9 +239,16 @@ class Saver(object):
             params[libvirt.VIR_DOMAIN_SAVE_PARAM_PARALLEL_CHANNELS] = self.channels
         else:
             params[libvirt.VIR_DOMAIN_SAVE_PARAM_IMAGE_FORMAT] = LIBVIRT_FORMATS[self.compression]
+        flags = 0
+        save_image.remove([tmp])  # an interrupted save's
+        if path_used == 'libvirt-sparse' and save_image.opens_direct(tmp, create=True):
+            # A domain restored with O_DIRECT (virsh restore --bypass-cache) keeps QEMU's direct-io on, and
+            # libvirt 11.3's next save without O_DIRECT crashes QEMU 10.0: the guest is lost. With it, it is safe
+            # either way (and the image does not flood the page cache; measured ~7% slower here).
+            flags |= libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE
         t0 = time.monotonic()
         try:
-            run_blocking(lambda: vm.dom.saveParams(params, 0), self.deadline,
+            run_blocking(lambda: vm.dom.saveParams(params, flags), self.deadline,
                          "saving libvirt domain '%s'" % vm.name, on_timeout=vm.dom.abortJob)
             durable.fsync_path(tmp)  # libvirt leaves the sparse format unflushed
             dt = time.monotonic() - t0

@@ -19,6 +19,10 @@ description:
     threads (raw QEMU via a C(file:) migration; libvirt via C(saveParams) with the sparse
     format). With compression, a raw QEMU sends multifd over sockets into one file per channel;
     libvirt compresses the image in one stream.
+  - A libvirt sparse save asks for O_DIRECT (C(VIR_DOMAIN_SAVE_BYPASS_CACHE)) when the file system
+    takes it. A domain restored with O_DIRECT elsewhere (C(virsh restore --bypass-cache)) keeps
+    QEMU's C(direct-io) parameter on, and libvirt 11.3's save without O_DIRECT then crashes QEMU 10.0,
+    losing the guest.
   - Data files are written under temporary names, fsynced and renamed; a manifest
     (O(path) plus C(.manifest.json)) written last records the VM, the path used, channels, sizes,
     SHA-256 checksums and, for raw QEMU, the QEMU command line, so M(vmfleet.kvm.vm_restore)

@@ -149,6 +149,30 @@ def test_direct_io_restore_leaves_the_vm_fit_for_a_plain_save(big):
         os.unlink(f)
 
 
+def test_vm_save_survives_a_virsh_restore_with_bypass_cache(big):
+    """A domain someone restored with `virsh restore --bypass-cache` keeps
+    QEMU's direct-io on; libvirt's next save without O_DIRECT crashed QEMU 10.0
+    and the guest was lost. vm_save saves it, and it runs on after a restore."""
+    if big.backend != 'libvirt':
+        pytest.skip('a libvirt-only hazard: raw QEMU saves set direct-io themselves')
+    t = big
+    by_virsh, ours = (os.path.join(t.save_dir, name) for name in ('img-virsh-sparse', 'img-after-bypass'))
+    virsh = ['virsh', '-c', 'qemu:///system']
+    subprocess.run(virsh + ['save', t.vm.name, by_virsh, '--parallel-channels', '4', '--image-format', 'sparse'],
+                   check=True, capture_output=True)
+    saved, offset = t.counter(), t.serial_size()
+    subprocess.run(virsh + ['restore', by_virsh, '--parallel-channels', '4', '--bypass-cache'],
+                   check=True, capture_output=True)
+    _runs_on_from(t, saved, offset)
+    t.wait_counter(t.counter() + 2)
+    ok(run_one(t.task('vm_save', path=ours, channels=4, verify=False)))
+    saved, offset = t.counter(), t.serial_size()
+    ok(run_one({'vmfleet.kvm.vm_restore': {'path': ours, 'verify': False}}))
+    _runs_on_from(t, saved, offset)
+    for f in glob.glob(by_virsh + '*') + glob.glob(ours + '*'):
+        os.unlink(f)
+
+
 def test_corrupt_or_truncated_image_fails_before_anything_starts(big):
     t = big
     img = os.path.join(t.save_dir, 'img-corrupt')
