@@ -384,9 +384,9 @@ def restore_qemu(module, manifest, path, qmp_socket, state, deadline, direct_io=
         # Measured on a 1 GiB guest: 4 threads reading with O_DIRECT straight
         # into guest RAM load ~1.5x faster than through the page cache.
         direct = direct_io and multifd and manifest['path_used'] == 'mapped-ram' and save_image.opens_direct(files[0])
-        used['direct_io'] = migration.configure(vm, caps, {'multifd-channels': manifest['channels'],
-                                       'multifd-compression': manifest['compression']} if multifd else {},
-                            direct_io=direct)
+        params = {'multifd-channels': manifest['channels'],
+                  'multifd-compression': manifest['compression']} if multifd else {}
+        used['direct_io'] = migration.configure(vm, caps, params, direct_io=direct)
         if manifest['path_used'] == 'mapped-ram':
             vm.qmp('migrate-incoming', uri='file:%s' % files[0])
             migration.wait(vm, deadline, "restoring from %s" % path)
