@@ -21,7 +21,8 @@ raw:     then the same guest as a raw QEMU VM (no libvirt): vm_save (mapped-ram,
 Every image is made durable before its clock stops: vm_save fsyncs; after a
 ``virsh save`` the file is fdatasynced (``sync --data FILE``) and that time
 is counted. The page cache is dropped before every save and every restore.
-Figures go to bench/results/save_restore.json and save_restore.png.
+Figures go to bench/results/save_restore.json and save_restore.png
+(``--name save_restore-4g`` for another guest size, so both are kept).
 """
 
 import argparse
@@ -364,6 +365,7 @@ def main(argv=None):
     ap.add_argument('--max-seconds', type=float, default=0,
                     help='start no further round if it would end past this many seconds of measuring')
     ap.add_argument('--out', default=RESULTS)
+    ap.add_argument('--name', default='save_restore', help='file name (no suffix) of the results and plot')
     args = ap.parse_args(argv)
 
     caches = Caches()
@@ -435,10 +437,10 @@ def main(argv=None):
                       verify='vm_save/vm_restore ran with verify=%s' % args.verify),
                   summary=summary, failed=failed)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'save_restore.json'), 'w') as f:
+    with open(os.path.join(args.out, args.name + '.json'), 'w') as f:
         json.dump(result, f, indent=1, sort_keys=True)
         f.write('\n')
-    plot(summary, os.path.join(args.out, 'save_restore.png'))
+    plot(summary, os.path.join(args.out, args.name + '.png'))
     print('\n%-34s %9s %9s %10s %12s' % ('method', 'seconds', 'MiB/s', 'MiB alloc', 'downtime ms'))
     for label, s in summary.items():
         print('%-34s %9.2f %9s %10.0f %12s' % (
