@@ -211,6 +211,8 @@ class Bench:
         apparent, allocated = disk_usage(img)
         self.record(label, dict(seconds=r['duration_s'], wall_s_with_ansible=round(wall, 2),
                                 module_rate_mib_s=r.get('rate_mib_s'), direct_io=r.get('direct_io'),
+                                load_s=r.get('load_s'),
+                                load_mib_s=round(allocated / MIB / r['load_s'], 1) if r.get('load_s') else None,
                                 bytes_written=allocated, apparent_bytes=apparent, allocated_bytes=allocated))
         self.wait_guest_runs(offset)
 
@@ -288,6 +290,10 @@ def summarize(runs):
                           downtime_ms_median=(round(statistics.median(m['downtime_ms'] for m in ms), 1)
                                               if all(m.get('downtime_ms') is not None for m in ms) else None),
                           repeats=len(ms), runs=ms)
+        loads = [m['load_mib_s'] for m in ms if m.get('load_mib_s')]
+        if loads:
+            # raw QEMU: the image read alone, without QEMU's start (vm_restore's load_s)
+            out[label]['load_mib_s_median'] = round(statistics.median(loads), 1)
     return out
 
 
@@ -434,17 +440,21 @@ def main(argv=None):
                       downtime_ms='save: guest paused from the start of the save to a complete image (vm_save\'s '
                                   'downtime_ms; virsh: the virsh command time); restores: the guest runs only '
                                   'when the restore returns, so its downtime is the restore time',
-                      verify='vm_save/vm_restore ran with verify=%s' % args.verify),
+                      verify='vm_save/vm_restore ran with verify=%s' % args.verify,
+                      load_mib_s='raw QEMU restores only: allocated bytes / vm_restore\'s load_s, the image read '
+                                 'alone (migrate-incoming to done), without starting QEMU or resuming the guest'),
                   summary=summary, failed=failed)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, args.name + '.json'), 'w') as f:
         json.dump(result, f, indent=1, sort_keys=True)
         f.write('\n')
     plot(summary, os.path.join(args.out, args.name + '.png'))
-    print('\n%-34s %9s %9s %10s %12s' % ('method', 'seconds', 'MiB/s', 'MiB alloc', 'downtime ms'))
+    print('\n%-34s %9s %9s %10s %12s %10s' % ('method', 'seconds', 'MiB/s', 'MiB alloc', 'downtime ms',
+                                              'load MiB/s'))
     for label, s in summary.items():
-        print('%-34s %9.2f %9s %10.0f %12s' % (
-            label, s['seconds_median'], s['mib_s_median'], s['allocated_bytes_median'] / MIB, s['downtime_ms_median']))
+        print('%-34s %9.2f %9s %10.0f %12s %10s' % (
+            label, s['seconds_median'], s['mib_s_median'], s['allocated_bytes_median'] / MIB, s['downtime_ms_median'],
+            s.get('load_mib_s_median', '')))
     return 1 if failed else 0
 
 

@@ -115,6 +115,7 @@ class Saver(object):
         self.verify = verify
         self.deadline = Deadline(timeout)
         self.why = None
+        self.direct_io = False
 
     def _log(self, msg):
         if self.module._verbosity >= 3:
@@ -150,11 +151,16 @@ class Saver(object):
             if 'mapped-ram' in vm.migrate_caps():
                 caps['mapped-ram'] = path_used == 'mapped-ram'
             params = {'multifd-channels': self.channels, 'multifd-compression': self.compression} if multifd else {}
-            migration.configure(vm, caps, params)
+            direct = False
             if path_used == 'mapped-ram':
                 tmp = self.path + save_image.PARTIAL
                 save_image.create_private(tmp)
                 partials.append(tmp)
+                # A 4 GiB guest saved in 1.8 s with O_DIRECT and in 4 to 6.5 s through the page cache, where
+                # the kernel throttles the writers once dirty pages pile up (1 GiB: no difference).
+                direct = multifd and save_image.opens_direct(tmp)
+            self.direct_io = migration.configure(vm, caps, params, direct_io=direct)
+            if path_used == 'mapped-ram':
                 kinds = ['mapped-ram']
                 vm.qmp('migrate', uri='file:%s' % tmp)
                 info = migration.wait(vm, self.deadline, "saving VM '%s'" % vm.name, self._progress)
@@ -246,6 +252,7 @@ class Saver(object):
             # libvirt 11.3's next save without O_DIRECT crashes QEMU 10.0: the guest is lost. With it, it is safe
             # either way (and the image does not flood the page cache; measured ~7% slower here).
             flags |= libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE
+        self.direct_io = bool(flags)
         t0 = time.monotonic()
         try:
             run_blocking(lambda: vm.dom.saveParams(params, flags), self.deadline,
@@ -387,21 +394,23 @@ def restore_qemu(module, manifest, path, qmp_socket, state, deadline, direct_io=
         params = {'multifd-channels': manifest['channels'],
                   'multifd-compression': manifest['compression']} if multifd else {}
         used['direct_io'] = migration.configure(vm, caps, params, direct_io=direct)
+        t0 = time.monotonic()
         if manifest['path_used'] == 'mapped-ram':
             vm.qmp('migrate-incoming', uri='file:%s' % files[0])
             migration.wait(vm, deadline, "restoring from %s" % path)
-            return
-        from ansible_collections.vmfleet.kvm.plugins.module_utils.multifd_stream import ChannelSource
-        sockdir = tempfile.mkdtemp(prefix='vmfleet-restore-')
-        insock = os.path.join(sockdir, 'in.sock')
-        try:
-            vm.qmp('migrate-incoming', uri='unix:%s' % insock)
-            source = ChannelSource(files, insock)
-            migration.wait(vm, deadline, "restoring from %s" % path)
-            source.finish(deadline.remaining(30.0))
-        finally:
-            save_image.remove([insock])
-            os.rmdir(sockdir)
+        else:
+            from ansible_collections.vmfleet.kvm.plugins.module_utils.multifd_stream import ChannelSource
+            sockdir = tempfile.mkdtemp(prefix='vmfleet-restore-')
+            insock = os.path.join(sockdir, 'in.sock')
+            try:
+                vm.qmp('migrate-incoming', uri='unix:%s' % insock)
+                source = ChannelSource(files, insock)
+                migration.wait(vm, deadline, "restoring from %s" % path)
+                source.finish(deadline.remaining(30.0))
+            finally:
+                save_image.remove([insock])
+                os.rmdir(sockdir)
+        used['load_s'] = round(time.monotonic() - t0, 3)
 
     restored = relaunch_incoming(module, argv, sock, path + '.restore.log', deadline, load, state)
-    return dict(restored, direct_io=used.get('direct_io', False))
+    return dict(restored, direct_io=used['direct_io'], load_s=used['load_s'])

@@ -19,6 +19,9 @@ description:
     threads (raw QEMU via a C(file:) migration; libvirt via C(saveParams) with the sparse
     format). With compression, a raw QEMU sends multifd over sockets into one file per channel;
     libvirt compresses the image in one stream.
+  - A mapped-ram save over several channels writes with O_DIRECT when QEMU and the file system allow it:
+    through the page cache the kernel throttles the writers once dirty pages pile up (a 4 GiB guest here
+    saved in 1.8 s with O_DIRECT, in 4 to 6.5 s without).
   - A libvirt sparse save asks for O_DIRECT (C(VIR_DOMAIN_SAVE_BYPASS_CACHE)) when the file system
     takes it. A domain restored with O_DIRECT elsewhere (C(virsh restore --bypass-cache)) keeps
     QEMU's C(direct-io) parameter on, and libvirt 11.3's save without O_DIRECT then crashes QEMU 10.0,
@@ -131,6 +134,14 @@ bytes_written:
   returned: always
   type: int
   sample: 889192448
+direct_io:
+  description:
+    - Whether the image was written with O_DIRECT, past the page cache. A mapped-ram save over several
+      channels is, when QEMU has the C(direct-io) migration parameter (9.1 and later) and the file system
+      accepts O_DIRECT; so is a libvirt sparse save when the file system accepts it.
+  returned: when a save ran
+  type: bool
+  sample: true
 duration_s:
   description: Seconds the save took.
   returned: when a save ran
@@ -220,7 +231,7 @@ def work(module):
         else:
             manifest, duration, downtime = saver.save_qemu(path_used)
     result = _result(path, manifest, True)
-    result.update(duration_s=round(time.monotonic() - t0, 3), downtime_ms=downtime,
+    result.update(duration_s=round(time.monotonic() - t0, 3), downtime_ms=downtime, direct_io=saver.direct_io,
                   rate_mib_s=round(result['bytes_written'] / 1048576.0 / duration, 1) if duration else None)
     return result
 
