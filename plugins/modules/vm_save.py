@@ -19,7 +19,7 @@ description:
     threads (raw QEMU via a C(file:) migration; libvirt via C(saveParams) with the sparse
     format). With compression, a raw QEMU sends multifd over sockets into one file per channel;
     libvirt compresses the image in one stream.
-  - A mapped-ram save over several channels writes with O_DIRECT when QEMU and the file system allow it:
+  - A mapped-ram save over several channels writes with O_DIRECT when QEMU and the file system allow it;
     through the page cache the kernel throttles the writers once dirty pages pile up (a 4 GiB guest here
     saved in 1.8 s with O_DIRECT, in 4 to 6.5 s without).
   - A libvirt sparse save asks for O_DIRECT (C(VIR_DOMAIN_SAVE_BYPASS_CACHE)) when the file system
