@@ -18,7 +18,9 @@ raw:     then the same guest as a raw QEMU VM (no libvirt): vm_save (mapped-ram,
          there the default reads with O_DIRECT and the second 4-channel image
          is read through the page cache (``direct_io: false``).
 
-Every image is made durable before its clock stops: vm_save fsyncs; after a
+vm_save writes mapped-ram and libvirt sparse images with O_DIRECT where it can
+(its ``direct_io`` result is kept with each run). Every image is made durable
+before its clock stops: vm_save fsyncs; after a
 ``virsh save`` the file is fdatasynced (``sync --data FILE``) and that time
 is counted. The page cache is dropped before every save and every restore.
 Figures go to bench/results/save_restore.json and save_restore.png
@@ -151,6 +153,7 @@ class Bench:
         apparent, allocated = disk_usage(img)
         self.record(label, dict(seconds=r['duration_s'], wall_s_with_ansible=round(wall, 2),
                                 downtime_ms=r.get('downtime_ms'), module_rate_mib_s=r.get('rate_mib_s'),
+                                direct_io=r.get('direct_io'),
                                 path_used=r['path_used'], bytes_written=allocated, apparent_bytes=apparent,
                                 allocated_bytes=allocated, durable='module fsyncs files and directory'))
 

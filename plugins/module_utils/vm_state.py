@@ -249,8 +249,9 @@ class Saver(object):
         save_image.remove([tmp])  # an interrupted save's
         if path_used == 'libvirt-sparse' and save_image.opens_direct(tmp, create=True):
             # A domain restored with O_DIRECT (virsh restore --bypass-cache) keeps QEMU's direct-io on, and
-            # libvirt 11.3's next save without O_DIRECT crashes QEMU 10.0: the guest is lost. With it, it is safe
-            # either way (and the image does not flood the page cache; measured ~7% slower here).
+            # libvirt 11.3's next save without O_DIRECT crashes QEMU 10.0: the guest is lost. With it the save
+            # is safe either way and does not flood the page cache. The price, measured on a 4 GiB guest: the
+            # save ~7% slower, a restore through the page cache 4.7 s instead of 3.7 s (with O_DIRECT: 2.5-2.9 s).
             flags |= libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE
         self.direct_io = bool(flags)
         t0 = time.monotonic()
