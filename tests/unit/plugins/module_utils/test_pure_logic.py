@@ -36,3 +36,20 @@ def test_snapshot_from_different_moments_is_inconsistent():
 def test_error_message_joins_hint():
     e = DiskNotFound("VM 'x' has no disk 'vdz'", hint="its disks are: vda")
     assert e.message == "VM 'x' has no disk 'vdz'. Its disks are: vda"
+
+
+def test_load_channels_reads_mapped_ram_over_at_least_four_but_streams_as_saved():
+    import pytest
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_state import load_channels
+    for path_used in ('mapped-ram', 'libvirt-sparse'):
+        assert load_channels({'path_used': path_used, 'channels': 1}) == 4
+        assert load_channels({'path_used': path_used, 'channels': 8}) == 8
+        assert load_channels({'path_used': path_used, 'channels': 8}, 2) == 2
+        with pytest.raises(InvalidArgument):
+            load_channels({'path_used': path_used, 'channels': 1}, 0)
+    stream = {'path_used': 'multifd-stream', 'channels': 2}
+    assert load_channels(stream) == 2 and load_channels(stream, 2) == 2
+    with pytest.raises(InvalidArgument, match='2 stream'):
+        load_channels(stream, 4)
+    assert load_channels({'path_used': 'libvirt-compressed', 'channels': 4}) == 1
