@@ -11,8 +11,16 @@ save:    vmfleet.kvm.vm_save (through ansible-playbook) with 1, 2 and 4
 restore: vmfleet.kvm.vm_restore of each vm_save image, with the module's
          default (libvirt: through the page cache) and, for a second 4-channel
          image, with ``direct_io: true`` (O_DIRECT); ``virsh restore``
-         (``--parallel-channels 4`` for the sparse image); ``dd of=/dev/null``
-         of a save image after dropping the page cache (the disk's read limit).
+         (``--parallel-channels 4`` for the sparse image).
+         Each restore is set against ``dd of=/dev/null`` of the very same image
+         file (page cache dropped): a first read after the save (kept as
+         first_read_mib_s, not compared), then one right before and one right
+         after the restore: vs_dd_read = restore MiB/s / the mean of those two.
+         Why: the machine's disk sits on a write-back cache of the host
+         beneath it. A file read in the seconds after it was written reads at a
+         third to a half of the rate of a second read (measured: 370-640 MiB/s,
+         then 1700-2200), and that host's flushing makes rates drift for tens of
+         seconds. Only reads of the same file at the same moment compare.
 raw:     then the same guest as a raw QEMU VM (no libvirt): vm_save (mapped-ram,
          or multifd streams with zstd) and vm_restore (relaunch), labelled "raw";
          there the default reads with O_DIRECT and the second 4-channel image
@@ -29,6 +37,7 @@ Figures go to bench/results/save_restore.json and save_restore.png
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -183,17 +192,38 @@ class Bench:
         return path
 
     # -- reads and restores --
-    def dd_read(self, label, path):
+    def read_file(self, path):
+        """dd of every file of an image to /dev/null, page cache dropped: (seconds, MiB/s of allocated bytes;
+        a sparse image's holes cost no disk read)."""
         self.caches.drop()
-        nbytes = sum(os.stat(f).st_size for f in image_files(path))
         t0 = time.monotonic()
         for f in image_files(path):
             sh(['dd', 'if=' + f, 'of=/dev/null', 'bs=%d' % DD_BS])
         dt = time.monotonic() - t0
-        # a sparse image's holes cost no disk read: count what is allocated
+        return dt, disk_usage(path)[1] / MIB / dt
+
+    def dd_read(self, label, path):
+        dt = self.read_file(path)[0]
         apparent, allocated = disk_usage(path)
         self.record(label, dict(seconds=round(dt, 3), bytes_written=allocated, apparent_bytes=apparent,
-                                allocated_bytes=allocated, read_apparent_bytes=nbytes))
+                                allocated_bytes=allocated))
+
+    def against_dd(self, img, restore):
+        """Run ``restore()`` (which records and returns its measurement) between two dd reads of the same
+        image, after a first one; keep the ratio of the restore's rate to those reads'."""
+        first = self.read_file(img)[1]
+        before = self.read_file(img)[1]
+        m = restore()
+        after = self.read_file(img)[1]
+        dd = (before + after) / 2.0
+        m.update(first_read_mib_s=round(first, 1), dd_before_mib_s=round(before, 1), dd_after_mib_s=round(after, 1),
+                 dd_read_mib_s=round(dd, 1), vs_dd_read=round(m['mib_s'] / dd, 3))
+        if m.get('load_mib_s'):
+            m['load_vs_dd_read'] = round(m['load_mib_s'] / dd, 3)
+        print('  %-34s dd read of that image: first %.0f, before %.0f, after %.0f MiB/s; restore/dd %.2f%s' % (
+            '', first, before, after, m['vs_dd_read'],
+            ', load/dd %.2f' % m['load_vs_dd_read'] if 'load_vs_dd_read' in m else ''), flush=True)
+        return m
 
     def restore_offset(self):
         return os.path.getsize(self.vm.serial_log)
@@ -212,12 +242,14 @@ class Bench:
         r = _module_ok(run_one({'vmfleet.kvm.vm_restore': args}), label)
         wall = time.monotonic() - t0
         apparent, allocated = disk_usage(img)
-        self.record(label, dict(seconds=r['duration_s'], wall_s_with_ansible=round(wall, 2),
-                                module_rate_mib_s=r.get('rate_mib_s'), direct_io=r.get('direct_io'),
-                                load_s=r.get('load_s'),
-                                load_mib_s=round(allocated / MIB / r['load_s'], 1) if r.get('load_s') else None,
-                                bytes_written=allocated, apparent_bytes=apparent, allocated_bytes=allocated))
+        m = dict(seconds=r['duration_s'], wall_s_with_ansible=round(wall, 2),
+                 module_rate_mib_s=r.get('rate_mib_s'), direct_io=r.get('direct_io'), channels=r.get('channels'),
+                 load_s=r.get('load_s'),
+                 load_mib_s=round(allocated / MIB / r['load_s'], 1) if r.get('load_s') else None,
+                 bytes_written=allocated, apparent_bytes=apparent, allocated_bytes=allocated)
+        self.record(label, m)
         self.wait_guest_runs(offset)
+        return m
 
     def virsh_restore(self, label, img, extra):
         self.caches.drop()
@@ -226,9 +258,10 @@ class Bench:
         virsh('restore', img, *extra)
         dt = time.monotonic() - t0
         apparent, allocated = disk_usage(img)
-        self.record(label, dict(seconds=round(dt, 3), bytes_written=allocated, apparent_bytes=apparent,
-                                allocated_bytes=allocated))
+        m = dict(seconds=round(dt, 3), bytes_written=allocated, apparent_bytes=apparent, allocated_bytes=allocated)
+        self.record(label, m)
         self.wait_guest_runs(offset)
+        return m
 
     def one_round(self, rnd):
         d = self.save_dir
@@ -238,24 +271,24 @@ class Bench:
             self.vm_save(label, img, channels, comp)
             if comp == 'none':
                 sizes.append(disk_usage(img)[1])
-            if channels == 4 and comp == 'none' and direct_io is None:
-                self.dd_read('dd read vm_save c4 image', img)
-            self.vm_restore(label.replace('vm_save', 'vm_restore'), img, direct_io)
+            self.against_dd(img, functools.partial(self.vm_restore, label.replace('vm_save', 'vm_restore'), img, direct_io))
             remove_image(img)
         img = os.path.join(d, 'virsh-plain.img')
         self.virsh_save('virsh save', img, [])
         sizes.append(disk_usage(img)[1])
-        self.dd_read('dd read virsh save image', img)
-        self.virsh_restore('virsh restore', img, [])
+        self.against_dd(img, functools.partial(self.virsh_restore, 'virsh restore', img, []))
         remove_image(img)
         img = os.path.join(d, 'virsh-sparse.img')
         self.virsh_save('virsh save sparse p4', img, ['--parallel-channels', '4', '--image-format', 'sparse'])
         sizes.append(disk_usage(img)[1])
-        self.virsh_restore('virsh restore sparse p4', img, ['--parallel-channels', '4'])
+        sparse_restore = functools.partial(self.virsh_restore, 'virsh restore sparse p4', img, ['--parallel-channels', '4'])
+        self.against_dd(img, sparse_restore)
         remove_image(img)
-        # the disk's limit for as many bytes as the largest uncompressed image
+        # the disk's limit for as many bytes as the largest uncompressed image: read right after the write,
+        # then again (see the module's doc: the first read after a write is the slow one)
         dd = self.dd_write(max(sizes))
-        self.dd_read('dd read (page cache dropped)', dd)
+        self.dd_read('dd read, first after write', dd)
+        self.dd_read('dd read, second', dd)
         os.unlink(dd)
         print('round %d done' % rnd, flush=True)
 
@@ -275,7 +308,8 @@ class RawBench(Bench):
         for label, channels, comp, direct_io in VM_SAVE_CASES:
             img = os.path.join(self.save_dir, 'raw-c%d-%s.img' % (channels, comp))
             self.vm_save('raw ' + label, img, channels, comp)
-            self.vm_restore('raw ' + label.replace('vm_save', 'vm_restore'), img, direct_io)
+            self.against_dd(img, functools.partial(self.vm_restore, 'raw ' + label.replace('vm_save', 'vm_restore'),
+                                                   img, direct_io))
             remove_image(img)
         print('raw round %d done' % rnd, flush=True)
 
@@ -293,10 +327,10 @@ def summarize(runs):
                           downtime_ms_median=(round(statistics.median(m['downtime_ms'] for m in ms), 1)
                                               if all(m.get('downtime_ms') is not None for m in ms) else None),
                           repeats=len(ms), runs=ms)
-        loads = [m['load_mib_s'] for m in ms if m.get('load_mib_s')]
-        if loads:
-            # raw QEMU: the image read alone, without QEMU's start (vm_restore's load_s)
-            out[label]['load_mib_s_median'] = round(statistics.median(loads), 1)
+        for key in ('load_mib_s', 'dd_read_mib_s', 'vs_dd_read', 'load_vs_dd_read', 'first_read_mib_s'):
+            vals = [m[key] for m in ms if m.get(key)]
+            if vals:
+                out[label][key + '_median'] = round(statistics.median(vals), 3)
     return out
 
 
@@ -337,11 +371,21 @@ def plot(summary, path):
         return False
     saves = ['dd write (fdatasync)', 'vm_save c1', 'vm_save c2', 'vm_save c4', 'vm_save c4 zstd', 'virsh save',
              'virsh save sparse p4', 'raw vm_save c1', 'raw vm_save c2', 'raw vm_save c4', 'raw vm_save c4 zstd']
-    loads = ['dd read (page cache dropped)', 'dd read vm_save c4 image', 'dd read virsh save image', 'vm_restore c1',
+    loads = ['dd read, first after write', 'dd read, second', 'vm_restore c1',
              'vm_restore c2', 'vm_restore c4', 'vm_restore c4 direct_io', 'vm_restore c4 zstd', 'virsh restore',
              'virsh restore sparse p4', 'raw vm_restore c1', 'raw vm_restore c2', 'raw vm_restore c4',
              'raw vm_restore c4 page cache', 'raw vm_restore c4 zstd']
-    fig, axes = plt.subplots(1, 2, figsize=(18, 6))
+    fig, axes = plt.subplots(1, 3, figsize=(26, 6))
+    ratios = [lb for lb in loads if summary.get(lb, {}).get('vs_dd_read_median')]
+    ax = axes[2]
+    ax.bar(range(len(ratios)), [summary[lb]['vs_dd_read_median'] for lb in ratios], color='tab:blue', label='restore')
+    ax.bar([i + 0.3 for i in range(len(ratios))], [summary[lb].get('load_vs_dd_read_median', 0) for lb in ratios],
+           width=0.3, color='tab:green', label='load alone (raw QEMU)')
+    ax.axhline(0.88, color='red', linestyle='--', label="seed's bar: 88% of the disk's read")
+    ax.set_xticks(range(len(ratios)))
+    ax.set_xticklabels(ratios, rotation=35, ha='right', fontsize=8)
+    ax.set_title('restore rate / dd read of the same image, same moment (median)')
+    ax.legend(fontsize=8)
     for ax, labels, title in ((axes[0], saves, 'save (MiB/s of allocated image bytes)'),
                               (axes[1], loads, 'restore / read (MiB/s)')):
         labels = [lb for lb in labels if lb in summary]
@@ -445,19 +489,25 @@ def main(argv=None):
                                   'when the restore returns, so its downtime is the restore time',
                       verify='vm_save/vm_restore ran with verify=%s' % args.verify,
                       load_mib_s='raw QEMU restores only: allocated bytes / vm_restore\'s load_s, the image read '
-                                 'alone (migrate-incoming to done), without starting QEMU or resuming the guest'),
+                                 'alone (migrate-incoming to done), without starting QEMU or resuming the guest',
+                      vs_dd_read='restore MiB/s / the mean MiB/s of two dd reads of the same image file, one right '
+                                 'before and one right after the restore (page cache dropped), both after a first '
+                                 'read of it (first_read_mib_s): reads of one file at one moment, because the '
+                                 'disk sits on a write-back cache of the host beneath this machine and a file '
+                                 'read in the seconds after its write reads far slower than on a second read; '
+                                 'load_vs_dd_read: the same for the load alone'),
                   summary=summary, failed=failed)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, args.name + '.json'), 'w') as f:
         json.dump(result, f, indent=1, sort_keys=True)
         f.write('\n')
     plot(summary, os.path.join(args.out, args.name + '.png'))
-    print('\n%-34s %9s %9s %10s %12s %10s' % ('method', 'seconds', 'MiB/s', 'MiB alloc', 'downtime ms',
-                                              'load MiB/s'))
+    print('\n%-34s %9s %9s %10s %12s %10s %8s %8s' % ('method', 'seconds', 'MiB/s', 'MiB alloc', 'downtime ms',
+                                                      'load MiB/s', '/dd', 'load/dd'))
     for label, s in summary.items():
-        print('%-34s %9.2f %9s %10.0f %12s %10s' % (
+        print('%-34s %9.2f %9s %10.0f %12s %10s %8s %8s' % (
             label, s['seconds_median'], s['mib_s_median'], s['allocated_bytes_median'] / MIB, s['downtime_ms_median'],
-            s.get('load_mib_s_median', '')))
+            s.get('load_mib_s_median', ''), s.get('vs_dd_read_median', ''), s.get('load_vs_dd_read_median', '')))
     return 1 if failed else 0
 
 
