@@ -44,6 +44,7 @@ need_install() {
     command -v cpio >/dev/null || return 0
     command -v pkg-config >/dev/null || return 0
     command -v shellcheck >/dev/null || return 0
+    command -v tini >/dev/null || return 0
     local v
     v=$(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\).*/\1/p')
     [ "${v:-0}" -ge 10 ] || return 0
@@ -58,15 +59,34 @@ if need_install; then
         qemu-system-x86 qemu-utils qemu-block-extra \
         libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev \
         libvirt-daemon-system \
-        pkg-config cpio gzip xz-utils shellcheck >/dev/null
+        pkg-config cpio gzip xz-utils shellcheck tini >/dev/null
 fi
+
+# libvirt's QEMU processes are daemonized: when one exits, whoever adopted it
+# must reap it, and libvirt waits (polling kill(pid, 0)) until it is gone. A
+# hypervisor's systemd reaps at once; this machine's init took 1.5-2 s, which
+# libvirt added to every save and shutdown. So libvirtd runs under tini as a
+# child subreaper: QEMU is adopted by tini and reaped as soon as it exits.
+reaped_promptly() {
+    [ "$(cat /proc/1/comm)" = systemd ] && return 0
+    local ppid
+    ppid=$(ps -o ppid= -p "$(pgrep -xo libvirtd)" | tr -d ' ')
+    [ "$(cat "/proc/$ppid/comm" 2>/dev/null)" = tini ]
+}
 
 # No systemd here: start the daemons ourselves if they are not up.
 start_daemons() {
-    $SUDO mkdir -p /var/run/libvirt /var/lib/libvirt/images
+    $SUDO mkdir -p /var/run/libvirt /var/lib/libvirt/images /var/log/libvirt
     pgrep -x virtlogd >/dev/null || $SUDO virtlogd -d
+    if pgrep -x libvirtd >/dev/null && ! reaped_promptly \
+            && [ -z "$(virsh -c qemu:///system list --all --name 2>/dev/null | tr -d '[:space:]')" ]; then
+        # started by an earlier version of this script; nothing defined, so nothing to lose
+        $SUDO pkill -x libvirtd
+        for _ in $(seq 1 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.2; done
+    fi
     if ! pgrep -x libvirtd >/dev/null; then
-        $SUDO libvirtd -d
+        $SUDO env LIBVIRT_LOG_OUTPUTS=3:file:/var/log/libvirt/libvirtd.log \
+            setsid -f tini -s -- libvirtd </dev/null >/dev/null 2>&1
     fi
     for _ in $(seq 1 50); do
         virsh -c qemu:///system version >/dev/null 2>&1 && return 0
