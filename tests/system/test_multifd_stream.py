@@ -184,6 +184,12 @@ def test_sink_out_of_space_names_the_file(tiny_fs):
                 s.shutdown(socket.SHUT_WR)
             except OSError:
                 pass  # the sink gave up on this channel: that is the point
+            if magic == QEMU_VM_FILE_MAGIC:
+                # let the small main channel land before the big one fills the fs: else either may hit ENOSPC
+                first = os.path.join(tiny_fs, 'img.ch0')
+                deadline = time.monotonic() + 10
+                while _log_size(first) < 4 + size and time.monotonic() < deadline:
+                    time.sleep(0.01)
         with pytest.raises(MultifdStreamError) as err:
             sink.finish(10)
     finally:
