@@ -394,7 +394,8 @@ def load_channels(manifest, asked=None):
     return max(saved, LOAD_CHANNELS)
 
 
-def restore_qemu(module, manifest, path, qmp_socket, state, deadline, direct_io=True, channels=None):
+def restore_qemu(module, manifest, path, qmp_socket, state, deadline, channels, direct_io=True):
+    """``channels``: as load_channels() decided."""
     argv = manifest['qemu']['argv']
     if not argv:
         raise VmfleetError("the save image %s records no QEMU command line" % path)
@@ -408,7 +409,7 @@ def restore_qemu(module, manifest, path, qmp_socket, state, deadline, direct_io=
         raise ConnectionFailed("a QEMU already answers on %s" % sock,
                                hint="stop that VM first; restoring would run the saved VM twice")
 
-    used = {'channels': load_channels(manifest, channels)}
+    used = {'channels': channels}
 
     def load(vm):
         multifd = used['channels'] > 1 or manifest['path_used'] == 'multifd-stream'

@@ -268,8 +268,8 @@ def work(module):
         return dict(base, changed=True, state=p['state'], channels=channels)
     t_load = time.monotonic()
     if vm['backend'] == 'qemu':
-        restored = restore_qemu(module, manifest, path, p['qmp_socket'], p['state'], deadline,
-                                direct_io=p['direct_io'] is not False, channels=channels)
+        restored = restore_qemu(module, manifest, path, p['qmp_socket'], p['state'], deadline, channels,
+                                direct_io=p['direct_io'] is not False)
     else:
         restored = _restore_libvirt(module, manifest, path, p['state'], deadline, channels)
     load_s = time.monotonic() - t_load
