@@ -63,9 +63,10 @@ options:
         later) and the file system accepts O_DIRECT, and not for libvirt domains.
       - V(true) on a libvirt domain restores with C(VIR_DOMAIN_SAVE_BYPASS_CACHE). libvirt 11.3 leaves
         QEMU's C(direct-io) parameter on afterwards, and QEMU 10.0 then crashes, losing the guest, in the
-        next save without that flag (a plain C(virsh save), C(libvirt-guests) at shutdown). The module
-        switches it off again through libvirt's QMP passthrough, which marks the domain tainted
-        (C(custom-monitor)).
+        next save in the C(sparse) format without that flag (C(virsh save --image-format sparse), or a
+        managed save such as C(libvirt-guests) at shutdown when C(save_image_format) in C(qemu.conf) is
+        C(sparse)); a save in the default format is not affected. The module switches it off again through
+        libvirt's QMP passthrough, which marks the domain tainted (C(custom-monitor)).
       - V(false) always reads through the page cache.
     type: bool
 notes:
@@ -212,7 +213,7 @@ def _switch_off_direct_io(vm, path):
         raise VmfleetError("libvirt domain '%s' runs again from %s, but QEMU's direct-io migration parameter could "
                            "not be switched off: %s" % (vm.name, path, e),
                            hint="save it only with vmfleet.kvm.vm_save or 'virsh save --bypass-cache' until it "
-                                "is restarted: a plain save would crash it")
+                                "is restarted: a save in the sparse format without --bypass-cache would crash it")
 
 
 def _restore_libvirt(module, manifest, path, state, deadline, channels):
