@@ -57,17 +57,18 @@ options:
   direct_io:
     description:
       - Read a parallel (mapped-ram or libvirt C(sparse)) image with O_DIRECT, straight into guest RAM,
-        instead of through the page cache. On this project's benchmark host it loads a 1 GiB guest about
-        twice as fast.
-      - Not set, it is used for raw QEMU VMs when QEMU has the C(direct-io) migration parameter (9.1 and
-        later) and the file system accepts O_DIRECT, and not for libvirt domains.
-      - V(true) on a libvirt domain restores with C(VIR_DOMAIN_SAVE_BYPASS_CACHE). libvirt 11.3 leaves
-        QEMU's C(direct-io) parameter on afterwards, and QEMU 10.0 then crashes, losing the guest, in the
-        next save in the C(sparse) format without that flag (C(virsh save --image-format sparse), or a
-        managed save such as C(libvirt-guests) at shutdown when C(save_image_format) in C(qemu.conf) is
-        C(sparse)); a save in the default format is not affected. The module switches it off again through
-        libvirt's QMP passthrough, which marks the domain tainted (C(custom-monitor)).
-      - V(false) always reads through the page cache.
+        instead of through the page cache. On this project's benchmark host it loads a 4 GiB guest 2 to 3
+        times as fast (libvirt, 3 GiB image, median of 4 rounds 2.3 s against 5.0 s).
+      - Not set, it is used when QEMU has the C(direct-io) migration parameter (9.1 and later) and the file
+        system accepts O_DIRECT.
+      - On a libvirt domain it is C(VIR_DOMAIN_SAVE_BYPASS_CACHE). libvirt 11.3 leaves QEMU's C(direct-io)
+        parameter on afterwards and has no API to switch it off, and QEMU 10.0 then crashes, losing the
+        guest, in the next save in the C(sparse) format without that flag (C(virsh save --image-format
+        sparse), or a managed save such as C(libvirt-guests) at shutdown when C(save_image_format) in
+        C(qemu.conf) is C(sparse)). So the module switches it off again through libvirt's QMP passthrough,
+        and libvirt marks the domain tainted (C(custom-monitor); C(virsh dominfo) shows it under
+        C(Messages)) until its QEMU next starts. This is only a mark for support; the domain works as before.
+      - V(false) always reads through the page cache, and leaves a libvirt domain untainted.
     type: bool
 notes:
   - O(domain) and O(qmp_socket) are optional here; the manifest names the VM. For a raw QEMU VM,
@@ -79,10 +80,10 @@ EXAMPLES = r'''
   vmfleet.kvm.vm_restore:
     path: /var/lib/vmfleet/save/web01.img
 
-- name: Bring a domain back as fast as it can be read (the domain is marked tainted)
+- name: Bring a domain back through the page cache, slower, and without marking it tainted
   vmfleet.kvm.vm_restore:
     path: /var/lib/vmfleet/save/db01.img
-    direct_io: true
+    direct_io: false
 
 - name: Bring a raw QEMU VM back paused
   vmfleet.kvm.vm_restore:
@@ -229,7 +230,9 @@ def _restore_libvirt(module, manifest, path, state, deadline, channels):
                                    hint="restoring would replace its running state; stop it first")
         params = {libvirt.VIR_DOMAIN_SAVE_PARAM_FILE: path}
         flags = libvirt.VIR_DOMAIN_SAVE_RUNNING if state == 'running' else libvirt.VIR_DOMAIN_SAVE_PAUSED
-        direct = bool(module.params['direct_io']) and manifest['path_used'] == 'libvirt-sparse'
+        # QEMU's direct-io parameter came with 9.1; without it libvirt would refuse the flag
+        direct = module.params['direct_io'] is not False and manifest['path_used'] == 'libvirt-sparse' and \
+            conn.getVersion() >= 9001000 and save_image.opens_direct(path)
         if manifest['path_used'] == 'libvirt-sparse':
             params[libvirt.VIR_DOMAIN_SAVE_PARAM_PARALLEL_CHANNELS] = channels
         if direct:
