@@ -143,10 +143,10 @@ def _runs_on_from(t, saved, offset):
 
 def test_direct_io_restore_leaves_the_vm_fit_for_a_plain_save(big):
     """libvirt 11.3 leaves QEMU's direct-io parameter on after an O_DIRECT
-    restore, and QEMU 10.0 then crashed (guest lost) in the next save without
-    O_DIRECT (a plain virsh save, libvirt-guests). Restore with O_DIRECT (the
-    default), save without it, restore again: the guest runs on from each saved
-    moment."""
+    restore, and QEMU 10.0 then crashed (guest lost) in the next sparse-format
+    save without O_DIRECT (virsh save --image-format sparse). Restore with
+    O_DIRECT (the default), save so, restore again: the guest runs on from each
+    saved moment."""
     t = big
     first, second = (os.path.join(t.save_dir, 'img-direct-%d' % i) for i in (1, 2))
     t.wait_counter(t.counter() + 2)
