@@ -26,10 +26,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, 'tests'))
-sys.path.insert(0, os.path.join(REPO, 'tests', 'system'))
 
-from ansible_run import run_tasks  # noqa: E402
 from rig.accel import detect_accel  # noqa: E402
+from rig.ansible_run import run_tasks  # noqa: E402
 from rig.guest import wait_serial  # noqa: E402
 from rig.libvirt_vm import LibvirtVM  # noqa: E402
 from rig.qemu_vm import QemuVM  # noqa: E402

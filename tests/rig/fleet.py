@@ -17,12 +17,10 @@ import os
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from rig.accel import detect_accel  # noqa: E402
-from rig.guest import disk_counter, serial_counters  # noqa: E402
-from rig.libvirt_vm import LibvirtVM  # noqa: E402
-from rig.qemu_vm import QemuVM  # noqa: E402
+from .accel import detect_accel
+from .guest import disk_counter, serial_counters
+from .libvirt_vm import LibvirtVM
+from .qemu_vm import QemuVM
 
 URI = 'qemu:///system'
 

@@ -6,16 +6,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from rig.accel import detect_accel  # noqa: E402
-from rig.libvirt_vm import LibvirtVM  # noqa: E402
-from rig.qemu_vm import QemuVM  # noqa: E402
+from rig.accel import detect_accel
+from rig.libvirt_vm import LibvirtVM
+from rig.qemu_vm import QemuVM
 
 URI = 'qemu:///system'
 PREFIX = 'vmfleet-test-'

@@ -16,9 +16,9 @@ import time
 import pytest
 import yaml
 
-from ansible_run import REPO, ansible_env, failed, ok, run_one, run_tasks
+from rig.ansible_run import REPO, ansible_env, failed, ok, run_one, run_tasks
 from rig.guest import seq_records, wait_serial
-from targets import Target
+from rig.targets import Target
 
 WRITER = 'vmfleet.writer=vdb'
 

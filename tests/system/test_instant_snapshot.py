@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from ansible_run import failed, ok, run_one, run_tasks
-from targets import Target
+from rig.ansible_run import failed, ok, run_one, run_tasks
+from rig.targets import Target
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import json
 import os
 import subprocess
 
-from ansible_run import REPO, VENV_BIN, ansible_env, ok, run_one
-from targets import Target
+from rig.ansible_run import REPO, VENV_BIN, ansible_env, ok, run_one
+from rig.targets import Target
 
 
 def _playbook(name, tmp_path, **extra):

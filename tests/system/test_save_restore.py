@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from ansible_run import ok, run_one
+from rig.ansible_run import ok, run_one
 from rig.guest import wait_serial
-from targets import Target
+from rig.targets import Target
 
 FILL_MIB = 768
 CASES = [(1, 'none'), (4, 'none'), (4, 'zstd')]

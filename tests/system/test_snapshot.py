@@ -10,8 +10,8 @@ import time
 import pytest
 import yaml
 
-from ansible_run import REPO, ansible_env, failed, ok, run_one, run_tasks
-from targets import Target
+from rig.ansible_run import REPO, ansible_env, failed, ok, run_one, run_tasks
+from rig.targets import Target
 
 
 @pytest.fixture(scope='module', params=['qemu', 'libvirt'])

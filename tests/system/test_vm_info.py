@@ -4,7 +4,7 @@ import re
 import socket
 import subprocess
 
-from ansible_run import failed, run_one, run_tasks
+from rig.ansible_run import failed, run_one, run_tasks
 
 MIB = 1024 * 1024
 

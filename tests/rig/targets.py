@@ -4,7 +4,7 @@ import re
 import subprocess
 import time
 
-from rig.guest import disk_counter, last_serial_counter
+from .guest import disk_counter, last_serial_counter
 
 # The rig's disks: role -> libvirt target. Raw QEMU names disks by device id (= role).
 LIBVIRT_TARGETS = {'root': 'vda', 'data': 'vdb', 'varstore': 'vdc'}
