@@ -18,6 +18,7 @@ CONNECTION_ARGS = dict(
 )
 
 CONNECTION_MUTUALLY_EXCLUSIVE = [('domain', 'qmp_socket')]
+CONNECTION_REQUIRED_ONE_OF = [('domain', 'qmp_socket')]
 
 
 def argument_spec(**extra):

@@ -13,7 +13,9 @@ import shutil
 import subprocess
 import tempfile
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.qmp_client import QmpClient
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qmp_client import QmpClient
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import CapabilityMissing
 
 _SYS_USERFAULTFD = {'x86_64': 323, 'aarch64': 282, 's390x': 355, 'ppc64le': 364}
 _UFFDIO_API = 0xC018AA3F
@@ -72,15 +74,22 @@ def probe_binary(binary, timeout=20.0):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def host_facts(qemu, libvirt_version=None, libvirt_module=None):
+def default_emulator(module):
+    path = module.get_bin_path('qemu-system-%s' % os.uname().machine) \
+        or module.get_bin_path('qemu-system-x86_64')
+    if not path:
+        raise CapabilityMissing("no qemu-system binary found on this host",
+                                hint="install QEMU (Debian: qemu-system-x86)")
+    return path
+
+
+def host_facts(qemu, libvirt_version=None, libvirt_binding=None):
     """The ``host`` entry of vm_info from QEMU facts and libvirt's version."""
     caps = set(qemu['migrate_caps'])
     cmds = set(qemu['commands'])
-    lv = tuple(int(x) for x in libvirt_version.split('.')) if libvirt_version else None
     parallel_save = 'multifd' in caps
-    if lv is not None:
-        parallel_save = parallel_save and lv >= (11, 2, 0) and \
-            hasattr(libvirt_module, 'VIR_DOMAIN_SAVE_PARAM_PARALLEL_CHANNELS')
+    if libvirt_version:
+        parallel_save = parallel_save and quirks.libvirt_parallel_save(libvirt_version, libvirt_binding)
     return dict(
         qemu_version=qemu['version'],
         libvirt_version=libvirt_version,
@@ -92,8 +101,7 @@ def host_facts(qemu, libvirt_version=None, libvirt_module=None):
             parallel_save=parallel_save,
             snapshot_jobs='snapshot-save' in cmds,
             internal_snapshot_revert='snapshot-load' in cmds,
-            # libvirt 11.2 and 11.3 cannot revert internal snapshots in some
-            # configurations (fixed in 11.4); the QMP route still can.
-            libvirt_snapshot_revert=lv is not None and not ((11, 2, 0) <= lv < (11, 4, 0)),
+            # where libvirt cannot, the QMP route still reverts
+            libvirt_snapshot_revert=bool(libvirt_version) and quirks.libvirt_can_revert(libvirt_version),
         ),
     )

@@ -71,3 +71,30 @@ class OperationTimeout(VmfleetError):
 class VmGone(VmfleetError):
     """The VM (QEMU process or libvirt domain) went away during the operation."""
     pass
+
+
+class SnapshotInconsistent(VmfleetError):
+    """A snapshot exists in a shape the request does not match (other disks, half-made)."""
+    pass
+
+
+class ImageCorrupt(VmfleetError):
+    """A save image or memory file does not match its manifest."""
+    pass
+
+
+class TargetProblem(VmfleetError):
+    """A drive mirror target that cannot be used as asked."""
+    pass
+
+
+class SpaceTooSmall(VmfleetError):
+    pass
+
+
+class MultifdStreamError(VmfleetError):
+    """A multifd channel failed; ``path`` names the file it was writing or reading."""
+
+    def __init__(self, msg, path=None, hint=None, **result):
+        super(MultifdStreamError, self).__init__(msg, hint=hint, **result)
+        self.path = path

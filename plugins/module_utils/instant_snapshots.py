@@ -30,26 +30,23 @@ __metaclass__ = type
 
 import glob
 import os
-import signal
 import time
 
 from urllib.parse import quote
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils import durable
-from ansible_collections.vmfleet.kvm.plugins.module_utils import migration, save_image
+from ansible_collections.vmfleet.kvm.plugins.module_utils import manifest_store
+from ansible_collections.vmfleet.kvm.plugins.module_utils import qemu_migration as migration
 from ansible_collections.vmfleet.kvm.plugins.module_utils.capabilities import userfaultfd_wp
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
-    CapabilityMissing, InvalidArgument, OperationTimeout, QmpCommandError, SnapshotNotFound, VmfleetError,
+    CapabilityMissing, InvalidArgument, OperationTimeout, QmpCommandError, SnapshotInconsistent, SnapshotNotFound,
+    VmfleetError,
 )
-from ansible_collections.vmfleet.kvm.plugins.module_utils.images import qemu_img
 from ansible_collections.vmfleet.kvm.plugins.module_utils.internal_snapshots import (
-    SnapshotInconsistent, Snapshots, select_disks, validate_name,
+    Snapshots, select_disks, validate_name,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.jobs import paused_ms
-from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_state import (
-    check_relaunchable, qemu_argv, qmp_socket_of, relaunch_incoming,
-)
-from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
+from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline, poll_until
 
 DEFAULT_MEMORY_DIR = '/var/lib/vmfleet/snapshots'
 SUFFIX = '.vmstate'
@@ -59,11 +56,6 @@ _EXCLUDED = ('multifd', 'mapped-ram', 'postcopy-ram', 'xbzrle', 'auto-converge',
              'return-path', 'dirty-bitmaps', 'late-block-activate', 'pause-before-switchover',
              'validate-uuid', 'zero-copy-send', 'x-colo', 'compress', 'postcopy-blocktime',
              'postcopy-preempt', 'switchover-ack', 'dirty-limit', 'rdma-pin-all', 'x-ignore-shared')
-LIBVIRT_REASON = (
-    "instant snapshots are not available for libvirt domains: libvirt 11.x has no instant (background-snapshot) "
-    "snapshot API, and it can load guest memory only from its own save-image format, so a revert could not be "
-    "done without bypassing libvirt")
-LIBVIRT_HINT = "use mode: internal for libvirt domain '%s' (the guest is paused while its RAM is written)"
 
 
 def memory_path(memory_dir, vm_name, name):
@@ -76,10 +68,10 @@ def find_manifests(memory_dir, vm_name):
     if not memory_dir or not os.path.isdir(memory_dir):
         return out
     prefix = os.path.join(memory_dir, glob.escape(quote(vm_name, safe='')) + '.')
-    for mp in glob.glob(prefix + '*' + SUFFIX + save_image.MANIFEST_SUFFIX):
-        path = mp[:-len(save_image.MANIFEST_SUFFIX)]
+    for mp in glob.glob(prefix + '*' + SUFFIX + manifest_store.MANIFEST_SUFFIX):
+        path = mp[:-len(manifest_store.MANIFEST_SUFFIX)]
         try:
-            m = save_image.read_manifest(path)
+            m = manifest_store.read_manifest(path)
         except VmfleetError:
             continue
         if m and m.get('kind') == KIND and m.get('vm', {}).get('name') == vm_name:
@@ -123,9 +115,7 @@ def describe(manifest, path, disks):
 
 def guard_internal(vm, memory_dir, name):
     """mode: internal must not half-handle an instant snapshot."""
-    if vm.backend != 'qemu':
-        return
-    if save_image.read_manifest(memory_path(memory_dir or DEFAULT_MEMORY_DIR, vm.name, name)) is not None:
+    if manifest_store.read_manifest(memory_path(memory_dir or DEFAULT_MEMORY_DIR, vm.name, name)) is not None:
         raise InvalidArgument("snapshot '%s' of VM '%s' is an instant snapshot" % (name, vm.name),
                               hint="nothing was changed; use mode: instant for it")
 
@@ -138,10 +128,6 @@ class InstantSnapshots(object):
         self.check_mode = check_mode
 
     # -- checks, all before anything is touched --
-    def _refuse_libvirt(self):
-        if self.vm.backend != 'qemu':
-            raise CapabilityMissing(LIBVIRT_REASON, hint=LIBVIRT_HINT % self.vm.name)
-
     def _check_dir(self):
         d = self.memory_dir
         if not os.path.isabs(d):
@@ -165,7 +151,7 @@ class InstantSnapshots(object):
                                     hint="nothing was changed; use a kernel >= 5.7 with userfaultfd enabled "
                                          "(vm.unprivileged_userfaultfd or root), or mode: internal")
         status = vm.qmp('query-migrate').get('status', 'none')
-        if status in migration._ACTIVE:
+        if status in migration.ACTIVE:
             raise InvalidArgument("VM '%s' is already migrating (status %s)" % (vm.name, status),
                                   hint="nothing was changed; wait for that migration to end")
         return caps
@@ -192,14 +178,14 @@ class InstantSnapshots(object):
 
     def _lookup(self, name, disks):
         path = memory_path(self.memory_dir, self.vm.name, name)
-        manifest = save_image.read_manifest(path)
+        manifest = manifest_store.read_manifest(path)
         internal = [s for s in self.vm.snapshots(disks) if s['name'] == name]
         return path, manifest, (internal[0] if internal else None)
 
     # -- present --
     def present(self, name, disk_names, overwrite):
         validate_name(name)
-        self._refuse_libvirt()
+        self.vm.check_instant_snapshots()
         self._check_dir()
         vm = self.vm
         disks = vm.disks()
@@ -234,30 +220,25 @@ class InstantSnapshots(object):
         if self.check_mode:
             result['snapshot'] = dict(name=name, mode=KIND, disks=[d.name for d in selected], memory_file=path)
             return result, before
-        if before or os.path.exists(path) or save_image.read_manifest(path) is not None:
+        if before or os.path.exists(path) or manifest_store.read_manifest(path) is not None:
             self._delete(name, path, disks)
             disks = vm.disks()
             selected = [vm.disk(d.name, disks) for d in selected]
         result['route'] = 'qmp'
         result['paused_ms'], info = self._create(name, selected, path, caps)
         result['ram_bytes'] = info.get('ram', {}).get('total')
-        result['snapshot'] = describe(save_image.read_manifest(path), path, vm.disks())
+        result['snapshot'] = describe(manifest_store.read_manifest(path), path, vm.disks())
         return result, before
 
     def _create(self, name, selected, path, caps):
         vm = self.vm
-        pid = vm.pid()
-        argv = qemu_argv(pid) if pid else None
-        if not argv or not qmp_socket_of(argv):
-            raise InvalidArgument("cannot read the command line and QMP socket of VM '%s' (pid %s)" % (vm.name, pid),
-                                  hint="a revert relaunches QEMU with it; run the module on the VM's host")
-        check_relaunchable(vm, argv)
+        relaunch = vm.relaunch_record()
         self._arm(caps)
-        tmp = path + save_image.PARTIAL
-        save_image.remove([tmp])
-        save_image.create_private(tmp)
+        tmp = path + manifest_store.PARTIAL
+        manifest_store.remove([tmp])
+        manifest_store.create_private(tmp)
         was_running = vm.state() == 'running'
-        vm.client.drain_events()
+        vm.drain_events()
         paused_by_us = False
         disks_done = False
         started = False
@@ -277,7 +258,7 @@ class InstantSnapshots(object):
                 vm.qmp('cont')
                 paused_by_us = False
             t_resumed = time.monotonic()
-            events = vm.client.drain_events()
+            events = vm.drain_events()
             info = migration.wait(vm, self.deadline, "writing the memory of VM '%s' to %s" % (vm.name, tmp))
             snap_disks = vm.disks()
             records = []
@@ -290,18 +271,18 @@ class InstantSnapshots(object):
                 measured = round((t_resumed - t0) * 1000.0, 1) if was_running else 0
             taken = time.strftime('%Y-%m-%dT%H:%M:%S+00:00', time.gmtime(records[0]['date_sec']))
             manifest = dict(
-                kind=KIND, name=name, vm=dict(name=vm.name, backend=vm.backend, qmp_socket=vm.socket_path),
+                kind=KIND, name=name, vm=vm.identity(),
                 disks=records, date=taken,
                 vm_clock_sec=records[0]['vm_clock_sec'], paused_ms=measured, state_at_snapshot=(
                     'running' if was_running else 'paused'),
                 memory_bytes=os.path.getsize(tmp), ram_bytes=info.get('ram', {}).get('total'),
-                qemu=dict(argv=argv, version=vm.qemu_version()),
+                qemu=relaunch,
                 files=[dict(file=os.path.basename(path), bytes=os.path.getsize(tmp), kind=KIND, sha256=None)])
-            save_image.commit([tmp], manifest, path)
+            manifest_store.commit([tmp], manifest, path)
         except Exception as e:
             if started:
                 migration.cancel(vm)
-            save_image.remove([tmp])
+            manifest_store.remove([tmp])
             if paused_by_us:
                 try:
                     vm.qmp('cont')
@@ -325,8 +306,7 @@ class InstantSnapshots(object):
         """Until QEMU has saved the device state and write-protected RAM: its
         first RAM pages are out (or it is already done). Resuming the guest
         earlier would move the memory's moment past the disks'."""
-        end = Deadline(min(60.0, self.deadline.remaining(1.0)))
-        while True:
+        def tracking():
             info = self.vm.qmp('query-migrate')
             ram = info.get('ram', {})
             status = info.get('status')
@@ -336,10 +316,11 @@ class InstantSnapshots(object):
             if status == 'completed' or ram.get('normal', 0) + ram.get('duplicate', 0) > 0:
                 # one more round trip: QEMU's resume handler is queued before our next command runs
                 self.vm.qmp('query-status')
-                return
-            if end.expired():
-                raise OperationTimeout("QEMU did not start writing the memory within %gs" % end.timeout)
-            time.sleep(0.002)
+                return True
+            return None
+        end = Deadline(min(60.0, self.deadline.remaining(1.0)))
+        poll_until(tracking, end, interval=0.002, on_timeout=lambda: OperationTimeout(
+            "QEMU did not start writing the memory within %gs" % end.timeout))
 
     # -- absent --
     def _delete_disks(self, name, disks, deadline=None):
@@ -351,16 +332,16 @@ class InstantSnapshots(object):
 
     def _delete(self, name, path, disks):
         self._delete_disks(name, disks)
-        save_image.remove([save_image.manifest_path(path), path, path + save_image.PARTIAL])
+        manifest_store.remove([manifest_store.manifest_path(path), path, path + manifest_store.PARTIAL])
         durable.fsync_dir(os.path.dirname(path))
 
     def absent(self, name):
         validate_name(name)
-        self._refuse_libvirt()
+        self.vm.check_instant_snapshots()
         disks = self.vm.disks()
         path, manifest, internal = self._lookup(name, disks)
         result = dict(changed=False, route=None, actions=[], mode=KIND)
-        leftovers = [p for p in (path, path + save_image.PARTIAL) if os.path.exists(p)]
+        leftovers = [p for p in (path, path + manifest_store.PARTIAL) if os.path.exists(p)]
         if not manifest and not leftovers:
             if internal:
                 raise InvalidArgument("snapshot '%s' of VM '%s' is an internal snapshot, not an instant one"
@@ -377,7 +358,7 @@ class InstantSnapshots(object):
     # -- reverted --
     def reverted(self, name):
         validate_name(name)
-        self._refuse_libvirt()
+        self.vm.check_instant_snapshots()
         vm = self.vm
         disks = vm.disks()
         path, manifest, internal = self._lookup(name, disks)
@@ -391,21 +372,14 @@ class InstantSnapshots(object):
             raise SnapshotInconsistent("the disks of VM '%s' no longer hold instant snapshot '%s' (%s)"
                                        % (vm.name, name, ", ".join(r['name'] for r in manifest['disks'])),
                                        hint="nothing was changed; the snapshot cannot be reverted, remove it")
-        save_image.check_files(path, manifest, checksum=False)
-        argv = manifest['qemu']['argv']
-        sock = qmp_socket_of(argv)
-        if sock != vm.socket_path:
-            raise InvalidArgument("instant snapshot '%s' was taken of the QEMU on %s, not %s"
-                                  % (name, sock, vm.socket_path), hint="nothing was changed")
+        manifest_store.check_files(path, manifest, checksum=False)
+        vm.check_relaunch(manifest['qemu'], "instant snapshot '%s'" % name)
         by_name = dict((d.name, d) for d in disks)
         files = [by_name[r['name']].file for r in manifest['disks']]
         for f in files:
             if not f or not os.path.exists(f):
                 raise InvalidArgument("disk image %s of VM '%s' is not a local file" % (f, vm.name),
                                       hint="nothing was changed; revert needs the image files on this host")
-        if not os.path.exists(argv[0]) and not any(
-                os.access(os.path.join(p, argv[0]), os.X_OK) for p in os.environ.get('PATH', '').split(os.pathsep)):
-            raise InvalidArgument("the recorded QEMU binary %s is gone" % argv[0], hint="nothing was changed")
         state = vm.state()
         result = dict(changed=True, mode=KIND, route=None, paused_ms=0,
                       snapshot=describe(manifest, path, disks),
@@ -413,50 +387,7 @@ class InstantSnapshots(object):
                                     memory_file=path)])
         if self.check_mode:
             return result, result['snapshot']
-        pid = vm.pid()
         t0 = time.monotonic()
-        self._stop_qemu(pid)
-        img = qemu_img(vm.module)
-        for f in files:
-            rc, out, err = vm.module.run_command([img, 'snapshot', '-a', name, f])
-            if rc != 0:
-                raise VmfleetError("qemu-img snapshot -a %s %s failed after QEMU was stopped: %s"
-                                   % (name, f, err.strip()),
-                                   hint="VM '%s' is stopped; its command line is in %s"
-                                        % (vm.name, save_image.manifest_path(path)))
-        result.update(self._relaunch(argv, path, state), route='qemu-relaunch')
+        result.update(vm.revert_to_memory(manifest['qemu'], name, files, path, state, self.deadline))
         result['paused_ms'] = round((time.monotonic() - t0) * 1000.0, 1)
         return result, result['snapshot']
-
-    def _stop_qemu(self, pid):
-        vm = self.vm
-        try:
-            vm.qmp('quit')
-        except VmfleetError:
-            pass  # QEMU closes the monitor as it quits
-        vm.close()
-        if pid is None:
-            return
-        end = Deadline(min(30.0, self.deadline.remaining(5.0)))
-        while not end.expired():
-            if not os.path.exists('/proc/%d' % pid) or _zombie(pid):
-                return
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
-        time.sleep(0.2)
-
-    def _relaunch(self, argv, path, state):
-        def load(vm):
-            vm.qmp('migrate-incoming', uri='file:%s' % path)
-            migration.wait(vm, self.deadline, "loading memory file %s" % path)
-        sock = qmp_socket_of(argv)
-        # QEMU's own output, next to its QMP socket: the VM's place, not the snapshot's
-        return relaunch_incoming(self.vm.module, argv, sock, sock + '.log', self.deadline, load, state)
-
-
-def _zombie(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            return f.read().rsplit(')', 1)[1].split()[0] == 'Z'
-    except (OSError, IndexError):
-        return True

@@ -12,24 +12,20 @@ __metaclass__ = type
 
 import time
 
+from ansible_collections.vmfleet.kvm.plugins.module_utils import qemu_img
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.handle import SNAPSHOT_FORMATS
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
-    InvalidArgument, OperationTimeout, SnapshotNotFound, VmfleetError,
+    InvalidArgument, OperationTimeout, SnapshotInconsistent, SnapshotNotFound, VmfleetError,
 )
-from ansible_collections.vmfleet.kvm.plugins.module_utils.images import qemu_img
-from ansible_collections.vmfleet.kvm.plugins.module_utils.migration import clear_stream_caps
 from ansible_collections.vmfleet.kvm.plugins.module_utils.jobs import (
     paused_ms, start_job, wait_job,
 )
-from ansible_collections.vmfleet.kvm.plugins.module_utils.vm import SNAPSHOT_FORMATS
+from ansible_collections.vmfleet.kvm.plugins.module_utils.qemu_migration import clear_stream_caps
 from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
 
 NAME_MAX = 128
 # After a timeout, how long we wait for QEMU's job to end so we can undo it.
 UNDO_GRACE_S = 120.0
-
-
-class SnapshotInconsistent(VmfleetError):
-    pass
 
 
 def validate_name(name):
@@ -99,15 +95,12 @@ class Snapshots(object):
     def _running(self):
         return self.vm.is_running()
 
-    def _libvirt_knows(self, name):
-        return self.vm.backend == 'libvirt' and name in self.vm.libvirt_snapshot_names()
+    def _native_knows(self, name):
+        return name in self.vm.native_snapshot_names()
 
     def _qemu_img(self, action, name, disks):
         for d in disks:
-            rc, out, err = self.vm.module.run_command([qemu_img(self.vm.module), 'snapshot', action, name, d.file])
-            if rc != 0:
-                raise VmfleetError("qemu-img snapshot %s %s on %s failed: %s" % (action, name, d.file, err.strip()),
-                                   hint="the image may be in use by another process")
+            qemu_img.snapshot(self.vm.module, action, name, d.file)
 
     def _job(self, command, args, what):
         """Run a snapshot job; return the guest pause in ms (None when unknown)."""
@@ -140,7 +133,7 @@ class Snapshots(object):
                     name, self.vm.name, ", ".join(sorted(holders)), ", ".join(missing)),
                 hint="nothing was changed; delete it (state: absent) or replace it (overwrite: true)")
         running = self._running()
-        if not running and memory and self.vm.backend == 'qemu':
+        if not running and memory and not self.vm.offline_snapshots:
             raise InvalidArgument("VM '%s' is not running" % self.vm.name)
         if before:
             result['actions'].append(dict(action='delete', disks=sorted(holders)))
@@ -165,11 +158,12 @@ class Snapshots(object):
             return 'qemu-img', 0
         clear_stream_caps(vm)
         writable = [d for d in all_disks if not d.read_only]
-        if (vm.backend == 'libvirt' and vmstate is not None and set(selected) == set(writable)
+        if (vm.native_snapshots and vmstate is not None and set(selected) == set(writable)
                 and vmstate is selected[0]):
+            # every writable disk and the RAM: what libvirt's own snapshot API can take, and list
             t0 = time.monotonic()
-            vm.libvirt_snapshot_create(name, [d.name for d in selected])
-            return 'libvirt', round((time.monotonic() - t0) * 1000.0, 1)
+            vm.native_snapshot_create(name, [d.name for d in selected])
+            return vm.backend, round((time.monotonic() - t0) * 1000.0, 1)
         if vmstate is None:
             # Disk-only, crash-consistent: every disk at one instant, no RAM state.
             t0 = time.monotonic()
@@ -215,9 +209,9 @@ class Snapshots(object):
         before = _find(self.vm, name, disks)
         result = dict(changed=False, route=None, actions=[])
         if not before:
-            if self._libvirt_knows(name) and not self.check_mode:
-                self.vm.libvirt_snapshot_delete(name, metadata_only=True)
-                result.update(changed=True, route='libvirt')
+            if self._native_knows(name) and not self.check_mode:
+                self.vm.native_snapshot_delete(name, metadata_only=True)
+                result.update(changed=True, route=self.vm.backend)
             return result, None
         result.update(changed=True, snapshot=before, actions=[dict(action='delete', disks=before['disks'])])
         if not self.check_mode:
@@ -226,9 +220,9 @@ class Snapshots(object):
 
     def _delete(self, name, snap, disks, deadline=None):
         holders = [d for d in disks if d.name in snap['disks']]
-        if self._libvirt_knows(name):
-            self.vm.libvirt_snapshot_delete(name)
-            return 'libvirt'
+        if self._native_knows(name):
+            self.vm.native_snapshot_delete(name)
+            return self.vm.backend
         if not self._running():
             self._qemu_img('-d', name, holders)
             return 'qemu-img'
@@ -269,10 +263,10 @@ class Snapshots(object):
         if not running:
             self._qemu_img('-a', name, holders)
             result['route'] = 'qemu-img'
-        elif self._libvirt_knows(name) and self.vm.libvirt_can_revert():
+        elif self._native_knows(name) and self.vm.native_snapshot_can_revert():
             t0 = time.monotonic()
-            self.vm.libvirt_snapshot_revert(name)
-            result.update(route='libvirt', paused_ms=round((time.monotonic() - t0) * 1000.0, 1))
+            self.vm.native_snapshot_revert(name)
+            result.update(route=self.vm.backend, paused_ms=round((time.monotonic() - t0) * 1000.0, 1))
         else:
             vmstate = self.vm.disk(snap['vmstate_disk'], disks)
             result['paused_ms'] = self._job('snapshot-load', {

@@ -13,6 +13,7 @@ import uuid
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
     JobFailed, OperationTimeout, QmpCommandError,
 )
+from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import poll_until
 
 POLL_S = 0.25
 
@@ -43,33 +44,37 @@ def wait_job(vm, job_id, deadline, what):
     """Wait until ``job_id`` concludes. Returns the QMP events seen meanwhile
     (STOP/RESUME tell how long the guest was paused)."""
     events = []
-    while True:
+    seen = {}
+
+    def probe():
         try:
             job = _find(vm, job_id, deadline)
         except OperationTimeout:
             job = dict(status='running (QEMU busy)')
         if job is None:
             raise JobFailed("%s: QEMU job %s vanished before it concluded" % (what, job_id))
-        if job.get('status') == 'concluded':
-            try:
-                vm.qmp('job-dismiss', id=job_id)
-            except QmpCommandError:
-                pass  # auto-dismissed
-            if job.get('error'):
-                raise JobFailed("%s failed: %s" % (what, job['error']), job_id=job_id)
-            return events
-        if deadline.expired():
-            raise OperationTimeout(
-                "%s did not finish within %gs; QEMU job %s is still %s"
-                % (what, deadline.timeout, job_id, job['status']),
-                job_id=job_id, job_status=job['status'])
-        ev = vm.wait_event(min(POLL_S, deadline.remaining(0.01)))
+        seen['job'] = job
+        if job.get('status') != 'concluded':
+            return None
+        try:
+            vm.qmp('job-dismiss', id=job_id)
+        except QmpCommandError:
+            pass  # auto-dismissed
+        if job.get('error'):
+            raise JobFailed("%s failed: %s" % (what, job['error']), job_id=job_id)
+        return events
+
+    def wait(seconds):
+        ev = vm.wait_event(seconds)
         if ev:
             events.append(ev)
 
+    def timed_out():
+        status = seen['job']['status']
+        return OperationTimeout("%s did not finish within %gs; QEMU job %s is still %s"
+                                % (what, deadline.timeout, job_id, status), job_id=job_id, job_status=status)
 
-def run_job(vm, command, args, deadline, what):
-    return wait_job(vm, start_job(vm, command, args), deadline, what)
+    return poll_until(probe, deadline, timed_out, interval=POLL_S, wait=wait)
 
 
 def paused_ms(events):

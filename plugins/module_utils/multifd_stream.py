@@ -31,7 +31,7 @@ import threading
 import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils import durable
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmfleetError
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import MultifdStreamError
 
 # migration/savevm.c QEMU_VM_FILE_MAGIC ("QEVM") and migration/multifd.h
 # MULTIFD_MAGIC; both are written big-endian as the first 4 bytes of a stream.
@@ -42,14 +42,6 @@ _MAGIC_LEN = 4
 BUF_SIZE = 4 * 1024 * 1024
 SENDFILE_CHUNK = 16 * 1024 * 1024
 _F_SETPIPE_SZ = 1031
-
-
-class MultifdStreamError(VmfleetError):
-    """A channel failed; ``path`` names the file it was writing or reading."""
-
-    def __init__(self, msg, path=None, hint=None, **result):
-        super(MultifdStreamError, self).__init__(msg, hint=hint, **result)
-        self.path = path
 
 
 def stream_kind(head):

@@ -1,15 +1,33 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, vmfleet.kvm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The one place engine errors become fail_json: no traceback reaches a user
-unless the error is a bug of ours, and then only at -vvv."""
+"""How every module is built and run: the connection options merged in once,
+and the one place engine errors become fail_json, so no traceback reaches a
+user unless the error is a bug of ours, and then only at -vvv."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import traceback
 
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.args_common import (
+    CONNECTION_MUTUALLY_EXCLUSIVE, CONNECTION_REQUIRED_ONE_OF, argument_spec,
+)
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmfleetError
+
+
+def vmfleet_module(options=None, mutually_exclusive=(), needs_vm=True):
+    """An AnsibleModule with the shared connection options and ``options``.
+    ``needs_vm``: one of domain/qmp_socket is required (modules that can list
+    every VM of the host, or restore one that does not run, need none)."""
+    return AnsibleModule(
+        argument_spec=argument_spec(**(options or {})),
+        mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE + list(mutually_exclusive),
+        required_one_of=CONNECTION_REQUIRED_ONE_OF if needs_vm else None,
+        supports_check_mode=True,
+    )
 
 
 def run_module(module, work):

@@ -273,51 +273,40 @@ space_free:
   type: int
 '''
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm
+from ansible_collections.vmfleet.kvm.plugins.module_utils.drive_mirror import drive_mirror
+from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.args_common import (
-    CONNECTION_MUTUALLY_EXCLUSIVE, argument_spec,
-)
-from ansible_collections.vmfleet.kvm.plugins.module_utils.block_copy import drive_mirror
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module
-from ansible_collections.vmfleet.kvm.plugins.module_utils.vm import open_vm
+
+def work(module):
+    with open_vm(module) as vm:
+        before = vm.disk(module.params['disk']).file if module._diff else None
+        result = drive_mirror(module, vm, module.params, check_mode=module.check_mode)
+    if module._diff and result['changed']:
+        after = result['target'] if (result['on_target'] or module.params['state'] == 'pivoted') else before
+        result['diff'] = dict(before=dict(disk=result['disk'], image=before),
+                              after=dict(disk=result['disk'], image=after))
+    return result
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=argument_spec(
-            disk=dict(type='str', required=True),
-            target=dict(type='path', required=True),
-            target_format=dict(type='str', choices=['qcow2', 'raw']),
-            create_target=dict(type='bool', default=True),
-            overwrite=dict(type='bool', default=False),
-            sync=dict(type='str', choices=['full', 'top'], default='full'),
-            copy_mode=dict(type='str', choices=['background', 'write-blocking'], default='background'),
-            speed=dict(type='int', default=0),
-            granularity=dict(type='int'),
-            buf_size=dict(type='int'),
-            state=dict(type='str', choices=['ready', 'pivoted', 'cancelled'], default='pivoted'),
-            verify=dict(type='bool', default=False),
-            remove_target=dict(type='bool', default=False),
-            cancel_on_timeout=dict(type='bool', default=False),
-            journal_dir=dict(type='path', default='/var/lib/vmfleet/journal'),
-        ),
-        mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE,
-        required_one_of=[('domain', 'qmp_socket')],
-        supports_check_mode=True,
-    )
-
-    def work(module):
-        with open_vm(module) as vm:
-            before = vm.disk(module.params['disk']).file if module._diff else None
-            result = drive_mirror(module, vm, module.params, check_mode=module.check_mode)
-        if module._diff and result['changed']:
-            after = result['target'] if (result['on_target'] or module.params['state'] == 'pivoted') else before
-            result['diff'] = dict(before=dict(disk=result['disk'], image=before),
-                                  after=dict(disk=result['disk'], image=after))
-        return result
-
-    run_module(module, work)
+    run_module(vmfleet_module(dict(
+        disk=dict(type='str', required=True),
+        target=dict(type='path', required=True),
+        target_format=dict(type='str', choices=['qcow2', 'raw']),
+        create_target=dict(type='bool', default=True),
+        overwrite=dict(type='bool', default=False),
+        sync=dict(type='str', choices=['full', 'top'], default='full'),
+        copy_mode=dict(type='str', choices=['background', 'write-blocking'], default='background'),
+        speed=dict(type='int', default=0),
+        granularity=dict(type='int'),
+        buf_size=dict(type='int'),
+        state=dict(type='str', choices=['ready', 'pivoted', 'cancelled'], default='pivoted'),
+        verify=dict(type='bool', default=False),
+        remove_target=dict(type='bool', default=False),
+        cancel_on_timeout=dict(type='bool', default=False),
+        journal_dir=dict(type='path', default='/var/lib/vmfleet/journal'),
+    )), work)
 
 
 if __name__ == '__main__':

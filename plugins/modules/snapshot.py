@@ -207,18 +207,13 @@ ram_bytes:
 
 import time
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.vmfleet.kvm.plugins.module_utils.args_common import (
-    CONNECTION_MUTUALLY_EXCLUSIVE, argument_spec,
-)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument
 from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import (
     DEFAULT_MEMORY_DIR, InstantSnapshots, guard_internal,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.internal_snapshots import Snapshots
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module
-from ansible_collections.vmfleet.kvm.plugins.module_utils.vm import open_vm
+from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
 
 
 def _diff(state, name, before, result):
@@ -232,49 +227,43 @@ def _diff(state, name, before, result):
     return dict(before=dict(snapshot=name, disks=held), after=dict(snapshot=name, disks=after))
 
 
+def work(module):
+    p = module.params
+    t0 = time.monotonic()
+    if p['mode'] == 'instant' and (p['vmstate_disk'] or not p['memory']):
+        raise InvalidArgument("vmstate_disk and memory do not apply to mode: instant",
+                              hint="its RAM goes to a memory file under memory_dir; drop them")
+    with open_vm(module) as vm:
+        if p['mode'] == 'instant':
+            ops = InstantSnapshots(vm, p['timeout'], p['memory_dir'], check_mode=module.check_mode)
+            create = (p['name'], p['disks'], p['overwrite'])
+        else:
+            guard_internal(vm, p['memory_dir'], p['name'])
+            ops = Snapshots(vm, p['timeout'], check_mode=module.check_mode)
+            create = (p['name'], p['disks'], p['vmstate_disk'], p['memory'], p['overwrite'])
+        if p['state'] == 'present':
+            result, before = ops.present(*create)
+        elif p['state'] == 'absent':
+            result, before = ops.absent(p['name'])
+        else:
+            result, before = ops.reverted(p['name'])
+    result['duration_s'] = round(time.monotonic() - t0, 3)
+    if module._diff and result['changed']:
+        result['diff'] = _diff(p['state'], p['name'], before, result)
+    return result
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=argument_spec(
-            name=dict(type='str', required=True),
-            state=dict(type='str', choices=['present', 'absent', 'reverted'], default='present'),
-            disks=dict(type='list', elements='str'),
-            vmstate_disk=dict(type='str'),
-            memory=dict(type='bool', default=True),
-            overwrite=dict(type='bool', default=False),
-            mode=dict(type='str', choices=['internal', 'instant'], default='internal'),
-            memory_dir=dict(type='path', default=DEFAULT_MEMORY_DIR),
-        ),
-        mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE,
-        required_one_of=[('domain', 'qmp_socket')],
-        supports_check_mode=True,
-    )
-
-    def work(module):
-        p = module.params
-        t0 = time.monotonic()
-        if p['mode'] == 'instant' and (p['vmstate_disk'] or not p['memory']):
-            raise InvalidArgument("vmstate_disk and memory do not apply to mode: instant",
-                                  hint="its RAM goes to a memory file under memory_dir; drop them")
-        with open_vm(module) as vm:
-            if p['mode'] == 'instant':
-                ops = InstantSnapshots(vm, p['timeout'], p['memory_dir'], check_mode=module.check_mode)
-                create = (p['name'], p['disks'], p['overwrite'])
-            else:
-                guard_internal(vm, p['memory_dir'], p['name'])
-                ops = Snapshots(vm, p['timeout'], check_mode=module.check_mode)
-                create = (p['name'], p['disks'], p['vmstate_disk'], p['memory'], p['overwrite'])
-            if p['state'] == 'present':
-                result, before = ops.present(*create)
-            elif p['state'] == 'absent':
-                result, before = ops.absent(p['name'])
-            else:
-                result, before = ops.reverted(p['name'])
-        result['duration_s'] = round(time.monotonic() - t0, 3)
-        if module._diff and result['changed']:
-            result['diff'] = _diff(p['state'], p['name'], before, result)
-        return result
-
-    run_module(module, work)
+    run_module(vmfleet_module(dict(
+        name=dict(type='str', required=True),
+        state=dict(type='str', choices=['present', 'absent', 'reverted'], default='present'),
+        disks=dict(type='list', elements='str'),
+        vmstate_disk=dict(type='str'),
+        memory=dict(type='bool', default=True),
+        overwrite=dict(type='bool', default=False),
+        mode=dict(type='str', choices=['internal', 'instant'], default='internal'),
+        memory_dir=dict(type='path', default=DEFAULT_MEMORY_DIR),
+    )), work)
 
 
 if __name__ == '__main__':

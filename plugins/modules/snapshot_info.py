@@ -118,17 +118,12 @@ snapshots:
       sample: 3.2
 '''
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.vmfleet.kvm.plugins.module_utils.args_common import (
-    CONNECTION_MUTUALLY_EXCLUSIVE, argument_spec,
-)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vms
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmGone
 from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import (
     DEFAULT_MEMORY_DIR, describe, find_manifests,
 )
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module
-from ansible_collections.vmfleet.kvm.plugins.module_utils.vm import open_vm
+from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
 
 
 def _wanted(p, name):
@@ -138,9 +133,9 @@ def _wanted(p, name):
 
 
 def _entries(vm, p):
-    known = vm.libvirt_snapshot_names() if vm.backend == 'libvirt' else set()
+    known = vm.native_snapshot_names()
     disks = vm.disks()
-    instant = find_manifests(p['memory_dir'], vm.name) if vm.backend == 'qemu' else {}
+    instant = find_manifests(p['memory_dir'], vm.name)
     out = []
     for s in vm.snapshots(disks):
         if not _wanted(p, s['name']):
@@ -161,34 +156,25 @@ def _entries(vm, p):
     return out
 
 
+def work(module):
+    p = module.params
+    snaps = []
+    with open_vms(module) as (vms, host):
+        for vm in vms:
+            try:
+                snaps.extend(_entries(vm, p))
+            except VmGone:
+                if p['domain'] or p['qmp_socket']:
+                    raise
+    return dict(changed=False, snapshots=snaps)
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=argument_spec(name=dict(type='str'), name_prefix=dict(type='str'),
-                                    memory_dir=dict(type='path', default=DEFAULT_MEMORY_DIR)),
-        mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE + [('name', 'name_prefix')],
-        supports_check_mode=True,
-    )
-
-    def work(module):
-        p = module.params
-        if p['domain'] or p['qmp_socket']:
-            with open_vm(module) as vm:
-                return dict(changed=False, snapshots=_entries(vm, p))
-        from ansible_collections.vmfleet.kvm.plugins.module_utils import libvirt_backend as lv
-        conn = lv.connect(p['uri'])
-        snaps = []
-        try:
-            for name in lv.list_domain_names(conn):
-                try:
-                    with lv.LibvirtVm.open(module, p['uri'], name, conn=conn) as vm:
-                        snaps.extend(_entries(vm, p))
-                except VmGone:
-                    continue
-        finally:
-            conn.close()
-        return dict(changed=False, snapshots=snaps)
-
-    run_module(module, work)
+    run_module(vmfleet_module(dict(
+        name=dict(type='str'),
+        name_prefix=dict(type='str'),
+        memory_dir=dict(type='path', default=DEFAULT_MEMORY_DIR),
+    ), mutually_exclusive=[('name', 'name_prefix')], needs_vm=False), work)
 
 
 if __name__ == '__main__':

@@ -149,80 +149,28 @@ host:
         libvirt_snapshot_revert: false
 '''
 
-import os
-
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.vmfleet.kvm.plugins.module_utils.args_common import (
-    CONNECTION_MUTUALLY_EXCLUSIVE, argument_spec,
-)
-from ansible_collections.vmfleet.kvm.plugins.module_utils.capabilities import (
-    host_facts, probe_binary, qmp_facts,
-)
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import CapabilityMissing, VmGone
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module
-from ansible_collections.vmfleet.kvm.plugins.module_utils.vm import open_vm
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vms
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmGone
+from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
 
 
-def _libvirt():
-    from ansible_collections.vmfleet.kvm.plugins.module_utils import libvirt_backend
-    return libvirt_backend
-
-
-def _default_emulator(module):
-    path = module.get_bin_path('qemu-system-%s' % os.uname().machine) \
-        or module.get_bin_path('qemu-system-x86_64')
-    if not path:
-        raise CapabilityMissing("no qemu-system binary found on this host",
-                                hint="install QEMU (Debian: qemu-system-x86)")
-    return path
-
-
-def _qmp_vm(module):
-    with open_vm(module) as vm:
-        desc = vm.describe()
-        desc['connection'] = dict(qmp_socket=module.params['qmp_socket'])
-        qemu = qmp_facts(vm.qmp)
-    lv = _libvirt()
-    version = lv.version_string(lv.libvirt.getVersion()) if lv.HAS_LIBVIRT else None
-    return [desc], host_facts(qemu, version, lv.libvirt if lv.HAS_LIBVIRT else None)
-
-
-def _libvirt_vms(module):
-    lv = _libvirt()
+def work(module):
     p = module.params
-    conn = lv.connect(p['uri'])
-    try:
-        names = [p['domain']] if p['domain'] else lv.list_domain_names(conn)
-        vms, emulator = [], None
-        for name in names:
+    named = p['domain'] or p['qmp_socket']
+    descs = []
+    with open_vms(module) as (vms, host):
+        for vm in vms:
             try:
-                with lv.LibvirtVm.open(module, p['uri'], name, conn=conn) as vm:
-                    desc = vm.describe()
-                    desc['connection'] = dict(domain=name, uri=p['uri'])
-                    vms.append(desc)
-                    emulator = emulator or vm.emulator()
+                descs.append(dict(vm.describe(), connection=vm.connection()))
             except VmGone:
-                if p['domain']:
+                if named:
                     raise
-                continue  # shut down and undefined while we listed; not ours to report
-        version = lv.version_string(conn.getLibVersion())
-    finally:
-        conn.close()
-    qemu = probe_binary(emulator or _default_emulator(module), timeout=p['timeout'])
-    return vms, host_facts(qemu, version, lv.libvirt)
+                # shut down and undefined while we listed; not ours to report
+        return dict(changed=False, vms=descs, host=host.host_facts(p['timeout']))
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(),
-                           mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE,
-                           supports_check_mode=True)
-
-    def work(module):
-        vms, host = _qmp_vm(module) if module.params['qmp_socket'] else _libvirt_vms(module)
-        return dict(changed=False, vms=vms, host=host)
-
-    run_module(module, work)
+    run_module(vmfleet_module(needs_vm=False), work)
 
 
 if __name__ == '__main__':

@@ -157,153 +157,18 @@ rate_mib_s:
   sample: 560.2
 '''
 
-import time
-
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.vmfleet.kvm.plugins.module_utils import save_image
-from ansible_collections.vmfleet.kvm.plugins.module_utils.args_common import (
-    CONNECTION_MUTUALLY_EXCLUSIVE, argument_spec,
-)
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import ConnectionFailed, VmfleetError
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module
-from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
-from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_state import (
-    load_channels, restore_qemu, run_blocking, socket_alive,
-)
-
-
-def _libvirt_domain(conn, manifest):
-    import libvirt
-    try:
-        return conn.lookupByUUIDString(manifest['vm']['uuid'])
-    except libvirt.libvirtError:
-        return None
-
-
-def _qemu_restored_pid(sock):
-    from ansible_collections.vmfleet.kvm.plugins.module_utils.qmp_backend import peer_pid
-    return peer_pid(sock)
-
-
-def _running_from_image(module, manifest):
-    done = manifest.get('restored')
-    if not done:
-        return None
-    if manifest['vm']['backend'] == 'qemu':
-        sock = done['qmp_socket']
-        if socket_alive(sock) and _qemu_restored_pid(sock) == done['pid']:
-            return done
-        return None
-    from ansible_collections.vmfleet.kvm.plugins.module_utils import libvirt_backend as lv
-    conn = lv.connect(module.params['uri'])
-    try:
-        dom = _libvirt_domain(conn, manifest)
-        if dom is not None and dom.isActive() and dom.ID() == done.get('domain_id'):
-            return done
-    finally:
-        conn.close()
-    return None
-
-
-def _switch_off_direct_io(vm, path):
-    # libvirt leaves it on after an O_DIRECT restore, and QEMU 10.0 then
-    # crashes in the next save that brings no O_DIRECT file descriptor.
-    try:
-        vm.qmp('migrate-set-parameters', **{'direct-io': False})
-    except VmfleetError as e:
-        raise VmfleetError("libvirt domain '%s' runs again from %s, but QEMU's direct-io migration parameter could "
-                           "not be switched off: %s" % (vm.name, path, e),
-                           hint="save it only with vmfleet.kvm.vm_save or 'virsh save --bypass-cache' until it "
-                                "is restarted: a save in the sparse format without --bypass-cache would crash it")
-
-
-def _restore_libvirt(module, manifest, path, state, deadline, channels):
-    import libvirt
-    from ansible_collections.vmfleet.kvm.plugins.module_utils import libvirt_backend as lv
-    uri = module.params['uri']
-    conn = lv.connect(uri)
-    try:
-        dom = _libvirt_domain(conn, manifest)
-        name = manifest['vm']['name']
-        if dom is not None and dom.isActive():
-            raise ConnectionFailed("libvirt domain '%s' is running" % name,
-                                   hint="restoring would replace its running state; stop it first")
-        params = {libvirt.VIR_DOMAIN_SAVE_PARAM_FILE: path}
-        flags = libvirt.VIR_DOMAIN_SAVE_RUNNING if state == 'running' else libvirt.VIR_DOMAIN_SAVE_PAUSED
-        # QEMU's direct-io parameter came with 9.1; without it libvirt would refuse the flag
-        direct = module.params['direct_io'] is not False and manifest['path_used'] == 'libvirt-sparse' and \
-            conn.getVersion() >= 9001000 and save_image.opens_direct(path)
-        if manifest['path_used'] == 'libvirt-sparse':
-            params[libvirt.VIR_DOMAIN_SAVE_PARAM_PARALLEL_CHANNELS] = channels
-        if direct:
-            flags |= libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE
-        run_blocking(lambda: conn.restoreParams(params, flags), deadline,
-                     "restoring libvirt domain '%s' from %s" % (name, path))
-        dom = _libvirt_domain(conn, manifest)
-        with lv.LibvirtVm(module, conn, dom, uri, own_conn=False) as vm:
-            if direct:
-                _switch_off_direct_io(vm, path)
-            return dict(domain_id=dom.ID(), state=vm.state(), direct_io=direct, channels=channels)
-    finally:
-        conn.close()
-
-
-def work(module):
-    p = module.params
-    path = p['path']
-    save_image.validate_path(path)
-    manifest = save_image.read_manifest(path)
-    if manifest is None:
-        raise VmfleetError("no complete save image at %s (its manifest %s is missing)"
-                           % (path, save_image.manifest_path(path)),
-                           hint="check the path; an interrupted save leaves no manifest and must be redone")
-    vm = manifest['vm']
-    base = dict(vm=vm['name'], backend=vm['backend'], path_used=manifest['path_used'],
-                bytes=sum(f['bytes'] for f in manifest['files']))
-    read = sum(f.get('allocated', f['bytes']) for f in manifest['files'])
-    done = _running_from_image(module, manifest)
-    if done:
-        return dict(base, changed=False, state='running', **{k: done[k] for k in ('pid', 'qmp_socket') if k in done})
-    t0 = time.monotonic()
-    deadline = Deadline(p['timeout'])
-    channels = load_channels(manifest, p['channels'])
-    save_image.check_files(path, manifest, checksum=p['verify'])
-    if module.check_mode:
-        return dict(base, changed=True, state=p['state'], channels=channels)
-    t_load = time.monotonic()
-    if vm['backend'] == 'qemu':
-        restored = restore_qemu(module, manifest, path, p['qmp_socket'], p['state'], deadline, channels,
-                                direct_io=p['direct_io'] is not False)
-    else:
-        restored = _restore_libvirt(module, manifest, path, p['state'], deadline, channels)
-    load_s = time.monotonic() - t_load
-    if p['direct_io'] and not restored['direct_io']:
-        module.warn("%s was read through the page cache, not with O_DIRECT: that needs an uncompressed image read over "
-                    "several channels, QEMU >= 9.1 and a file system that accepts O_DIRECT" % path)
-    manifest['restored'] = dict(restored, at=time.time())
-    save_image.write_manifest(path, manifest)
-    result = dict(base, changed=True, state=restored['state'], direct_io=restored['direct_io'], channels=channels,
-                  duration_s=round(time.monotonic() - t0, 3),
-                  rate_mib_s=round(read / 1048576.0 / load_s, 1) if load_s else None)
-    if vm['backend'] == 'qemu':
-        result.update(pid=restored['pid'], qmp_socket=restored['qmp_socket'], load_s=restored['load_s'])
-    return result
+from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.save_restore import restore_image
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=argument_spec(
-            path=dict(type='path', required=True),
-            state=dict(type='str', choices=['running', 'paused'], default='running'),
-            verify=dict(type='bool', default=True),
-            channels=dict(type='int'),
-            direct_io=dict(type='bool'),
-        ),
-        mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE,
-        supports_check_mode=True,
-    )
-    run_module(module, work)
+    run_module(vmfleet_module(dict(
+        path=dict(type='path', required=True),
+        state=dict(type='str', choices=['running', 'paused'], default='running'),
+        verify=dict(type='bool', default=True),
+        channels=dict(type='int'),
+        direct_io=dict(type='bool'),
+    ), needs_vm=False), restore_image)
 
 
 if __name__ == '__main__':

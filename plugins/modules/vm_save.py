@@ -162,95 +162,19 @@ downtime_ms:
   sample: 2400.0
 '''
 
-import os
-import time
-
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.vmfleet.kvm.plugins.module_utils import save_image
-from ansible_collections.vmfleet.kvm.plugins.module_utils.args_common import (
-    CONNECTION_MUTUALLY_EXCLUSIVE, argument_spec,
-)
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument, VmfleetError
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module
-from ansible_collections.vmfleet.kvm.plugins.module_utils.vm import open_vm
-from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_state import Saver, choose_path, socket_alive
-
-
-def _result(path, manifest, changed):
-    return dict(changed=changed, image=path, manifest=save_image.manifest_path(path),
-                path_used=manifest['path_used'], why=manifest.get('why'), channels=manifest['channels'],
-                files=manifest['files'], bytes=sum(f['bytes'] for f in manifest['files']),
-                bytes_written=sum(f.get('allocated', f['bytes']) for f in manifest['files']))
-
-
-def _already_saved(module, manifest):
-    """The VM named by the task is the one in the manifest and no longer runs."""
-    p = module.params
-    vm = manifest['vm']
-    if p['qmp_socket']:
-        return vm.get('qmp_socket') == p['qmp_socket'] and not socket_alive(p['qmp_socket'])
-    if vm.get('backend') != 'libvirt' or p['domain'] not in (vm.get('name'), vm.get('uuid')):
-        return False
-    with open_vm(module) as handle:
-        return handle.state() == 'shutoff'
-
-
-def work(module):
-    p = module.params
-    path = p['path']
-    save_image.validate_path(path)
-    if p['channels'] < 1 or p['channels'] > 64:
-        raise InvalidArgument("channels must be between 1 and 64, not %d" % p['channels'])
-    manifest = save_image.read_manifest(path)
-    if manifest and not p['overwrite'] and _already_saved(module, manifest):
-        save_image.check_files(path, manifest, checksum=False)
-        return _result(path, manifest, False)
-    existing = [f for f in save_image.existing_files(path) if not f.endswith(save_image.PARTIAL)]
-    if existing and not p['overwrite']:
-        raise VmfleetError("save image %s already exists (%s)" % (path, ", ".join(os.path.basename(f) for f in existing)),
-                           hint="nothing was touched; set overwrite: true to replace it, or pick another path")
-    with open_vm(module) as vm:
-        if vm.backend == 'libvirt':
-            path_used, why = choose_path('libvirt', [], p['channels'], p['compression'], vm.parallel_save_supported())
-        else:
-            path_used, why = choose_path('qemu', vm.migrate_caps(), p['channels'], p['compression'])
-        if not vm.is_running():
-            raise InvalidArgument("VM '%s' is %s, there is no running state to save" % (vm.name, vm.state()),
-                                  hint="start it, or restore it if it was saved")
-        if module.check_mode:
-            return dict(changed=True, image=path, manifest=save_image.manifest_path(path), path_used=path_used,
-                        why=why, channels=p['channels'], files=[], bytes=0, bytes_written=0)
-        # A save that died before its manifest leaves only partial files: never an image.
-        save_image.remove([f for f in save_image.existing_files(path) if f.endswith(save_image.PARTIAL)])
-        saver = Saver(module, vm, path, p['channels'], p['compression'], p['keep_running'], p['verify'], p['timeout'])
-        saver.why = why
-        t0 = time.monotonic()
-        if vm.backend == 'libvirt':
-            manifest, duration, downtime = saver.save_libvirt(path_used)
-        else:
-            manifest, duration, downtime = saver.save_qemu(path_used)
-    result = _result(path, manifest, True)
-    result.update(duration_s=round(time.monotonic() - t0, 3), downtime_ms=downtime, direct_io=saver.direct_io,
-                  rate_mib_s=round(result['bytes_written'] / 1048576.0 / duration, 1) if duration else None)
-    return result
+from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.save_restore import save_vm
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=argument_spec(
-            path=dict(type='path', required=True),
-            channels=dict(type='int', default=4),
-            compression=dict(type='str', choices=['none', 'zstd', 'zlib'], default='none'),
-            keep_running=dict(type='bool', default=False),
-            verify=dict(type='bool', default=True),
-            overwrite=dict(type='bool', default=False),
-        ),
-        mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE,
-        required_one_of=[('domain', 'qmp_socket')],
-        supports_check_mode=True,
-    )
-    run_module(module, work)
+    run_module(vmfleet_module(dict(
+        path=dict(type='path', required=True),
+        channels=dict(type='int', default=4),
+        compression=dict(type='str', choices=['none', 'zstd', 'zlib'], default='none'),
+        keep_running=dict(type='bool', default=False),
+        verify=dict(type='bool', default=True),
+        overwrite=dict(type='bool', default=False),
+    )), save_vm)
 
 
 if __name__ == '__main__':

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils import mirror_journal as mj
+from ansible_collections.vmfleet.kvm.plugins.module_utils import drive_mirror_journal as mj
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmfleetError
 
 

@@ -1,14 +1,18 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, vmfleet.kvm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""QEMU migration control shared by save, restore and instant snapshots."""
+"""QEMU's migration machinery (capabilities, parameters, the migrate job) as
+save, restore and instant snapshots use it to move a VM's RAM to or from a
+file. Not to be confused with storage migration (drive_mirror) or with
+moving a VM between hosts."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import JobFailed, OperationTimeout
+from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import poll_until
 
-_ACTIVE = ('setup', 'active', 'device', 'pre-switchover', 'wait-unplug', 'postcopy-active',
+ACTIVE = ('setup', 'active', 'device', 'pre-switchover', 'wait-unplug', 'postcopy-active',
            'postcopy-paused', 'postcopy-recover-setup', 'postcopy-recover', 'colo', 'cancelling')
 
 
@@ -62,24 +66,30 @@ def configure(vm, caps, params, direct_io=False):
     return wanted.get('direct-io', False)
 
 
-def wait(vm, deadline, what, on_progress=None, extra_done=None):
+def wait(vm, deadline, what, on_progress=None):
     """Poll query-migrate until completed; fail with QEMU's reason, or time out
     (the caller decides whether to cancel)."""
-    while True:
-        info = vm.qmp('query-migrate', _timeout=deadline.remaining(1.0))
+    seen = {}
+
+    def probe():
+        info = seen['info'] = vm.qmp('query-migrate', _timeout=deadline.remaining(1.0))
         status = info.get('status', 'none')
         if on_progress:
             on_progress(info)
-        if status == 'completed' and (extra_done is None or extra_done()):
+        if status == 'completed':
             return info
         if status in ('failed', 'cancelled'):
             raise JobFailed("%s %s: %s" % (what, status, info.get('error-desc', 'QEMU gave no reason')))
-        if deadline.expired():
-            ram = info.get('ram', {})
-            raise OperationTimeout("%s did not finish within %gs (status %s, %d of %d bytes)"
-                                   % (what, deadline.timeout, status, ram.get('transferred', 0), ram.get('total', 0)),
-                                   migration_status=status)
-        vm.wait_event(min(0.2, deadline.remaining(0.01)))
+        return None
+
+    def timed_out():
+        status = seen['info'].get('status', 'none')
+        ram = seen['info'].get('ram', {})
+        return OperationTimeout("%s did not finish within %gs (status %s, %d of %d bytes)"
+                                % (what, deadline.timeout, status, ram.get('transferred', 0), ram.get('total', 0)),
+                                migration_status=status)
+
+    return poll_until(probe, deadline, timed_out, interval=0.2, wait=vm.wait_event)
 
 
 def cancel(vm):

@@ -1,8 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, vmfleet.kvm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A saved VM state on disk: its data files and the manifest that makes it
-whole. Files are written under temporary names, fsynced, renamed, and the
+"""The manifest store: a saved VM state on disk (a vm_save image, or an
+instant snapshot's memory file), its data files and the manifest that makes
+it whole. Files are written under temporary names, fsynced, renamed, and the
 manifest is renamed into place last: no manifest, no complete image."""
 
 from __future__ import absolute_import, division, print_function
@@ -14,15 +15,11 @@ import os
 import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils import durable
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument, VmfleetError
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import ImageCorrupt, InvalidArgument
 
 PARTIAL = '.partial'
 MANIFEST_SUFFIX = '.manifest.json'
 MANIFEST_VERSION = 1
-
-
-class ImageCorrupt(VmfleetError):
-    pass
 
 
 def manifest_path(path):

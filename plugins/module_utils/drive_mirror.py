@@ -1,37 +1,28 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, vmfleet.kvm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Live block copy (seed 003): copy a running VM's disk to new storage, wait
-until source and target are in sync, then switch the VM to the target.
+"""drive_mirror, live storage migration (seed 003): copy a running VM's disk
+to new storage, wait until source and target are in sync, then switch the VM
+to the target.
 
-Two drivers do the block-level work: libvirt's own API (virDomainBlockCopy,
-virDomainBlockJobAbort with PIVOT) for a libvirt domain, and QEMU's
-blockdev-add + blockdev-mirror + block-job-complete for a raw QEMU. The
-engine around them keeps the durable journal (mirror_journal.py) so that a
-re-run after any crash knows which image is live and carries on."""
+The VM's backend gives the driver that does the block-level work
+(``vm.mirror_driver()``: libvirt's block copy, or QEMU's blockdev-mirror).
+This engine around it keeps the durable journal (drive_mirror_journal.py)
+so that a re-run after any crash knows which image is live and carries on."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import hashlib
-import json
 import os
 import time
-import xml.etree.ElementTree as ET
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils import durable
-from ansible_collections.vmfleet.kvm.plugins.module_utils import mirror_journal as mj
+from ansible_collections.vmfleet.kvm.plugins.module_utils import durable, qemu_img
+from ansible_collections.vmfleet.kvm.plugins.module_utils import drive_mirror_journal as mj
+from ansible_collections.vmfleet.kvm.plugins.module_utils.drive_mirror_journal import same_file
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
-    InvalidArgument, JobFailed, OperationTimeout, QmpCommandError, VmfleetError, VmGone,
+    InvalidArgument, JobFailed, OperationTimeout, SpaceTooSmall, TargetProblem, VmfleetError, VmGone,
 )
-from ansible_collections.vmfleet.kvm.plugins.module_utils.images import qemu_img
-from ansible_collections.vmfleet.kvm.plugins.module_utils.jobs import mirror_job_id
-from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
-
-try:
-    import libvirt
-except ImportError:  # the libvirt driver is only built for a libvirt domain
-    libvirt = None
+from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline, poll_until
 
 POLL_S = 0.25
 MIB = 1024.0 * 1024.0
@@ -41,304 +32,6 @@ SPACE_MARGIN_BYTES = 4 << 20
 SPACE_MARGIN_RATIO = 0.02
 
 
-class TargetProblem(VmfleetError):
-    pass
-
-
-class SpaceTooSmall(VmfleetError):
-    pass
-
-
-def _real(path):
-    return os.path.realpath(path) if path else path
-
-
-def _same(a, b):
-    return bool(a) and bool(b) and _real(a) == _real(b)
-
-
-# --------------------------------------------------------------------------
-# drivers: the block-level primitives of each backend
-# --------------------------------------------------------------------------
-class QmpDriver(object):
-    """Raw QEMU: blockdev-add the target, blockdev-mirror, block-job-complete."""
-
-    route = 'qemu'
-
-    def __init__(self, vm):
-        self.vm = vm
-
-    @staticmethod
-    def job_id(disk):
-        return mirror_job_id(disk.name)
-
-    @staticmethod
-    def target_node(target):
-        return 'vmfleet-t%s' % hashlib.sha1(_real(target).encode('utf-8')).hexdigest()[:12]
-
-    def job(self, disk, job_id=None):
-        """Our job for ``disk``: dict(len, offset, ready, status, error, speed) or None."""
-        jid = job_id or self.job_id(disk)
-        out = None
-        for j in self.vm.qmp('query-block-jobs'):
-            if j.get('device') == jid:
-                out = dict(id=jid, len=j.get('len', 0), offset=j.get('offset', 0), ready=bool(j.get('ready')),
-                           status=j.get('status'), error=j.get('error'), speed=j.get('speed'))
-        if out is None:
-            # a concluded job (auto-dismiss off) is only in query-jobs
-            for j in self.vm.qmp('query-jobs'):
-                if j.get('id') == jid:
-                    out = dict(id=jid, len=j.get('total-progress', 0), offset=j.get('current-progress', 0),
-                               ready=False, status=j.get('status'), error=j.get('error'), speed=None)
-        return out
-
-    def job_target(self, disk):
-        return None  # QEMU does not say; the journal does
-
-    def _nodes(self):
-        return dict((n.get('node-name'), n) for n in self.vm.qmp('query-named-block-nodes'))
-
-    def _drop_nodes(self, target):
-        base = self.target_node(target)
-        nodes = self._nodes()
-        for name in (base, base + '-file'):
-            if name in nodes:
-                try:
-                    self.vm.qmp('blockdev-del', **{'node-name': name})
-                except QmpCommandError:
-                    pass
-
-    def start(self, disk, target, fmt, sync, copy_mode, speed, granularity, buf_size, backing_node=None):
-        base = self.target_node(target)
-        self._drop_nodes(target)  # a run killed between blockdev-add and the mirror left them
-        self.vm.qmp('blockdev-add', **{'driver': 'file', 'filename': target, 'node-name': base + '-file'})
-        fmt_node = {'driver': fmt, 'file': base + '-file', 'node-name': base}
-        if fmt == 'qcow2' and sync == 'top':
-            if backing_node:
-                fmt_node['backing'] = backing_node
-        elif fmt == 'qcow2':
-            fmt_node['backing'] = None
-        try:
-            self.vm.qmp('blockdev-add', **fmt_node)
-            args = {'job-id': self.job_id(disk), 'device': disk.node_name, 'target': base,
-                    'sync': sync, 'copy-mode': copy_mode, 'auto-dismiss': False}
-            if speed:
-                args['speed'] = speed
-            if granularity:
-                args['granularity'] = granularity
-            if buf_size:
-                args['buf-size'] = buf_size
-            self.vm.qmp('blockdev-mirror', **args)
-        except QmpCommandError:
-            self._drop_nodes(target)
-            raise
-        return self.job_id(disk)
-
-    def set_speed(self, job, speed):
-        self.vm.qmp('block-job-set-speed', device=job['id'], speed=int(speed or 0))
-
-    def dismiss(self, job):
-        try:
-            self.vm.qmp('job-dismiss', id=job['id'])
-        except QmpCommandError:
-            pass
-
-    def _finish(self, job, deadline, what):
-        """Wait for our job to conclude after complete/cancel; dismiss it."""
-        while True:
-            j = self.job(None, job['id'])
-            if j is None:
-                return None
-            if j['status'] in ('concluded', 'null'):
-                self.dismiss(j)
-                return j.get('error')
-            if deadline.expired():
-                raise OperationTimeout("%s: QEMU job %s did not end within %gs (status %s)"
-                                       % (what, job['id'], deadline.timeout, j['status']), job=job['id'])
-            self.vm.wait_event(min(POLL_S, deadline.remaining(0.01)))
-
-    def complete(self, disk, job, deadline):
-        self.vm.qmp('block-job-complete', device=job['id'])
-        return self._finish(job, deadline, 'switching disk %s' % disk.name)
-
-    def cancel(self, disk, job, deadline):
-        if job['status'] not in ('concluded', 'null'):
-            self.vm.qmp('block-job-cancel', device=job['id'])
-        return self._finish(job, deadline, 'cancelling the mirror of disk %s' % disk.name)
-
-    def after_switch(self, disk, target, source):
-        return None
-
-    def config_source(self, disk):
-        return None  # a raw QEMU has no persistent definition; its command line is the operator's
-
-    def update_config(self, disk, target, fmt):
-        return False
-
-    def pause(self):
-        self.vm.qmp('stop')
-
-    def resume(self):
-        self.vm.qmp('cont')
-
-    def nodes_for_verify(self, disk, target):
-        return disk.node_name, self.target_node(target)
-
-    def cleanup_after_cancel(self, target):
-        self._drop_nodes(target)
-
-
-class LibvirtDriver(object):
-    """libvirt: virDomainBlockCopy, virDomainBlockJobAbort (PIVOT)."""
-
-    route = 'libvirt'
-
-    def __init__(self, vm):
-        if libvirt is None:
-            from ansible.module_utils.basic import missing_required_lib
-            raise VmfleetError(missing_required_lib('libvirt-python'))
-        self.vm = vm
-        self.dom = vm.dom
-
-    def _disk_el(self, disk, inactive=False):
-        for el in self.vm.xml(inactive=inactive).findall('./devices/disk'):
-            t = el.find('target')
-            if t is not None and t.get('dev') == disk.name:
-                return el
-        return None
-
-    def _mirror_el(self, disk):
-        el = self._disk_el(disk)
-        return el.find('mirror') if el is not None else None
-
-    def job(self, disk, job_id=None):
-        info = self.vm._call('reading the block job of %s' % disk.name, self.dom.blockJobInfo, disk.name, 0)
-        if not info:
-            return None
-        if info.get('type') != libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COPY:
-            return dict(id='%s:%s' % (disk.name, info.get('type')), foreign=True, len=info.get('end', 0),
-                        offset=info.get('cur', 0), ready=False, status='running', error=None,
-                        speed=info.get('bandwidth'))
-        mirror = self._mirror_el(disk)
-        ready = mirror is not None and mirror.get('ready') == 'yes'
-        return dict(id='%s:copy' % disk.name, len=info.get('end', 0), offset=info.get('cur', 0), ready=ready,
-                    status='ready' if ready else 'running', error=None, speed=info.get('bandwidth'))
-
-    def job_target(self, disk):
-        mirror = self._mirror_el(disk)
-        if mirror is None:
-            return None
-        src = mirror.find('source')
-        return (src.get('file') if src is not None else None) or mirror.get('file')
-
-    def start(self, disk, target, fmt, sync, copy_mode, speed, granularity, buf_size, backing_node=None):
-        root = ET.Element('disk', type='file')
-        ET.SubElement(root, 'driver', type=fmt)
-        ET.SubElement(root, 'source', file=target)
-        # We create the target ourselves (qemu-img), so libvirt reuses it.
-        flags = libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT
-        if self.vm._call('reading persistence', self.dom.isPersistent):
-            # libvirt refuses a copy on a persistent domain unless the job is
-            # transient ("domain is not transient"); the persistent definition
-            # is then updated by us after the pivot (and recorded).
-            flags |= libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB
-        if sync == 'top':
-            flags |= libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW
-        if copy_mode == 'write-blocking':
-            flags |= libvirt.VIR_DOMAIN_BLOCK_COPY_SYNCHRONOUS_WRITES
-        params = {}
-        if speed:
-            params[libvirt.VIR_DOMAIN_BLOCK_COPY_BANDWIDTH] = int(speed)
-        if granularity:
-            params[libvirt.VIR_DOMAIN_BLOCK_COPY_GRANULARITY] = int(granularity)
-        if buf_size:
-            params[libvirt.VIR_DOMAIN_BLOCK_COPY_BUF_SIZE] = int(buf_size)
-        self.vm._call('starting the copy of disk %s' % disk.name, self.dom.blockCopy, disk.name,
-                      ET.tostring(root, encoding='unicode'), params, flags)
-        return '%s:copy' % disk.name
-
-    def set_speed(self, job, speed):
-        disk = job['id'].split(':')[0]
-        self.vm._call('setting the copy speed', self.dom.blockJobSetSpeed, disk, int(speed or 0),
-                      libvirt.VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES)
-
-    def dismiss(self, job):
-        pass
-
-    def complete(self, disk, job, deadline):
-        # synchronous: returns once libvirt (and QEMU) switched the disk
-        self.vm._call('switching disk %s to its copy' % disk.name, self.dom.blockJobAbort, disk.name,
-                      libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
-        return None
-
-    def cancel(self, disk, job, deadline):
-        self.vm._call('cancelling the copy of disk %s' % disk.name, self.dom.blockJobAbort, disk.name, 0)
-        while self.job(disk) is not None and not deadline.expired():
-            time.sleep(POLL_S)
-        return None
-
-    def after_switch(self, disk, target, source):
-        return None
-
-    def config_source(self, disk):
-        """The disk's source in the persistent definition, or None for a transient domain."""
-        if not self.vm._call('reading persistence', self.dom.isPersistent):
-            return None
-        el = self._disk_el(disk, inactive=True)
-        src = el.find('source') if el is not None else None
-        return (src.get('file') or src.get('dev')) if src is not None else None
-
-    def update_config(self, disk, target, fmt):
-        """Point the persistent definition's disk at ``target``. True if changed."""
-        if not self.vm._call('reading persistence', self.dom.isPersistent):
-            return False
-        root = self.vm.xml(inactive=True)
-        for el in root.findall('./devices/disk'):
-            t = el.find('target')
-            if t is None or t.get('dev') != disk.name:
-                continue
-            src = el.find('source')
-            if src is not None and _same(src.get('file'), target):
-                return False
-            if src is None:
-                src = ET.SubElement(el, 'source')
-            for k in list(src.attrib):
-                if k != 'file':
-                    del src.attrib[k]
-            src.set('file', target)
-            el.set('type', 'file')
-            drv = el.find('driver')
-            if drv is None:
-                drv = ET.SubElement(el, 'driver', name='qemu')
-            drv.set('type', fmt)
-            # the old image's backing chain does not describe the new one
-            for bs in el.findall('backingStore'):
-                el.remove(bs)
-            self.vm._call('updating the persistent definition', self.vm.conn.defineXML,
-                          ET.tostring(root, encoding='unicode'))
-            return True
-        return False
-
-    def pause(self):
-        self.vm._call('pausing the guest', self.dom.suspend)
-
-    def resume(self):
-        self.vm._call('resuming the guest', self.dom.resume)
-
-    def nodes_for_verify(self, disk, target):
-        mirror = self._mirror_el(disk)
-        src = mirror.find('source') if mirror is not None else None
-        if src is None or not src.get('index'):
-            raise JobFailed("cannot verify disk %s: libvirt does not show the copy's node" % disk.name)
-        return disk.node_name, 'libvirt-%s-format' % src.get('index')
-
-    def cleanup_after_cancel(self, target):
-        pass
-
-
-# --------------------------------------------------------------------------
-# the engine
-# --------------------------------------------------------------------------
 class DriveMirror(object):
     def __init__(self, module, vm, params, check_mode=False):
         self.module = module
@@ -346,7 +39,7 @@ class DriveMirror(object):
         self.p = params
         self.check = check_mode
         self.deadline = Deadline(params['timeout'])
-        self.driver = LibvirtDriver(vm) if vm.backend == 'libvirt' else QmpDriver(vm)
+        self.driver = vm.mirror_driver()
         self.actions = []
         self.warnings = []
         self.progress = []
@@ -370,13 +63,7 @@ class DriveMirror(object):
             self.module.log('vmfleet.kvm.drive_mirror: %s' % msg)
 
     def _img_info(self, path, chain=False):
-        argv = [qemu_img(self.module), 'info', '-U', '--output=json']
-        if chain:
-            argv.append('--backing-chain')
-        rc, out, err = self.module.run_command(argv + [path])
-        if rc != 0:
-            raise VmfleetError("cannot read image %s: %s" % (path, err.strip()))
-        return json.loads(out)
+        return qemu_img.image_info(self.module, path, chain=chain)
 
     def _result(self, disk_now, journal, target_live):
         dur = time.monotonic() - self.t0
@@ -408,16 +95,16 @@ class DriveMirror(object):
         if not os.access(tdir, os.W_OK | os.X_OK):
             raise TargetProblem("the directory %s of mirror target %s is not writable" % (tdir, target),
                                 hint="fix its permissions or choose another target path")
-        ours = journal.exists and _same(journal.get('target'), target) and journal.get('created_target')
+        ours = journal.exists and same_file(journal.get('target'), target) and journal.get('created_target')
         exists = os.path.lexists(target)
         if exists and not os.path.isfile(target):
             raise TargetProblem("mirror target %s exists and is not a regular file" % target,
                                 hint="choose a file path")
-        if _same(target, self.disk.file):
+        if same_file(target, self.disk.file):
             raise InvalidArgument("target %s is the disk's own source image" % target,
                                   hint="choose a path on the new storage")
         for d in self.all_disks:
-            if _same(target, d.file):
+            if same_file(target, d.file):
                 raise InvalidArgument("target %s is the image of disk '%s' of VM '%s'" % (target, d.name, self.vm.name),
                                       hint="choose a path no VM disk uses")
         if self.p['create_target']:
@@ -432,8 +119,6 @@ class DriveMirror(object):
     def _space(self, exists):
         """Bytes the copy needs on the target filesystem vs what is free there."""
         chain = self._img_info(self.disk.file, chain=True)
-        if isinstance(chain, dict):
-            chain = [chain]
         vsize = chain[0].get('virtual-size') or self.disk.virtual_size or 0
         layers = chain[:1] if self.p['sync'] == 'top' else chain
         data = min(sum(int(i.get('actual-size') or 0) for i in layers), vsize)
@@ -461,7 +146,7 @@ class DriveMirror(object):
         journal = mj.Journal.open(p['journal_dir'], self.vm.name, self.disk.name, create_dir=not self.check)
         self.journal = journal
         if journal.exists and journal.phase in mj.ACTIVE and journal.get('target') \
-                and not _same(journal.get('target'), self.target):
+                and not same_file(journal.get('target'), self.target):
             job = self.driver.job(self.disk, journal.get('job_id'))
             if job is not None:
                 raise InvalidArgument(
@@ -469,7 +154,7 @@ class DriveMirror(object):
                     % (self.disk.name, self.vm.name, journal.get('target'), journal.path, journal.phase, self.target),
                     hint="finish or cancel that mirror first (state: cancelled, target: %s)" % journal.get('target'))
         state = p['state']
-        if _same(self.disk.file, self.target):
+        if same_file(self.disk.file, self.target):
             return self._on_target(journal)
         if state == 'cancelled':
             return self._cancel(journal)
@@ -482,14 +167,14 @@ class DriveMirror(object):
             raise InvalidArgument("disk '%s' of VM '%s' already runs on %s; there is no mirror to cancel"
                                   % (self.disk.name, self.vm.name, self.target),
                                   hint="to go back, mirror it to its old image with state: pivoted")
-        if journal.exists and _same(journal.get('target'), self.target) and journal.phase not in mj.TARGET_LIVE:
+        if journal.exists and same_file(journal.get('target'), self.target) and journal.phase not in mj.TARGET_LIVE:
             # killed between the switch and its record: the VM proves it now
             if not self.check:
                 journal.record(mj.SWITCHED, note='found the VM running on the target on a re-run')
             self._act('record_switch', note='the VM ran on the target; the journal said %s' % journal.phase)
         fmt = self.disk.format
         cfg = self.driver.config_source(self.disk)
-        if cfg is not None and not _same(cfg, self.target):
+        if cfg is not None and not same_file(cfg, self.target):
             self._act('update_config', before=cfg, after=self.target)
             if not self.check:
                 try:
@@ -505,18 +190,16 @@ class DriveMirror(object):
         elif cfg is not None and journal.exists and journal.phase == mj.SWITCHED and not self.check:
             journal.record(mj.CONFIG_UPDATED, note='checked: the persistent definition names the target '
                                                    '(libvirt updated it at the pivot)')
-        if journal.exists and _same(journal.get('target'), self.target) and journal.phase != mj.DONE \
+        if journal.exists and same_file(journal.get('target'), self.target) and journal.phase != mj.DONE \
                 and not self.check:
             journal.record(mj.DONE)
         self._config_warning()
         return self._result(self.disk, journal, True)
 
     def _config_warning(self):
-        if self.vm.backend == 'qemu':
-            self.warnings.append(
-                "QEMU '%s' now runs disk '%s' on %s, but its command line still names %s: change it before "
-                "QEMU is next started, or the VM would boot from the old image"
-                % (self.vm.name, self.disk.name, self.target, self.journal.get('source') or 'the old image'))
+        warning = self.driver.stale_definition(self.disk, self.target, self.journal.get('source'))
+        if warning:
+            self.warnings.append(warning)
 
     # -- cancel --
     def _cancel(self, journal):
@@ -535,7 +218,7 @@ class DriveMirror(object):
             journal.record(mj.CANCELLED, note='no job was running')
             self.changed = True
         if self.p['remove_target'] and os.path.lexists(self.target):
-            ours = journal.exists and _same(journal.get('target'), self.target) and journal.get('created_target')
+            ours = journal.exists and same_file(journal.get('target'), self.target) and journal.get('created_target')
             if not ours:
                 raise TargetProblem("mirror target %s was not created by this mirror; it is left in place"
                                     % self.target, hint="remove it yourself if it is not needed",
@@ -556,7 +239,7 @@ class DriveMirror(object):
                                   hint="wait for it to finish or abort it, then re-run")
         if job is not None:
             jt = self.driver.job_target(self.disk) or (journal.get('target') if journal.exists else None)
-            if jt and not _same(jt, self.target):
+            if jt and not same_file(jt, self.target):
                 raise InvalidArgument("disk '%s' of VM '%s' is already being copied to %s, not %s"
                                       % (self.disk.name, self.vm.name, jt, self.target),
                                       hint="cancel that copy first (state: cancelled, target: %s)" % jt)
@@ -594,7 +277,7 @@ class DriveMirror(object):
     def _predict(self, journal, job=None):
         if self.p['state'] == 'pivoted':
             self._act('switch', to=self.target)
-            if self.vm.backend == 'libvirt':
+            if self.driver.keeps_config:
                 self._act('update_config', after=self.target)
         elif job is None or not job['ready']:
             self._act('wait_ready')
@@ -639,9 +322,7 @@ class DriveMirror(object):
         if p['create_target']:
             self._create_target(fmt, vsize, backing, backing_fmt)
             journal.record(mj.TARGET_CREATED, created_target=True)
-        backing_node = None
-        if backing and self.vm.backend == 'qemu':
-            backing_node = self._backing_node(self.disk)
+        backing_node = self.driver.backing_node(self.disk) if backing else None
         try:
             job_id = self.driver.start(self.disk, self.target, fmt, p['sync'], p['copy_mode'], p['speed'],
                                        p['granularity'], p['buf_size'], backing_node)
@@ -658,69 +339,63 @@ class DriveMirror(object):
                             **self._result(self.disk, journal, False))
         return job
 
-    def _backing_node(self, disk):
-        for n in self.vm.qmp('query-named-block-nodes'):
-            if n.get('node-name') == disk.node_name:
-                bf = n.get('backing_file')
-                for m in self.vm.qmp('query-named-block-nodes'):
-                    if bf and _same(m.get('file'), bf) and m.get('drv') not in ('file', 'host_device'):
-                        return m.get('node-name')
-        return None
-
     def _create_target(self, fmt, vsize, backing, backing_fmt):
         if os.path.lexists(self.target):
             os.unlink(self.target)  # ours, or overwrite: true
-        argv = [qemu_img(self.module), 'create', '-q', '-f', fmt]
-        if backing:
-            argv += ['-b', backing, '-F', backing_fmt or 'qcow2']
-        argv += [self.target, str(vsize)]
-        rc, out, err = self.module.run_command(argv)
-        if rc != 0:
-            raise TargetProblem("cannot create mirror target %s: %s" % (self.target, err.strip()),
+        try:
+            qemu_img.create(self.module, self.target, fmt, vsize, backing, backing_fmt)
+        except VmfleetError as e:
+            raise TargetProblem("cannot create mirror target %s: %s" % (self.target, e.msg),
                                 hint="check the target filesystem; nothing was started")
         os.chmod(self.target, 0o600)
         durable.fsync_dir(os.path.dirname(self.target))
 
     def _wait_ready(self, job, journal):
-        last_log = 0
-        while True:
-            j = self.driver.job(self.disk, job['id'])
+        seen = {'logged': 0}
+
+        def ready():
+            j = seen['job'] = self.driver.job(self.disk, job['id'])
             if j is None or j['status'] == 'concluded':
-                err = (j or {}).get('error')
-                if j is not None:
-                    self.driver.dismiss(j)
-                self.driver.cleanup_after_cancel(self.target)
-                live = self.vm.disk(self.disk.name).file
-                journal.record(mj.FAILED, note='the job ended before it was ready: %s' % (err or 'no error given'))
-                raise JobFailed(
-                    "the mirror of disk '%s' of VM '%s' to %s failed: %s" % (
-                        self.disk.name, self.vm.name, self.target,
-                        err or ('the job ended without an error message (libvirt reports it only in its log)'
-                                if self.vm.backend == 'libvirt' else 'the job ended without an error message')),
-                    hint="the VM keeps running on %s; check space and health of the target storage, then re-run"
-                         % live, **self._result(self.disk, journal, False))
+                self._ended_early(j, journal)
             self.bytes_total = j['len']
             self.bytes_copied = j['offset']
             now = time.monotonic()
-            if now - last_log >= 1.0:
-                last_log = now
-                pct = 100.0 * j['offset'] / j['len'] if j['len'] else 0.0
-                sample = dict(t=round(now - self.t0, 2), bytes_copied=j['offset'], bytes_total=j['len'],
-                              percent=round(pct, 1), ready=j['ready'])
-                if getattr(self.module, '_verbosity', 0) >= 3:
-                    self.progress.append(sample)
-                self._log('disk %s: %.1f%% (%d of %d bytes)' % (self.disk.name, pct, j['offset'], j['len']))
-            if j['ready']:
-                self.copy_ready = now
-                if journal.phase != mj.READY:
-                    journal.record(mj.READY)
-                    self.changed = True
-                return j
-            if self.deadline.expired():
-                return self._timed_out(j, journal)
-            self.vm.wait_event(min(POLL_S, self.deadline.remaining(0.01)))
+            if now - seen['logged'] >= 1.0:
+                seen['logged'] = now
+                self._report_progress(now, j)
+            if not j['ready']:
+                return None
+            self.copy_ready = now
+            if journal.phase != mj.READY:
+                journal.record(mj.READY)
+                self.changed = True
+            return j
+
+        return poll_until(ready, self.deadline, interval=POLL_S, wait=self.vm.wait_event,
+                          on_timeout=lambda: self._timed_out(seen['job'], journal))
+
+    def _ended_early(self, j, journal):
+        err = (j or {}).get('error')
+        if j is not None:
+            self.driver.dismiss(j)
+        self.driver.cleanup_after_cancel(self.target)
+        live = self.vm.disk(self.disk.name).file
+        journal.record(mj.FAILED, note='the job ended before it was ready: %s' % (err or 'no error given'))
+        raise JobFailed(
+            "the mirror of disk '%s' of VM '%s' to %s failed: %s" % (
+                self.disk.name, self.vm.name, self.target, err or self.driver.silent_failure),
+            hint="the VM keeps running on %s; check space and health of the target storage, then re-run"
+                 % live, **self._result(self.disk, journal, False))
+
+    def _report_progress(self, now, j):
+        pct = 100.0 * j['offset'] / j['len'] if j['len'] else 0.0
+        if getattr(self.module, '_verbosity', 0) >= 3:
+            self.progress.append(dict(t=round(now - self.t0, 2), bytes_copied=j['offset'], bytes_total=j['len'],
+                                      percent=round(pct, 1), ready=j['ready']))
+        self._log('disk %s: %.1f%% (%d of %d bytes)' % (self.disk.name, pct, j['offset'], j['len']))
 
     def _timed_out(self, job, journal):
+        """The timeout's error, once the job was cancelled if so asked."""
         pct = 100.0 * job['offset'] / job['len'] if job['len'] else 0.0
         if self.p['cancel_on_timeout']:
             self.driver.cancel(self.disk, job, Deadline(60))
@@ -730,7 +405,7 @@ class DriveMirror(object):
         else:
             msg = ("job %s is left running; re-run to wait for it and switch, or cancel it with state: cancelled"
                    % job['id'])
-        raise OperationTimeout(
+        return OperationTimeout(
             "the mirror of disk '%s' of VM '%s' to %s was not in sync within %gs (%.1f%% copied)"
             % (self.disk.name, self.vm.name, self.target, self.p['timeout'], pct),
             hint=msg, **self._result(self.disk, journal, False))
@@ -756,7 +431,7 @@ class DriveMirror(object):
                 finally:
                     self.paused_ms = round((time.monotonic() - t_pause) * 1000.0, 1)
         now = self.vm.disk(self.disk.name)
-        if not _same(now.file, self.target):
+        if not same_file(now.file, self.target):
             journal.record(mj.FAILED, note='the switch did not happen: %s' % (err or 'the VM still runs on the source'))
             raise JobFailed("disk '%s' of VM '%s' did not switch to %s: %s"
                             % (self.disk.name, self.vm.name, self.target, err or 'it still runs on %s' % now.file),
@@ -769,17 +444,16 @@ class DriveMirror(object):
 
     def _converged(self, job):
         """With the guest paused, wait until the job has nothing left to copy."""
-        while True:
+        def converged():
             j = self.driver.job(self.disk, job['id'])
             if j is None:
                 raise JobFailed("the mirror job of disk '%s' ended while the guest was paused for verify"
                                 % self.disk.name, hint="the VM resumes on its source; re-run")
-            if j['ready'] and j['offset'] == j['len']:
-                return j
-            if self.deadline.expired():
-                raise OperationTimeout("disk '%s' did not converge within the timeout while paused for verify"
-                                       % self.disk.name, hint="the job is left running; the VM resumes on its source")
-            time.sleep(0.05)
+            return j if j['ready'] and j['offset'] == j['len'] else None
+
+        return poll_until(converged, self.deadline, interval=0.05, on_timeout=lambda: OperationTimeout(
+            "disk '%s' did not converge within the timeout while paused for verify" % self.disk.name,
+            hint="the job is left running; the VM resumes on its source"))
 
     def _verify(self, job):
         """Compare source and target images while the guest is paused and the
@@ -792,17 +466,13 @@ class DriveMirror(object):
             self.vm.qmp('human-monitor-command', **{'command-line': 'qemu-io -d %s "flush"' % node})
         fmt = self.p['target_format'] or self.disk.format
 
-        def opts(path, f):
-            # QEMU holds the target's lock against readers until the switch; the
-            # guest is paused, the job idle and both images flushed, so the files
-            # are what the guest would read: read them without the lock.
-            return 'driver=%s,file.driver=file,file.filename=%s,file.locking=off' % (f, path.replace(',', ',,'))
-        argv = [qemu_img(self.module), 'compare', '--image-opts', opts(self.disk.file, self.disk.format),
-                opts(self.target, fmt)]
-        rc, out, err = self.module.run_command(argv)
+        # QEMU holds the target's lock against readers until the switch; the
+        # guest is paused, the job idle and both images flushed, so the files
+        # are what the guest would read: read them without the lock.
+        rc, said = qemu_img.compare_unlocked(self.module, self.disk.file, self.disk.format, self.target, fmt)
         if rc not in (0, 1):
             raise JobFailed("verify: cannot compare source and target of disk '%s': %s"
-                            % (self.disk.name, (out + err).strip() or 'qemu-img compare rc %d' % rc),
+                            % (self.disk.name, said or 'qemu-img compare rc %d' % rc),
                             hint="nothing was switched; the VM resumes on its source and job %s is left running "
                                  "(re-run without verify, or cancel it with state: cancelled)" % job['id'])
         if rc == 0:
@@ -811,7 +481,7 @@ class DriveMirror(object):
             return
         self.verified = False
         raise JobFailed("verify: source and target of disk '%s' differ (%s)"
-                        % (self.disk.name, (out + err).strip() or 'qemu-img compare rc %d' % rc),
+                        % (self.disk.name, said or 'qemu-img compare rc %d' % rc),
                         hint="nothing was switched; the VM resumes on its source and job %s is left running "
                              "(cancel it with state: cancelled)" % job['id'])
 

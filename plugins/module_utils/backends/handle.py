@@ -1,17 +1,17 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, vmfleet.kvm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The backend-neutral VM handle: what every module sees of a VM, whether
-libvirt manages it or only a QMP socket reaches it."""
+"""The backend-neutral VM handle: what every feature sees of a VM, whether
+libvirt manages it or only a QMP socket reaches it (raw QEMU). A backend is
+one subclass of VmHandle; feature code asks the handle and never looks at
+which backend it has."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import datetime
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
-    DiskNotFound, InvalidArgument,
-)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import CapabilityMissing, DiskNotFound
 
 # Formats whose images can hold internal snapshots.
 SNAPSHOT_FORMATS = ('qcow2',)
@@ -86,16 +86,38 @@ def summarize_snapshots(disks):
     return out
 
 
+def find_disk(vm_name, disks, name, aliases=None):
+    """The disk ``name`` addresses: its device name, its current node name, or
+    any name it was addressed by before (``aliases``: old name -> device name;
+    a raw QEMU's pivoted disk has a new node but keeps its device)."""
+    for d in disks:
+        if name in (d.name, d.node_name):
+            return d
+    alias = (aliases or {}).get(name)
+    for d in disks:
+        if alias is not None and alias == d.name:
+            return d
+    raise DiskNotFound(
+        "VM '%s' has no disk '%s'" % (vm_name, name),
+        hint="its disks are: %s" % (", ".join(d.name for d in disks) or "none"))
+
+
 class VmHandle(object):
-    """Base of the two backends. Subclasses fill in the primitives."""
+    """One VM, whichever backend runs it. Subclasses implement the primitives
+    and the backend-specific steps below; features use only this interface."""
 
     backend = None
+    # libvirt keeps snapshot metadata of its own and can take a full internal snapshot itself.
+    native_snapshots = False
+    # A stopped VM's images are free for qemu-img (a libvirt domain that is shut
+    # off; a raw QEMU that is not running still holds them open).
+    offline_snapshots = False
 
     def __init__(self, module, name):
         self.module = module
         self.name = name
 
-    # -- primitives each backend provides --
+    # -- primitives --
     def state(self):
         raise NotImplementedError
 
@@ -106,13 +128,50 @@ class VmHandle(object):
         raise NotImplementedError
 
     def wait_event(self, timeout):
+        """The next QMP event, or None after at most ``timeout`` seconds."""
         raise NotImplementedError
+
+    def drain_events(self):
+        """QMP events received and not yet read (none where the backend gives none)."""
+        return []
 
     def block_jobs(self):
         raise NotImplementedError
 
+    def identity(self):
+        """What a manifest records to find this VM again."""
+        raise NotImplementedError
+
+    def connection(self):
+        """The module options that reach this VM again."""
+        raise NotImplementedError
+
+    def host_facts(self, timeout):
+        """vm_info's ``host`` entry: the QEMU (and libvirt) that run this VM, and what they can do."""
+        raise NotImplementedError
+
     def close(self):
         pass
+
+    # -- backend-specific steps --
+    def disk_aliases(self):
+        """{name the disk was addressed by before: its device name}."""
+        return {}
+
+    def mirror_driver(self):
+        raise NotImplementedError
+
+    def save_route(self, channels, compression):
+        """(path_used, why): how this VM's RAM would be saved, or CapabilityMissing."""
+        raise NotImplementedError
+
+    def save(self, saver, path_used):
+        """Save the VM's state through ``saver`` (save_restore.Saver); (manifest, seconds, downtime_ms)."""
+        raise NotImplementedError
+
+    def check_instant_snapshots(self):
+        raise CapabilityMissing("VM '%s' (%s) cannot take instant snapshots" % (self.name, self.backend),
+                                hint="use mode: internal")
 
     # -- shared logic --
     def __enter__(self):
@@ -129,15 +188,17 @@ class VmHandle(object):
 
     def disk(self, name, disks=None):
         disks = self.disks() if disks is None else disks
-        for d in disks:
-            if name in (d.name, d.node_name):
-                return d
-        raise DiskNotFound(
-            "VM '%s' has no disk '%s'" % (self.name, name),
-            hint="its disks are: %s" % (", ".join(d.name for d in disks) or "none"))
+        try:
+            return find_disk(self.name, disks, name)
+        except DiskNotFound:
+            # the names it had before cost a look at the VM's definition: only on a miss
+            return find_disk(self.name, disks, name, self.disk_aliases())
 
     def snapshots(self, disks=None):
         return summarize_snapshots(self.disks() if disks is None else disks)
+
+    def native_snapshot_names(self):
+        return set()
 
     def describe(self):
         disks = self.disks()
@@ -145,17 +206,3 @@ class VmHandle(object):
                     disks=[d.to_dict() for d in disks],
                     snapshots=self.snapshots(disks),
                     block_jobs=self.block_jobs() if self.is_running() else [])
-
-
-def open_vm(module, params=None):
-    """Open the VM the connection options name: a libvirt domain or a QMP socket."""
-    # Imported here so a host with only one of the two libraries still works.
-    params = params or module.params
-    if params.get('qmp_socket'):
-        from ansible_collections.vmfleet.kvm.plugins.module_utils.qmp_backend import QmpVm
-        return QmpVm.open(module, params['qmp_socket'], params['timeout'])
-    if params.get('domain'):
-        from ansible_collections.vmfleet.kvm.plugins.module_utils.libvirt_backend import LibvirtVm
-        return LibvirtVm.open(module, params['uri'], params['domain'])
-    raise InvalidArgument("one of 'domain' or 'qmp_socket' is required",
-                          hint="name the libvirt domain, or the QMP socket of a QEMU no libvirt manages")

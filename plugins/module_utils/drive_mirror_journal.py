@@ -47,6 +47,11 @@ ACTIVE = (PLANNED, TARGET_CREATED, COPYING, READY, SWITCHING)
 _UNSAFE = re.compile(r'[^A-Za-z0-9._-]')
 
 
+def same_file(a, b):
+    """Two paths that name the same file (both given)."""
+    return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
+
+
 def _now():
     return datetime.datetime.now(tz=datetime.timezone.utc).isoformat(timespec='milliseconds')
 

@@ -1,0 +1,64 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vmfleet.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The way in to a VM: modules and features open VMs here and never import a
+backend themselves. Each backend is imported only when a VM needs it, so a
+host with only one of the two libraries still works."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import contextlib
+import importlib
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument
+
+# backend name (as vm_info and manifests report it) -> (module, handle class)
+_BACKENDS = {
+    'libvirt': ('libvirt_vm', 'LibvirtVm'),
+    'qemu': ('qemu_vm', 'QemuVm'),
+}
+
+
+def backend_class(name):
+    """The handle class of backend ``name``: it also restores that backend's save images."""
+    try:
+        module, cls = _BACKENDS[name]
+    except KeyError:
+        raise InvalidArgument("unknown backend %r" % name, hint="this collection knows: %s" % ", ".join(sorted(_BACKENDS)))
+    mod = importlib.import_module('ansible_collections.vmfleet.kvm.plugins.module_utils.backends.' + module)
+    return getattr(mod, cls)
+
+
+def backend_of(params):
+    """The backend the connection options name, or None when they name no VM."""
+    if params.get('qmp_socket'):
+        return 'qemu'
+    if params.get('domain'):
+        return 'libvirt'
+    return None
+
+
+def open_vm(module, params=None):
+    """Open the VM the connection options name: a libvirt domain or a raw QEMU's QMP socket."""
+    params = params or module.params
+    backend = backend_of(params)
+    if backend is None:
+        raise InvalidArgument("one of 'domain' or 'qmp_socket' is required",
+                              hint="name the libvirt domain, or the QMP socket of a QEMU no libvirt manages")
+    return backend_class(backend).open(module, params)
+
+
+@contextlib.contextmanager
+def open_vms(module, params=None):
+    """The VM the options name, or, when they name none, every domain of the
+    libvirt at ``uri``; all closed on exit. Yields (vms, host): ``host`` gives
+    the host's facts when there is no VM to ask."""
+    params = params or module.params
+    backend = backend_of(params)
+    if backend is not None:
+        with open_vm(module, params) as vm:
+            yield [vm], vm
+        return
+    with backend_class('libvirt').open_all(module, params) as (vms, host):
+        yield vms, host
