@@ -1,7 +1,7 @@
 """Pure logic only; behaviour against QEMU and libvirt is proven in tests/system."""
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import DiskNotFound
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu_vm import qdev_disk_name as _disk_name
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu_vm import qdev_disk_name
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.handle import Disk, ImageSnapshot, summarize_snapshots
 
 
@@ -10,10 +10,10 @@ def _snap(name, state=0, date=1000.0, clock=5.0):
 
 
 def test_disk_name_prefers_qdev_id():
-    assert _disk_name({'qdev': '/machine/peripheral/root/virtio-backend', 'inserted': {'node-name': 'n'}}) == 'root'
-    assert _disk_name({'qdev': '/machine/peripheral-anon/device[0]/virtio-backend', 'device': '',
+    assert qdev_disk_name({'qdev': '/machine/peripheral/root/virtio-backend', 'inserted': {'node-name': 'n'}}) == 'root'
+    assert qdev_disk_name({'qdev': '/machine/peripheral-anon/device[0]/virtio-backend', 'device': '',
                        'inserted': {'node-name': 'n1'}}) == 'n1'
-    assert _disk_name({'qdev': '', 'device': 'drive0', 'inserted': {'node-name': 'n'}}) == 'drive0'
+    assert qdev_disk_name({'qdev': '', 'device': 'drive0', 'inserted': {'node-name': 'n'}}) == 'drive0'
 
 
 def test_snapshot_grouped_by_name_across_disks():
