@@ -28,10 +28,10 @@ import socket
 import stat
 import struct
 import threading
-import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils import durable
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import MultifdStreamError
+from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline, poll_until
 
 # migration/savevm.c QEMU_VM_FILE_MAGIC ("QEVM") and migration/multifd.h
 # MULTIFD_MAGIC; both are written big-endian as the first 4 bytes of a stream.
@@ -284,39 +284,41 @@ class ChannelSink(object):
         reached EOF, fsync and close the files; return one dict per file:
         ``{'file', 'bytes', 'kind'}``. On any failure the partial files are
         removed and MultifdStreamError is raised, naming the file."""
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
+        seen = {}
+
+        def all_ended():
+            with self._lock:
+                channels = seen['channels'] = list(self._channels)
+            failed = [ch for ch in channels if ch.done.is_set() and ch.error is not None]
+            if failed:
+                ch = failed[0]
+                raise MultifdStreamError('writing %s failed: %s' % (ch.path, _describe(ch.error)),
+                                         path=ch.path, bytes=ch.bytes)
+            if self._accept_error is not None:
+                raise MultifdStreamError('accepting on %s failed: %s'
+                                         % (self.sock_path, _describe(self._accept_error)), path=self.sock_path)
+            return True if len(channels) >= self.expected_channels and all(ch.done.is_set() for ch in channels) \
+                else None
+
+        def timed_out():
+            channels = seen['channels']
+            pending = [ch.path for ch in channels if not ch.done.is_set()]
+            if len(channels) < self.expected_channels:
+                return MultifdStreamError('only %d of %d migration channels connected to %s within %ss'
+                                          % (len(channels), self.expected_channels, self.sock_path, timeout),
+                                          path=self.sock_path)
+            return MultifdStreamError('%s did not reach end of stream within %ss' % (', '.join(pending), timeout),
+                                      path=pending[0])
+
         try:
-            while True:
-                with self._lock:
-                    channels = list(self._channels)
-                failed = [ch for ch in channels if ch.done.is_set() and ch.error is not None]
-                if failed:
-                    ch = failed[0]
-                    raise MultifdStreamError('writing %s failed: %s' % (ch.path, _describe(ch.error)),
-                                             path=ch.path, bytes=ch.bytes)
-                if self._accept_error is not None:
-                    raise MultifdStreamError('accepting on %s failed: %s'
-                                             % (self.sock_path, _describe(self._accept_error)),
-                                             path=self.sock_path)
-                if len(channels) >= self.expected_channels and all(ch.done.is_set() for ch in channels):
-                    break
-                if time.monotonic() >= deadline:
-                    pending = [ch.path for ch in channels if not ch.done.is_set()]
-                    if len(channels) < self.expected_channels:
-                        msg = ('only %d of %d migration channels connected to %s within %ss'
-                               % (len(channels), self.expected_channels, self.sock_path, timeout))
-                        path = self.sock_path
-                    else:
-                        msg = '%s did not reach end of stream within %ss' % (', '.join(pending), timeout)
-                        path = pending[0]
-                    raise MultifdStreamError(msg, path=path)
-                time.sleep(0.05)
+            poll_until(all_ended, deadline, timed_out, interval=0.05)
             self._stop_accepting()
             # a connection accepted just before we stopped
             with self._lock:
                 channels = list(self._channels)
             for ch in channels:
-                ch.done.wait(max(0.0, deadline - time.monotonic()))
+                ch.done.wait(deadline.remaining())
                 if not ch.done.is_set():
                     raise MultifdStreamError('%s did not reach end of stream within %ss' % (ch.path, timeout),
                                              path=ch.path)
@@ -438,22 +440,22 @@ class ChannelSource(object):
             raise
 
     def _connect(self, feed, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
+        def connected():
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(self.sock_path)
                 return sock
             except (FileNotFoundError, ConnectionRefusedError) as e:
                 sock.close()
-                if time.monotonic() >= deadline:
-                    raise MultifdStreamError('cannot connect to %s for %s: %s'
-                                             % (self.sock_path, feed.path, _describe(e)), path=feed.path)
-                time.sleep(0.05)
+                seen['error'] = e
+                return None  # QEMU is not listening yet
             except OSError as e:
                 sock.close()
                 raise MultifdStreamError('cannot connect to %s for %s: %s'
                                          % (self.sock_path, feed.path, _describe(e)), path=feed.path)
+        seen = {}
+        return poll_until(connected, Deadline(timeout), interval=0.05, on_timeout=lambda: MultifdStreamError(
+            'cannot connect to %s for %s: %s' % (self.sock_path, feed.path, _describe(seen['error'])), path=feed.path))
 
     def _send(self, feed):
         try:
@@ -479,10 +481,10 @@ class ChannelSource(object):
     def finish(self, timeout=60.0):
         """Wait until every file was sent; return ``[{'file', 'bytes',
         'kind'}]``. Raises MultifdStreamError naming the file on error."""
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         try:
             for fd in self._feeds:
-                fd.done.wait(max(0.0, deadline - time.monotonic()))
+                fd.done.wait(deadline.remaining())
             for fd in self._feeds:
                 if fd.error is not None:
                     raise MultifdStreamError('sending %s to %s failed: %s'
