@@ -13,7 +13,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import JobF
 from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import poll_until
 
 ACTIVE = ('setup', 'active', 'device', 'pre-switchover', 'wait-unplug', 'postcopy-active',
-           'postcopy-paused', 'postcopy-recover-setup', 'postcopy-recover', 'colo', 'cancelling')
+          'postcopy-paused', 'postcopy-recover-setup', 'postcopy-recover', 'colo', 'cancelling')
 
 
 # Capabilities that change the shape of QEMU's migration stream. A save or a

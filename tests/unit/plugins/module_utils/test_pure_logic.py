@@ -12,7 +12,7 @@ def _snap(name, state=0, date=1000.0, clock=5.0):
 def test_disk_name_prefers_qdev_id():
     assert qdev_disk_name({'qdev': '/machine/peripheral/root/virtio-backend', 'inserted': {'node-name': 'n'}}) == 'root'
     assert qdev_disk_name({'qdev': '/machine/peripheral-anon/device[0]/virtio-backend', 'device': '',
-                       'inserted': {'node-name': 'n1'}}) == 'n1'
+                           'inserted': {'node-name': 'n1'}}) == 'n1'
     assert qdev_disk_name({'qdev': '', 'device': 'drive0', 'inserted': {'node-name': 'n'}}) == 'drive0'
 
 
