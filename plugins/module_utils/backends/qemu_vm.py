@@ -59,11 +59,11 @@ def qdev_disk_name(dev):
     return dev.get('device') or dev['inserted'].get('node-name')
 
 
-class QmpVm(VmHandle):
+class QemuVm(VmHandle):
     backend = 'qemu'
 
     def __init__(self, module, socket_path, client):
-        super(QmpVm, self).__init__(module, None)
+        super(QemuVm, self).__init__(module, None)
         self.socket_path = socket_path
         self.client = client
         self.name = self._vm_name()
