@@ -8,6 +8,7 @@ so a restore or a revert relaunches the command line the VM was started with."""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import json
 import os
 import signal
 import socket
@@ -84,7 +85,14 @@ def incoming_argv(argv):
 
 
 def _keyvals(opt):
-    """QEMU's ``key=value,key=value`` option syntax (``,,`` is a literal comma)."""
+    """QEMU's ``key=value,key=value`` option syntax (``,,`` is a literal comma),
+    or the JSON form newer command lines (libvirt's among them) use."""
+    if opt.startswith('{'):
+        try:
+            value = json.loads(opt)
+        except ValueError:
+            return {}
+        return dict((k, v) for k, v in value.items() if isinstance(v, str)) if isinstance(value, dict) else {}
     out = {}
     for part in opt.replace(',,', '\0').split(','):
         k, sep, v = part.partition('=')

@@ -63,6 +63,9 @@ def test_disk_aliases_map_node_and_drive_ids_to_devices():
     # key order does not matter, and an escaped comma stays part of a value
     assert proc.disk_aliases(ARGV) == {'os': 'vda', 'legacy': 'vdb'}
     assert proc.disk_aliases(['qemu', '-device', 'virtio-blk-pci,drive=x']) == {}
+    assert proc.disk_aliases(['qemu', '-device', '{"driver":"virtio-blk-pci","drive":"libvirt-2-format",'
+                                                 '"id":"virtio-disk1","bootindex":1}']) == {
+        'libvirt-2-format': 'virtio-disk1'}
 
 
 def test_moved_disks_are_those_the_command_line_does_not_name():
