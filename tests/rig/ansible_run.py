@@ -1,5 +1,6 @@
-"""Run tasks through a real ``ansible-playbook`` and hand back what each
-registered. Tasks run with ignore_errors so a test can assert on failures."""
+"""Run tasks and playbooks through a real ``ansible-playbook`` and hand back
+what each task registered. Tasks run with ignore_errors so a test can assert
+on failures. Tests, benchmarks and the demo all run playbooks through here."""
 
 import json
 import os
@@ -9,8 +10,10 @@ import tempfile
 
 import yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from .guest import REPO
+
 VENV_BIN = os.path.dirname(sys.executable)
+ANSIBLE_PLAYBOOK = os.path.join(VENV_BIN, 'ansible-playbook')
 
 
 def ansible_env():
@@ -25,6 +28,47 @@ def ansible_env():
         PATH=VENV_BIN + os.pathsep + env.get('PATH', ''),
     )
     return env
+
+
+def write_play(tasks, path, hosts='localhost', **play):
+    """A one-play playbook running ``tasks`` on ``hosts`` (local connection, no facts)."""
+    play = dict(play, hosts=hosts, connection='local', gather_facts=False, tasks=tasks)
+    with open(path, 'w') as f:
+        yaml.safe_dump([play], f)
+    return path
+
+
+def write_inventory(directory):
+    """An inventory whose ``hypervisors`` group is this host, as the fleet playbooks expect."""
+    path = os.path.join(str(directory), 'inventory.ini')
+    with open(path, 'w') as f:
+        f.write('[hypervisors]\nlocalhost ansible_connection=local\n')
+    return path
+
+
+def playbook_argv(playbook, inventory='localhost,', extra_vars=None, check=False, diff=False, extra_args=()):
+    argv = [ANSIBLE_PLAYBOOK, '-i', str(inventory), str(playbook)]
+    if extra_vars is not None:
+        argv += ['-e', json.dumps(extra_vars)]
+    if check:
+        argv.append('--check')
+    if diff:
+        argv.append('--diff')
+    return argv + list(extra_args)
+
+
+def run_playbook(playbook, cwd=REPO, timeout=900, **kw):
+    """Run ``ansible-playbook`` to its end; the CompletedProcess (text output, not checked).
+    ``kw`` as for playbook_argv."""
+    return subprocess.run(playbook_argv(playbook, **kw), env=ansible_env(), cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def start_playbook(playbook, cwd=REPO, **kw):
+    """Start ``ansible-playbook`` in its own session and return at once: the Popen,
+    stdout and stderr together on ``proc.stdout``."""
+    return subprocess.Popen(playbook_argv(playbook, **kw), env=ansible_env(), cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def run_tasks(tasks, check=False, diff=False, extra_args=(), timeout=900):
@@ -43,17 +87,8 @@ def run_tasks(tasks, check=False, diff=False, extra_args=(), timeout=900):
         collect = '{{ [%s] | to_json }}' % ', '.join('r%d' % i for i in range(len(tasks)))
         body.append({'name': 'collect results', 'ansible.builtin.copy': {'content': collect, 'dest': out},
                      'check_mode': False, 'diff': False})
-        play = [{'hosts': 'localhost', 'connection': 'local', 'gather_facts': False, 'tasks': body}]
-        path = os.path.join(tmp, 'play.yml')
-        with open(path, 'w') as f:
-            yaml.safe_dump(play, f)
-        argv = [os.path.join(VENV_BIN, 'ansible-playbook'), '-i', 'localhost,', path]
-        if check:
-            argv.append('--check')
-        if diff:
-            argv.append('--diff')
-        argv.extend(extra_args)
-        proc = subprocess.run(argv, env=ansible_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+        path = write_play(body, os.path.join(tmp, 'play.yml'))
+        proc = run_playbook(path, check=check, diff=diff, extra_args=extra_args, timeout=timeout)
         if not os.path.exists(out):
             raise AssertionError('ansible-playbook did not finish:\n%s\n%s' % (proc.stdout[-4000:], proc.stderr[-4000:]))
         with open(out) as f:
