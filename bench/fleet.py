@@ -18,7 +18,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,30 +28,19 @@ sys.path.insert(0, os.path.join(REPO, 'tests'))
 
 from rig import fleet  # noqa: E402
 from rig.accel import detect_accel  # noqa: E402
+from rig.ansible_run import run_playbook, write_inventory, write_play  # noqa: E402
 
 RESULTS = os.path.join(HERE, 'results')
 
 
-def _env():
-    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.collections'),
-                ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_LOCALHOST_WARNING='false')
-
-
-def _playbook_cmd(workdir, target, extra):
-    inv = os.path.join(workdir, 'inventory.ini')
-    with open(inv, 'w') as f:
-        f.write('[hypervisors]\nlocalhost ansible_connection=local\n')
-    return [os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'), '-i', inv, target,
-            '-e', json.dumps(extra)]
-
-
-def _run(cmd, workdir):
+def _run(playbook, workdir, extra):
+    """Run a playbook on the hypervisors group (this host); its wall time."""
     t0 = time.monotonic()
-    r = subprocess.run(cmd, env=_env(), cwd=workdir, capture_output=True, text=True, check=False)
+    r = run_playbook(playbook, inventory=write_inventory(workdir), extra_vars=extra, cwd=workdir, timeout=None)
     wall = time.monotonic() - t0
     if r.returncode:
         sys.stdout.write(r.stdout[-5000:] + r.stderr[-2000:])
-        raise SystemExit('%s failed' % ' '.join(cmd[:4]))
+        raise SystemExit('%s failed' % ' '.join(r.args[:4]))
     return wall
 
 
@@ -72,11 +60,8 @@ def single(vms, workdir):
         "'paused_ms': r_%d.paused_ms, 'route': r_%d.route}" % ((i,) * 6) for i in range(len(vms)))
     tasks.append({'name': 'write', 'ansible.builtin.copy': {'content': '{{ {%s} | to_json }}' % collect,
                                                             'dest': out, 'mode': '0600'}})
-    play = [{'name': 'single', 'hosts': 'hypervisors', 'gather_facts': False, 'tasks': tasks}]
-    path = os.path.join(workdir, 'single.yml')
-    with open(path, 'w') as f:
-        json.dump(play, f)
-    wall = _run(_playbook_cmd(workdir, path, {}), workdir)
+    path = write_play(tasks, os.path.join(workdir, 'single.yml'), hosts='hypervisors', name='single')
+    wall = _run(path, workdir, {})
     with open(out) as f:
         per_vm = json.load(f)
     rows = []
@@ -93,7 +78,7 @@ def role(vms, workdir, concurrency):
                  vmfleet_snapshot_name='bench-c%d' % concurrency, vmfleet_snapshot_keep=0,
                  pre_upgrade_snapshot_concurrency=concurrency,
                  pre_upgrade_snapshot_report_dir=os.path.join(workdir, 'reports'))
-    wall = _run(_playbook_cmd(workdir, 'vmfleet.kvm.pre_upgrade_snapshot', extra), workdir)
+    wall = _run('vmfleet.kvm.pre_upgrade_snapshot', workdir, extra)
     with open(os.path.join(workdir, 'reports', 'pre_upgrade_snapshot.json')) as f:
         report = json.load(f)
     failed = [r['vm'] for r in report['vms'] if r['status'] != 'ok']

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import sys
@@ -35,11 +34,10 @@ sys.path.insert(0, os.path.join(REPO, 'tests'))
 
 from rig.accel import detect_accel  # noqa: E402
 from rig.ansible_run import run_tasks  # noqa: E402
-from rig.guest import wait_serial  # noqa: E402
+from rig.guest import counters_in, wait_serial  # noqa: E402
 from rig.qemu_vm import QemuVM  # noqa: E402
 
 RESULTS = os.path.join(HERE, 'results')
-COUNTER = re.compile(rb'VMFLEET-COUNTER (\d+)\r?\n')
 
 
 class SerialClock:
@@ -65,8 +63,8 @@ class SerialClock:
             if data:
                 pos += len(data)
                 buf += data
-                for m in COUNTER.finditer(buf):
-                    self.stamps.append((now, int(m.group(1))))
+                for n in counters_in(buf):
+                    self.stamps.append((now, n))
                 cut = buf.rfind(b'\n')
                 buf = buf[cut + 1:] if cut >= 0 else buf
             time.sleep(0.005)

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(REPO, 'tests'))
 from rig.accel import detect_accel  # noqa: E402
 from rig.ansible_run import run_tasks  # noqa: E402
 from rig.guest import wait_serial  # noqa: E402
-from rig.libvirt_vm import LibvirtVM  # noqa: E402
+from rig.libvirt_vm import URI, LibvirtVM  # noqa: E402
 from rig.qemu_vm import QemuVM  # noqa: E402
 
 SIZE_MIB = int(os.environ.get('VMFLEET_BENCH_MIRROR_MIB', '2048'))
@@ -139,7 +139,7 @@ def virsh_blockcopy(vm, disk, target):
 
 def main():
     if os.geteuid() != 0:
-        sys.exit('bench/mirror.py needs root (libvirt qemu:///system, drop_caches)')
+        sys.exit('bench/mirror.py needs root (libvirt %s, drop_caches)' % URI)
     accel = detect_accel()
     root = tempfile.mkdtemp(prefix='vmfleet-bench-mirror-', dir='/var/tmp')
     os.chmod(root, 0o755)

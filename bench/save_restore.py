@@ -55,14 +55,13 @@ sys.path.insert(0, os.path.join(REPO, 'tests'))
 
 from rig.accel import detect_accel  # noqa: E402
 from rig.ansible_run import run_one  # noqa: E402
-from rig.guest import wait_serial  # noqa: E402
-from rig.libvirt_vm import LibvirtVM  # noqa: E402
+from rig.guest import COUNTER, wait_serial  # noqa: E402
+from rig.libvirt_vm import URI, LibvirtVM, virsh  # noqa: E402
 from rig.qemu_vm import QemuVM  # noqa: E402
 from rig.targets import Target  # noqa: E402
 
 RESULTS = os.path.join(HERE, 'results')
 MIB = 1024.0 * 1024.0
-URI = 'qemu:///system'
 DD_BS = 4 << 20
 
 # (label, vm_save channels, compression, vm_restore direct_io: None = the module's default (O_DIRECT where it
@@ -115,13 +114,8 @@ def remove_image(path):
             os.unlink(os.path.join(d, name))
 
 
-def virsh(*args):
-    return sh(['virsh', '-c', URI] + list(args))
-
-
 def domstate(name):
-    return subprocess.run(['virsh', '-c', URI, 'domstate', name], capture_output=True, text=True,
-                          check=False).stdout.strip()
+    return virsh('domstate', name, check=False).stdout.strip()
 
 
 class LibvirtLoadClock:
@@ -208,7 +202,7 @@ class Bench:
 
     def wait_guest_runs(self, offset):
         # the restored guest must run on: a counter line past where the log ended
-        wait_serial(self.vm.serial_log, r'VMFLEET-COUNTER \d+\r?\n', 120, offset)
+        wait_serial(self.vm.serial_log, COUNTER, 120, offset)
 
     # -- saves --
     def conn(self):
@@ -418,7 +412,7 @@ def _version(argv):
 
 def _libvirt_versions():
     try:
-        out = sh(['virsh', '-c', URI, 'version', '--daemon']).stdout
+        out = virsh('version', '--daemon').stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     return re.findall(r'(?:Using library|Running hypervisor|Running against daemon): .*', out)

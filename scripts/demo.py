@@ -16,21 +16,16 @@ sys.path.insert(0, os.path.join(REPO, 'tests'))
 
 from rig import fleet  # noqa: E402
 from rig.accel import detect_accel  # noqa: E402
+from rig.ansible_run import run_playbook, write_inventory  # noqa: E402
 
 SNAPSHOT = 'demo'
 
 
 def playbook(name, extra, workdir):
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.collections'),
-               ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_LOCALHOST_WARNING='false')
-    inventory = os.path.join(workdir, 'inventory.ini')
-    with open(inventory, 'w') as f:
-        f.write('[hypervisors]\nlocalhost ansible_connection=local\n')
-    cmd = [os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'), '-i', inventory,
-           'vmfleet.kvm.' + name, '-e', json.dumps(extra)]
     print('$ ansible-playbook vmfleet.kvm.%s -e vmfleet_snapshot_name=%s' % (name, SNAPSHOT), flush=True)
     t0 = time.monotonic()
-    r = subprocess.run(cmd, env=env, cwd=workdir, capture_output=True, text=True, check=False)
+    r = run_playbook('vmfleet.kvm.' + name, inventory=write_inventory(workdir), extra_vars=extra, cwd=workdir,
+                     timeout=None)
     if r.returncode:
         sys.stdout.write(r.stdout[-6000:] + r.stderr[-2000:])
         raise SystemExit('the %s playbook failed' % name)

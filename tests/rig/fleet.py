@@ -19,10 +19,8 @@ import sys
 
 from .accel import detect_accel
 from .guest import disk_counter, serial_counters
-from .libvirt_vm import LibvirtVM
+from .libvirt_vm import URI, LibvirtVM
 from .qemu_vm import QemuVM
-
-URI = 'qemu:///system'
 
 
 def _state(root):

@@ -13,8 +13,10 @@ KERNEL = os.path.join(GUEST_DIR, 'vmlinuz')
 INITRD = os.path.join(GUEST_DIR, 'initrd.img')
 SECTOR = 512
 
-# only whole lines: the UART hands QEMU the line a byte at a time
-_COUNTER = re.compile(rb'VMFLEET-COUNTER (\d+)\r?\n')
+# The guest's tick, once a second; group 1 is the counter. Only whole lines:
+# the UART hands QEMU the line a byte at a time. (A str pattern, for wait_serial.)
+COUNTER = r'VMFLEET-COUNTER (\d+)\r?\n'
+_COUNTER = re.compile(COUNTER.encode())
 _RECORD = re.compile(r'^VMFLEET (\S+) (\d+)$')
 _SEQ = re.compile(r'^VMFLEET-SEQ (\d+)$')
 
@@ -26,16 +28,23 @@ def build_guest():
     return GUEST_DIR
 
 
-def _read(log_path):
+def _read(log_path, offset=0):
     try:
         with open(log_path, 'rb') as f:
+            f.seek(offset)
             return f.read()
     except FileNotFoundError:
         return b''
 
 
-def serial_counters(log_path):
-    return [int(n) for n in _COUNTER.findall(_read(log_path))]
+def counters_in(data):
+    """The counters of the whole counter lines in ``data`` (bytes), in order."""
+    return [int(n) for n in _COUNTER.findall(data)]
+
+
+def serial_counters(log_path, after_offset=0):
+    """The counters the guest printed on its serial log, from byte ``after_offset`` on."""
+    return counters_in(_read(log_path, after_offset))
 
 
 def last_serial_counter(log_path):

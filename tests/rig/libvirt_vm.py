@@ -9,13 +9,20 @@ from . import guest
 from .accel import detect_accel
 from .qemu_vm import CMDLINE, DEFAULT_DISKS, create_disks
 
+URI = 'qemu:///system'  # the libvirt every test, benchmark and demo VM lives in
+
 # undefine flags that make it succeed whatever metadata a test left on the domain
 _UNDEFINE_FLAGS = ['--managed-save', '--snapshots-metadata', '--checkpoints-metadata', '--nvram']
 
 
+def virsh(*args, uri=URI, check=True):
+    """``virsh -c URI args...``: the CompletedProcess, output as text."""
+    return subprocess.run(['virsh', '-c', uri] + list(args), capture_output=True, text=True, check=check)
+
+
 class LibvirtVM:
     def __init__(self, workdir, name, memory_mib=256, disks=None, cmdline_extra='', accel=None,
-                 uri='qemu:///system'):
+                 uri=URI):
         self.workdir = os.path.abspath(workdir)
         self._name = name
         self.memory_mib = memory_mib
@@ -40,8 +47,7 @@ class LibvirtVM:
         return self.disks[name][0]
 
     def virsh(self, *args, check=True):
-        return subprocess.run(['virsh', '-c', self.uri] + list(args), capture_output=True, text=True,
-                              check=check)
+        return virsh(*args, uri=self.uri, check=check)
 
     def xml(self):
         accel = self.accel or detect_accel()
@@ -104,7 +110,7 @@ class LibvirtVM:
         return self
 
     def wait_booted(self, timeout=120):
-        return guest.wait_serial(self.serial_log, r'VMFLEET-COUNTER \d+', timeout, self._serial_start)
+        return guest.wait_serial(self.serial_log, guest.COUNTER, timeout, self._serial_start)
 
     def stop(self):
         """Destroy and undefine; fine if the domain is already gone."""

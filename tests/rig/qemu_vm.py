@@ -139,22 +139,17 @@ class QemuVM:
         return self
 
     def wait_booted(self, timeout=120):
-        return guest.wait_serial(self.serial_log, r'VMFLEET-COUNTER \d+', timeout)
+        return guest.wait_serial(self.serial_log, guest.COUNTER, timeout)
 
     def _qmp_quit(self):
         try:
-            from qemu.qmp.legacy import QEMUMonitorProtocol
+            from .qmp import qmp
         except ImportError:
             return False
 
         def quit_():
             try:
-                qmp = QEMUMonitorProtocol(self.qmp_socket)
-                qmp.connect()
-                try:
-                    qmp.cmd('quit')
-                finally:
-                    qmp.close()
+                qmp(self.qmp_socket, 'quit')
             except Exception:  # the process is killed below anyway
                 pass
 

@@ -1,10 +1,12 @@
 """One test body, two backends: how a test names a VM and its disks."""
 
-import re
-import subprocess
 import time
 
-from .guest import disk_counter, last_serial_counter
+from .guest import disk_counter, last_serial_counter, serial_counters
+from .qmp import qmp
+
+# The backends, as test ids name them: a bare qemu-system-x86_64 (QemuVM) and a libvirt domain (LibvirtVM).
+BACKENDS = ('qemu', 'libvirt')
 
 # The rig's disks: role -> libvirt target. Raw QEMU names disks by device id (= role).
 LIBVIRT_TARGETS = {'root': 'vda', 'data': 'vdb', 'varstore': 'vdc'}
@@ -27,6 +29,11 @@ class Target:
     def task(self, module, **args):
         return {'vmfleet.kvm.' + module: dict(self.conn, **args)}
 
+    def qmp(self, command, **args):
+        """One QMP command to a raw QEMU VM."""
+        assert self.backend == 'qemu', 'QMP is for raw QEMU VMs; a libvirt domain is driven with virsh'
+        return qmp(self.vm.qmp_socket, command, **args)
+
     def pause(self):
         self._control('stop', 'suspend')
 
@@ -35,15 +42,9 @@ class Target:
 
     def _control(self, qmp_cmd, virsh_cmd):
         if self.backend == 'qemu':
-            from qemu.qmp.legacy import QEMUMonitorProtocol
-            q = QEMUMonitorProtocol(self.vm.qmp_socket)
-            q.connect()
-            try:
-                q.cmd(qmp_cmd)
-            finally:
-                q.close()
+            self.qmp(qmp_cmd)
         else:
-            subprocess.run(['virsh', '-c', 'qemu:///system', virsh_cmd, self.vm.name], check=True, capture_output=True)
+            self.vm.virsh(virsh_cmd, self.vm.name)
 
     def counter(self):
         return last_serial_counter(self.vm.serial_log) or 0
@@ -58,10 +59,7 @@ class Target:
         raise AssertionError('guest counter did not reach %d (at %s)' % (at_least, self.counter()))
 
     def counters_after(self, offset):
-        with open(self.vm.serial_log, 'rb') as f:
-            f.seek(offset)
-            text = f.read().decode('utf-8', 'replace')
-        return [int(n) for n in re.findall(r'VMFLEET-COUNTER (\d+)', text)]
+        return serial_counters(self.vm.serial_log, offset)
 
     def serial_size(self):
         with open(self.vm.serial_log, 'rb') as f:

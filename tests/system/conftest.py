@@ -5,33 +5,31 @@ import itertools
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 
 import pytest
 
 from rig.accel import detect_accel
-from rig.libvirt_vm import LibvirtVM
+from rig.libvirt_vm import LibvirtVM, virsh
 from rig.qemu_vm import QemuVM
+from rig.targets import Target
 
-URI = 'qemu:///system'
 PREFIX = 'vmfleet-test-'
+# backend -> the VM class, and the tag of its default names
+_KINDS = {'qemu': (QemuVM, 'raw'), 'libvirt': (LibvirtVM, 'lv')}
 
 
 def _sweep_leftovers():
     """Domains a killed run left behind: ours by name, and their disks gone.
     A domain whose disks still exist belongs to a run still going on."""
-    out = subprocess.run(['virsh', '-c', URI, 'list', '--all', '--name'], capture_output=True, text=True, check=False).stdout
-    for name in out.split():
+    for name in virsh('list', '--all', '--name', check=False).stdout.split():
         if not name.startswith(PREFIX):
             continue
-        xml = subprocess.run(['virsh', '-c', URI, 'dumpxml', name], capture_output=True, text=True, check=False).stdout
-        sources = re.findall(r"<source file='([^']+)'", xml)
+        sources = re.findall(r"<source file='([^']+)'", virsh('dumpxml', name, check=False).stdout)
         if sources and any(os.path.exists(src) for src in sources):
             continue
-        subprocess.run(['virsh', '-c', URI, 'destroy', name], capture_output=True, check=False)
-        subprocess.run(['virsh', '-c', URI, 'undefine', name, '--snapshots-metadata', '--nvram'],
-                       capture_output=True, check=False)
+        virsh('destroy', name, check=False)
+        virsh('undefine', name, '--snapshots-metadata', '--nvram', check=False)
 
 
 @pytest.fixture(scope='session')
@@ -65,28 +63,19 @@ class VmFactory:
         self.vms = []
         self.n = 0
 
-    def _boot(self, vm, fill_mib=0):
+    def boot(self, backend, **kw):
+        """Boot a VM on ``backend`` ('qemu' or 'libvirt'; ``kw`` as for its class) and wait
+        until its guest counts; a Target for it."""
+        cls, tag = _KINDS[backend]
+        self.n += 1
+        name = kw.pop('name', '%s%s%d' % (PREFIX, tag, self.n))
+        vm = cls(_workdir(self.root, name), name=name, accel=self.accel, **kw)
         self.vms.append(vm)
         vm.start()
         # the guest fills its RAM before it counts: ~20 MB/s under TCG, slower on a busy host
-        vm.wait_booted(120 + fill_mib)
-        return vm
-
-    @staticmethod
-    def _fill(kw):
         m = re.search(r'vmfleet\.fill=(\d+)', kw.get('cmdline_extra', ''))
-        return int(m.group(1)) if m else 0
-
-    def qemu(self, **kw):
-        self.n += 1
-        name = kw.pop('name', '%sraw%d' % (PREFIX, self.n))
-        return self._boot(QemuVM(_workdir(self.root, name), name=name, accel=self.accel, **kw), self._fill(kw))
-
-    def libvirt(self, **kw):
-        self.n += 1
-        name = kw.pop('name', '%slv%d' % (PREFIX, self.n))
-        return self._boot(LibvirtVM(_workdir(self.root, name), name=name, accel=self.accel, uri=URI, **kw),
-                          self._fill(kw))
+        vm.wait_booted(120 + (int(m.group(1)) if m else 0))
+        return Target(vm, backend)
 
     def close(self):
         for vm in reversed(self.vms):
@@ -130,11 +119,11 @@ def module_vms(workroot, accel):
 
 @pytest.fixture(scope='session')
 def shared_qemu(session_vms):
-    """A raw QEMU VM that no test changes."""
-    return session_vms.qemu(name=PREFIX + 'shared-raw')
+    """A raw QEMU VM that no test changes (a Target)."""
+    return session_vms.boot('qemu', name=PREFIX + 'shared-raw')
 
 
 @pytest.fixture(scope='session')
 def shared_libvirt(session_vms):
-    """A libvirt domain that no test changes."""
-    return session_vms.libvirt(name=PREFIX + 'shared-lv')
+    """A libvirt domain that no test changes (a Target)."""
+    return session_vms.boot('libvirt', name=PREFIX + 'shared-lv')

@@ -10,24 +10,21 @@ import re
 import signal
 import stat
 import subprocess
-import sys
 import time
 
 import pytest
-import yaml
 
-from rig.ansible_run import REPO, ansible_env, failed, ok, run_one, run_tasks
+from rig.ansible_run import failed, ok, run_one, run_tasks, start_playbook, write_play
 from rig.guest import seq_records, wait_serial
-from rig.targets import Target
+from rig.targets import BACKENDS
 
 WRITER = 'vmfleet.writer=vdb'
 
 
 def _boot(vms, backend, **kw):
-    vm = (vms.qemu if backend == 'qemu' else vms.libvirt)(cmdline_extra=WRITER, **kw)
-    t = Target(vm, backend)
+    t = vms.boot(backend, cmdline_extra=WRITER, **kw)
     # the writer is going: a few hundred records are on the data disk
-    wait_serial(vm.serial_log, r'VMFLEET-SEQ [1-9]\d*00\r?\n', 60)
+    wait_serial(t.vm.serial_log, r'VMFLEET-SEQ [1-9]\d*00\r?\n', 60)
     return t
 
 
@@ -65,7 +62,7 @@ def _journal_files(jdir):
 def _live_file(t, role):
     """The image the VM runs disk ``role`` on, asked of QEMU / libvirt directly."""
     if t.backend == 'qemu':
-        for dev in _qmp(t, 'query-block'):
+        for dev in t.qmp('query-block'):
             if dev.get('qdev', '').startswith('/machine/peripheral/%s/' % role) and dev.get('inserted'):
                 return dev['inserted']['file']
         raise AssertionError('disk %s not found' % role)
@@ -166,13 +163,7 @@ def test_mirror_and_pivot_lose_no_write(vms, tmp_path, backend, copy_mode):
 
 
 def _start_play(tasks, tmp_path, name):
-    play = str(tmp_path / name)
-    with open(play, 'w') as f:
-        yaml.safe_dump([{'hosts': 'localhost', 'connection': 'local', 'gather_facts': False,
-                         'tasks': tasks}], f)
-    return subprocess.Popen([os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'),
-                             '-i', 'localhost,', play], env=ansible_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return start_playbook(write_play(tasks, str(tmp_path / name)))
 
 
 def _descendants(pid):
@@ -224,17 +215,7 @@ def _wait_phase(jdir, phase, timeout=60, proc=None):
     raise AssertionError('journal never reached phase %s' % phase)
 
 
-def _qmp(t, cmd, **args):
-    from qemu.qmp.legacy import QEMUMonitorProtocol
-    q = QEMUMonitorProtocol(t.vm.qmp_socket)
-    q.connect()
-    try:
-        return q.cmd(cmd, **args)
-    finally:
-        q.close()
-
-
-@pytest.mark.parametrize('backend', ['qemu', 'libvirt'])
+@pytest.mark.parametrize('backend', BACKENDS)
 def test_killed_mid_copy_rerun_ends_pivoted(vms, tmp_path, backend):
     """The module is killed while copying (slowly: speed-limited). A re-run
     adopts the job QEMU/libvirt kept running, or (raw QEMU, job cancelled
@@ -254,10 +235,10 @@ def test_killed_mid_copy_rerun_ends_pivoted(vms, tmp_path, backend):
     assert _live_file(t, 'data') == t.vm.disk_path('data')
     if backend == 'qemu':
         # QEMU's job dies too (cancelled behind our back): the re-run must start over
-        jobs = _qmp(t, 'query-block-jobs')
+        jobs = t.qmp('query-block-jobs')
         assert [j['device'] for j in jobs] == ['vmfleet-mirror-data'], jobs
         assert not jobs[0]['ready']
-        _qmp(t, 'block-job-cancel', device='vmfleet-mirror-data', force=True)
+        t.qmp('block-job-cancel', device='vmfleet-mirror-data', force=True)
     r = ok(run_one(t.task('drive_mirror', **args)))
     assert r['changed'] is True and r['on_target'] is True
     phases = _phases(r['journal'])
@@ -273,7 +254,7 @@ def test_killed_mid_copy_rerun_ends_pivoted(vms, tmp_path, backend):
     assert ok(run_one(t.task('drive_mirror', **args)))['changed'] is False
 
 
-@pytest.mark.parametrize('backend', ['qemu', 'libvirt'])
+@pytest.mark.parametrize('backend', BACKENDS)
 def test_ready_cancel_then_verified_pivot(vms, tmp_path, backend):
     t = _boot(vms, backend)
     jdir = str(tmp_path / 'journal')
@@ -305,7 +286,7 @@ def test_ready_cancel_then_verified_pivot(vms, tmp_path, backend):
     _assert_no_record_lost(t, target)
 
 
-@pytest.mark.parametrize('backend', ['qemu', 'libvirt'])
+@pytest.mark.parametrize('backend', BACKENDS)
 def test_timeout_names_the_running_job_or_cancels_it(vms, tmp_path, backend):
     t = _boot(vms, backend)
     jdir = str(tmp_path / 'journal')
@@ -352,7 +333,7 @@ def test_target_errors_fail_before_anything_starts(vms, tmp_path):
     failed(results[4], 'root')
     assert 'Traceback' not in proc.stdout + proc.stderr
     assert _sha(taken) == taken_sha
-    assert _qmp(t, 'query-block-jobs') == []
+    assert t.qmp('query-block-jobs') == []
 
     # a filesystem too small: refused before anything starts
     small = os.path.join(t.vm.workdir, 'small')
@@ -367,7 +348,7 @@ def test_target_errors_fail_before_anything_starts(vms, tmp_path):
             assert os.listdir(small) == []
     finally:
         subprocess.run(['umount', small], check=False)
-    assert _qmp(t, 'query-block-jobs') == []
+    assert t.qmp('query-block-jobs') == []
     assert _live_file(t, 'data') == t.vm.disk_path('data')
 
 
@@ -414,8 +395,8 @@ def test_target_filling_up_mid_copy_leaves_vm_on_source(vms, tmp_path):
             j = json.load(f)
         assert j['phase'] == 'failed' and 'No space' in j['history'][-1]['note']
         assert _live_file(t, 'data') == t.vm.disk_path('data')
-        assert _qmp(t, 'query-block-jobs') == []
-        assert _qmp(t, 'query-status')['status'] == 'running'
+        assert t.qmp('query-block-jobs') == []
+        assert t.qmp('query-status')['status'] == 'running'
         t.wait_counter(t.counter() + 2)  # the guest runs on
         assert os.path.exists(target), 'the failed copy is left in place, nothing deleted'
     finally:

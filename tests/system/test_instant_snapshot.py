@@ -10,14 +10,12 @@ import time
 import pytest
 
 from rig.ansible_run import failed, ok, run_one, run_tasks
-from rig.targets import Target
 
 
 @pytest.fixture
 def inst(vms):
-    vm = vms.qemu(cmdline_extra='vmfleet.fill=32')
-    t = Target(vm, 'qemu')
-    t.memdir = os.path.join(os.path.dirname(vm.serial_log), 'mem')
+    t = vms.boot('qemu', cmdline_extra='vmfleet.fill=32')
+    t.memdir = os.path.join(os.path.dirname(t.vm.serial_log), 'mem')
     os.makedirs(t.memdir)
     t.relaunched = []
     yield t
@@ -124,7 +122,7 @@ def test_instant_refusals_change_nothing(inst):
 
 
 def test_instant_on_a_libvirt_domain_is_refused_before_anything_is_touched(shared_libvirt, tmp_path):
-    t = Target(shared_libvirt, 'libvirt')
+    t = shared_libvirt
     before = ok(run_one(t.task('snapshot_info')))['snapshots']
     c = t.wait_counter(1)
     r = run_one(t.task('snapshot', name='i-lv', mode='instant', memory_dir=str(tmp_path)))

@@ -18,17 +18,9 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.multifd_stream import 
     MULTIFD_MAGIC, QEMU_VM_FILE_MAGIC, ChannelSink, ChannelSource, MultifdStreamError)
 from rig import guest
 from rig.qemu_vm import QemuVM
+from rig.qmp import connect
 
 FILL_MIB = 64
-COUNTER = rb'VMFLEET-COUNTER (\d+)\r?\n'
-
-
-def _qmp(vm):
-    from qemu.qmp.legacy import QEMUMonitorProtocol
-    q = QEMUMonitorProtocol(vm.qmp_socket)
-    q.connect()
-    q.settimeout(30)
-    return q
 
 
 def _setup_multifd(q, channels, compression):
@@ -64,18 +56,17 @@ def _log_size(path):
     ('none', 4, True),    # the throughput case
 ], ids=['zstd-4ch', 'none-1ch-reversed', 'none-4ch'])
 def test_save_restore_through_channel_files(vms, compression, channels, main_first):
-    vm = vms.qemu(cmdline_extra='vmfleet.fill=%d' % FILL_MIB)
+    vm = vms.boot('qemu', cmdline_extra='vmfleet.fill=%d' % FILL_MIB).vm
     fill = guest.wait_serial(vm.serial_log, r'VMFLEET-FILL %d ([0-9a-f]{64})' % FILL_MIB, 60)
     fill_sha = fill.group(1)
     save_dir = os.path.join(vm.workdir, 'save')
     os.mkdir(save_dir, 0o700)
     sock = os.path.join(vm.workdir, 'save.sock')
 
-    q = _qmp(vm)
-    try:
+    with connect(vm.qmp_socket, timeout=30) as q:
         _setup_multifd(q, channels, compression)
         # stop right after a counter line, so no line is cut in half by the save
-        guest.wait_serial(vm.serial_log, COUNTER.decode(), 10, after_offset=_log_size(vm.serial_log))
+        guest.wait_serial(vm.serial_log, guest.COUNTER, 10, after_offset=_log_size(vm.serial_log))
         q.cmd('stop')
         saved = guest.last_serial_counter(vm.serial_log)
         sink = ChannelSink(sock, save_dir, 'vm', 1 + channels)
@@ -89,8 +80,6 @@ def test_save_restore_through_channel_files(vms, compression, channels, main_fir
             sink.abort()
             raise
         save_s = time.monotonic() - t0
-    finally:
-        q.close()
     vm.stop()
 
     assert not os.path.exists(sock), 'the sink leaves no socket behind'
@@ -116,8 +105,7 @@ def test_save_restore_through_channel_files(vms, compression, channels, main_fir
     sock2 = os.path.join(vm.workdir, 'load.sock')
     try:
         vm2.start()
-        q2 = _qmp(vm2)
-        try:
+        with connect(vm2.qmp_socket, timeout=30) as q2:
             _setup_multifd(q2, channels, compression)
             q2.cmd('migrate-incoming', uri='unix:' + sock2)
             t0 = time.monotonic()
@@ -133,10 +121,8 @@ def test_save_restore_through_channel_files(vms, compression, channels, main_fir
             assert q2.cmd('query-status')['status'] == 'paused'
             log_at = _log_size(vm2.serial_log)
             q2.cmd('cont')
-        finally:
-            q2.close()
 
-        first = guest.wait_serial(vm2.serial_log, COUNTER.decode(), 20, after_offset=log_at)
+        first = guest.wait_serial(vm2.serial_log, guest.COUNTER, 20, after_offset=log_at)
         assert int(first.group(1)) == saved + 1, 'the counter runs on from the saved value'
         fillsum = guest.wait_serial(vm2.serial_log, r'VMFLEET-FILLSUM (\d+) ([0-9a-f]{64})', 60,
                                     after_offset=log_at)

@@ -4,24 +4,18 @@ why. (Each role's happy path is its molecule scenario in extensions/molecule.)""
 
 import json
 import os
-import subprocess
 
-from rig.ansible_run import REPO, VENV_BIN, ansible_env, ok, run_one
-from rig.targets import Target
+from rig.ansible_run import ok, run_one, run_playbook, write_inventory
 
 
 def _playbook(name, tmp_path, **extra):
-    inv = tmp_path / 'inventory.ini'
-    inv.write_text('[hypervisors]\nlocalhost ansible_connection=local\n')
-    return subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i', str(inv), 'vmfleet.kvm.' + name,
-                           '-e', json.dumps(extra)], env=ansible_env(), cwd=REPO, capture_output=True, text=True,
-                          timeout=900, check=False)
+    return run_playbook('vmfleet.kvm.' + name, inventory=write_inventory(tmp_path), extra_vars=extra)
 
 
 def test_one_failed_vm_does_not_stop_the_others_and_fails_the_host_naming_it(vms, tmp_path):
-    good = Target(vms.qemu(), 'qemu')
+    good = vms.boot('qemu')
     # a VM with nothing but a raw disk: no disk of it can hold a snapshot
-    bare = Target(vms.qemu(disks=(('root', 'raw', 16),)), 'qemu')
+    bare = vms.boot('qemu', disks=(('root', 'raw', 16),))
     reports = tmp_path / 'reports'
     c = good.wait_counter(1)
     proc = _playbook('pre_upgrade_snapshot', tmp_path, vmfleet_snapshot_name='fail-test',

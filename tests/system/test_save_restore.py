@@ -15,7 +15,7 @@ import pytest
 
 from rig.ansible_run import ok, run_one
 from rig.guest import wait_serial
-from rig.targets import Target
+from rig.targets import BACKENDS
 
 FILL_MIB = 768
 CASES = [(1, 'none'), (4, 'none'), (4, 'zstd')]
@@ -23,16 +23,14 @@ PATHS = {'qemu': {'none': 'mapped-ram', 'zstd': 'multifd-stream'},
          'libvirt': {'none': 'libvirt-sparse', 'zstd': 'libvirt-compressed'}}
 
 
-@pytest.fixture(scope='module', params=['qemu', 'libvirt'])
+@pytest.fixture(scope='module', params=BACKENDS)
 def big(request, module_vms):
     """A 1 GiB guest whose RAM holds 768 MiB of random data, and that data's SHA-256."""
-    boot = module_vms.qemu if request.param == 'qemu' else module_vms.libvirt
-    vm = boot(name='vmfleet-test-save-%s' % request.param, memory_mib=1024,
-              cmdline_extra='vmfleet.fill=%d' % FILL_MIB)
-    m = wait_serial(vm.serial_log, r'VMFLEET-FILL %d ([0-9a-f]{64})' % FILL_MIB, 600)
-    t = Target(vm, request.param)
+    t = module_vms.boot(request.param, name='vmfleet-test-save-%s' % request.param, memory_mib=1024,
+                        cmdline_extra='vmfleet.fill=%d' % FILL_MIB)
+    m = wait_serial(t.vm.serial_log, r'VMFLEET-FILL %d ([0-9a-f]{64})' % FILL_MIB, 600)
     t.fill_sha = m.group(1)
-    t.save_dir = os.path.join(os.path.dirname(vm.serial_log), 'saves')
+    t.save_dir = os.path.join(os.path.dirname(t.vm.serial_log), 'saves')
     os.makedirs(t.save_dir, exist_ok=True)
     return t
 
@@ -47,9 +45,7 @@ def _running(t):
             return False
         finally:
             s.close()
-    out = subprocess.run(['virsh', '-c', 'qemu:///system', 'domstate', t.vm.name],
-                         capture_output=True, text=True, check=False).stdout.strip()
-    return out == 'running'
+    return t.vm.virsh('domstate', t.vm.name, check=False).stdout.strip() == 'running'
 
 
 def _restore_log_counters(t, offset):
@@ -97,8 +93,7 @@ def test_save_restore_runs_on_from_the_saved_moment(big, channels, compression):
     assert r['direct_io'] is (compression == 'none' and not page_cache)
     if t.backend == 'libvirt':
         # switching libvirt's leftover direct-io off goes through QMP passthrough, which taints; nothing else may
-        info = subprocess.run(['virsh', '-c', 'qemu:///system', 'dominfo', t.vm.name],
-                              capture_output=True, text=True, check=True).stdout
+        info = t.vm.virsh('dominfo', t.vm.name).stdout
         assert ('tainted: custom monitor' in info) is r['direct_io'], info
     _runs_on_from(t, saved, offset)
     if t.backend == 'libvirt':
@@ -159,12 +154,10 @@ def test_direct_io_restore_leaves_the_vm_fit_for_a_plain_save(big):
     t.wait_counter(t.counter() + 2)
     if t.backend == 'libvirt':
         # vm_save itself asks libvirt for O_DIRECT: the plain save must come from virsh
-        virsh = ['virsh', '-c', 'qemu:///system']
-        subprocess.run(virsh + ['save', t.vm.name, second, '--parallel-channels', '4', '--image-format', 'sparse'],
-                       check=True, capture_output=True)
+        t.vm.virsh('save', t.vm.name, second, '--parallel-channels', '4', '--image-format', 'sparse')
         assert not _running(t)
         saved, offset = t.counter(), t.serial_size()
-        subprocess.run(virsh + ['restore', second, '--parallel-channels', '4'], check=True, capture_output=True)
+        t.vm.virsh('restore', second, '--parallel-channels', '4')
     else:
         ok(run_one(t.task('vm_save', path=second, channels=4, verify=False)))
         assert not _running(t)
@@ -184,12 +177,9 @@ def test_vm_save_survives_a_virsh_restore_with_bypass_cache(big):
         pytest.skip('a libvirt-only hazard: raw QEMU saves set direct-io themselves')
     t = big
     by_virsh, ours = (os.path.join(t.save_dir, name) for name in ('img-virsh-sparse', 'img-after-bypass'))
-    virsh = ['virsh', '-c', 'qemu:///system']
-    subprocess.run(virsh + ['save', t.vm.name, by_virsh, '--parallel-channels', '4', '--image-format', 'sparse'],
-                   check=True, capture_output=True)
+    t.vm.virsh('save', t.vm.name, by_virsh, '--parallel-channels', '4', '--image-format', 'sparse')
     saved, offset = t.counter(), t.serial_size()
-    subprocess.run(virsh + ['restore', by_virsh, '--parallel-channels', '4', '--bypass-cache'],
-                   check=True, capture_output=True)
+    t.vm.virsh('restore', by_virsh, '--parallel-channels', '4', '--bypass-cache')
     _runs_on_from(t, saved, offset)
     t.wait_counter(t.counter() + 2)
     ok(run_one(t.task('vm_save', path=ours, channels=4, verify=False)))
@@ -239,9 +229,9 @@ def test_save_killed_or_out_of_space_leaves_no_image(vms, tmp_path):
     small.mkdir()
     mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', str(small)],
                              capture_output=True, check=False).returncode == 0
-    vm = vms.qemu(cmdline_extra='vmfleet.fill=96')
+    t = vms.boot('qemu', cmdline_extra='vmfleet.fill=96')
+    vm = t.vm
     wait_serial(vm.serial_log, r'VMFLEET-FILL 96 ', 300)
-    t = Target(vm, 'qemu')
     try:
         if mounted:
             img = str(small / 'img')

@@ -3,23 +3,19 @@ QEMU VM and a libvirt domain, each with a raw varstore-like disk."""
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-import yaml
 
-from rig.ansible_run import REPO, ansible_env, failed, ok, run_one, run_tasks
-from rig.targets import Target
+from rig.ansible_run import failed, ok, run_one, run_tasks, start_playbook, write_play
+from rig.targets import BACKENDS
 
 
-@pytest.fixture(scope='module', params=['qemu', 'libvirt'])
+@pytest.fixture(scope='module', params=BACKENDS)
 def target(request, module_vms):
     """One VM per backend for this module's tests; each test cleans up its snapshots."""
-    boot = module_vms.qemu if request.param == 'qemu' else module_vms.libvirt
     # some random RAM makes the RAM state a real amount of work to save and load
-    return Target(boot(name='vmfleet-test-snap-%s' % request.param, cmdline_extra='vmfleet.fill=32'), request.param)
+    return module_vms.boot(request.param, name='vmfleet-test-snap-%s' % request.param, cmdline_extra='vmfleet.fill=32')
 
 
 def _snapshots(t, name=None):
@@ -187,24 +183,17 @@ def _root_image_growth(path, grow_by, timeout):
     return False
 
 
-@pytest.mark.parametrize('backend', ['qemu', 'libvirt'])
+@pytest.mark.parametrize('backend', BACKENDS)
 def test_vm_killed_mid_snapshot_fails_clearly(vms, backend, tmp_path):
-    vm = (vms.qemu if backend == 'qemu' else vms.libvirt)(cmdline_extra='vmfleet.fill=128')
-    t = Target(vm, backend)
-    task = t.task('snapshot', name='s-killed')
-    play = str(tmp_path / 'kill.yml')
-    with open(play, 'w') as f:
-        yaml.safe_dump([{'hosts': 'localhost', 'connection': 'local', 'gather_facts': False,
-                         'tasks': [task]}], f)
-    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'),
-                             '-i', 'localhost,', play], env=ansible_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t = vms.boot(backend, cmdline_extra='vmfleet.fill=128')
+    vm = t.vm
+    proc = start_playbook(write_play([t.task('snapshot', name='s-killed')], str(tmp_path / 'kill.yml')))
     # the RAM state lands in the root image: kill the VM once it starts growing
     assert _root_image_growth(vm.disk_path('root'), 4 << 20, 60), 'snapshot never started'
     if backend == 'qemu':
         os.kill(vm.pid, signal.SIGKILL)
     else:
-        subprocess.run(['virsh', '-c', 'qemu:///system', 'destroy', vm.name], check=True, capture_output=True)
+        vm.virsh('destroy', vm.name)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0
     assert 'went away' in out or 'not running' in out or 'disappeared' in out, out[-3000:]
@@ -214,8 +203,8 @@ def test_vm_killed_mid_snapshot_fails_clearly(vms, backend, tmp_path):
 def test_libvirt_api_route_and_offline_route(vms):
     """All-qcow2 domain: libvirt's own snapshot API makes it (virsh lists it);
     shut off: qemu-img on the images, and the disks go back."""
-    vm = vms.libvirt(disks=(('root', 'qcow2', 64), ('data', 'qcow2', 64)))
-    t = Target(vm, 'libvirt')
+    t = vms.boot('libvirt', disks=(('root', 'qcow2', 64), ('data', 'qcow2', 64)))
+    vm = t.vm
     t.wait_counter(3)
     r = ok(run_one(t.task('snapshot', name='s-api')))
     assert r['route'] == 'libvirt'

@@ -5,6 +5,8 @@ import socket
 import subprocess
 
 from rig.ansible_run import failed, run_one, run_tasks
+from rig.libvirt_vm import virsh
+from rig.qmp import connect
 
 MIB = 1024 * 1024
 
@@ -15,7 +17,7 @@ def _qemu_version():
 
 
 def _libvirt_version():
-    out = subprocess.run(['virsh', '-c', 'qemu:///system', 'version'], capture_output=True, text=True, check=False).stdout
+    out = virsh('version', check=False).stdout
     return re.search(r'Using library: libvirt (\d+\.\d+\.\d+)', out).group(1)
 
 
@@ -36,12 +38,12 @@ def _disks(vm):
 
 
 def test_raw_qemu_vm(shared_qemu):
-    r = run_one({'vmfleet.kvm.vm_info': {'qmp_socket': shared_qemu.qmp_socket}})
+    r = run_one(shared_qemu.task('vm_info'))
     assert not r.get('failed'), r
     assert r['changed'] is False
     [vm] = r['vms']
     assert vm['backend'] == 'qemu'
-    assert vm['name'] == shared_qemu.name
+    assert vm['name'] == shared_qemu.vm.name
     assert vm['state'] == 'running'
     disks = _disks(vm)
     assert set(disks) == {'root', 'data', 'varstore'}
@@ -51,14 +53,14 @@ def test_raw_qemu_vm(shared_qemu):
     assert disks['root']['virtual_size'] == 64 * MIB
     assert disks['varstore']['virtual_size'] == 2 * MIB
     for name in disks:
-        assert disks[name]['file'] == shared_qemu.disk_path(name)
+        assert disks[name]['file'] == shared_qemu.vm.disk_path(name)
         assert disks[name]['read_only'] is False
     assert vm['snapshots'] == [] and vm['block_jobs'] == []
     _assert_host(r['host'])
 
 
 def test_libvirt_domain(shared_libvirt):
-    r = run_one({'vmfleet.kvm.vm_info': {'domain': shared_libvirt.name}})
+    r = run_one(shared_libvirt.task('vm_info'))
     assert not r.get('failed'), r
     [vm] = r['vms']
     assert vm['backend'] == 'libvirt' and vm['state'] == 'running'
@@ -66,7 +68,7 @@ def test_libvirt_domain(shared_libvirt):
     assert set(disks) == {'vda', 'vdb', 'vdc'}
     assert [disks[d]['format'] for d in ('vda', 'vdb', 'vdc')] == ['qcow2', 'qcow2', 'raw']
     for d, role in (('vda', 'root'), ('vdb', 'data'), ('vdc', 'varstore')):
-        assert disks[d]['file'] == shared_libvirt.disk_path(role)
+        assert disks[d]['file'] == shared_libvirt.vm.disk_path(role)
         assert re.match(r'^libvirt-\d+-format$', disks[d]['node_name']), disks[d]
     assert disks['vda']['virtual_size'] == 64 * MIB
     _assert_host(r['host'])
@@ -77,7 +79,7 @@ def test_all_domains_in_check_mode(shared_libvirt):
     assert not r.get('failed'), r
     assert r['changed'] is False
     names = [vm['name'] for vm in r['vms']]
-    assert shared_libvirt.name in names
+    assert shared_libvirt.vm.name in names
     assert all(vm['backend'] == 'libvirt' for vm in r['vms'])
 
 
@@ -105,14 +107,9 @@ def test_errors_name_the_object(tmp_path, shared_qemu):
 
 def test_busy_qmp_socket_fails_within_timeout(shared_qemu):
     """QEMU serves one QMP client: a second must fail clearly, not hang."""
-    from qemu.qmp.legacy import QEMUMonitorProtocol
-    holder = QEMUMonitorProtocol(shared_qemu.qmp_socket)
-    holder.connect()
-    try:
-        r = run_one({'vmfleet.kvm.vm_info': {'qmp_socket': shared_qemu.qmp_socket, 'timeout': 3}})
-    finally:
-        holder.close()
-    failed(r, shared_qemu.qmp_socket, 'one QMP client at a time')
+    with connect(shared_qemu.vm.qmp_socket):  # the client that holds the monitor
+        r = run_one(shared_qemu.task('vm_info', timeout=3))
+    failed(r, shared_qemu.vm.qmp_socket, 'one QMP client at a time')
     # and the VM is still reachable afterwards
-    r = run_one({'vmfleet.kvm.vm_info': {'qmp_socket': shared_qemu.qmp_socket}})
+    r = run_one(shared_qemu.task('vm_info'))
     assert not r.get('failed'), r
