@@ -43,6 +43,20 @@ def _wait_migration(q, timeout, what):
         time.sleep(0.05)
 
 
+def _migrate(q, what, end, command=None, **args):
+    """Send migration ``command`` (if any), wait until the migration completes, then until
+    ``end`` (the ChannelSink or ChannelSource on the other side) is done; abort ``end`` on any
+    failure. What ``end.finish`` returns."""
+    try:
+        if command:
+            q.cmd(command, **args)
+        _wait_migration(q, 90, what)
+        return end.finish(30)
+    except BaseException:
+        end.abort()
+        raise
+
+
 def _log_size(path):
     try:
         return os.path.getsize(path)
@@ -72,13 +86,7 @@ def test_save_restore_through_channel_files(vms, compression, channels, main_fir
         sink = ChannelSink(sock, save_dir, 'vm', 1 + channels)
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
         t0 = time.monotonic()
-        try:
-            q.cmd('migrate', uri='unix:' + sock)
-            _wait_migration(q, 90, 'save')
-            files = sink.finish(30)
-        except BaseException:
-            sink.abort()
-            raise
+        files = _migrate(q, 'save', sink, 'migrate', uri='unix:' + sock)
         save_s = time.monotonic() - t0
     vm.stop()
 
@@ -110,12 +118,7 @@ def test_save_restore_through_channel_files(vms, compression, channels, main_fir
             q2.cmd('migrate-incoming', uri='unix:' + sock2)
             t0 = time.monotonic()
             source = ChannelSource(files, sock2, main_first=main_first)
-            try:
-                _wait_migration(q2, 90, 'restore')
-                sent = source.finish(30)
-            except BaseException:
-                source.abort()
-                raise
+            sent = _migrate(q2, 'restore', source)
             load_s = time.monotonic() - t0
             assert sum(s['bytes'] for s in sent) == total == source.bytes_sent()
             assert q2.cmd('query-status')['status'] == 'paused'
