@@ -53,10 +53,10 @@ test: setup
 	ansible-lint --profile production
 
 demo: setup
-	$(PY) scripts/demo.py
+	PYTHONPATH=$(CURDIR)/tests $(PY) scripts/demo.py
 
 bench: setup
-	$(PY) bench/run.py
+	PYTHONPATH=$(CURDIR)/tests $(PY) bench/run.py
 
 clean:
 	-virsh -c qemu:///system list --all --name | grep '^vmfleet-' | xargs -r -n1 virsh -c qemu:///system destroy

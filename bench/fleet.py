@@ -24,11 +24,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, 'tests'))
 
-from rig import fleet  # noqa: E402
-from rig.accel import detect_accel  # noqa: E402
-from rig.ansible_run import run_playbook, write_inventory, write_play  # noqa: E402
+from rig import fleet
+from rig.accel import detect_accel
+from rig.ansible_run import run_playbook, write_inventory, write_play
 
 RESULTS = os.path.join(HERE, 'results')
 

@@ -23,19 +23,17 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, 'tests'))
 
-from rig.accel import detect_accel  # noqa: E402
-from rig.ansible_run import run_tasks  # noqa: E402
-from rig.guest import counters_in, wait_serial  # noqa: E402
-from rig.qemu_vm import QemuVM  # noqa: E402
+from rig.accel import detect_accel
+from rig.ansible_run import run_tasks
+from rig.guest import counters_in, wait_serial
+from rig.qemu_vm import QemuVM
 
 RESULTS = os.path.join(HERE, 'results')
 

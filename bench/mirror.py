@@ -25,13 +25,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, 'tests'))
 
-from rig.accel import detect_accel  # noqa: E402
-from rig.ansible_run import run_tasks  # noqa: E402
-from rig.guest import wait_serial  # noqa: E402
-from rig.libvirt_vm import URI, LibvirtVM  # noqa: E402
-from rig.qemu_vm import QemuVM  # noqa: E402
+from rig.accel import detect_accel
+from rig.ansible_run import run_tasks
+from rig.guest import wait_serial
+from rig.libvirt_vm import URI, LibvirtVM
+from rig.qemu_vm import QemuVM
 
 SIZE_MIB = int(os.environ.get('VMFLEET_BENCH_MIRROR_MIB', '2048'))
 RESULTS = os.path.join(HERE, 'results')

@@ -51,14 +51,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, 'tests'))
 
-from rig.accel import detect_accel  # noqa: E402
-from rig.ansible_run import run_one  # noqa: E402
-from rig.guest import COUNTER, wait_serial  # noqa: E402
-from rig.libvirt_vm import URI, LibvirtVM, virsh  # noqa: E402
-from rig.qemu_vm import QemuVM  # noqa: E402
-from rig.targets import Target  # noqa: E402
+from rig.accel import detect_accel
+from rig.ansible_run import run_one
+from rig.guest import COUNTER, wait_serial
+from rig.libvirt_vm import URI, LibvirtVM, virsh
+from rig.qemu_vm import QemuVM
+from rig.targets import Target
 
 RESULTS = os.path.join(HERE, 'results')
 MIB = 1024.0 * 1024.0

@@ -12,11 +12,10 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, 'tests'))
 
-from rig import fleet  # noqa: E402
-from rig.accel import detect_accel  # noqa: E402
-from rig.ansible_run import run_playbook, write_inventory  # noqa: E402
+from rig import fleet
+from rig.accel import detect_accel
+from rig.ansible_run import run_playbook, write_inventory
 
 SNAPSHOT = 'demo'
 
