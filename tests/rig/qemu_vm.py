@@ -36,7 +36,7 @@ def _die_with_parent():
 
 class QemuVM:
     def __init__(self, workdir, name='rawvm', memory_mib=256, disks=None, cmdline_extra='', accel=None,
-                 incoming=None, detach=False):
+                 incoming=None, detach=False, device_ids=None):
         self.workdir = os.path.abspath(workdir)
         self.detach = detach  # outlive this process (molecule, demo): stopped later through the pidfile
         self.incoming = incoming  # e.g. 'defer': start as a migration target
@@ -46,6 +46,8 @@ class QemuVM:
         self.accel = accel
         os.makedirs(self.workdir, exist_ok=True)
         self.disks = create_disks(self.workdir, disks or DEFAULT_DISKS)
+        # a disk's block node is named for it; its device (what QEMU lists it by) too, unless renamed here
+        self.device_ids = dict(device_ids or {})
         self.proc = None
         self._argv = None
 
@@ -67,6 +69,9 @@ class QemuVM:
 
     def disk_path(self, name):
         return self.disks[name][0]
+
+    def device_id(self, name):
+        return self.device_ids.get(name, name)
 
     @property
     def pid(self):
@@ -109,7 +114,7 @@ class QemuVM:
             argv += ['-blockdev', 'driver=file,filename=%s,node-name=%s-file' % (path, name),
                      '-blockdev', 'driver=%s,file=%s-file,node-name=%s' % (fmt, name, name),
                      '-device', 'virtio-blk-pci,drive=%s,id=%s,bus=pcie.0,addr=0x%x'
-                     % (name, name, FIRST_SLOT + i)]
+                     % (name, self.device_id(name), FIRST_SLOT + i)]
         return argv
 
     def start(self):

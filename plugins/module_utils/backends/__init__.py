@@ -9,25 +9,31 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import contextlib
-import importlib
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument
 
-# backend name (as vm_info and manifests report it) -> (module, handle class)
-_BACKENDS = {
-    'libvirt': ('libvirt_vm', 'LibvirtVm'),
-    'qemu': ('qemu_vm', 'QemuVm'),
-}
+
+def _libvirt():
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt_vm import LibvirtVm
+    return LibvirtVm
+
+
+def _qemu():
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu_vm import QemuVm
+    return QemuVm
+
+
+# backend name, as vm_info and manifests report it -> its handle class. Plain
+# imports (not importlib) so that Ansible packs both backends with a module.
+_BACKENDS = {'libvirt': _libvirt, 'qemu': _qemu}
 
 
 def backend_class(name):
     """The handle class of backend ``name``: it also restores that backend's save images."""
     try:
-        module, cls = _BACKENDS[name]
+        return _BACKENDS[name]()
     except KeyError:
         raise InvalidArgument("unknown backend %r" % name, hint="this collection knows: %s" % ", ".join(sorted(_BACKENDS)))
-    mod = importlib.import_module('ansible_collections.vmfleet.kvm.plugins.module_utils.backends.' + module)
-    return getattr(mod, cls)
 
 
 def backend_of(params):
