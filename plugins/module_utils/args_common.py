@@ -26,3 +26,25 @@ def argument_spec(**extra):
     spec = copy.deepcopy(CONNECTION_ARGS)
     spec.update(extra)
     return spec
+
+
+# Paired with doc fragment vmfleet.kvm.fleet: the fleet modules work every
+# selected VM of the host, so they take a selection instead of one VM.
+FLEET_ARGS = dict(
+    uri=dict(type='str', default='qemu:///system'),
+    vms=dict(type='list', elements='str', default=[]),
+    exclude=dict(type='list', elements='str', default=[]),
+    name_pattern=dict(type='str', default=''),
+    qmp_sockets=dict(type='list', elements='path', default=[]),
+    concurrency=dict(type='int', default=2),
+    timeout=dict(type='float', default=600.0),
+    progress_file=dict(type='path'),
+)
+
+
+def fleet_argument_spec(**extra):
+    """The fleet selection options merged with a fleet module's own options."""
+    spec = copy.deepcopy(FLEET_ARGS)
+    spec.update(extra)
+    return spec
+

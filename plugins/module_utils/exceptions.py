@@ -98,3 +98,8 @@ class MultifdStreamError(VmfleetError):
     def __init__(self, msg, path=None, hint=None, **result):
         super(MultifdStreamError, self).__init__(msg, hint=hint, **result)
         self.path = path
+
+
+class FleetFailed(VmfleetError):
+    """A fleet workflow failed on some VMs; ``result`` holds every VM's record."""
+    pass

@@ -13,7 +13,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.args_common import (
-    CONNECTION_MUTUALLY_EXCLUSIVE, CONNECTION_REQUIRED_ONE_OF, argument_spec,
+    CONNECTION_MUTUALLY_EXCLUSIVE, CONNECTION_REQUIRED_ONE_OF, argument_spec, fleet_argument_spec,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmfleetError
 
@@ -28,6 +28,11 @@ def vmfleet_module(options=None, mutually_exclusive=(), needs_vm=True):
         required_one_of=CONNECTION_REQUIRED_ONE_OF if needs_vm else None,
         supports_check_mode=True,
     )
+
+
+def fleet_module(options=None, **kw):
+    """An AnsibleModule with the fleet selection options and ``options``."""
+    return AnsibleModule(argument_spec=fleet_argument_spec(**(options or {})), supports_check_mode=True, **kw)
 
 
 def run_module(module, work):

@@ -109,9 +109,9 @@ def _save_result(path, manifest, changed):
                 bytes_written=sum(f.get('allocated', f['bytes']) for f in manifest['files']))
 
 
-def save_vm(module):
+def save_vm(module, params=None):
     """vm_save: the VM's RAM to ``path``, or no change when it is there already."""
-    p = module.params
+    p = params or module.params
     path = p['path']
     manifest_store.validate_path(path)
     _check_channels(p['channels'])
@@ -124,7 +124,7 @@ def save_vm(module):
     if existing and not p['overwrite']:
         raise VmfleetError("save image %s already exists (%s)" % (path, ", ".join(os.path.basename(f) for f in existing)),
                            hint="nothing was touched; set overwrite: true to replace it, or pick another path")
-    with open_vm(module) as vm:
+    with open_vm(module, p) as vm:
         path_used, why = vm.save_route(p['channels'], p['compression'])
         if not vm.is_running():
             raise InvalidArgument("VM '%s' is %s, there is no running state to save" % (vm.name, vm.state()),
@@ -144,9 +144,9 @@ def save_vm(module):
     return result
 
 
-def restore_image(module):
+def restore_image(module, params=None):
     """vm_restore: the VM saved at ``path`` running again, or no change when this very restore still runs."""
-    p = module.params
+    p = params or module.params
     path = p['path']
     manifest_store.validate_path(path)
     manifest = manifest_store.read_manifest(path)

@@ -120,40 +120,9 @@ snapshots:
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vms
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmGone
-from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import (
-    DEFAULT_MEMORY_DIR, describe, find_manifests,
-)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import DEFAULT_MEMORY_DIR
 from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
-
-
-def _wanted(p, name):
-    if p['name'] is not None and name != p['name']:
-        return False
-    return not (p['name_prefix'] and not name.startswith(p['name_prefix']))
-
-
-def _entries(vm, p):
-    known = vm.native_snapshot_names()
-    disks = vm.disks()
-    instant = find_manifests(p['memory_dir'], vm.name)
-    out = []
-    for s in vm.snapshots(disks):
-        if not _wanted(p, s['name']):
-            continue
-        if s['name'] in instant:
-            path, manifest = instant.pop(s['name'])
-            s = dict(s, **describe(manifest, path, disks))
-            if not s['disks']:
-                # the disks hold a snapshot of that name, but not the one the manifest recorded
-                s = dict(s, disks=[], consistent=False)
-        else:
-            s = dict(s, mode='internal')
-        out.append(dict(s, vm=vm.name, backend=vm.backend, in_libvirt=s['name'] in known))
-    for name, (path, manifest) in sorted(instant.items()):
-        # a memory file whose disk snapshots are gone: listed so it can be removed
-        if _wanted(p, name):
-            out.append(dict(describe(manifest, path, disks), vm=vm.name, backend=vm.backend, in_libvirt=False))
-    return out
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot_list import list_snapshots
 
 
 def work(module):
@@ -162,7 +131,7 @@ def work(module):
     with open_vms(module) as (vms, host):
         for vm in vms:
             try:
-                snaps.extend(_entries(vm, p))
+                snaps.extend(list_snapshots(vm, p['memory_dir'], p['name'], p['name_prefix']))
             except VmGone:
                 if p['domain'] or p['qmp_socket']:
                     raise
