@@ -1,15 +1,24 @@
-"""The fleet job at fleet scale (run by ``make bench``, never by the tests).
+"""The fleet workflows at fleet scale (run by ``make bench``, never by the tests).
 
-One host, 8 VMs (4 libvirt domains, 4 raw QEMU VMs, 256 MiB each). Side by side in one run:
-  * single: each VM snapshotted alone, one after the other, by one vmfleet.kvm.snapshot task each;
-    the sum of those times is what a plain loop over the VMs costs;
-  * role: the pre_upgrade_snapshot playbook over all 8 VMs, with 1, 2, 4 and 8 VMs at once
-    (pre_upgrade_snapshot_concurrency), wall time of the whole ansible-playbook run;
-  * Ansible's own overhead per VM: a task's round trip (controller clock around the task) minus
-    the work the module reports doing inside it (duration_s: QMP and libvirt calls, the guest pause).
+One host, up to 16 VMs of 256 MiB, libvirt domains and raw QEMU VMs alternating. Side by side in one run,
+for 1, 4, 8 and 16 VMs, in ``mode: internal`` (both backends) and ``mode: instant``:
+  * the three snapshot playbooks (pre_upgrade_snapshot, snapshot_rollback, snapshot_cleanup), each the
+    wall time of the whole ``ansible-playbook`` run, start included, with every VM at once
+    (``<role>_concurrency`` = the number of VMs);
+  * from each role's report: the sum and the maximum of the per-VM module work (the snapshot, revert or
+    deletion itself: ``duration_s``; and the VM's whole pipeline in the fleet module: ``wall_s``), and the
+    largest guest pause;
+  * the baseline an operator would otherwise write: a shell loop of ``virsh snapshot-create-as`` over
+    the libvirt domains and of HMP ``savevm`` over the raw QEMU VMs;
+  * with ``--before DIR`` (a checkout of an earlier version, its ``.collections`` linked), the same
+    playbooks run from that version, for a before/after table;
+  * the start of ``ansible-playbook`` itself (a play with one no-op task on the host).
 
-Usage: python bench/fleet.py [--vms 8] [--concurrency 1,2,4,8]
-Writes bench/results/fleet.json.
+Instant snapshots of libvirt domains are refused by this version (libvirt has no instant snapshot API
+yet), so ``mode: instant`` runs on raw QEMU VMs only (n of them are booted besides the mixed ones).
+
+Usage: python bench/fleet.py [--sizes 1,4,8,16] [--modes internal,instant] [--before DIR]
+Writes bench/results/fleet.json and fleet.png.
 """
 
 import argparse
@@ -17,121 +26,173 @@ import json
 import os
 import platform
 import shutil
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-
 from rig import fleet
 from rig.accel import detect_accel
 from rig.ansible_run import run_playbook, write_inventory, write_play
+from rig.qmp import qmp
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, 'results')
+PLAYBOOKS = ('pre_upgrade_snapshot', 'snapshot_rollback', 'snapshot_cleanup')
 
 
-def _run(playbook, workdir, extra):
-    """Run a playbook on the hypervisors group (this host); its wall time."""
+def _playbook(name, vms, workdir, snap, mode, collections=None):
+    """One workflow playbook over ``vms``, every VM at once; (wall seconds, the role's report)."""
+    reports = os.path.join(workdir, 'reports')
+    extra = dict(vmfleet_vms=[vm['connection'].get('qmp_socket') or vm['name'] for vm in vms],
+                 vmfleet_snapshot_name=snap, vmfleet_snapshot_mode=mode, vmfleet_snapshot_keep=0)
+    for role in PLAYBOOKS:
+        extra['%s_report_dir' % role] = reports
+        extra['%s_concurrency' % role] = len(vms)
     t0 = time.monotonic()
-    r = run_playbook(playbook, inventory=write_inventory(workdir), extra_vars=extra, cwd=workdir, timeout=None)
+    r = run_playbook('vmfleet.kvm.' + name, inventory=write_inventory(workdir), extra_vars=extra, cwd=workdir,
+                     timeout=None, collections=collections)
     wall = time.monotonic() - t0
     if r.returncode:
         sys.stdout.write(r.stdout[-5000:] + r.stderr[-2000:])
-        raise SystemExit('%s failed' % ' '.join(r.args[:4]))
-    return wall
-
-
-def single(vms, workdir):
-    """One snapshot task per VM, each timed on the controller around the task."""
-    tasks = []
-    for i, vm in enumerate(vms):
-        tasks += [
-            {'name': 't0 %d' % i, 'ansible.builtin.set_fact': {'t0_%d' % i: '{{ now().timestamp() }}'}},
-            {'name': 'snapshot %d' % i, 'vmfleet.kvm.snapshot': dict(vm['connection'], name='bench-single'),
-             'register': 'r_%d' % i},
-            {'name': 't1 %d' % i, 'ansible.builtin.set_fact': {'t1_%d' % i: '{{ now().timestamp() }}'}},
-        ]
-    out = os.path.join(workdir, 'single.json')
-    collect = ', '.join(
-        "'vm%d': {'round_trip_s': t1_%d | float - t0_%d | float, 'duration_s': r_%d.duration_s, "
-        "'paused_ms': r_%d.paused_ms, 'route': r_%d.route}" % ((i,) * 6) for i in range(len(vms)))
-    tasks.append({'name': 'write', 'ansible.builtin.copy': {'content': '{{ {%s} | to_json }}' % collect,
-                                                            'dest': out, 'mode': '0600'}})
-    path = write_play(tasks, os.path.join(workdir, 'single.yml'), hosts='hypervisors', name='single')
-    wall = _run(path, workdir, {})
-    with open(out) as f:
-        per_vm = json.load(f)
-    rows = []
-    for i, vm in enumerate(vms):
-        r = per_vm['vm%d' % i]
-        rows.append(dict(vm=vm['name'], backend=vm['backend'], round_trip_s=round(float(r['round_trip_s']), 3),
-                         module_work_s=float(r['duration_s']), paused_ms=float(r['paused_ms']), route=r['route'],
-                         ansible_overhead_s=round(float(r['round_trip_s']) - float(r['duration_s']), 3)))
-    return wall, rows
-
-
-def role(vms, workdir, concurrency):
-    extra = dict(vmfleet_vms=[vm['connection'].get('qmp_socket') or vm['name'] for vm in vms],
-                 vmfleet_snapshot_name='bench-c%d' % concurrency, vmfleet_snapshot_keep=0,
-                 pre_upgrade_snapshot_concurrency=concurrency,
-                 pre_upgrade_snapshot_report_dir=os.path.join(workdir, 'reports'))
-    wall = _run('vmfleet.kvm.pre_upgrade_snapshot', workdir, extra)
-    with open(os.path.join(workdir, 'reports', 'pre_upgrade_snapshot.json')) as f:
+        raise SystemExit('%s failed' % name)
+    with open(os.path.join(reports, name + '.json')) as f:
         report = json.load(f)
-    failed = [r['vm'] for r in report['vms'] if r['status'] != 'ok']
+    failed = [x['vm'] for x in report['vms'] if x['status'] != 'ok']
     if failed:
-        raise SystemExit('pre_upgrade_snapshot failed on %s' % failed)
-    return dict(concurrency=concurrency, wall_s=round(wall, 2),
-                module_work_sum_s=round(sum(r['duration_s'] for r in report['vms']), 2),
-                paused_ms_max=max(r['paused_ms'] for r in report['vms']))
+        raise SystemExit('%s failed on %s' % (name, failed))
+    return wall, report
+
+
+def _figures(wall, report):
+    recs = report['vms']
+    work = [x.get('duration_s') or 0 for x in recs]
+    pipeline = [x['wall_s'] for x in recs if x.get('wall_s') is not None]
+    paused = [x['paused_ms'] for x in recs if x.get('paused_ms') is not None]
+    return dict(wall_s=round(wall, 2), work_sum_s=round(sum(work), 3), work_max_s=round(max(work), 3),
+                vm_sum_s=round(sum(pipeline), 3) if pipeline else None,
+                vm_max_s=round(max(pipeline), 3) if pipeline else None,
+                paused_ms_max=round(max(paused), 1) if paused else None)
+
+
+def _workflow(vms, workdir, mode, tag, collections=None):
+    out = {}
+    snap = 'bench-%s-%s-%d' % (tag, mode, len(vms))
+    for name in PLAYBOOKS:
+        out[name] = _figures(*_playbook(name, vms, workdir, snap, mode, collections))
+        if name == 'pre_upgrade_snapshot':
+            time.sleep(1)  # the guests run on a little, as during an upgrade
+    return out
+
+
+def baseline(vms, snap):
+    """What an operator would otherwise run: a shell loop, one VM after the other."""
+    t0 = time.monotonic()
+    for vm in vms:
+        if vm['backend'] == 'libvirt':
+            subprocess.run(['virsh', '-c', vm['connection']['uri'], 'snapshot-create-as', vm['name'], snap],
+                           check=True, capture_output=True)
+        else:
+            qmp(vm['connection']['qmp_socket'], 'human-monitor-command', **{'command-line': 'savevm %s' % snap})
+    wall = time.monotonic() - t0
+    for vm in vms:  # clean up, untimed
+        if vm['backend'] == 'libvirt':
+            subprocess.run(['virsh', '-c', vm['connection']['uri'], 'snapshot-delete', vm['name'], snap],
+                           check=True, capture_output=True)
+        else:
+            qmp(vm['connection']['qmp_socket'], 'human-monitor-command', **{'command-line': 'delvm %s' % snap})
+    return round(wall, 2)
+
+
+def playbook_start(workdir):
+    play = write_play([{'name': 'nothing', 'ansible.builtin.meta': 'noop'}], os.path.join(workdir, 'noop.yml'),
+                      hosts='hypervisors')
+    t0 = time.monotonic()
+    run_playbook(play, inventory=write_inventory(workdir), cwd=workdir, timeout=None)
+    return round(time.monotonic() - t0, 2)
+
+
+def plot(out, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(out['modes']), figsize=(6 * len(out['modes']), 4.5), squeeze=False)
+    for ax, mode in zip(axes[0], out['modes']):
+        rows = [r for r in out['runs'] if r['mode'] == mode]
+        sizes = [r['vms'] for r in rows]
+        for name, style in zip(PLAYBOOKS, ('o-', 's-', '^-')):
+            ax.plot(sizes, [r['after'][name]['wall_s'] for r in rows], style, label='%s' % name)
+            if rows and rows[0].get('before'):
+                ax.plot(sizes, [r['before'][name]['wall_s'] for r in rows], style, alpha=0.35,
+                        label='%s (before)' % name)
+        ax.plot(sizes, [r['after']['pre_upgrade_snapshot']['vm_max_s'] for r in rows], 'k:',
+                label='slowest VM in pre_upgrade_snapshot')
+        ax.plot(sizes, [r['baseline_loop_s'] for r in rows], 'r--', label='shell loop (virsh / HMP savevm)')
+        ax.axhline(out['playbook_start_s'], color='grey', lw=0.8, label='ansible-playbook start')
+        ax.set_title('mode: %s' % mode)
+        ax.set_xlabel('VMs on the host')
+        ax.set_ylabel('seconds')
+        ax.set_xticks(sizes)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--vms', type=int, default=8)
-    ap.add_argument('--concurrency', default='1,2,4,8')
+    ap.add_argument('--sizes', default='1,4,8,16')
+    ap.add_argument('--modes', default='internal,instant')
+    ap.add_argument('--before', help='a checkout of an earlier version (with .collections linked) to run too')
     args = ap.parse_args()
-    n_lv = args.vms // 2
+    sizes = [int(x) for x in args.sizes.split(',') if x]
+    modes = [m for m in args.modes.split(',') if m]
+    before = os.path.join(os.path.abspath(args.before), '.collections') if args.before else None
+    n = max(sizes)
     root = tempfile.mkdtemp(prefix='vmfleet-bench-fleet-', dir='/var/tmp')
     os.chmod(root, 0o755)
     fleet_dir = os.path.join(root, 'vms')
     t_start = time.monotonic()
+    runs = []
     try:
-        print('booting %d VMs...' % args.vms, flush=True)
+        # n mixed VMs (half libvirt, half raw QEMU) for mode internal, n raw QEMU VMs for mode instant
+        n_lv = (n + 1) // 2 if 'internal' in modes else 0
+        n_raw = n if 'instant' in modes else n - n_lv
+        print('booting %d VMs...' % (n_lv + n_raw), flush=True)
         vms = fleet.up(fleet_dir, ['vmfleet-bench-lv%d' % i for i in range(n_lv)],
-                       ['vmfleet-bench-raw%d' % i for i in range(args.vms - n_lv)], 256)
-        wall_single, rows = single(vms, root)
-        print('single: %d tasks in %.1f s (sum of round trips %.1f s)'
-              % (len(rows), wall_single, sum(r['round_trip_s'] for r in rows)), flush=True)
-        runs = []
-        for c in [int(x) for x in args.concurrency.split(',') if x]:
-            runs.append(role(vms, root, c))
-            print('role, %d at once: %.1f s' % (c, runs[-1]['wall_s']), flush=True)
+                       ['vmfleet-bench-raw%d' % i for i in range(n_raw)], 256)
+        lv = [vm for vm in vms if vm['backend'] == 'libvirt']
+        raw = [vm for vm in vms if vm['backend'] == 'qemu']
+        mixed = [vm for pair in zip(lv, raw) for vm in pair] + raw[len(lv):]
+        start = playbook_start(root)
+        for mode in modes:
+            for size in sizes:
+                # instant snapshots of libvirt domains are refused by this version: raw QEMU only
+                chosen = mixed[:size] if mode == 'internal' else raw[:size]
+                row = dict(mode=mode, vms=len(chosen), backends=sorted(set(vm['backend'] for vm in chosen)))
+                row['after'] = _workflow(chosen, root, mode, 'a')
+                if before:
+                    row['before'] = _workflow(chosen, root, mode, 'b', collections=before)
+                row['baseline_loop_s'] = baseline(chosen, 'bench-loop-%d' % len(chosen))
+                runs.append(row)
+                print(json.dumps(row), flush=True)
     finally:
         fleet.down(fleet_dir)
         shutil.rmtree(root, ignore_errors=True)
-    overhead = [r['ansible_overhead_s'] for r in rows]
-    out = dict(benchmark='fleet', accel=detect_accel(), host=platform.node(), cpus=os.cpu_count(),
-               vms=args.vms, memory_mib=256,
-               single=dict(playbook_wall_s=round(wall_single, 2),
-                           sum_round_trip_s=round(sum(r['round_trip_s'] for r in rows), 2),
-                           sum_module_work_s=round(sum(r['module_work_s'] for r in rows), 2), per_vm=rows),
-               role=runs,
-               ansible_overhead_per_vm_s=dict(median=round(statistics.median(overhead), 3),
-                                              min=min(overhead), max=max(overhead)),
-               wall_s=round(time.monotonic() - t_start, 1),
-               notes='single: one vmfleet.kvm.snapshot task per VM in one playbook, round trip timed on the '
-                     'controller around each task (set_fact stamps; one local task costs ~0.1 s); module_work_s '
-                     'is the module\'s own duration_s. role: the whole pre_upgrade_snapshot playbook (selection, '
-                     'snapshot, read-back check, report), wall time of ansible-playbook including its start. '
-                     'Guests run under TCG on this host: 8 guests share 2 cores.')
+    out = dict(benchmark='fleet', accel=detect_accel(), host=platform.node(), cpus=os.cpu_count(), memory_mib=256,
+               modes=modes, sizes=sizes, playbook_start_s=start, runs=runs, wall_s=round(time.monotonic() - t_start, 1),
+               notes='wall_s: the whole ansible-playbook run on this host (start included), every VM at once '
+                     '(<role>_concurrency = VMs). work_*: the per-VM snapshot/revert/deletion as the role reports '
+                     'it (duration_s); vm_*: each VM\'s whole pipeline in the fleet module (wall_s: act, verify, '
+                     'retention, state after). paused_ms_max: the largest guest pause (QEMU\'s STOP/RESUME events). '
+                     'baseline_loop_s: virsh snapshot-create-as / HMP savevm, one VM after the other. before: the '
+                     'same playbooks from the version given with --before. Guests run under TCG and share 2 cores. '
+                     'mode instant: raw QEMU VMs only (this version refuses libvirt domains).')
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, 'fleet.json')
     with open(path, 'w') as f:
         json.dump(out, f, indent=1)
-    print('wrote %s' % path)
+    plot(out, os.path.join(RESULTS, 'fleet.png'))
+    print('wrote %s and fleet.png' % path)
 
 
 if __name__ == '__main__':

@@ -16,10 +16,12 @@ VENV_BIN = os.path.dirname(sys.executable)
 ANSIBLE_PLAYBOOK = os.path.join(VENV_BIN, 'ansible-playbook')
 
 
-def ansible_env():
+def ansible_env(collections=None):
+    """The environment of an ansible-playbook run on this checkout's collection (or the
+    one under ``collections``, such as another version's, for a benchmark's baseline)."""
     env = dict(os.environ)
     env.update(
-        ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.collections'),
+        ANSIBLE_COLLECTIONS_PATH=collections or os.path.join(REPO, '.collections'),
         ANSIBLE_PYTHON_INTERPRETER=sys.executable,
         ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'),
         ANSIBLE_NOCOLOR='1',
@@ -57,10 +59,10 @@ def playbook_argv(playbook, inventory='localhost,', extra_vars=None, check=False
     return argv + list(extra_args)
 
 
-def run_playbook(playbook, cwd=REPO, timeout=900, **kw):
+def run_playbook(playbook, cwd=REPO, timeout=900, collections=None, **kw):
     """Run ``ansible-playbook`` to its end; the CompletedProcess (text output, not checked).
     ``kw`` as for playbook_argv."""
-    return subprocess.run(playbook_argv(playbook, **kw), env=ansible_env(), cwd=cwd, capture_output=True,
+    return subprocess.run(playbook_argv(playbook, **kw), env=ansible_env(collections), cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, check=False)
 
 
