@@ -62,6 +62,29 @@ if need_install; then
         pkg-config cpio gzip xz-utils shellcheck tini >/dev/null
 fi
 
+# The simulated hypervisors of the fleet tests (tests/rig/hypervisors.py): an sshd
+# per network namespace, a login user who reaches root through sudo. From the
+# stable suite; no service is started (the rig starts each sshd itself).
+rig_need_install() {
+    [ -x /usr/sbin/sshd ] || return 0
+    command -v sudo >/dev/null || return 0
+    command -v ssh >/dev/null || return 0
+    return 1
+}
+if rig_need_install; then
+    $SUDO apt-get update -qq
+    noservice=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        # keep the package's postinst from starting an sshd in the root namespace
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+        $SUDO chmod 755 /usr/sbin/policy-rc.d
+        noservice=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        openssh-server openssh-client sudo >/dev/null
+    [ -z "$noservice" ] || $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+
 # libvirt's QEMU processes are daemonized: when one exits, whoever adopted it
 # must reap it, and libvirt waits (polling kill(pid, 0)) until it is gone. A
 # hypervisor's systemd reaps at once; this machine's init took 1.5-2 s, which
