@@ -47,4 +47,3 @@ def fleet_argument_spec(**extra):
     spec = copy.deepcopy(FLEET_ARGS)
     spec.update(extra)
     return spec
-

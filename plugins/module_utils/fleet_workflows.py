@@ -44,7 +44,7 @@ def _delete(run, vm, snaps):
     """Delete each of ``snaps`` (snapshot_list entries) the way it was taken; the names deleted."""
     deleted = []
     for s in snaps:
-        result, _ = _ops(run, vm, s.get('mode', 'internal')).absent(s['name'])
+        result = _ops(run, vm, s.get('mode', 'internal')).absent(s['name'])[0]
         if result['changed']:
             deleted.append(s['name'])
     return deleted
@@ -73,9 +73,9 @@ def snapshot_present(run, target, record):
     with open_vm(run.module, run.conn(target)) as vm:
         t0 = time.monotonic()
         if p['mode'] == 'instant':
-            result, _ = _ops(run, vm, 'instant').present(name, target['disks'], False)
+            result = _ops(run, vm, 'instant').present(name, target['disks'], False)[0]
         else:
-            result, _ = _ops(run, vm, 'internal').present(name, target['disks'], target['vmstate_disk'], True, False)
+            result = _ops(run, vm, 'internal').present(name, target['disks'], target['vmstate_disk'], True, False)[0]
         record.update(changed=result['changed'], route=result.get('route'), paused_ms=result.get('paused_ms'),
                       duration_s=round(time.monotonic() - t0, 3))
         ours = list_snapshots(vm, p['memory_dir'], name_prefix=p['prefix'])
@@ -99,7 +99,7 @@ def snapshot_reverted(run, target, record):
         found = list_snapshots(vm, p['memory_dir'], name=name)
         mode = found[0]['mode'] if found else 'internal'
         t0 = time.monotonic()
-        result, _ = _ops(run, vm, mode).reverted(name)
+        result = _ops(run, vm, mode).reverted(name)[0]
     record.update(changed=result['changed'], mode=mode, route=result.get('route'), paused_ms=result.get('paused_ms'),
                   duration_s=round(time.monotonic() - t0, 3))
     if not run.check_mode:

@@ -29,6 +29,7 @@ attributes:
     description: Predicts each VM's save or restore; writes nothing.
   diff_mode:
     support: none
+    description: No diff; each VM's record says what changed.
 seealso:
   - module: vmfleet.kvm.vm_save
   - module: vmfleet.kvm.vm_restore

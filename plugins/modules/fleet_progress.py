@@ -27,6 +27,7 @@ attributes:
     description: Only reads.
   diff_mode:
     support: none
+    description: No diff; each record says what changed.
 seealso:
   - module: vmfleet.kvm.fleet_snapshot
 options:
@@ -42,7 +43,7 @@ options:
   async_dir:
     description:
       - Where Ansible keeps the status of background jobs on this host (its C(async_dir) setting).
-    type: str
+    type: path
     default: ~/.ansible_async
   wait:
     description:
@@ -131,7 +132,7 @@ def _job_ended(p):
     """Whether Ansible's status of the background job says it ended (as async_status reads it)."""
     if not p['jid']:
         return False
-    job = _read(os.path.join(os.path.expanduser(p['async_dir']), p['jid']))
+    job = _read(os.path.join(p['async_dir'], p['jid']))
     return job is not None and (job.get('finished') or 'started' not in job)
 
 
@@ -167,7 +168,7 @@ def main():
     run_module(AnsibleModule(argument_spec=dict(
         path=dict(type='path', required=True),
         jid=dict(type='str'),
-        async_dir=dict(type='str', default='~/.ansible_async'),
+        async_dir=dict(type='path', default='~/.ansible_async'),
         wait=dict(type='float', default=10.0),
     ), supports_check_mode=True), work)
 

@@ -33,6 +33,7 @@ attributes:
     description: Predicts what would be snapshotted, reverted or deleted on each VM; touches nothing.
   diff_mode:
     support: none
+    description: No diff; each VM's record says what changed.
 seealso:
   - module: vmfleet.kvm.snapshot
   - module: vmfleet.kvm.fleet_progress

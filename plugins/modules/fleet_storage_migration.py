@@ -30,6 +30,7 @@ attributes:
     description: Predicts each VM's copies; creates no directory and starts no copy.
   diff_mode:
     support: none
+    description: No diff; each VM's record says what changed.
 seealso:
   - module: vmfleet.kvm.drive_mirror
   - module: vmfleet.kvm.fleet_progress
