@@ -1,0 +1,610 @@
+"""A fleet of simulated hypervisors on this one machine, reached over real SSH.
+
+Each host is a network namespace (``<prefix><i>``) joined to the root namespace
+by a veth pair: the root side ``<prefix><i>`` holds ``10.213.<i>.1/24``, the
+host's ``eth0`` holds ``10.213.<i>.2/24`` (its ``ansible_host``). A holder
+process (``sleep infinity`` under ``ip netns exec NS unshare --mount
+--propagation private``) keeps the host's mount namespace, in which per-host
+directories are bind-mounted over /run/libvirt, /var/lib/libvirt, /etc/libvirt
+(a copy without domain definitions), /var/log/libvirt and /var/cache/libvirt.
+Every daemon of the host is started in both namespaces (``nsenter``): its own
+``virtlogd`` and ``libvirtd`` (so ``virsh -c qemu:///system`` on the host shows
+only its domains), its own ``sshd`` (key authentication only, login user
+``vmfleet`` who becomes root with passwordless sudo), and its raw QEMU VMs (QMP
+sockets). From the root namespace a host's libvirt is
+``qemu:///system?socket=<dir>/run/libvirt-sock``.
+
+Everything lives under ``/var/tmp/vmfleet-rig-<prefix>/``; the controller side
+(client key, known_hosts, SSH control sockets, inventory) too. ``down()`` kills
+every process of every host's namespace, deletes the namespaces and veths, the
+sudoers entry, the user (when the rig made it) and the directory. A rig holds
+``/run/vmfleet-rig-<prefix>.lock`` while up; ``up()`` takes it and sweeps
+whatever a killed run of the same prefix left (the mount points it had to make
+on the machine, /run/sshd and /var/lib/vmfleet, are listed in
+``/run/vmfleet-rig-<prefix>.made`` for that).
+
+  python -m rig.hypervisors up [--hosts N] [--vms M] [--memory MIB] [--prefix P]
+  python -m rig.hypervisors down [--prefix P]
+"""
+
+import argparse
+import fcntl
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from .accel import detect_accel
+from .guest import REPO
+from .libvirt_vm import LibvirtVM, virsh
+from .qemu_vm import QemuVM
+
+PREFIX = 'vmfh'
+SUBNET = '10.213'
+USER = 'vmfleet'
+GECOS = 'vmfleet test rig'  # marks the login user as the rig's own: down() deletes it
+SUDOERS = '/etc/sudoers.d/vmfleet-rig'
+VENV_PYTHON = os.path.join(REPO, '.venv', 'bin', 'python')
+# per-host directory -> where it is bind-mounted in the host's mount namespace
+# (/var/lib/vmfleet: the roles' reports, save images and journals stay each host's own)
+HOST_DIRS = (('run', '/run/libvirt'), ('lib', '/var/lib/libvirt'), ('etc', '/etc/libvirt'),
+             ('log', '/var/log/libvirt'), ('cache', '/var/cache/libvirt'), ('vmfleet', '/var/lib/vmfleet'))
+# the fleet roles, each with its own variable for the raw QEMU sockets of a host
+ROLES = ('pre_upgrade_snapshot', 'snapshot_rollback', 'snapshot_cleanup', 'storage_migration', 'host_maintenance')
+
+
+def _run(argv, check=True, **kw):
+    kw.setdefault('capture_output', True)
+    r = subprocess.run(argv, text=True, check=False, **kw)
+    if check and r.returncode:
+        raise RuntimeError('%s failed (%d): %s' % (' '.join(argv), r.returncode, (r.stderr or '').strip()))
+    return r
+
+
+def _wait(what, predicate, timeout, every=0.1):
+    end = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > end:
+            raise TimeoutError('%s: not within %ss' % (what, timeout))
+        time.sleep(every)
+
+
+def _pid_from(path):
+    try:
+        with open(path) as f:
+            pid = int(f.read().split()[0])
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _kill_pids(pids, grace=5.0):
+    """TERM, then KILL what is left after ``grace`` seconds."""
+    pids = set(pids)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    end = time.monotonic() + grace
+    while pids and time.monotonic() < end:
+        pids = set(p for p in pids if _alive(p))
+        time.sleep(0.1)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _alive(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError):
+        return False
+
+
+def _netns_pids(ns):
+    r = _run(['ip', 'netns', 'pids', ns], check=False)
+    return [int(p) for p in r.stdout.split()] if r.returncode == 0 else []
+
+
+class RigQemuVM(QemuVM):
+    """A raw QEMU VM started inside a host's network and mount namespaces, so that
+    its QMP socket is the one the host's modules see."""
+
+    def __init__(self, host, *args, **kw):
+        self.host = host
+        super().__init__(*args, **kw)
+
+    def _build_argv(self):
+        # nsenter execs QEMU in place: the process (and the pidfile) is QEMU's own
+        return self.host.nsenter_argv() + super()._build_argv()
+
+
+class Host:
+    """One simulated hypervisor."""
+
+    def __init__(self, fleet, index):
+        self.fleet = fleet
+        self.index = index
+        self.name = 'hv%d' % index
+        self.ns = '%s%d' % (fleet.prefix, index)
+        self.veth = self.ns
+        self.gateway = '%s.%d.1' % (SUBNET, index)
+        self.address = '%s.%d.2' % (SUBNET, index)
+        self.dir = os.path.join(fleet.root, self.name)
+        self.holder = None
+        self.vms = []  # LibvirtVM / RigQemuVM
+        self.python = VENV_PYTHON  # this host's ansible_python_interpreter
+
+    # --- paths and namespaces -------------------------------------------------
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    @property
+    def libvirt_socket(self):
+        return self.path('run', 'libvirt-sock')
+
+    @property
+    def uri(self):
+        """This host's libvirt, from the root namespace."""
+        return 'qemu:///system?socket=' + self.libvirt_socket
+
+    def nsenter_argv(self):
+        return ['nsenter', '-t', str(self.holder), '-m', '-n', '--']
+
+    def run(self, argv, check=True, **kw):
+        """Run ``argv`` on this host (its network and mount namespaces), as root."""
+        return _run(self.nsenter_argv() + list(argv), check=check, **kw)
+
+    def virsh(self, *args, check=True):
+        return virsh(*args, uri=self.uri, check=check)
+
+    # --- bring-up -------------------------------------------------------------
+    def create(self):
+        os.makedirs(self.dir)
+        os.chmod(self.dir, 0o755)
+        _run(['ip', 'netns', 'add', self.ns])
+        _run(['ip', 'link', 'add', self.veth, 'type', 'veth', 'peer', 'name', self.veth + 'p',
+              'netns', self.ns])
+        _run(['ip', 'addr', 'add', self.gateway + '/24', 'dev', self.veth])
+        _run(['ip', 'link', 'set', self.veth, 'up'])
+        ns = ['ip', 'netns', 'exec', self.ns]
+        _run(ns + ['ip', 'link', 'set', self.veth + 'p', 'name', 'eth0'])
+        _run(ns + ['ip', 'addr', 'add', self.address + '/24', 'dev', 'eth0'])
+        _run(ns + ['ip', 'link', 'set', 'eth0', 'up'])
+        _run(ns + ['ip', 'link', 'set', 'lo', 'up'])
+        # the holder keeps the host's mount namespace for everything started later
+        with open(self.path('holder.log'), 'wb') as log:
+            proc = subprocess.Popen(ns + ['unshare', '--mount', '--propagation', 'private', '--',
+                                          'sleep', 'infinity'],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.holder = proc.pid  # ip netns exec and unshare exec in place: this is sleep
+        mine = os.readlink('/proc/self/ns/mnt')
+        _wait('mount namespace of %s' % self.ns,
+              lambda: proc.poll() is None and os.readlink('/proc/%d/ns/mnt' % proc.pid) != mine
+              and open('/proc/%d/comm' % proc.pid).read().strip() == 'sleep', 10)
+        self._libvirt_dirs()
+        self._sshd_config()
+        self.start_libvirtd()
+        self.start_sshd()
+
+    def _libvirt_dirs(self):
+        for sub, target in HOST_DIRS:
+            d = self.path(sub)
+            if sub == 'etc':
+                shutil.copytree('/etc/libvirt', d, symlinks=True)
+                # none of the machine's domains, and nothing that autostarts
+                for sub_dir in ('qemu', 'qemu/autostart', 'qemu/networks/autostart', 'storage/autostart'):
+                    p = os.path.join(d, sub_dir)
+                    for f in (os.listdir(p) if os.path.isdir(p) else ()):
+                        fp = os.path.join(p, f)
+                        if f.endswith('.xml') and not os.path.isdir(fp):
+                            os.unlink(fp)
+            elif sub == 'cache' and os.path.isdir('/var/cache/libvirt'):
+                # QEMU's probed capabilities: saves each libvirtd seconds at start
+                shutil.copytree('/var/cache/libvirt', d, symlinks=True)
+            else:
+                os.makedirs(d)
+            self.fleet.mountpoint(target)
+            self.run(['mount', '--bind', d, target])
+        os.makedirs(self.path('lib', 'images'), exist_ok=True)
+
+    def start_libvirtd(self):
+        if not _pid_from(self.path('virtlogd.pid')):
+            self.run(['virtlogd', '-d', '-p', self.path('virtlogd.pid')])
+        _wait('virtlogd of %s' % self.name, lambda: _pid_from(self.path('virtlogd.pid')), 30)
+        with open(self.path('libvirtd.log'), 'ab') as log:
+            # under tini as child subreaper, as on the machine (scripts/setup-host.sh): an exited QEMU is reaped at once
+            subprocess.Popen(self.nsenter_argv() + ['tini', '-s', '--', 'libvirtd', '-p', self.path('libvirtd.pid')],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        _wait('libvirtd of %s answering on %s' % (self.name, self.libvirt_socket),
+              lambda: self.virsh('version', check=False).returncode == 0, 120, every=0.3)
+
+    def stop_libvirtd(self):
+        """A fault: this host's libvirtd goes down (its domains run on)."""
+        pid = _pid_from(self.path('libvirtd.pid'))
+        if pid:
+            _kill_pids([pid], grace=15)
+        _wait('libvirtd of %s gone' % self.name, lambda: not _pid_from(self.path('libvirtd.pid'))
+              or not _alive(_pid_from(self.path('libvirtd.pid'))), 20)
+
+    def _sshd_config(self):
+        os.makedirs(self.path('ssh'))
+        key = self.path('ssh', 'ssh_host_ed25519_key')
+        _run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', self.name, '-f', key])
+        with open(self.path('ssh', 'sshd_config'), 'w') as f:
+            f.write('\n'.join([
+                'ListenAddress %s' % self.address,
+                'Port 22',
+                'HostKey %s' % key,
+                'PidFile %s' % self.path('sshd.pid'),
+                'AuthorizedKeysFile .ssh/authorized_keys',
+                'PubkeyAuthentication yes',
+                'PasswordAuthentication no',
+                'KbdInteractiveAuthentication no',
+                'PermitRootLogin no',
+                'AllowUsers %s' % USER,
+                'UsePAM no',
+                'MaxStartups 100',
+                'MaxSessions 100',
+                'Subsystem sftp internal-sftp',
+                'LogLevel VERBOSE',
+            ]) + '\n')
+
+    def start_sshd(self):
+        self.fleet.mountpoint('/run/sshd')  # its privilege separation directory
+        self.run(['/usr/sbin/sshd', '-f', self.path('ssh', 'sshd_config'), '-E', self.path('sshd.log')])
+        _wait('sshd of %s' % self.name, lambda: _pid_from(self.path('sshd.pid')), 30)
+
+    def stop_sshd(self):
+        """A fault: this host becomes unreachable (its sshd stopped)."""
+        pid = _pid_from(self.path('sshd.pid'))
+        if pid:
+            _kill_pids([pid])
+
+    @property
+    def known_hosts_line(self):
+        with open(self.path('ssh', 'ssh_host_ed25519_key.pub')) as f:
+            kind, key = f.read().split()[:2]
+        return '%s %s %s\n' % (self.address, kind, key)
+
+    # --- VMs ------------------------------------------------------------------
+    def add_vm(self, backend, name, memory_mib, accel, detach):
+        workdir = self.path('vms', name)
+        if backend == 'libvirt':
+            vm = LibvirtVM(workdir, name, memory_mib=memory_mib, accel=accel, uri=self.uri)
+        else:
+            vm = RigQemuVM(self, workdir, name, memory_mib=memory_mib, accel=accel, detach=detach)
+        os.chmod(self.path('vms'), 0o755)
+        self.vms.append(vm)
+        vm.start()
+        return vm
+
+    @property
+    def qmp_sockets(self):
+        return [vm.qmp_socket for vm in self.vms if isinstance(vm, QemuVM)]
+
+    @property
+    def domains(self):
+        return [vm.name for vm in self.vms if isinstance(vm, LibvirtVM)]
+
+    def state(self):
+        return dict(name=self.name, ns=self.ns, address=self.address, dir=self.dir, uri=self.uri,
+                    python=self.python, domains=self.domains, qmp_sockets=self.qmp_sockets,
+                    vms=[dict(name=vm.name, backend='libvirt' if isinstance(vm, LibvirtVM) else 'qemu',
+                              serial_log=vm.serial_log,
+                              disks=dict((n, list(v)) for n, v in vm.disks.items()))
+                         for vm in self.vms])
+
+
+class Fleet:
+    """``hosts`` simulated hypervisors with ``vms_per_host`` VMs each (libvirt and raw
+    QEMU alternating, libvirt first), plus ``bare_hosts`` hosts without VMs whose
+    ``ansible_python_interpreter`` is a plain venv (no libvirt-python, no qemu.qmp)."""
+
+    def __init__(self, hosts=4, vms_per_host=2, memory_mib=256, prefix=PREFIX, bare_hosts=0,
+                 detach=False, lock_timeout=900):
+        if not re.match(r'^[a-z]{1,8}$', prefix):
+            raise ValueError('prefix: 1-8 lowercase letters (it names interfaces)')
+        if not 1 <= hosts + bare_hosts <= 250:
+            raise ValueError('1-250 hosts')
+        self.prefix = prefix
+        self.count = hosts
+        self.bare_count = bare_hosts
+        self.vms_per_host = vms_per_host
+        self.memory_mib = memory_mib
+        self.detach = detach  # raw QEMUs outlive this process (a CLI rig)
+        self.lock_timeout = lock_timeout
+        self.root = '/var/tmp/vmfleet-rig-%s' % prefix
+        self.lock_path = '/run/vmfleet-rig-%s.lock' % prefix
+        self.hosts = []
+        self.bare_hosts = []
+        self._lock = None
+        # directories of the machine that the rig had to create, for the sweep (even after a killed run)
+        self.made_path = '/run/vmfleet-rig-%s.made' % prefix
+
+    def mountpoint(self, path):
+        """Make sure ``path`` exists on the machine (a mount point); if the rig makes it, the sweep removes it."""
+        if not os.path.isdir(path):
+            with open(self.made_path, 'a') as f:
+                f.write(path + '\n')
+            os.makedirs(path, mode=0o755)
+
+    # --- controller-side files ------------------------------------------------
+    @property
+    def key(self):
+        return os.path.join(self.root, 'id_ed25519')
+
+    @property
+    def known_hosts(self):
+        return os.path.join(self.root, 'known_hosts')
+
+    @property
+    def bare_venv(self):
+        return os.path.join(self.root, 'bare-venv')
+
+    @property
+    def bare_python(self):
+        return os.path.join(self.bare_venv, 'bin', 'python')
+
+    @property
+    def inventory(self):
+        return os.path.join(self.root, 'inventory.yml')
+
+    @property
+    def all_hosts(self):
+        return self.hosts + self.bare_hosts
+
+    def host(self, name):
+        return next(h for h in self.all_hosts if h.name == name)
+
+    # --- up / down --------------------------------------------------------------
+    def up(self):
+        self._take_lock()
+        try:
+            self.sweep()
+            os.makedirs(self.root)
+            os.chmod(self.root, 0o755)
+            self._user()
+            for i in range(1, self.count + self.bare_count + 1):
+                h = Host(self, i)
+                (self.hosts if i <= self.count else self.bare_hosts).append(h)
+                h.create()
+            if self.bare_hosts:
+                # "not prepared": a python with what Ansible needs (the standard library), pip, and nothing else
+                _run(['python3', '-m', 'venv', self.bare_venv])
+                for h in self.bare_hosts:
+                    h.python = self.bare_python
+            self._boot_vms()
+            self.write_inventory()
+            self._wait_ssh()
+            with open(os.path.join(self.root, 'fleet.json'), 'w') as f:
+                json.dump([h.state() for h in self.all_hosts], f, indent=1)
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _boot_vms(self):
+        if not self.vms_per_host:
+            return
+        accel = detect_accel()
+        for h in self.hosts:
+            for j in range(1, self.vms_per_host + 1):
+                backend = 'libvirt' if j % 2 else 'qemu'
+                h.add_vm(backend, '%s-%s%d' % (h.ns, 'lv' if backend == 'libvirt' else 'raw', j),
+                         self.memory_mib, accel, self.detach)
+        # eight TCG guests boot together on two busy cores: be generous
+        for h in self.hosts:
+            for vm in h.vms:
+                vm.wait_booted(300)
+
+    def _wait_ssh(self):
+        for h in self.all_hosts:
+            _wait('ssh to %s (%s)' % (h.name, h.address),
+                  lambda: _run(self.ssh_argv(h, 'sudo', '-n', 'true'), check=False, timeout=60).returncode == 0,
+                  60, every=0.5)
+
+    def ssh_argv(self, host, *command):
+        return ['ssh', '-i', self.key, '-o', 'UserKnownHostsFile=' + self.known_hosts,
+                '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10',
+                '%s@%s' % (USER, host.address)] + list(command)
+
+    def down(self):
+        """Remove everything of the rig; safe to call twice, and after a failed up()."""
+        try:
+            # raw QEMUs: a clean quit, and their Popen reaped
+            for h in self.all_hosts:
+                for vm in h.vms:
+                    if isinstance(vm, QemuVM):
+                        try:
+                            vm.stop()
+                        except Exception as e:  # the namespace sweep below kills it anyway
+                            print('rig: stopping %s: %s' % (vm.name, e), file=sys.stderr)
+            self.sweep()
+            self.hosts, self.bare_hosts = [], []
+        finally:
+            self._release_lock()
+
+    def sweep(self):
+        """Remove what any run of this prefix left: processes of the hosts' namespaces,
+        the namespaces, veths, SSH control masters, sudoers entry, user, directory."""
+        names = re.compile(r'^%s\d+$' % re.escape(self.prefix))
+        spaces = [ns for ns in (line.split()[0] for line in _run(['ip', 'netns', 'list']).stdout.splitlines()
+                                if line.strip()) if names.match(ns)]
+        pids = set()
+        for ns in spaces:
+            pids.update(_netns_pids(ns))
+        pids.update(self._pids_using_root())
+        pids.discard(os.getpid())
+        _kill_pids(pids)
+        for ns in spaces:
+            _run(['ip', 'netns', 'del', ns], check=False)
+        for line in _run(['ip', '-o', 'link', 'show']).stdout.splitlines():
+            m = re.match(r'^\d+:\s+([^:@]+)', line)
+            if m and names.match(m.group(1)):
+                _run(['ip', 'link', 'del', m.group(1)], check=False)
+        if os.path.exists(SUDOERS):
+            os.unlink(SUDOERS)
+        try:
+            if pwd.getpwnam(USER).pw_gecos == GECOS:
+                _run(['userdel', '-r', '-f', USER], check=False)
+        except KeyError:
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            with open(self.made_path) as f:
+                made = f.read().split()
+        except FileNotFoundError:
+            made = []
+        for d in reversed(made):
+            try:
+                os.rmdir(d)  # only if empty: something else may have put files there since
+            except OSError:
+                pass
+        if os.path.exists(self.made_path):
+            os.unlink(self.made_path)
+
+    def _pids_using_root(self):
+        """Processes (outside the namespaces) whose command line names the rig's
+        directory: SSH control masters, raw QEMUs of a detached rig."""
+        needle = self.root.encode() + b'/'
+        out = []
+        for d in os.listdir('/proc'):
+            if not d.isdigit():
+                continue
+            try:
+                with open('/proc/%s/cmdline' % d, 'rb') as f:
+                    if needle in f.read():
+                        out.append(int(d))
+            except OSError:
+                pass
+        return out
+
+    def _take_lock(self):
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        end = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > end:
+                    os.close(fd)
+                    raise TimeoutError('another fleet rig of prefix %r is up (lock %s held)'
+                                       % (self.prefix, self.lock_path))
+                time.sleep(1)
+        os.ftruncate(fd, 0)
+        os.write(fd, b'%d\n' % os.getpid())
+        self._lock = fd
+
+    def _release_lock(self):
+        if self._lock is not None:
+            try:
+                os.unlink(self.lock_path)
+            except OSError:
+                pass
+            os.close(self._lock)
+            self._lock = None
+
+    def _user(self):
+        try:
+            u = pwd.getpwnam(USER)
+            if u.pw_gecos != GECOS:
+                raise RuntimeError('user %s exists and is not the rig\'s own (GECOS %r)' % (USER, u.pw_gecos))
+        except KeyError:
+            # '*': no password, yet not locked (sshd refuses locked accounts)
+            _run(['useradd', '--create-home', '--shell', '/bin/sh', '--comment', GECOS, '--password', '*', USER])
+        u = pwd.getpwnam(USER)
+        with open(SUDOERS + '.tmp', 'w') as f:
+            f.write('%s ALL=(ALL) NOPASSWD: ALL\n' % USER)
+        os.chmod(SUDOERS + '.tmp', 0o440)
+        _run(['visudo', '-c', '-q', '-f', SUDOERS + '.tmp'])
+        os.replace(SUDOERS + '.tmp', SUDOERS)
+        _run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', 'vmfleet-rig-controller', '-f', self.key])
+        ssh_dir = os.path.join(u.pw_dir, '.ssh')
+        os.makedirs(ssh_dir, exist_ok=True)
+        with open(self.key + '.pub') as f, open(os.path.join(ssh_dir, 'authorized_keys'), 'w') as out:
+            out.write(f.read())
+        for p in (ssh_dir, os.path.join(ssh_dir, 'authorized_keys')):
+            os.chown(p, u.pw_uid, u.pw_gid)
+        os.chmod(ssh_dir, 0o700)
+        os.chmod(os.path.join(ssh_dir, 'authorized_keys'), 0o600)
+
+    # --- inventory ------------------------------------------------------------
+    def write_inventory(self, path=None, host_vars=None, hosts=None):
+        """An inventory like a user's: group ``hypervisors``; host vars are the address,
+        the raw QEMU sockets (which no registry lists) and the interpreter where it
+        differs. ``host_vars``: {host name: {var: value}} added on top."""
+        with open(self.known_hosts, 'w') as f:
+            f.writelines(h.known_hosts_line for h in self.all_hosts)
+        host_vars = host_vars or {}
+        entries = {}
+        for h in (hosts if hosts is not None else self.all_hosts):
+            v = dict(ansible_host=h.address)
+            if h.qmp_sockets:
+                v['vmfleet_qmp_sockets'] = h.qmp_sockets
+            if h.python != VENV_PYTHON:
+                v['ansible_python_interpreter'] = h.python
+            v.update(host_vars.get(h.name, {}))
+            entries[h.name] = v
+        group_vars = dict(('%s_qmp_sockets' % role, '{{ vmfleet_qmp_sockets | default([]) }}') for role in ROLES)
+        inv = {'hypervisors': {
+            'hosts': entries,
+            'vars': dict(group_vars, **{
+                'ansible_connection': 'ssh',
+                'ansible_user': USER,
+                'ansible_become': True,
+                'ansible_ssh_private_key_file': self.key,
+                'ansible_ssh_common_args': '-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes' % self.known_hosts,
+                'ansible_control_path_dir': os.path.join(self.root, 'cp'),
+                # interpreter discovery picks a broken shim on these machines; the hosts share this filesystem
+                'ansible_python_interpreter': VENV_PYTHON,
+            })}}
+        path = path or self.inventory
+        import yaml
+        with open(path, 'w') as f:
+            yaml.safe_dump(inv, f, default_flow_style=False, sort_keys=False)
+        return path
+
+    def __enter__(self):
+        return self.up()
+
+    def __exit__(self, *exc):
+        self.down()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('action', choices=['up', 'down'])
+    ap.add_argument('--hosts', type=int, default=4)
+    ap.add_argument('--bare-hosts', type=int, default=0)
+    ap.add_argument('--vms', type=int, default=2)
+    ap.add_argument('--memory', type=int, default=256)
+    ap.add_argument('--prefix', default=PREFIX)
+    args = ap.parse_args(argv)
+    fleet = Fleet(args.hosts, args.vms, args.memory, args.prefix, args.bare_hosts, detach=True)
+    if args.action == 'up':
+        fleet.up()
+        fleet._release_lock()  # a CLI rig stays up after this process; `down` sweeps it
+        print(fleet.inventory)
+    else:
+        fleet._take_lock()
+        fleet.down()
+
+
+if __name__ == '__main__':
+    main()
