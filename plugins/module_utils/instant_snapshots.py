@@ -20,9 +20,18 @@ An instant snapshot is three things:
 The disk snapshots alone look like a disk-only internal snapshot; the manifest
 is what marks them instant.
 
-Revert (raw QEMU only): check everything first, then stop QEMU, ``qemu-img
-snapshot -a`` every disk, relaunch the recorded command line with
-``-incoming defer`` and load the memory file.
+How the memory file is written and loaded is the VM handle's: a raw QEMU
+writes a plain migration stream (``migrate file:``) and a revert relaunches
+its recorded command line with ``-incoming defer``; a libvirt domain's file is
+a libvirt save image (backends/libvirt_save_image: header written first,
+the fd handed to QEMU with ``getfd``, ``migrate fd:``, marked complete after
+fsync) that libvirt's own restore loads. Either way a revert checks
+everything first, then stops the VM, ``qemu-img snapshot -a`` every disk and
+loads the memory file.
+
+A run that dies half-way (QEMU killed, module killed) leaves at most a
+partial memory file nobody holds the lock of; the next snapshot run on that
+VM removes it (remove_stale_partials).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -79,6 +88,19 @@ def find_manifests(memory_dir, vm_name):
     return out
 
 
+def remove_stale_partials(memory_dir, vm_name):
+    """Partial memory files of ``vm_name`` that no run writes any more (their
+    writer and its QEMU died half-way: the lock is free) are removed; the paths."""
+    memory_dir = memory_dir or DEFAULT_MEMORY_DIR
+    if not os.path.isdir(memory_dir):
+        return []
+    prefix = os.path.join(memory_dir, glob.escape(quote(vm_name, safe='')) + '.')
+    removed = manifest_store.remove_unlocked(glob.glob(prefix + '*' + SUFFIX + manifest_store.PARTIAL))
+    if removed:
+        durable.fsync_dir(memory_dir)
+    return removed
+
+
 def _disk_record(snap_disk):
     return dict(name=snap_disk.name, file=snap_disk.file, node_name=snap_disk.node_name)
 
@@ -117,7 +139,8 @@ def guard_internal(vm, memory_dir, name):
     """mode: internal must not half-handle an instant snapshot."""
     if manifest_store.read_manifest(memory_path(memory_dir or DEFAULT_MEMORY_DIR, vm.name, name)) is not None:
         raise InvalidArgument("snapshot '%s' of VM '%s' is an instant snapshot" % (name, vm.name),
-                              hint="nothing was changed; use mode: instant for it")
+                              hint="nothing was changed; mode: internal cannot replace it: pick another name, or "
+                                   "remove it first (state: absent)")
 
 
 class InstantSnapshots(object):
@@ -126,6 +149,10 @@ class InstantSnapshots(object):
         self.deadline = Deadline(timeout)
         self.memory_dir = memory_dir or DEFAULT_MEMORY_DIR
         self.check_mode = check_mode
+
+    def _sweep(self):
+        if not self.check_mode:
+            remove_stale_partials(self.memory_dir, self.vm.name)
 
     # -- checks, all before anything is touched --
     def _check_dir(self):
@@ -157,24 +184,39 @@ class InstantSnapshots(object):
         return caps
 
     def _arm(self, caps):
-        """Switch background-snapshot on (QEMU checks the guest's memory backends now)."""
-        enabled = set(c['capability'] for c in self.vm.qmp('query-migrate-capabilities') if c['state'])
-        want = dict((c, False) for c in _EXCLUDED if c in enabled)
+        """Switch background-snapshot on (QEMU checks the guest's memory backends now),
+        remembering what it changes so that _disarm leaves the VM as it found it."""
+        vm = self.vm
+        states = dict((c['capability'], c['state']) for c in vm.qmp('query-migrate-capabilities'))
+        want = dict((c, False) for c in _EXCLUDED if states.get(c))
         want['background-snapshot'] = True
         want.update(migration.WAKE_CAPS)
+        # stream capabilities stay off: whoever streams next sets its own (see qemu_migration)
+        self._undo_caps = dict((c, bool(states.get(c))) for c in want if c not in migration.STREAM_CAPS)
+        self._undo_caps['background-snapshot'] = False
+        self._undo_params = dict((k, v) for k, v in vm.qmp('query-migrate-parameters').items()
+                                 if k == 'max-bandwidth')
         try:
-            migration.set_capabilities(self.vm, want)
-            migration.unthrottle(self.vm)
+            migration.set_capabilities(vm, want)
+            migration.unthrottle(vm)
         except QmpCommandError as e:
-            raise CapabilityMissing("VM '%s' cannot take an instant snapshot: %s" % (self.vm.name, e.desc),
+            self._disarm()
+            raise CapabilityMissing("VM '%s' cannot take an instant snapshot: %s" % (vm.name, e.desc),
                                     hint="nothing was changed; the guest's memory backend (hugepages, shared or "
                                          "file-backed memory) may not support write-protect; use mode: internal")
 
     def _disarm(self):
+        """No capability or parameter left behind: a later save or snapshot (vm_save,
+        virsh save, virsh snapshot-create-as) must find QEMU as before."""
         try:
-            migration.set_capabilities(self.vm, {'background-snapshot': False})
+            migration.set_capabilities(self.vm, getattr(self, '_undo_caps', {'background-snapshot': False}))
         except VmfleetError:
             pass
+        if getattr(self, '_undo_params', None):
+            try:
+                self.vm.qmp('migrate-set-parameters', **self._undo_params)
+            except VmfleetError:
+                pass
 
     def _lookup(self, name, disks):
         path = memory_path(self.memory_dir, self.vm.name, name)
@@ -186,6 +228,7 @@ class InstantSnapshots(object):
     def present(self, name, disk_names, overwrite):
         validate_name(name)
         self.vm.check_instant_snapshots()
+        self._sweep()
         self._check_dir()
         vm = self.vm
         disks = vm.disks()
@@ -233,33 +276,35 @@ class InstantSnapshots(object):
     def _create(self, name, selected, path, caps):
         vm = self.vm
         relaunch = vm.relaunch_record()
-        self._arm(caps)
         tmp = path + manifest_store.PARTIAL
-        manifest_store.remove([tmp])
-        manifest_store.create_private(tmp)
+        manifest_store.remove_unlocked([tmp])
+        # locked while we write it: a partial file nobody holds is a dead run's (remove_stale_partials)
+        fd = manifest_store.create_locked(tmp)
         was_running = vm.state() == 'running'
-        vm.drain_events()
         paused_by_us = False
         disks_done = False
         started = False
-        t0 = time.monotonic()
         try:
+            self._arm(caps)
+            vm.drain_events()
+            t0 = time.monotonic()
             if was_running:
-                vm.qmp('stop')
+                vm.pause()
                 paused_by_us = True
             vm.qmp('transaction', actions=[
                 {'type': 'blockdev-snapshot-internal-sync', 'data': {'device': d.node_name, 'name': name}}
                 for d in selected])
             disks_done = True
-            vm.qmp('migrate', uri='file:%s' % tmp)
             started = True
+            vm.start_memory_write(tmp, fd, was_running)
             self._wait_tracking()
             if paused_by_us:
-                vm.qmp('cont')
+                vm.resume()
                 paused_by_us = False
             t_resumed = time.monotonic()
             events = vm.drain_events()
             info = migration.wait(vm, self.deadline, "writing the memory of VM '%s' to %s" % (vm.name, tmp))
+            vm.finish_memory_write(tmp, fd)
             snap_disks = vm.disks()
             records = []
             for d in selected:
@@ -279,13 +324,13 @@ class InstantSnapshots(object):
                 qemu=relaunch,
                 files=[dict(file=os.path.basename(path), bytes=os.path.getsize(tmp), kind=KIND, sha256=None)])
             manifest_store.commit([tmp], manifest, path)
-        except Exception as e:
+        except BaseException as e:
             if started:
-                migration.cancel(vm)
+                vm.abort_memory_write(tmp, fd)
             manifest_store.remove([tmp])
             if paused_by_us:
                 try:
-                    vm.qmp('cont')
+                    vm.resume()
                 except VmfleetError:
                     pass
             if disks_done:
@@ -299,6 +344,7 @@ class InstantSnapshots(object):
                     e.hint = "raise 'timeout' (the guest runs on while its RAM is written)"
             raise
         finally:
+            os.close(fd)
             self._disarm()
         return measured, info
 
@@ -332,12 +378,14 @@ class InstantSnapshots(object):
 
     def _delete(self, name, path, disks):
         self._delete_disks(name, disks)
-        manifest_store.remove([manifest_store.manifest_path(path), path, path + manifest_store.PARTIAL])
+        manifest_store.remove([manifest_store.manifest_path(path), path])
+        manifest_store.remove_unlocked([path + manifest_store.PARTIAL])  # not one a run writes now
         durable.fsync_dir(os.path.dirname(path))
 
     def absent(self, name):
         validate_name(name)
         self.vm.check_instant_snapshots()
+        self._sweep()
         disks = self.vm.disks()
         path, manifest, internal = self._lookup(name, disks)
         result = dict(changed=False, route=None, actions=[], mode=KIND)
@@ -359,6 +407,7 @@ class InstantSnapshots(object):
     def reverted(self, name):
         validate_name(name)
         self.vm.check_instant_snapshots()
+        self._sweep()
         vm = self.vm
         disks = vm.disks()
         path, manifest, internal = self._lookup(name, disks)
@@ -381,6 +430,9 @@ class InstantSnapshots(object):
                 raise InvalidArgument("disk image %s of VM '%s' is not a local file" % (f, vm.name),
                                       hint="nothing was changed; revert needs the image files on this host")
         state = vm.state()
+        if state not in ('running', 'paused'):
+            # a shut-off libvirt domain comes back as it was at the snapshot
+            state = manifest.get('state_at_snapshot', 'running')
         result = dict(changed=True, mode=KIND, route=None, paused_ms=0,
                       snapshot=describe(manifest, path, disks),
                       actions=[dict(action='revert', disks=[r['name'] for r in manifest['disks']],

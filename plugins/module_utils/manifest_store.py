@@ -9,6 +9,7 @@ manifest is renamed into place last: no manifest, no complete image."""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import fcntl
 import hashlib
 import json
 import os
@@ -45,6 +46,47 @@ def create_private(path):
     """Create ``path`` empty, 0600, failing if it exists."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     os.close(fd)
+
+
+def create_locked(path):
+    """Create ``path`` empty, 0600 (failing if it exists), open read-write and
+    flock'ed: the fd (the caller closes it). A partial file whose lock no one
+    holds was left by a writer that died (remove_unlocked)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            raise OSError("%s was removed as it was created" % path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_unlocked(paths):
+    """Remove each file of ``paths`` whose flock no process holds (its writer
+    died, with the QEMU it handed it to); the paths removed."""
+    removed = []
+    for p in paths:
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a writer at work
+            try:
+                same = os.stat(p).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.unlink(p)
+                removed.append(p)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def sha256_file(path, bufsize=4 << 20):

@@ -10,6 +10,8 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import datetime
+import os
+import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import CapabilityMissing, DiskNotFound
 
@@ -172,6 +174,50 @@ class VmHandle(object):
     def check_instant_snapshots(self):
         raise CapabilityMissing("VM '%s' (%s) cannot take instant snapshots" % (self.name, self.backend),
                                 hint="use mode: internal")
+
+    def qemu_version(self):
+        raise NotImplementedError
+
+    def pause(self):
+        """Stop the guest's vCPUs."""
+        self.qmp('stop')
+
+    def resume(self):
+        self.qmp('cont')
+
+    def relaunch_record(self):
+        """What a revert to a memory file needs to bring this VM back (recorded in the manifest)."""
+        raise NotImplementedError
+
+    def check_relaunch(self, record, what):
+        """Before anything stops: ``record`` (relaunch_record) can bring this VM back."""
+        raise NotImplementedError
+
+    def start_memory_write(self, path, fd, was_running):
+        """Start QEMU's migration of the (paused) VM's RAM and device state into
+        the partial memory file ``path``, open (and locked) as ``fd`` by the caller."""
+        raise NotImplementedError
+
+    def finish_memory_write(self, path, fd):
+        """The migration completed: make the memory file whole and durable (before it is renamed)."""
+        os.fsync(fd)
+
+    def abort_memory_write(self, path, fd):
+        """Stop a memory write that failed half-way (the caller removes the file)."""
+        try:
+            self.qmp('migrate_cancel')
+            # until QEMU has let go of the file: a later save of the VM needs its migration idle
+            end = time.monotonic() + 10.0
+            while self.qmp('query-migrate').get('status') in ('cancelling', 'active', 'setup', 'device') \
+                    and time.monotonic() < end:
+                time.sleep(0.05)
+        except Exception:  # nothing to cancel, or QEMU gone: the caller reports the first error
+            pass
+
+    def revert_to_memory(self, record, name, images, memory_file, state, deadline):
+        """Stop the VM, apply disk snapshot ``name`` to ``images`` and bring the
+        VM back from ``memory_file`` in ``state``; a dict for the module's result."""
+        raise NotImplementedError
 
     # -- shared logic --
     def __enter__(self):

@@ -10,14 +10,15 @@ __metaclass__ = type
 
 import contextlib
 import json
+import os
 import re
 import threading
 import time
 import traceback
 import xml.etree.ElementTree as ET
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils import capabilities, durable, manifest_store
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
+from ansible_collections.vmfleet.kvm.plugins.module_utils import capabilities, durable, manifest_store, qemu_img
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import libvirt_save_image, quirks
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.handle import Disk, ImageSnapshot, VmHandle
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
     CapabilityMissing, ConnectionFailed, InvalidArgument, OperationTimeout, QmpCommandError, VmfleetError,
@@ -73,11 +74,6 @@ def _state_names():
 
 
 LIBVIRT_FORMATS = {'zstd': 'zstd', 'zlib': 'gzip'}
-INSTANT_REASON = (
-    "instant snapshots are not available for libvirt domains: libvirt 11.x has no instant (background-snapshot) "
-    "snapshot API, and it can load guest memory only from its own save-image format, so a revert could not be "
-    "done without bypassing libvirt")
-
 
 def choose_save_path(channels, compression, parallel_supported):
     """(path_used, why) of a libvirt save, or a clear error when libvirt cannot do it."""
@@ -252,13 +248,17 @@ class LibvirtVm(VmHandle):
                                  speed=info.get('bandwidth'), ready=info.get('cur') == info.get('end')))
         return jobs
 
-    def qmp(self, command, _timeout=None, **args):
+    def qmp(self, command, _timeout=None, _files=None, **args):
         """QMP passthrough. libvirt marks the domain tainted (custom-monitor);
         used only where libvirt's own API cannot do the job. libvirt gives no
-        per-call timeout: callers check their deadline between calls."""
+        per-call timeout: callers check their deadline between calls.
+        ``_files``: file descriptors handed to QEMU with the command (getfd)."""
         msg = json.dumps({'execute': command, 'arguments': args} if args else {'execute': command})
         try:
-            reply = json.loads(libvirt_qemu.qemuMonitorCommand(self.dom, msg, 0))
+            if _files:
+                reply = json.loads(libvirt_qemu.qemuMonitorCommandWithFiles(self.dom, msg, list(_files), 0)[0])
+            else:
+                reply = json.loads(libvirt_qemu.qemuMonitorCommand(self.dom, msg, 0))
         except libvirt.libvirtError as e:
             if e.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
                 raise VmGone("libvirt domain '%s' is not running (%s)" % (self.name, e.get_error_message()))
@@ -280,9 +280,78 @@ class LibvirtVm(VmHandle):
     def host_facts(self, timeout):
         return _Host(self.module, self.conn, [self]).host_facts(timeout)
 
+    def qemu_version(self):
+        return quirks.version_string(self._call('reading the QEMU version', self.conn.getVersion))
+
+    def pause(self):
+        self._call('suspending', self.dom.suspend)
+
+    def resume(self):
+        self._call('resuming', self.dom.resume)
+
+    # -- instant snapshots: libvirt's save-image format, written through QEMU's background-snapshot --
     def check_instant_snapshots(self):
-        raise CapabilityMissing(INSTANT_REASON, hint="use mode: internal for libvirt domain '%s' (the guest is paused "
-                                                     "while its RAM is written)" % self.name)
+        why = quirks.libvirt_instant_missing(self.conn.getLibVersion(), libvirt_qemu, self.uri)
+        if why:
+            raise CapabilityMissing("libvirt domain '%s' cannot take instant snapshots: %s" % (self.name, why),
+                                    hint="nothing was changed; use mode: internal")
+
+    def relaunch_record(self):
+        return dict(uuid=self.dom.UUIDString(), disks=dict((d.name, d.file) for d in self.disks()),
+                    libvirt=quirks.version_string(self.conn.getLibVersion()), version=self.qemu_version())
+
+    def check_relaunch(self, record, what):
+        if record.get('uuid') != self.dom.UUIDString():
+            raise InvalidArgument("%s was taken of another VM (uuid %s), not of libvirt domain '%s'"
+                                  % (what, record.get('uuid'), self.name), hint="nothing was changed")
+        now = dict((d.name, d.file) for d in self.disks())
+        for target, path in sorted(record['disks'].items()):
+            if now.get(target) != path:
+                raise InvalidArgument(
+                    "disk %s of libvirt domain '%s' is %s, not %s as when %s was taken (moved by drive_mirror?): "
+                    "the definition in its memory file names the old image" % (target, self.name, now.get(target),
+                                                                               path, what),
+                    hint="nothing was changed; the snapshot cannot be reverted, remove it")
+
+    def start_memory_write(self, path, fd, was_running):
+        flags = libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_MIGRATABLE
+        xml = self._call('reading the migratable XML', self.dom.XMLDesc, flags)
+        libvirt_save_image.write_header(fd, xml, was_running)
+        # QEMU writes through its copy of the fd from the offset the header ends at, as libvirt's own save does
+        fdname = 'vmfleet-memory-%d' % os.getpid()
+        self.qmp('getfd', _files=[fd], fdname=fdname)
+        try:
+            self.qmp('migrate', uri='fd:%s' % fdname)
+        except Exception:
+            try:
+                self.qmp('closefd', fdname=fdname)
+            except VmfleetError:
+                pass
+            raise
+
+    def finish_memory_write(self, path, fd):
+        libvirt_save_image.mark_complete(fd)
+
+    def revert_to_memory(self, record, name, images, memory_file, state, deadline):
+        """Destroy the domain, apply the disk snapshots, and let libvirt restore the memory file."""
+        libvirt_save_image.check_complete(memory_file)
+        hint = ("libvirt domain '%s' is shut off; memory file %s is intact: revert again, or start the domain"
+                % (self.name, memory_file))
+        if self.is_running():
+            self._call('destroying the domain', self.dom.destroy)
+        for f in images:
+            qemu_img.snapshot(self.module, '-a', name, f, hint=hint)
+        flags = libvirt.VIR_DOMAIN_SAVE_PAUSED if state == 'paused' else libvirt.VIR_DOMAIN_SAVE_RUNNING
+        t0 = time.monotonic()
+        try:
+            run_blocking(lambda: self.conn.restoreFlags(memory_file, None, flags), deadline,
+                         "restoring libvirt domain '%s' from %s" % (self.name, memory_file))
+        except VmfleetError as e:
+            e.hint = hint
+            raise
+        load_s = round(time.monotonic() - t0, 3)
+        self.dom = _by_uuid(self.conn, record['uuid']) or self.dom
+        return dict(route='libvirt-restore', state=self.state(), domain_id=self.dom.ID(), load_s=load_s)
 
     def mirror_driver(self):
         from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt_mirror import LibvirtMirrorDriver

@@ -164,6 +164,10 @@ class QemuVm(VmHandle):
     def check_instant_snapshots(self):
         pass
 
+    def start_memory_write(self, path, fd, was_running):
+        # QEMU opens the file itself (the same inode: the caller's lock holds)
+        self.qmp('migrate', uri='file:%s' % path)
+
     def relaunchable_argv(self):
         """The command line a restore or revert starts again: it must name every
         image the VM runs on now, or the relaunch would pair this RAM with an old disk."""

@@ -17,6 +17,10 @@ LIBVIRT_PARALLEL_SAVE_CONSTANT = 'VIR_DOMAIN_SAVE_PARAM_PARALLEL_CHANNELS'
 # QEMU's direct-io migration parameter came with 9.1: without it libvirt
 # refuses VIR_DOMAIN_SAVE_BYPASS_CACHE on a sparse image.
 QEMU_DIRECT_IO = (9, 1, 0)
+# virDomainQemuMonitorCommandWithFiles (an fd handed to QEMU through libvirt's
+# monitor: getfd for an instant snapshot's memory file) came with libvirt 8.2.
+LIBVIRT_MONITOR_FILES = (8, 2, 0)
+LIBVIRT_MONITOR_FILES_CALL = 'qemuMonitorCommandWithFiles'
 
 
 def version_tuple(v):
@@ -42,3 +46,19 @@ def libvirt_parallel_save(libvirt_version, binding):
 
 def qemu_direct_io(qemu_version):
     return version_tuple(qemu_version) >= QEMU_DIRECT_IO
+
+
+def libvirt_instant_missing(libvirt_version, binding_qemu, uri):
+    """Why libvirt cannot take an instant snapshot of a domain (None when it can):
+    the memory file's fd goes to QEMU through libvirt's monitor, which needs
+    libvirt >= 8.2, a binding that has the call, and a local connection (an fd
+    does not cross hosts, and the file must be where libvirt restores it)."""
+    if version_tuple(libvirt_version) < LIBVIRT_MONITOR_FILES:
+        return "libvirt %s cannot hand QEMU a file descriptor (libvirt >= %s is needed)" % (
+            version_string(libvirt_version), "%d.%d.%d" % LIBVIRT_MONITOR_FILES)
+    if not hasattr(binding_qemu, LIBVIRT_MONITOR_FILES_CALL):
+        return "this libvirt-python lacks libvirt_qemu.%s (libvirt-python >= 8.2 is needed)" % (
+            LIBVIRT_MONITOR_FILES_CALL)
+    if '://' in uri and uri.split('://', 1)[1].split('/', 1)[0]:
+        return "the connection %s is remote; run the task on the domain's host with a local uri" % uri
+    return None

@@ -1,0 +1,83 @@
+"""The pure parts of instant snapshots: libvirt's save-image header as
+libvirt's qemu_saveimage.h lays it out, the version check of the libvirt
+route, and the partial-file locks that tell a dead run's file from a live one."""
+
+import fcntl
+import os
+import struct
+
+import pytest
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils import manifest_store
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import libvirt_save_image as img
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import ImageCorrupt
+from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import remove_stale_partials
+
+XML = "<domain type='qemu'><name>web01</name></domain>"
+
+
+def test_header_layout_is_libvirts():
+    data = img.build_header(XML, was_running=True)
+    assert img.HEADER_SIZE == 92  # char magic[16]; uint32 version, data_len, was_running, format, cookieOffset, unused[14]
+    assert len(data) % 4096 == 0
+    magic, version, data_len, running, fmt, cookie = struct.unpack('=16s5I', data[:36])
+    assert (magic, version, running, fmt, cookie) == (b'LibvirtQemudPart', 2, 1, 0, 0)
+    assert data_len == len(data) - 92 and data_len >= len(XML) + 1 + 64 * 1024
+    assert data[92:92 + len(XML) + 1] == XML.encode() + b'\0'
+    assert set(data[36:92]) == {0} and set(data[92 + len(XML):]) == {0}
+    assert struct.unpack('=16s5I', img.build_header(XML, was_running=False)[:36])[3] == 0
+
+
+def test_partial_image_is_refused_until_marked_complete(tmp_path):
+    path = str(tmp_path / 'm.vmstate')
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        start = img.write_header(fd, XML, True)
+        assert os.lseek(fd, 0, os.SEEK_CUR) == start  # the stream goes on from here
+        os.write(fd, b'QEVM' + b'\0' * 100)
+        with pytest.raises(ImageCorrupt, match='incomplete'):
+            img.check_complete(path)
+        img.mark_complete(fd)
+    finally:
+        os.close(fd)
+    h = img.check_complete(path)
+    assert h['xml'] == XML and h['was_running'] is True
+    with open(path, 'rb') as f:
+        assert f.read(16) == b'LibvirtQemudSave'
+        f.seek(start)
+        assert f.read(4) == b'QEVM'
+    with open(path, 'r+b') as f:
+        f.write(b'NotLibvirtAtAll!')
+    with pytest.raises(ImageCorrupt, match='not a raw libvirt save image'):
+        img.check_complete(path)
+
+
+def test_libvirt_instant_route_needs_fd_passing_and_a_local_uri():
+    class Binding:
+        qemuMonitorCommandWithFiles = None
+    assert quirks.libvirt_instant_missing(11003000, Binding, 'qemu:///system') is None
+    assert '8.2' in quirks.libvirt_instant_missing(8001000, Binding, 'qemu:///system')
+    assert 'libvirt-python' in quirks.libvirt_instant_missing(11003000, object(), 'qemu:///system')
+    assert 'remote' in quirks.libvirt_instant_missing(11003000, Binding, 'qemu+ssh://h2/system')
+
+
+def test_only_partial_files_no_one_holds_are_stale(tmp_path):
+    d = str(tmp_path)
+    live = os.path.join(d, 'web01.a.vmstate.partial')
+    fd = manifest_store.create_locked(live)
+    assert os.stat(live).st_mode & 0o777 == 0o600
+    for n in ('web01.b.vmstate.partial', 'web02.c.vmstate.partial', 'web01.d.vmstate'):
+        open(os.path.join(d, n), 'w').close()
+    try:
+        assert remove_stale_partials(d, 'web01') == [os.path.join(d, 'web01.b.vmstate.partial')]
+        assert sorted(os.listdir(d)) == ['web01.a.vmstate.partial', 'web01.d.vmstate', 'web02.c.vmstate.partial']
+        with pytest.raises(OSError):
+            manifest_store.create_locked(live)  # never two writers of one file
+    finally:
+        os.close(fd)
+    assert remove_stale_partials(d, 'web01') == [live]
+    with open(os.path.join(d, 'web02.c.vmstate.partial')) as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        assert remove_stale_partials(d, 'web02') == []
+    assert remove_stale_partials(str(tmp_path / 'none'), 'web01') == []
