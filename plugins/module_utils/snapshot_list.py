@@ -8,7 +8,12 @@ from the instant snapshots' manifests, each with the mode it was taken in."""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import describe, find_manifests
+import os
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import (
+    DEFAULT_MEMORY_DIR, KIND, describe, find_manifests, memory_path,
+)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.manifest_store import PARTIAL
 
 
 def list_snapshots(vm, memory_dir, name=None, name_prefix=None):
@@ -38,3 +43,16 @@ def list_snapshots(vm, memory_dir, name=None, name_prefix=None):
         if wanted(n):
             out.append(dict(describe(manifest, path, disks), vm=vm.name, backend=vm.backend, in_libvirt=False))
     return out
+
+
+def mode_of(vm, memory_dir, name, asked):
+    """The mode snapshot ``name`` of ``vm`` was taken in, found by its name
+    (an instant snapshot's manifest or leftover memory file, else the disk
+    images); ``asked`` when there is no such snapshot."""
+    found = list_snapshots(vm, memory_dir, name=name)
+    if found:
+        return found[0]['mode']
+    path = memory_path(memory_dir or DEFAULT_MEMORY_DIR, vm.name, name)
+    if os.path.exists(path) or os.path.exists(path + PARTIAL):
+        return KIND
+    return asked

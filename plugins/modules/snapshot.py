@@ -8,7 +8,7 @@ __metaclass__ = type
 
 DOCUMENTATION = r'''
 module: snapshot
-short_description: Create, delete or revert internal snapshots of a QEMU/KVM VM
+short_description: Create, delete or revert internal and instant snapshots of a QEMU/KVM VM
 version_added: 0.1.0
 description:
   - Manages internal (qcow2) snapshots of a VM reached through libvirt (O(domain)) or a raw
@@ -23,18 +23,34 @@ description:
     domain is handled with C(qemu-img snapshot) on its images. The result's RV(route) says
     which ran.
   - With O(mode=internal) the guest is paused while its RAM is written; RV(paused_ms) reports for how long.
-  - With O(mode=instant) (raw QEMU VMs only) the guest is paused only while its disks are
-    snapshotted (one QMP C(transaction) of disk-only internal snapshots) and its device state is
-    saved; its RAM is written to a memory file under O(memory_dir) by QEMU's C(background-snapshot)
-    migration while it runs on. The snapshot's moment is the pause. A manifest next to the memory
-    file marks the disk snapshots as instant. Revert stops QEMU, reverts the disks with
-    C(qemu-img snapshot -a), relaunches the recorded QEMU command line with C(-incoming defer)
-    and loads the memory file; everything is checked before QEMU is stopped.
+  - With O(mode=instant) the guest is paused only while its disks are snapshotted (one QMP
+    C(transaction) of disk-only internal snapshots) and its device state is saved; its RAM is
+    written to a memory file under O(memory_dir) by QEMU's C(background-snapshot) migration while
+    it runs on. The snapshot's moment is the pause. A manifest next to the memory file (written
+    last, after the memory file is fsynced) marks the disk snapshots as instant.
+  - On a raw QEMU VM the memory file is a plain migration stream; a revert stops QEMU, reverts the
+    disks with C(qemu-img snapshot -a), relaunches the recorded QEMU command line with
+    C(-incoming defer) and loads the memory file.
+  - On a libvirt domain the memory file is a libvirt save image (libvirt's header and the domain's
+    migratable XML, then QEMU's stream, handed to QEMU as a file descriptor); a revert destroys
+    the domain, reverts the disks with C(qemu-img snapshot -a) and restores the memory file with
+    libvirt's own restore API, so the domain runs on as an ordinary libvirt domain. The steps
+    libvirt 11.x has no API for (C(background-snapshot), C(getfd), C(migrate), the disk
+    C(transaction)) go through libvirt's QMP passthrough, which marks the domain tainted
+    (C(custom-monitor)), as partial snapshots (O(disks) leaving a disk out) already do. Every
+    migration capability and parameter is set back afterwards, so a later C(virsh save),
+    C(virsh snapshot-create-as) or M(vmfleet.kvm.vm_save) of the domain works as before.
+    It needs libvirt >= 8.2 and a local O(uri).
+  - Everything is checked before the VM is stopped for a revert. A failure half-way through
+    taking an instant snapshot undoes it (disk snapshots deleted, guest resumed, capability
+    switched off, partial memory file removed). A run killed half-way (QEMU or the module)
+    leaves at most a partial memory file nobody writes; the next task of this module on that
+    VM and O(memory_dir) removes it.
   - O(mode=instant) fails before pausing anything when the host kernel lacks userfaultfd
     write-protect, QEMU lacks C(background-snapshot), or the guest's memory backend cannot be
-    write-protected. On a libvirt domain it fails before touching anything, because libvirt 11.x has no
-    instant snapshot API and cannot load a memory file outside its own save format; use
-    O(mode=internal) there.
+    write-protected.
+  - O(state=absent) and O(state=reverted) find the snapshot by its O(name), whatever mode took
+    it; O(mode) matters only when a snapshot is created.
 author:
   - vmfleet.kvm contributors (@vmfleet)
 extends_documentation_fragment:
@@ -89,9 +105,12 @@ options:
     default: false
   mode:
     description:
+      - How O(state=present) takes the snapshot.
       - V(internal) keeps RAM state inside a qcow2 image, written while the guest is paused.
-      - V(instant) freezes the moment in milliseconds and writes RAM while the guest runs
-        (raw QEMU VMs only); O(vmstate_disk) and O(memory) do not apply.
+      - V(instant) freezes the moment in milliseconds and writes RAM to a memory file under
+        O(memory_dir) while the guest runs (raw QEMU VMs and libvirt domains);
+        O(vmstate_disk) and O(memory) do not apply.
+      - Ignored by O(state=absent) and O(state=reverted), which handle the snapshot the way it was taken.
     type: str
     choices: [internal, instant]
     default: internal
@@ -100,7 +119,8 @@ options:
       - Directory of the memory files and manifests of instant snapshots
         (C(<memory_dir>/<vm>.<name>.vmstate) and C(.vmstate.manifest.json)).
       - Must exist. M(vmfleet.kvm.snapshot_info) needs the same directory to list them.
-      - With O(mode=internal) it is only read, to refuse handling an instant snapshot as internal.
+      - Also read to find a snapshot's mode for O(state=absent) and O(state=reverted), and to refuse
+        an internal snapshot of an instant snapshot's name.
     type: path
     default: /var/lib/vmfleet/snapshots
 '''
@@ -137,6 +157,18 @@ EXAMPLES = r'''
     name: pre-upgrade
     mode: instant
     memory_dir: /var/lib/vmfleet/snapshots
+
+- name: Instant snapshot of a libvirt domain
+  vmfleet.kvm.snapshot:
+    domain: db02
+    name: pre-upgrade
+    mode: instant
+
+- name: Roll it back (found by name, whatever mode took it)
+  vmfleet.kvm.snapshot:
+    domain: db02
+    name: pre-upgrade
+    state: reverted
 '''
 
 RETURN = r'''
@@ -153,7 +185,10 @@ snapshot:
     vm_clock_sec: 812.5
     consistent: true
 route:
-  description: V(qmp) (QEMU snapshot jobs), V(libvirt) (libvirt's snapshot API) or V(qemu-img) (VM shut off); null when nothing ran.
+  description:
+    - V(qmp) (QEMU snapshot jobs, or the QMP steps of an instant snapshot), V(libvirt) (libvirt's snapshot API),
+      V(qemu-img) (VM shut off), V(qemu-relaunch) or V(libvirt-restore) (revert of an instant snapshot);
+      null when nothing ran.
   returned: always
   type: str
   sample: qmp
@@ -184,20 +219,30 @@ state:
   type: str
   sample: running
 mode:
-  description: V(instant) when the instant engine ran.
-  returned: when O(mode=instant)
+  description: The mode of the snapshot the task handled, V(internal) or V(instant) (for O(state=absent) and O(state=reverted), the mode it was taken in).
+  returned: always
   type: str
   sample: instant
 pid:
-  description: PID of the relaunched QEMU after the revert of an instant snapshot.
-  returned: when O(mode=instant), O(state=reverted) and not in check mode
+  description: PID of the relaunched QEMU after the revert of an instant snapshot of a raw QEMU VM.
+  returned: when an instant snapshot of a raw QEMU VM was reverted, not in check mode
   type: int
   sample: 4242
 qmp_socket:
-  description: QMP socket of the relaunched QEMU after the revert of an instant snapshot.
-  returned: when O(mode=instant), O(state=reverted) and not in check mode
+  description: QMP socket of the relaunched QEMU after the revert of an instant snapshot of a raw QEMU VM.
+  returned: when an instant snapshot of a raw QEMU VM was reverted, not in check mode
   type: str
   sample: /run/vms/db01.qmp
+domain_id:
+  description: libvirt's id of the domain restored by the revert of an instant snapshot.
+  returned: when an instant snapshot of a libvirt domain was reverted, not in check mode
+  type: int
+  sample: 7
+load_s:
+  description: Seconds libvirt's restore of the memory file took, in the revert of an instant snapshot of a libvirt domain.
+  returned: when an instant snapshot of a libvirt domain was reverted, not in check mode
+  type: float
+  sample: 1.16
 ram_bytes:
   description: Bytes of guest RAM the instant snapshot wrote.
   returned: when O(mode=instant) created a snapshot
@@ -208,12 +253,9 @@ ram_bytes:
 import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument
-from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import (
-    DEFAULT_MEMORY_DIR, InstantSnapshots, guard_internal,
-)
-from ansible_collections.vmfleet.kvm.plugins.module_utils.internal_snapshots import Snapshots
+from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import DEFAULT_MEMORY_DIR
 from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot_task import snapshot_task
 
 
 def _diff(state, name, before, result):
@@ -230,23 +272,8 @@ def _diff(state, name, before, result):
 def work(module):
     p = module.params
     t0 = time.monotonic()
-    if p['mode'] == 'instant' and (p['vmstate_disk'] or not p['memory']):
-        raise InvalidArgument("vmstate_disk and memory do not apply to mode: instant",
-                              hint="its RAM goes to a memory file under memory_dir; drop them")
     with open_vm(module) as vm:
-        if p['mode'] == 'instant':
-            ops = InstantSnapshots(vm, p['timeout'], p['memory_dir'], check_mode=module.check_mode)
-            create = (p['name'], p['disks'], p['overwrite'])
-        else:
-            guard_internal(vm, p['memory_dir'], p['name'])
-            ops = Snapshots(vm, p['timeout'], check_mode=module.check_mode)
-            create = (p['name'], p['disks'], p['vmstate_disk'], p['memory'], p['overwrite'])
-        if p['state'] == 'present':
-            result, before = ops.present(*create)
-        elif p['state'] == 'absent':
-            result, before = ops.absent(p['name'])
-        else:
-            result, before = ops.reverted(p['name'])
+        result, before = snapshot_task(vm, p, module.check_mode)
     result['duration_s'] = round(time.monotonic() - t0, 3)
     if module._diff and result['changed']:
         result['diff'] = _diff(p['state'], p['name'], before, result)
