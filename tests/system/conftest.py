@@ -15,6 +15,8 @@ from rig.qemu_vm import QemuVM
 from rig.targets import Target
 
 PREFIX = 'vmfleet-test-'
+# libvirt domain names are host-wide: two test sessions at once must not share one
+SESSION = os.getpid() % 100000
 # backend -> the VM class, and the tag of its default names
 _KINDS = {'qemu': (QemuVM, 'raw'), 'libvirt': (LibvirtVM, 'lv')}
 
@@ -68,7 +70,7 @@ class VmFactory:
         until its guest counts; a Target for it."""
         cls, tag = _KINDS[backend]
         self.n += 1
-        name = kw.pop('name', '%s%s%d' % (PREFIX, tag, self.n))
+        name = kw.pop('name', '%s%s%d-%d' % (PREFIX, tag, SESSION, self.n))
         vm = cls(_workdir(self.root, name), name=name, accel=self.accel, **kw)
         self.vms.append(vm)
         vm.start()
@@ -120,10 +122,10 @@ def module_vms(workroot, accel):
 @pytest.fixture(scope='session')
 def shared_qemu(session_vms):
     """A raw QEMU VM that no test changes (a Target)."""
-    return session_vms.boot('qemu', name=PREFIX + 'shared-raw')
+    return session_vms.boot('qemu', name='%sshared-raw-%d' % (PREFIX, SESSION))
 
 
 @pytest.fixture(scope='session')
 def shared_libvirt(session_vms):
     """A libvirt domain that no test changes (a Target)."""
-    return session_vms.boot('libvirt', name=PREFIX + 'shared-lv')
+    return session_vms.boot('libvirt', name='%sshared-lv-%d' % (PREFIX, SESSION))
