@@ -58,6 +58,16 @@ class Target:
             time.sleep(0.2)
         raise AssertionError('guest counter did not reach %d (at %s)' % (at_least, self.counter()))
 
+    def wait_disk_counter(self, role, at_least, timeout=60):
+        """Wait until the guest wrote at least ``at_least`` to disk ``role``; the value read."""
+        end = time.time() + timeout
+        while time.time() < end:
+            c = self.disk_counter(role)
+            if c >= at_least:
+                return c
+            time.sleep(0.2)
+        raise AssertionError('disk %s counter did not reach %d (at %s)' % (role, at_least, self.disk_counter(role)))
+
     def counters_after(self, offset):
         return serial_counters(self.vm.serial_log, offset)
 
