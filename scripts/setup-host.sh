@@ -63,12 +63,13 @@ if need_install; then
 fi
 
 # The simulated hypervisors of the fleet tests (tests/rig/hypervisors.py): an sshd
-# per network namespace, a login user who reaches root through sudo. From the
+# per network namespace (ip netns), a login user who reaches root through sudo. From the
 # stable suite; no service is started (the rig starts each sshd itself).
 rig_need_install() {
     [ -x /usr/sbin/sshd ] || return 0
     command -v sudo >/dev/null || return 0
     command -v ssh >/dev/null || return 0
+    command -v ip >/dev/null || return 0
     return 1
 }
 if rig_need_install; then
@@ -81,7 +82,7 @@ if rig_need_install; then
         noservice=1
     fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-        openssh-server openssh-client sudo >/dev/null
+        openssh-server openssh-client sudo iproute2 >/dev/null
     [ -z "$noservice" ] || $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 
