@@ -75,6 +75,7 @@ def _state_names():
 
 LIBVIRT_FORMATS = {'zstd': 'zstd', 'zlib': 'gzip'}
 
+
 def choose_save_path(channels, compression, parallel_supported):
     """(path_used, why) of a libvirt save, or a clear error when libvirt cannot do it."""
     if compression != 'none':
