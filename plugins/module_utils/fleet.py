@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible_collections.vmfleet.kvm.plugins.module_utils import durable
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm, open_vms
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
-    FleetFailed, OperationTimeout, VmfleetError, VmGone,
+    ConnectionFailed, FleetFailed, OperationTimeout, VmfleetError, VmGone,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet_policy import fleet_record, fleet_select
 from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
@@ -70,13 +70,17 @@ class FleetRun(object):
                 sockets.append(s)
         described, unreachable = [], []
         if p['uri'] and (not asked or any(not v.startswith('/') for v in asked)):
-            with open_vms(self.module, dict(uri=p['uri'], domain=None, qmp_socket=None,
-                                            timeout=self.deadline.remaining(1.0))) as (vms, host):
-                for vm in vms:
-                    try:
-                        described.append(dict(vm.describe(), connection=vm.connection()))
-                    except VmGone:
-                        continue  # shut down and undefined while we listed
+            try:
+                with open_vms(self.module, dict(uri=p['uri'], domain=None, qmp_socket=None,
+                                                timeout=self.deadline.remaining(1.0))) as (vms, host):
+                    for vm in vms:
+                        try:
+                            described.append(dict(vm.describe(), connection=vm.connection()))
+                        except VmGone:
+                            continue  # shut down and undefined while we listed
+            except ConnectionFailed as e:
+                # libvirtd down: its domains are reported failed, the raw QEMU VMs are still worked
+                unreachable.append(dict(item=p['uri'], msg=e.message))
         for sock in sockets:
             try:
                 with open_vm(self.module, dict(qmp_socket=sock, domain=None, uri=p['uri'],
