@@ -158,8 +158,8 @@ def test_pre_upgrade_snapshot_over_ssh_with_an_unreachable_host_and_a_host_witho
     # the run names each bad host and why
     assert re.search(r'\[%s\]: UNREACHABLE!' % down_ssh.name, out), tail
     m = re.search(r'fatal: \[%s\]: FAILED! => (.*)' % down_libvirt.name, out)
-    assert m and 'could not run on %s' % down_libvirt.name in m.group(1), tail
-    assert 'cannot connect to libvirt at qemu:///system' in m.group(1), m.group(1)
+    assert m and 'failed on 1 VM(s) of %s' % down_libvirt.name in m.group(1), tail
+    assert 'qemu:///system: cannot connect to libvirt at qemu:///system' in m.group(1), m.group(1)
 
     for h in healthy:
         # each host's own report, in its own /var/lib/vmfleet
@@ -174,9 +174,14 @@ def test_pre_upgrade_snapshot_over_ssh_with_an_unreachable_host_and_a_host_witho
             # the snapshot is in the images themselves
             for disk in ('root', 'data'):
                 assert 'vmfleet-fleet-ssh' in _snapshots(t.vm.disk_path(disk)), (t.vm.name, disk)
-    # the host without libvirtd wrote its report all the same (the run stopped at libvirt: no VM done)
+    # the host without libvirtd: its domains failed as one record, its raw QEMU VMs were snapshotted all the same
     report = json.loads(open(down_libvirt.path('vmfleet', 'reports', 'pre_upgrade_snapshot.json')).read())
-    assert report['host'] == down_libvirt.name and report['changed'] == [], report
+    records = dict((r['vm'], r) for r in report['vms'])
+    assert records['qemu:///system']['status'] == 'failed', report
+    raw = [t for t in _targets(down_libvirt) if t.backend == 'qemu']
+    assert raw and report['changed'] == [t.vm.name for t in raw], report
+    for t in raw:
+        assert 'vmfleet-fleet-ssh' in _snapshots(t.vm.disk_path('root')), t.vm.name
     # nothing touched the unreachable host
     assert not os.path.exists(down_ssh.path('vmfleet', 'reports', 'pre_upgrade_snapshot.json'))
 
