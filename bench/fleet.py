@@ -14,14 +14,13 @@ for 1, 4, 8 and 16 VMs, in ``mode: internal`` (both backends) and ``mode: instan
     playbooks run from that version, for a before/after table;
   * the start of ``ansible-playbook`` itself (a play with one no-op task on the host).
 
-Instant snapshots of libvirt domains are refused by this version (libvirt has no instant snapshot API
-yet), so ``mode: instant`` runs on raw QEMU VMs only (n of them are booted besides the mixed ones).
 
 Usage: python bench/fleet.py [--sizes 1,4,8,16] [--modes internal,instant] [--before DIR]
 Writes bench/results/fleet.json and fleet.png.
 """
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -122,7 +121,7 @@ def plot(out, path):
         sizes = [r['vms'] for r in rows]
         for name, style in zip(PLAYBOOKS, ('o-', 's-', '^-')):
             ax.plot(sizes, [r['after'][name]['wall_s'] for r in rows], style, label='%s' % name)
-            if rows and rows[0].get('before'):
+            if all(r.get('before') for r in rows) and rows:
                 ax.plot(sizes, [r['before'][name]['wall_s'] for r in rows], style, alpha=0.35,
                         label='%s (before)' % name)
         ax.plot(sizes, [r['after']['pre_upgrade_snapshot']['vm_max_s'] for r in rows], 'k:',
@@ -154,23 +153,21 @@ def main():
     t_start = time.monotonic()
     runs = []
     try:
-        # n mixed VMs (half libvirt, half raw QEMU) for mode internal, n raw QEMU VMs for mode instant
-        n_lv = (n + 1) // 2 if 'internal' in modes else 0
-        n_raw = n if 'instant' in modes else n - n_lv
-        print('booting %d VMs...' % (n_lv + n_raw), flush=True)
+        n_lv = (n + 1) // 2
+        n_raw = n - n_lv
+        print('booting %d VMs...' % n, flush=True)
         vms = fleet.up(fleet_dir, ['vmfleet-bench-lv%d' % i for i in range(n_lv)],
                        ['vmfleet-bench-raw%d' % i for i in range(n_raw)], 256)
         lv = [vm for vm in vms if vm['backend'] == 'libvirt']
         raw = [vm for vm in vms if vm['backend'] == 'qemu']
-        mixed = [vm for pair in zip(lv, raw) for vm in pair] + raw[len(lv):]
+        mixed = [vm for pair in itertools.zip_longest(lv, raw) for vm in pair if vm is not None]
         start = playbook_start(root)
         for mode in modes:
             for size in sizes:
-                # instant snapshots of libvirt domains are refused by this version: raw QEMU only
-                chosen = mixed[:size] if mode == 'internal' else raw[:size]
+                chosen = mixed[:size]
                 row = dict(mode=mode, vms=len(chosen), backends=sorted(set(vm['backend'] for vm in chosen)))
                 row['after'] = _workflow(chosen, root, mode, 'a')
-                if before:
+                if before and mode == 'internal':
                     row['before'] = _workflow(chosen, root, mode, 'b', collections=before)
                 row['baseline_loop_s'] = baseline(chosen, 'bench-loop-%d' % len(chosen))
                 runs.append(row)
@@ -185,8 +182,8 @@ def main():
                      'it (duration_s); vm_*: each VM\'s whole pipeline in the fleet module (wall_s: act, verify, '
                      'retention, state after). paused_ms_max: the largest guest pause (QEMU\'s STOP/RESUME events). '
                      'baseline_loop_s: virsh snapshot-create-as / HMP savevm, one VM after the other. before: the '
-                     'same playbooks from the version given with --before. Guests run under TCG and share 2 cores. '
-                     'mode instant: raw QEMU VMs only (this version refuses libvirt domains).')
+                     'same playbooks from the version given with --before (it has no instant snapshots of libvirt '
+                     'domains: its mode instant rows are not run). Guests run under TCG and share 2 cores.')
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, 'fleet.json')
     with open(path, 'w') as f:
