@@ -57,6 +57,10 @@ options:
       - A JSON file the module rewrites as each VM is done (count, and each VM's status and time),
         for M(vmfleet.kvm.fleet_progress) to follow the run while it goes on. Its directory is created (0700).
     type: path
+attributes:
+  diff_mode:
+    support: none
+    description: No diff; each VM's record says what changed.
 requirements:
   - libvirt-python >= 12.1.0 (for libvirt domains)
   - qemu.qmp (for raw QEMU VMs)

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible_collections.vmfleet.kvm.plugins.module_utils import durable
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm, open_vms
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
-    ConnectionFailed, FleetFailed, OperationTimeout, VmfleetError, VmGone,
+    ConnectionFailed, FleetFailed, InvalidArgument, OperationTimeout, VmfleetError, VmGone,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet_policy import fleet_record, fleet_select
 from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
@@ -40,6 +40,8 @@ class FleetRun(object):
     VmfleetError to fail that VM."""
 
     def __init__(self, module, workflow, params):
+        if params['concurrency'] < 1:
+            raise InvalidArgument("concurrency must be at least 1, not %d" % params['concurrency'])
         self.module = module
         self.workflow = workflow
         self.p = params

@@ -27,9 +27,6 @@ attributes:
   check_mode:
     support: full
     description: Predicts each VM's save or restore; writes nothing.
-  diff_mode:
-    support: none
-    description: No diff; each VM's record says what changed.
 seealso:
   - module: vmfleet.kvm.vm_save
   - module: vmfleet.kvm.vm_restore
@@ -121,15 +118,12 @@ error:
 import os
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils import fleet_workflows as wf
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import FleetRun
 from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import fleet_module, run_module
 
 
 def work(module):
     p = module.params
-    if p['concurrency'] < 1:
-        raise InvalidArgument("concurrency must be at least 1, not %d" % p['concurrency'])
     run = FleetRun(module, 'maintenance ' + p['phase'], p)
     if p['phase'] == 'save':
         if not module.check_mode and not os.path.isdir(p['save_dir']):

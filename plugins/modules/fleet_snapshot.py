@@ -31,9 +31,6 @@ attributes:
   check_mode:
     support: full
     description: Predicts what would be snapshotted, reverted or deleted on each VM; touches nothing.
-  diff_mode:
-    support: none
-    description: No diff; each VM's record says what changed.
 seealso:
   - module: vmfleet.kvm.snapshot
   - module: vmfleet.kvm.fleet_progress
@@ -162,8 +159,6 @@ def work(module):
                               hint="set name (a snapshot to delete), keep (retention), or both")
     if not p['prefix']:
         raise InvalidArgument("prefix is empty", hint="retention must never touch snapshots it did not make")
-    if p['concurrency'] < 1:
-        raise InvalidArgument("concurrency must be at least 1, not %d" % p['concurrency'])
     if p['state'] == 'present' and p['mode'] == 'instant' and not module.check_mode and not os.path.isdir(p['memory_dir']):
         os.makedirs(p['memory_dir'], 0o700)
     states, pipeline = STATES[p['state']]

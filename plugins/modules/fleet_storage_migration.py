@@ -28,9 +28,6 @@ attributes:
   check_mode:
     support: full
     description: Predicts each VM's copies; creates no directory and starts no copy.
-  diff_mode:
-    support: none
-    description: No diff; each VM's record says what changed.
 seealso:
   - module: vmfleet.kvm.drive_mirror
   - module: vmfleet.kvm.fleet_progress
@@ -123,15 +120,12 @@ error:
 '''
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils import fleet_workflows as wf
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import FleetRun
 from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import fleet_module, run_module
 
 
 def work(module):
     p = module.params
-    if p['concurrency'] < 1:
-        raise InvalidArgument("concurrency must be at least 1, not %d" % p['concurrency'])
     run = FleetRun(module, 'storage migration', p)
     targets, records = run.select()
     run.run(wf.plan_moves(targets, p), wf.migrate_storage, records)

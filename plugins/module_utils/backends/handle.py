@@ -104,6 +104,46 @@ def find_disk(vm_name, disks, name, aliases=None):
         hint="its disks are: %s" % (", ".join(d.name for d in disks) or "none"))
 
 
+class MirrorDriver(object):
+    """What drive_mirror's engine asks of a backend to copy one disk live; each
+    backend's ``*_mirror.py`` subclasses it. Required: ``job(disk, job_id)``
+    (a dict with id, len, offset, ready, status, error, speed; None when there
+    is none), ``start``, ``set_speed``, ``complete``, ``cancel``, ``pause``,
+    ``resume``, ``nodes_for_verify``. The rest defaults to a backend without
+    a persistent definition of its VMs."""
+
+    route = None
+    # the backend keeps a persistent definition, pointed at the target after the switch
+    keeps_config = False
+    # what the result says when the job ended without an error message
+    silent_failure = 'the job ended without an error message'
+
+    def __init__(self, vm):
+        self.vm = vm
+
+    def job_target(self, disk):
+        return None  # the backend does not say: the journal does
+
+    def dismiss(self, job):
+        pass
+
+    def cleanup_after_cancel(self, target):
+        pass
+
+    def backing_node(self, disk):
+        return None
+
+    def config_source(self, disk):
+        return None
+
+    def update_config(self, disk, target, fmt):
+        return False
+
+    def stale_definition(self, disk, target, source):
+        """A warning for after the switch, when the VM's definition still names the old image."""
+        return None
+
+
 class VmHandle(object):
     """One VM, whichever backend runs it. Subclasses implement the primitives
     and the backend-specific steps below; features use only this interface."""

@@ -10,6 +10,7 @@ __metaclass__ = type
 
 import xml.etree.ElementTree as ET
 
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.handle import MirrorDriver
 from ansible_collections.vmfleet.kvm.plugins.module_utils.drive_mirror_journal import same_file
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import JobFailed, OperationTimeout
 from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import poll_until
@@ -22,16 +23,15 @@ except ImportError:  # LibvirtVm reports the missing library before a driver is 
 POLL_S = 0.25
 
 
-class LibvirtMirrorDriver(object):
+class LibvirtMirrorDriver(MirrorDriver):
     """libvirt: virDomainBlockCopy, virDomainBlockJobAbort (PIVOT)."""
 
     route = 'libvirt'
-    # the persistent definition is pointed at the target after the switch
     keeps_config = True
     silent_failure = 'the job ended without an error message (libvirt reports it only in its log)'
 
     def __init__(self, vm):
-        self.vm = vm
+        super(LibvirtMirrorDriver, self).__init__(vm)
         self.dom = vm.dom
 
     def _disk_el(self, disk, inactive=False):
@@ -96,9 +96,6 @@ class LibvirtMirrorDriver(object):
         self.vm._call('setting the copy speed', self.dom.blockJobSetSpeed, disk, int(speed or 0),
                       libvirt.VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES)
 
-    def dismiss(self, job):
-        pass
-
     def complete(self, disk, job, deadline):
         # synchronous: returns once libvirt (and QEMU) switched the disk
         self.vm._call('switching disk %s to its copy' % disk.name, self.dom.blockJobAbort, disk.name,
@@ -112,9 +109,6 @@ class LibvirtMirrorDriver(object):
                        on_timeout=lambda: OperationTimeout("the copy of disk %s did not end after its cancel" % disk.name))
         except OperationTimeout:
             pass  # the caller reads the job again and reports what it finds
-        return None
-
-    def after_switch(self, disk, target, source):
         return None
 
     def config_source(self, disk):
@@ -156,17 +150,11 @@ class LibvirtMirrorDriver(object):
             return True
         return False
 
-    def stale_definition(self, disk, target, source):
-        return None  # update_config pointed the persistent definition at the target
-
     def pause(self):
         self.vm._call('pausing the guest', self.dom.suspend)
 
     def resume(self):
         self.vm._call('resuming the guest', self.dom.resume)
-
-    def backing_node(self, disk):
-        return None  # libvirt opens a shallow copy's backing chain itself
 
     def nodes_for_verify(self, disk, target):
         mirror = self._mirror_el(disk)
@@ -174,6 +162,3 @@ class LibvirtMirrorDriver(object):
         if src is None or not src.get('index'):
             raise JobFailed("cannot verify disk %s: libvirt does not show the copy's node" % disk.name)
         return disk.node_name, 'libvirt-%s-format' % src.get('index')
-
-    def cleanup_after_cancel(self, target):
-        pass

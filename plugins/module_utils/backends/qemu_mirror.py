@@ -10,6 +10,7 @@ __metaclass__ = type
 import hashlib
 import os
 
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.handle import MirrorDriver
 from ansible_collections.vmfleet.kvm.plugins.module_utils.drive_mirror_journal import same_file
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import OperationTimeout, QmpCommandError
 from ansible_collections.vmfleet.kvm.plugins.module_utils.jobs import mirror_job_id
@@ -18,17 +19,11 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import poll_unt
 POLL_S = 0.25
 
 
-class QemuMirrorDriver(object):
-    """Raw QEMU: blockdev-add the target, blockdev-mirror, block-job-complete."""
+class QemuMirrorDriver(MirrorDriver):
+    """Raw QEMU: blockdev-add the target, blockdev-mirror, block-job-complete.
+    It has no persistent definition: its command line is the operator's."""
 
     route = 'qemu'
-    # a raw QEMU has no persistent definition to update after the switch
-    keeps_config = False
-    # what the result says when the job ends without an error message
-    silent_failure = 'the job ended without an error message'
-
-    def __init__(self, vm):
-        self.vm = vm
 
     @staticmethod
     def job_id(disk):
@@ -53,9 +48,6 @@ class QemuMirrorDriver(object):
                     out = dict(id=jid, len=j.get('total-progress', 0), offset=j.get('current-progress', 0),
                                ready=False, status=j.get('status'), error=j.get('error'), speed=None)
         return out
-
-    def job_target(self, disk):
-        return None  # QEMU does not say; the journal does
 
     def _nodes(self):
         return dict((n.get('node-name'), n) for n in self.vm.qmp('query-named-block-nodes'))
@@ -130,15 +122,6 @@ class QemuMirrorDriver(object):
         if job['status'] not in ('concluded', 'null'):
             self.vm.qmp('block-job-cancel', device=job['id'])
         return self._finish(job, deadline, 'cancelling the mirror of disk %s' % disk.name)
-
-    def after_switch(self, disk, target, source):
-        return None
-
-    def config_source(self, disk):
-        return None  # a raw QEMU has no persistent definition; its command line is the operator's
-
-    def update_config(self, disk, target, fmt):
-        return False
 
     def stale_definition(self, disk, target, source):
         return ("QEMU '%s' now runs disk '%s' on %s, but its command line still names %s: change it before "
