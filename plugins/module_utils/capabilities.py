@@ -9,12 +9,8 @@ __metaclass__ = type
 
 import ctypes
 import os
-import shutil
-import subprocess
-import tempfile
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qmp_client import QmpClient
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import CapabilityMissing
 
 _SYS_USERFAULTFD = {'x86_64': 323, 'aarch64': 282, 's390x': 355, 'ppc64le': 364}
@@ -50,28 +46,6 @@ def qmp_facts(execute):
         migrate_caps=sorted(c['capability'] for c in execute('query-migrate-capabilities')),
         commands=sorted(c['name'] for c in execute('query-commands')),
     )
-
-
-def probe_binary(binary, timeout=20.0):
-    """Start ``binary`` with no machine and ask it over QMP, then stop it."""
-    tmp = tempfile.mkdtemp(prefix='vmfleet-probe-')
-    sock = os.path.join(tmp, 'qmp.sock')
-    client = QmpClient('vmfleet-probe')
-    proc = None
-    try:
-        # Listen first, then let QEMU connect to us: no polling for its socket.
-        client.listen(sock, timeout)
-        proc = subprocess.Popen([binary, '-machine', 'none', '-nodefaults', '-display', 'none',
-                                 '-S', '-qmp', 'unix:%s' % sock],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        client.accept(timeout)
-        return qmp_facts(client.execute)
-    finally:
-        client.close()
-        if proc is not None:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def default_emulator(module):

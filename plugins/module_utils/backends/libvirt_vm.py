@@ -18,7 +18,7 @@ import traceback
 import xml.etree.ElementTree as ET
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils import capabilities, durable, manifest_store, qemu_img
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import libvirt_save_image, quirks
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import libvirt_save_image, qemu_process, quirks
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.handle import Disk, ImageSnapshot, VmHandle
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
     CapabilityMissing, ConnectionFailed, InvalidArgument, OperationTimeout, QmpCommandError, VmfleetError,
@@ -495,5 +495,5 @@ class _Host(object):
 
     def host_facts(self, timeout):
         emulator = next((e for e in (vm.emulator() for vm in self.vms) if e), None)
-        qemu = capabilities.probe_binary(emulator or capabilities.default_emulator(self.module), timeout)
+        qemu = qemu_process.probe_binary(emulator or capabilities.default_emulator(self.module), timeout)
         return capabilities.host_facts(qemu, quirks.version_string(self.conn.getLibVersion()), libvirt)

@@ -10,12 +10,16 @@ __metaclass__ = type
 
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 
+from ansible_collections.vmfleet.kvm.plugins.module_utils import capabilities
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qmp_client import QmpClient
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import OperationTimeout, VmfleetError
 from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline, poll_until
 
@@ -152,3 +156,25 @@ def wait_exit(pid, timeout):
     except OperationTimeout:
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
+
+
+def probe_binary(binary, timeout=20.0):
+    """Start ``binary`` with no machine and ask it over QMP, then stop it."""
+    tmp = tempfile.mkdtemp(prefix='vmfleet-probe-')
+    sock = os.path.join(tmp, 'qmp.sock')
+    client = QmpClient('vmfleet-probe')
+    proc = None
+    try:
+        # Listen first, then let QEMU connect to us: no polling for its socket.
+        client.listen(sock, timeout)
+        proc = subprocess.Popen([binary, '-machine', 'none', '-nodefaults', '-display', 'none',
+                                 '-S', '-qmp', 'unix:%s' % sock],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        client.accept(timeout)
+        return capabilities.qmp_facts(client.execute)
+    finally:
+        client.close()
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
