@@ -279,7 +279,11 @@ class InstantSnapshots(object):
         tmp = path + manifest_store.PARTIAL
         manifest_store.remove_unlocked([tmp])
         # locked while we write it: a partial file nobody holds is a dead run's (remove_stale_partials)
-        fd = manifest_store.create_locked(tmp)
+        try:
+            fd = manifest_store.create_locked(tmp)
+        except OSError as e:
+            raise SnapshotInconsistent("cannot create memory file %s: %s" % (tmp, e.strerror or e),
+                                       hint="nothing was changed; another run may be writing this snapshot now")
         was_running = vm.state() == 'running'
         paused_by_us = False
         disks_done = False
