@@ -38,6 +38,8 @@ from rig.qmp import qmp
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, 'results')
 PLAYBOOKS = ('pre_upgrade_snapshot', 'snapshot_rollback', 'snapshot_cleanup')
+# every disk qcow2: virsh snapshot-create-as and HMP savevm, the baseline, refuse a VM with a raw disk
+DISKS = (('root', 'qcow2', 64), ('data', 'qcow2', 64))
 
 
 def _playbook(name, vms, workdir, snap, mode, collections=None):
@@ -159,7 +161,7 @@ def main():
         # four at a time: sixteen TCG guests booting at once on two cores take minutes each
         for i in range(0, n_lv, 2):
             vms = fleet.up(fleet_dir, ['vmfleet-bench-lv%d' % j for j in range(min(i + 2, n_lv))],
-                           ['vmfleet-bench-raw%d' % j for j in range(min(i + 2, n_raw))], 256)
+                           ['vmfleet-bench-raw%d' % j for j in range(min(i + 2, n_raw))], 256, disks=DISKS)
         lv = [vm for vm in vms if vm['backend'] == 'libvirt']
         raw = [vm for vm in vms if vm['backend'] == 'qemu']
         mixed = [vm for pair in itertools.zip_longest(lv, raw) for vm in pair if vm is not None]

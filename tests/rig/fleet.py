@@ -41,7 +41,7 @@ def _vm(entry):
     return QemuVM(entry['workdir'], entry['name'], detach=True)
 
 
-def up(root, libvirt_names, qemu_names, memory_mib, cmdline_extra=''):
+def up(root, libvirt_names, qemu_names, memory_mib, cmdline_extra='', disks=None):
     os.makedirs(root, exist_ok=True)
     os.chmod(root, 0o755)  # libvirt's QEMU must reach the disks
     accel = detect_accel()
@@ -55,10 +55,10 @@ def up(root, libvirt_names, qemu_names, memory_mib, cmdline_extra=''):
                 workdir = os.path.join(root, name)
                 if backend == 'libvirt':
                     vm = LibvirtVM(workdir, name, memory_mib=memory_mib, accel=accel, uri=URI,
-                                   cmdline_extra=cmdline_extra)
+                                   cmdline_extra=cmdline_extra, disks=disks)
                 else:
                     vm = QemuVM(workdir, name, memory_mib=memory_mib, accel=accel, detach=True,
-                                cmdline_extra=cmdline_extra)
+                                cmdline_extra=cmdline_extra, disks=disks)
                 vm.start()
                 started.append(vm)
                 entry = dict(name=name, backend=backend, workdir=workdir, serial_log=vm.serial_log,
