@@ -57,6 +57,17 @@ options:
       - A JSON file the module rewrites as each VM is done (count, and each VM's status and time),
         for M(vmfleet.kvm.fleet_progress) to follow the run while it goes on. Its directory is created (0700).
     type: path
+  report_file:
+    description:
+      - When the run ends, every VM's record is written to this JSON file on the host (0600; its directory is
+        created 0700), as C(vms), C(failed) (the failed records) and C(changed) (the names of the VMs changed),
+        whether VMs failed or not. Not written in check mode.
+    type: path
+  report_extra:
+    description:
+      - Keys put at the top of the O(report_file) (the roles add C(role) and C(host)).
+    type: dict
+    default: {}
 attributes:
   diff_mode:
     support: none

@@ -39,6 +39,8 @@ FLEET_ARGS = dict(
     concurrency=dict(type='int', default=2),
     timeout=dict(type='float', default=600.0),
     progress_file=dict(type='path'),
+    report_file=dict(type='path'),
+    report_extra=dict(type='dict', default={}),
 )
 
 

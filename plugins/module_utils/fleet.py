@@ -175,8 +175,20 @@ class FleetRun(object):
         failed = [r for r in self.records if r['status'] == 'failed']
         result = dict(changed=any(r.get('changed') for r in self.records), vms=self.records,
                       failed_vms=[r['vm'] for r in failed], duration_s=round(self.deadline.elapsed(), 3), **extra)
+        self._report(failed)
         if failed:
             raise FleetFailed("%s failed on %d of %d VM(s): %s" % (
                 self.workflow, len(failed), len(self.records),
                 "; ".join("%s: %s" % (r['vm'], r.get('msg', 'failed')) for r in failed)), **result)
         return result
+
+    def _report(self, failed):
+        """The report file: the run's record on the host, written whole at its end."""
+        path = self.p.get('report_file')
+        if not path or self.check_mode:
+            return
+        report = dict(self.p.get('report_extra') or {}, vms=self.records, failed=failed,
+                      changed=[r['vm'] for r in self.records if r.get('changed')])
+        if not os.path.isdir(os.path.dirname(path)):
+            os.makedirs(os.path.dirname(path), 0o700)
+        durable.atomic_write(path, (json.dumps(report, indent=1, sort_keys=True) + '\n').encode('utf-8'))

@@ -17,7 +17,7 @@ description:
     C(loop_control.break_when) prints a line every O(wait) seconds, with each VM's outcome at C(-v), and ends
     as soon as the run does.
   - With O(jid), the background job's own status counts too, so a fleet module that failed before it wrote any
-    progress (a bad option, libvirt unreachable) ends the following at once.
+    progress (a bad option) ends the following at once; and its result comes back in RV(result).
   - A run whose process is gone without having finished (killed) is reported as finished, with RV(msg) saying so.
 author:
   - vmfleet.kvm contributors (@vmfleet)
@@ -93,6 +93,13 @@ vms:
   type: list
   elements: dict
   sample: [{vm: web01, status: ok, changed: true, wall_s: 0.6, msg: null}]
+result:
+  description:
+    - The fleet module's own result (its C(vms) records, C(changed), C(failed), C(msg)) once the job ended,
+      as C(ansible.builtin.async_status) would return it; so no further task is needed to collect it.
+  returned: when O(jid) is given and the job ended
+  type: dict
+  sample: {changed: true, failed_vms: [], vms: []}
 msg:
   description: One line saying how far the run got.
   returned: always
@@ -128,12 +135,15 @@ def _alive(pid):
     return True
 
 
-def _job_ended(p):
-    """Whether Ansible's status of the background job says it ended (as async_status reads it)."""
+def _job_result(p):
+    """The background job's result once Ansible's status of it says it ended (as async_status reads it)."""
     if not p['jid']:
-        return False
+        return None
     job = _read(os.path.join(p['async_dir'], p['jid']))
-    return job is not None and (job.get('finished') or 'started' not in job)
+    if job is None or ('started' in job and not job.get('finished')):
+        return None
+    job.pop('invocation', None)
+    return job
 
 
 def work(module):
@@ -142,9 +152,9 @@ def work(module):
 
     def ended_or_none():
         # with a job id the job's own end counts (its result is then ready for async_status at once)
-        ended['job'] = _job_ended(p)
+        ended['job'] = _job_result(p)
         state = _read(p['path'])
-        if ended['job']:
+        if ended['job'] is not None:
             return state or dict(total=0, done=0, vms=[], finished=True, workflow='the run')
         if not p['jid'] and state and (state.get('finished') or not _alive(state.get('pid', 0))):
             return state
@@ -160,8 +170,11 @@ def work(module):
         msg += " (%s)" % ", ".join("%s %s %.1f s" % (v['vm'], v['status'], v.get('wall_s') or 0) for v in state['vms'])
     if gone:
         msg += "; its process %d ended without finishing (killed?)" % state['pid']
-    return dict(changed=False, finished=finished, done=state.get('done', 0), total=state.get('total', 0),
-                vms=state.get('vms', []), msg=msg)
+    result = dict(changed=False, finished=finished, done=state.get('done', 0), total=state.get('total', 0),
+                  vms=state.get('vms', []), msg=msg)
+    if ended.get('job'):
+        result['result'] = ended['job']
+    return result
 
 
 def main():
