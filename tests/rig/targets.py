@@ -68,6 +68,20 @@ class Target:
             time.sleep(0.2)
         raise AssertionError('disk %s counter did not reach %d (at %s)' % (role, at_least, self.disk_counter(role)))
 
+    def counters_after_going_back(self, offset, last, timeout=180):
+        """After a revert: the counters the guest printed from where its sequence fell back
+        below ``last`` (the guest may print a few more before it), once three are there.
+        The bound is generous: a loaded host's TCG guest ticks several times slower."""
+        end = time.time() + timeout
+        while time.time() < end:
+            seen = [last] + self.counters_after(offset)
+            drops = [i for i in range(1, len(seen)) if seen[i] < seen[i - 1]]
+            if drops and len(seen) - drops[0] >= 3:
+                assert len(drops) == 1, seen
+                return seen[drops[0]:]
+            time.sleep(0.3)
+        raise AssertionError('the guest counter never went back: %s' % self.counters_after(offset))
+
     def counters_after(self, offset):
         return serial_counters(self.vm.serial_log, offset)
 

@@ -199,7 +199,7 @@ def test_libvirt_instant_snapshot_revert_and_later_saves(lv_inst, tmp_path):
     assert r['changed'] is True and r['mode'] == 'instant' and r['route'] == 'libvirt-restore', r
     assert r['state'] == 'running' and vm.virsh('domstate', vm.name).stdout.strip() == 'running'
     # the log is appended to: the old run may print a few more before it is destroyed
-    resumed = _after_the_drop(t, offset, last)
+    resumed = t.counters_after_going_back(offset, last)
     assert before <= resumed[0] - 1 <= after + 1 and resumed[0] < ran_to, (before, after, ran_to, resumed)
     assert resumed == list(range(resumed[0], resumed[0] + len(resumed)))
     assert resumed[0] - 1 <= t.disk_counter('root') <= resumed[-1] + 1
@@ -216,19 +216,6 @@ def test_libvirt_instant_snapshot_revert_and_later_saves(lv_inst, tmp_path):
     assert not any(name in _image_snapshot_names(vm.disk_path(d)) for d in ('root', 'data'))
     assert ok(run_one(_snap(t, name=name, state='absent')))['changed'] is False
 
-
-def _after_the_drop(t, offset, last, timeout=60):
-    """Counters the guest printed after the revert: the run that starts where
-    the sequence fell back (the guest may print a few more before it)."""
-    end = time.time() + timeout
-    while time.time() < end:
-        seen = [last] + t.counters_after(offset)
-        drops = [i for i in range(1, len(seen)) if seen[i] < seen[i - 1]]
-        if drops and len(seen) - drops[0] >= 3:
-            assert len(drops) == 1, seen
-            return seen[drops[0]:]
-        time.sleep(0.3)
-    raise AssertionError('the guest counter never went back: %s' % t.counters_after(offset))
 
 
 def _image_snapshot_names(path):

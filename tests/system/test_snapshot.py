@@ -24,19 +24,6 @@ def _snapshots(t, name=None):
     return r['snapshots']
 
 
-def _after_the_drop(t, offset, last, timeout=30):
-    """Counters the guest printed after the revert: the run that starts where
-    the sequence fell back (the guest may print a few more before it)."""
-    end = time.time() + timeout
-    while time.time() < end:
-        seen = [last] + t.counters_after(offset)
-        drops = [i for i in range(1, len(seen)) if seen[i] < seen[i - 1]]
-        if drops and len(seen) - drops[0] >= 3:
-            assert len(drops) == 1, seen
-            return seen[drops[0]:]
-        time.sleep(0.3)
-    raise AssertionError('the guest counter never went back: %s' % t.counters_after(offset))
-
 
 def test_revert_goes_back_in_time_with_raw_disk_left_out(target):
     t = target
@@ -58,7 +45,7 @@ def test_revert_goes_back_in_time_with_raw_disk_left_out(target):
         offset, last = t.serial_size(), t.counter()
         r = ok(run_one(t.task('snapshot', name='s-revert', state='reverted')))
         assert r['changed'] is True and r['state'] == 'running'
-        resumed = _after_the_drop(t, offset, last)
+        resumed = t.counters_after_going_back(offset, last)
         # back at the snapshot's moment: the counter stood between `before` and `after`
         assert before <= resumed[0] - 1 <= after + 1, (before, after, resumed)
         assert resumed[0] < ran_to
