@@ -9,6 +9,12 @@ __metaclass__ = type
 class ModuleDocFragment(object):
     # Paired with CONNECTION_ARGS in plugins/module_utils/args_common.py.
     DOCUMENTATION = r'''
+author:
+  - vmfleet.kvm contributors (@vmfleet)
+attributes:
+  check_mode:
+    support: full
+    description: Predicts what the module would do; changes nothing.
 options:
   domain:
     description:

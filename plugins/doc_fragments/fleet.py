@@ -9,6 +9,15 @@ __metaclass__ = type
 class ModuleDocFragment(object):
     # Paired with FLEET_ARGS in plugins/module_utils/args_common.py.
     DOCUMENTATION = r'''
+author:
+  - vmfleet.kvm contributors (@vmfleet)
+attributes:
+  check_mode:
+    support: full
+    description: Predicts what the module would do; changes nothing.
+  diff_mode:
+    support: none
+    description: No diff; each VM's record says what changed.
 options:
   uri:
     description:
@@ -68,10 +77,6 @@ options:
       - Keys put at the top of the O(report_file) (the roles add C(role) and C(host)).
     type: dict
     default: {}
-attributes:
-  diff_mode:
-    support: none
-    description: No diff; each VM's record says what changed.
 requirements:
   - libvirt-python >= 12.1.0 (for libvirt domains)
   - qemu.qmp (for raw QEMU VMs)

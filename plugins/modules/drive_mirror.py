@@ -23,13 +23,10 @@ description:
     controller, libvirtd or QEMU died reads it, looks at the VM, and carries on from there; the
     journal always tells which image holds the newest data.
   - A failure leaves the VM running on its source; the source is never deleted or written over.
-author:
-  - vmfleet.kvm contributors (@vmfleet)
 extends_documentation_fragment:
   - vmfleet.kvm.connection
 attributes:
   check_mode:
-    support: full
     description: Checks the target path and the free space and predicts the actions; touches nothing.
   diff_mode:
     support: full

@@ -19,13 +19,10 @@ description:
     each runs; the record then keeps only the VMs still to restore, and is removed once every VM runs again.
   - At most O(concurrency) VMs are saved or restored at once, each isolated from the others.
   - The role C(vmfleet.kvm.host_maintenance) is built on it.
-author:
-  - vmfleet.kvm contributors (@vmfleet)
 extends_documentation_fragment:
   - vmfleet.kvm.fleet
 attributes:
   check_mode:
-    support: full
     description: Predicts each VM's save or restore; writes nothing.
 seealso:
   - module: vmfleet.kvm.vm_save

@@ -23,13 +23,10 @@ description:
   - O(state=absent) (running, paused or shut-off VMs) deletes the named snapshot and those carrying
     O(prefix) beyond the newest O(keep). A snapshot whose name lacks O(prefix) is never deleted.
   - Each VM's record in RV(vms) says what was done, how long it took and how long the guest was paused.
-author:
-  - vmfleet.kvm contributors (@vmfleet)
 extends_documentation_fragment:
   - vmfleet.kvm.fleet
 attributes:
   check_mode:
-    support: full
     description: Predicts what would be snapshotted, reverted or deleted on each VM; touches nothing.
 seealso:
   - module: vmfleet.kvm.snapshot

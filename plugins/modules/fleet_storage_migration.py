@@ -20,13 +20,10 @@ description:
   - Old images are removed only with O(remove_sources=true), and then only the disks whose switch was verified
     (O(verify=true)) and checked to run on the target.
   - The role C(vmfleet.kvm.storage_migration) is built on it.
-author:
-  - vmfleet.kvm contributors (@vmfleet)
 extends_documentation_fragment:
   - vmfleet.kvm.fleet
 attributes:
   check_mode:
-    support: full
     description: Predicts each VM's copies; creates no directory and starts no copy.
 seealso:
   - module: vmfleet.kvm.drive_mirror

@@ -51,13 +51,10 @@ description:
     write-protected.
   - O(state=absent) and O(state=reverted) find the snapshot by its O(name), whatever mode took
     it; O(mode) matters only when a snapshot is created.
-author:
-  - vmfleet.kvm contributors (@vmfleet)
 extends_documentation_fragment:
   - vmfleet.kvm.connection
 attributes:
   check_mode:
-    support: full
     description: Predicts what would be created, deleted or reverted; touches nothing.
   diff_mode:
     support: full

@@ -16,13 +16,10 @@ description:
     snapshot jobs (which libvirt's snapshot list does not show) are listed too.
   - Says for each snapshot which disks hold it, where its RAM state is, and whether it is
     one consistent moment across its disks.
-author:
-  - vmfleet.kvm contributors (@vmfleet)
 extends_documentation_fragment:
   - vmfleet.kvm.connection
 attributes:
   check_mode:
-    support: full
     description: The module never changes anything.
   diff_mode:
     support: none

@@ -18,13 +18,10 @@ description:
     of this collection rely on, asked of the QEMU binary that runs the VMs.
   - Changes nothing; snapshots are read from the disk images themselves, so snapshots made
     outside libvirt's snapshot API are listed too.
-author:
-  - vmfleet.kvm contributors (@vmfleet)
 extends_documentation_fragment:
   - vmfleet.kvm.connection
 attributes:
   check_mode:
-    support: full
     description: The module never changes anything.
   diff_mode:
     support: none

@@ -18,13 +18,10 @@ description:
   - With O(verify), every file is checked against the manifest's size and SHA-256 before anything
     starts; a truncated or corrupt image fails naming the file.
   - A failed restore stops the half-restored QEMU and leaves the image untouched.
-author:
-  - vmfleet.kvm contributors (@vmfleet)
 extends_documentation_fragment:
   - vmfleet.kvm.connection
 attributes:
   check_mode:
-    support: full
     description: Checks the image and says whether a restore would run; starts nothing.
   diff_mode:
     support: none

@@ -31,13 +31,10 @@ description:
     SHA-256 checksums and, for raw QEMU, the QEMU command line, so M(vmfleet.kvm.vm_restore)
     can bring it back. All files are created 0600.
   - A failure part-way removes the partial files and leaves the VM running as it was.
-author:
-  - vmfleet.kvm contributors (@vmfleet)
 extends_documentation_fragment:
   - vmfleet.kvm.connection
 attributes:
   check_mode:
-    support: full
     description: Says whether a save would happen and which path it would use; touches nothing.
   diff_mode:
     support: none
