@@ -285,8 +285,8 @@ def main():
         rows += [dict(r, backend=r.get('backend', 'qemu'), carried_over=True)
                  for r in old.get('rows', []) if r.get('backend', 'qemu') not in backends]
     out = dict(benchmark='instant_snapshot', accel=accel, host=platform.node(), cpus=os.cpu_count(),
-               load_avg_at_end=[round(x, 2) for x in os.getloadavg()], sizes_mib=sizes, backends=backends, fill_seconds=fills, wall_s=round(time.monotonic() - t0, 1),
-               rows=rows, notes=NOTES)
+               load_avg_at_end=[round(x, 2) for x in os.getloadavg()], sizes_mib=sizes, backends=backends,
+               fill_seconds=fills, wall_s=round(time.monotonic() - t0, 1), rows=rows, notes=NOTES)
     with open(path, 'w') as f:
         json.dump(out, f, indent=1)
     print('wrote %s' % path)

@@ -217,7 +217,6 @@ def test_libvirt_instant_snapshot_revert_and_later_saves(lv_inst, tmp_path):
     assert ok(run_one(_snap(t, name=name, state='absent')))['changed'] is False
 
 
-
 def _image_snapshot_names(path):
     out = subprocess.run(['qemu-img', 'info', '-U', '--output=json', path], capture_output=True, text=True,
                          check=True)

@@ -24,7 +24,6 @@ def _snapshots(t, name=None):
     return r['snapshots']
 
 
-
 def test_revert_goes_back_in_time_with_raw_disk_left_out(target):
     t = target
     disks = [t.disk('root'), t.disk('data')]
