@@ -164,9 +164,7 @@ class FleetRun(object):
         state = dict(workflow=self.workflow, pid=os.getpid(), total=self.total, done=self.done,
                      finished=finished, vms=self._seen, updated=time.time())
         try:
-            if not os.path.isdir(os.path.dirname(path)):
-                os.makedirs(os.path.dirname(path), 0o700)
-            durable.atomic_write(path, json.dumps(state).encode('utf-8'))
+            _write_private(path, json.dumps(state))
         except OSError as e:
             self.module.warn("cannot write the progress file %s: %s" % (path, e))
 
@@ -189,6 +187,11 @@ class FleetRun(object):
             return
         report = dict(self.p.get('report_extra') or {}, vms=self.records, failed=failed,
                       changed=[r['vm'] for r in self.records if r.get('changed')])
-        if not os.path.isdir(os.path.dirname(path)):
-            os.makedirs(os.path.dirname(path), 0o700)
-        durable.atomic_write(path, (json.dumps(report, indent=1, sort_keys=True) + '\n').encode('utf-8'))
+        _write_private(path, json.dumps(report, indent=1, sort_keys=True) + '\n')
+
+
+def _write_private(path, text):
+    """``text`` to ``path`` atomically (0600), its directory created 0700 if missing."""
+    if not os.path.isdir(os.path.dirname(path)):
+        os.makedirs(os.path.dirname(path), 0o700)
+    durable.atomic_write(path, text.encode('utf-8'))

@@ -19,10 +19,9 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import Inva
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet_policy import (
     fleet_plan, fleet_record, fleet_retention, prefixed,
 )
-from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import InstantSnapshots
-from ansible_collections.vmfleet.kvm.plugins.module_utils.internal_snapshots import Snapshots
 from ansible_collections.vmfleet.kvm.plugins.module_utils.save_restore import restore_image, save_vm
 from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot_list import list_snapshots
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot_task import snapshot_task
 from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline, poll_until
 
 # How long a reverted or restored VM may take to show the state it should have.
@@ -33,21 +32,17 @@ MIRROR_DEFAULTS = dict(target_format=None, create_target=True, overwrite=False, 
                        cancel_on_timeout=False)
 
 
-def _ops(run, vm, mode):
-    p = run.p
-    if mode == 'instant':
-        return InstantSnapshots(vm, run.deadline.remaining(1.0), p['memory_dir'], check_mode=run.check_mode)
-    return Snapshots(vm, run.deadline.remaining(1.0), check_mode=run.check_mode)
+def _snapshot(run, vm, state, name, mode='internal', disks=None, vmstate_disk=None):
+    """One snapshot step, through the same engine choice as the snapshot module
+    (a deletion or revert goes the way the snapshot was taken); its result."""
+    return snapshot_task(vm, dict(state=state, name=name, mode=mode, disks=disks, vmstate_disk=vmstate_disk,
+                                  memory=True, overwrite=False, memory_dir=run.p['memory_dir'],
+                                  timeout=run.deadline.remaining(1.0)), run.check_mode)[0]
 
 
 def _delete(run, vm, snaps):
-    """Delete each of ``snaps`` (snapshot_list entries) the way it was taken; the names deleted."""
-    deleted = []
-    for s in snaps:
-        result = _ops(run, vm, s.get('mode', 'internal')).absent(s['name'])[0]
-        if result['changed']:
-            deleted.append(s['name'])
-    return deleted
+    """Delete each of ``snaps`` (snapshot_list entries); the names deleted."""
+    return [s['name'] for s in snaps if _snapshot(run, vm, 'absent', s['name'])['changed']]
 
 
 def _settle(run, target, want):
@@ -72,10 +67,8 @@ def snapshot_present(run, target, record):
         raise InvalidArgument('no disk of this VM can hold a snapshot')
     with open_vm(run.module, run.conn(target)) as vm:
         t0 = time.monotonic()
-        if p['mode'] == 'instant':
-            result = _ops(run, vm, 'instant').present(name, target['disks'], False)[0]
-        else:
-            result = _ops(run, vm, 'internal').present(name, target['disks'], target['vmstate_disk'], True, False)[0]
+        result = _snapshot(run, vm, 'present', name, p['mode'], target['disks'],
+                           target['vmstate_disk'] if p['mode'] == 'internal' else None)
         record.update(changed=result['changed'], route=result.get('route'), paused_ms=result.get('paused_ms'),
                       duration_s=round(time.monotonic() - t0, 3))
         ours = list_snapshots(vm, p['memory_dir'], name_prefix=p['prefix'])
@@ -96,11 +89,9 @@ def snapshot_reverted(run, target, record):
     name = prefixed(p['name'], p['prefix'])
     record['snapshot'] = name
     with open_vm(run.module, run.conn(target)) as vm:
-        found = list_snapshots(vm, p['memory_dir'], name=name)
-        mode = found[0]['mode'] if found else 'internal'
         t0 = time.monotonic()
-        result = _ops(run, vm, mode).reverted(name)[0]
-    record.update(changed=result['changed'], mode=mode, route=result.get('route'), paused_ms=result.get('paused_ms'),
+        result = _snapshot(run, vm, 'reverted', name)
+    record.update(changed=result['changed'], mode=result['mode'], route=result.get('route'), paused_ms=result.get('paused_ms'),
                   duration_s=round(time.monotonic() - t0, 3))
     if not run.check_mode:
         _settle(run, target, target['state'])
