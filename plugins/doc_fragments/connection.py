@@ -15,6 +15,10 @@ attributes:
   check_mode:
     support: full
     description: Predicts what the module would do; changes nothing.
+  platform:
+    support: full
+    platforms: posix
+    description: Runs on a Linux hypervisor host (the target of the task), next to QEMU and libvirtd.
 options:
   domain:
     description:

@@ -18,6 +18,10 @@ attributes:
   diff_mode:
     support: none
     description: No diff; each VM's record says what changed.
+  platform:
+    support: full
+    platforms: posix
+    description: Runs on a Linux hypervisor host (the target of the task), next to QEMU and libvirtd.
 options:
   uri:
     description:

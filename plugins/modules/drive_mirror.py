@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: drive_mirror
 short_description: Move a running VM's disk to new storage (live block copy), crash-safe
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Copies a disk of a running VM to O(target) while the guest keeps writing, waits until
     source and target are in sync, and (with O(state=pivoted)) switches the VM to the target.
@@ -131,6 +131,9 @@ notes:
     once the VM runs well on the target.
 seealso:
   - module: vmfleet.kvm.vm_info
+  - module: vmfleet.kvm.fleet_storage_migration
+  - ref: ansible_collections.vmfleet.kvm.docsite.storage_migration
+    description: Moving the disks of running VMs to new storage.
 '''
 
 EXAMPLES = r'''
@@ -268,6 +271,17 @@ space_free:
   description: Bytes free on the target filesystem (when the check failed).
   returned: on failure for lack of space
   type: int
+error:
+  description:
+    - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg)
+      (C(msg) says what happened and what to do). One of C(InvalidArgument), C(ConnectionFailed), C(VmNotFound),
+      C(DiskNotFound), C(SnapshotNotFound), C(CapabilityMissing), C(QmpCommandError), C(JobFailed),
+      C(OperationTimeout), C(VmGone), C(SnapshotInconsistent), C(ImageCorrupt), C(TargetProblem),
+      C(SpaceTooSmall), C(MultifdStreamError).
+    - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
+  returned: failed
+  type: str
+  sample: SpaceTooSmall
 '''
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm

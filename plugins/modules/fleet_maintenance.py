@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: fleet_maintenance
 short_description: Save every selected running VM of a hypervisor before maintenance, or restore them after, in one task
-version_added: 0.2.0
+version_added: 1.0.0
 description:
   - O(phase=save) saves every selected running VM with M(vmfleet.kvm.vm_save)'s engine to
     C(<save_dir>/<vm>.vmstate) (replacing an older image of that VM), and records each VM in
@@ -24,10 +24,6 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     description: Predicts each VM's save or restore; writes nothing.
-seealso:
-  - module: vmfleet.kvm.vm_save
-  - module: vmfleet.kvm.vm_restore
-  - module: vmfleet.kvm.fleet_progress
 options:
   phase:
     description:
@@ -60,6 +56,12 @@ options:
     description:
       - See M(vmfleet.kvm.vm_restore); unset lets each restore choose.
     type: bool
+seealso:
+  - module: vmfleet.kvm.vm_save
+  - module: vmfleet.kvm.vm_restore
+  - module: vmfleet.kvm.fleet_progress
+  - ref: ansible_collections.vmfleet.kvm.docsite.host_maintenance
+    description: Saving and restoring the VMs of a host around its maintenance.
 '''
 
 EXAMPLES = r'''
@@ -106,7 +108,11 @@ duration_s:
   type: float
   sample: 3.2
 error:
-  description: The class of the error when the module failed.
+  description:
+    - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg).
+      C(FleetFailed) when some VMs failed (every VM's record is in RV(vms)), C(InvalidArgument) for options it
+      cannot work with (an invalid O(name_pattern), O(concurrency) below 1 and the like).
+    - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
   returned: failed
   type: str
   sample: FleetFailed

@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: fleet_progress
 short_description: Follow a fleet module running in the background, VM by VM
-version_added: 0.2.0
+version_added: 1.0.0
 description:
   - Reads the O(path) a fleet module (M(vmfleet.kvm.fleet_snapshot), M(vmfleet.kvm.fleet_storage_migration),
     M(vmfleet.kvm.fleet_maintenance)) started with C(async) rewrites as each VM is done, and returns how far it got.
@@ -28,8 +28,10 @@ attributes:
   diff_mode:
     support: none
     description: No diff; each record says what changed.
-seealso:
-  - module: vmfleet.kvm.fleet_snapshot
+  platform:
+    support: full
+    platforms: posix
+    description: Runs on a Linux hypervisor host (the target of the task), next to QEMU and libvirtd.
 options:
   path:
     description:
@@ -50,6 +52,10 @@ options:
       - Seconds to wait for a change before answering.
     type: float
     default: 10.0
+seealso:
+  - module: vmfleet.kvm.fleet_snapshot
+  - module: vmfleet.kvm.fleet_storage_migration
+  - module: vmfleet.kvm.fleet_maintenance
 '''
 
 EXAMPLES = r'''

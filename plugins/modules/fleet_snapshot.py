@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: fleet_snapshot
 short_description: Snapshot, roll back or clean up every selected VM of a hypervisor in one task
-version_added: 0.2.0
+version_added: 1.0.0
 description:
   - Works the snapshots of every selected VM of the host in one module run, a bounded number of VMs
     at once (O(concurrency)), each VM isolated from the others. The roles C(vmfleet.kvm.pre_upgrade_snapshot),
@@ -28,9 +28,6 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     description: Predicts what would be snapshotted, reverted or deleted on each VM; touches nothing.
-seealso:
-  - module: vmfleet.kvm.snapshot
-  - module: vmfleet.kvm.fleet_progress
 options:
   state:
     description:
@@ -67,6 +64,11 @@ options:
       - Directory of instant snapshots' memory files (created 0700 for O(mode=instant)).
     type: path
     default: /var/lib/vmfleet/snapshots
+seealso:
+  - module: vmfleet.kvm.snapshot
+  - module: vmfleet.kvm.fleet_progress
+  - ref: ansible_collections.vmfleet.kvm.docsite.snapshot_modes
+    description: Choosing a snapshot mode (internal or instant).
 '''
 
 EXAMPLES = r'''
@@ -125,7 +127,11 @@ duration_s:
   type: float
   sample: 1.7
 error:
-  description: The class of the error when the module failed.
+  description:
+    - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg).
+      C(FleetFailed) when some VMs failed (every VM's record is in RV(vms)), C(InvalidArgument) for options it
+      cannot work with (an invalid O(name_pattern), O(concurrency) below 1 and the like).
+    - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
   returned: failed
   type: str
   sample: FleetFailed

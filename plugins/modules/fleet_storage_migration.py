@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: fleet_storage_migration
 short_description: Move the disks of every selected running VM of a hypervisor to new storage, in one task
-version_added: 0.2.0
+version_added: 1.0.0
 description:
   - Copies the writable file-backed disks of every selected running VM to O(target_dir) with
     M(vmfleet.kvm.drive_mirror)'s engine and switches each VM to its copies while it runs. Read-only
@@ -25,9 +25,6 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     description: Predicts each VM's copies; creates no directory and starts no copy.
-seealso:
-  - module: vmfleet.kvm.drive_mirror
-  - module: vmfleet.kvm.fleet_progress
 options:
   target_dir:
     description:
@@ -67,6 +64,11 @@ options:
       - Directory of the per-disk journals; keep it the same across runs.
     type: path
     default: /var/lib/vmfleet/journal
+seealso:
+  - module: vmfleet.kvm.drive_mirror
+  - module: vmfleet.kvm.fleet_progress
+  - ref: ansible_collections.vmfleet.kvm.docsite.storage_migration
+    description: Moving the disks of running VMs to new storage.
 '''
 
 EXAMPLES = r'''
@@ -110,7 +112,11 @@ duration_s:
   type: float
   sample: 12.5
 error:
-  description: The class of the error when the module failed.
+  description:
+    - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg).
+      C(FleetFailed) when some VMs failed (every VM's record is in RV(vms)), C(InvalidArgument) for options it
+      cannot work with (an invalid O(name_pattern), O(concurrency) below 1 and the like).
+    - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
   returned: failed
   type: str
   sample: FleetFailed

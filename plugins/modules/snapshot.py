@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: snapshot
 short_description: Create, delete or revert internal and instant snapshots of a QEMU/KVM VM
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Manages internal (qcow2) snapshots of a VM reached through libvirt (O(domain)) or a raw
     QEMU QMP socket (O(qmp_socket)).
@@ -120,6 +120,11 @@ options:
         an internal snapshot of an instant snapshot's name.
     type: path
     default: /var/lib/vmfleet/snapshots
+seealso:
+  - module: vmfleet.kvm.snapshot_info
+  - module: vmfleet.kvm.fleet_snapshot
+  - ref: ansible_collections.vmfleet.kvm.docsite.snapshot_modes
+    description: Choosing a snapshot mode (internal or instant).
 '''
 
 EXAMPLES = r'''
@@ -245,6 +250,17 @@ ram_bytes:
   returned: when O(mode=instant) created a snapshot
   type: int
   sample: 4294967296
+error:
+  description:
+    - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg)
+      (C(msg) says what happened and what to do). One of C(InvalidArgument), C(ConnectionFailed), C(VmNotFound),
+      C(DiskNotFound), C(SnapshotNotFound), C(CapabilityMissing), C(QmpCommandError), C(JobFailed),
+      C(OperationTimeout), C(VmGone), C(SnapshotInconsistent), C(ImageCorrupt), C(TargetProblem),
+      C(SpaceTooSmall), C(MultifdStreamError).
+    - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
+  returned: failed
+  type: str
+  sample: SnapshotNotFound
 '''
 
 import time

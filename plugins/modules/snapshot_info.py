@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: snapshot_info
 short_description: List the internal snapshots of QEMU/KVM VMs
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Lists the internal snapshots of one VM (O(domain) or O(qmp_socket)) or of every libvirt
     domain on O(uri), read from the disk images themselves, so snapshots made through QEMU's
@@ -37,6 +37,9 @@ options:
       - Their disk snapshots are listed with RV(snapshots[].mode=instant) and their memory file.
     type: path
     default: /var/lib/vmfleet/snapshots
+seealso:
+  - module: vmfleet.kvm.snapshot
+  - module: vmfleet.kvm.vm_info
 '''
 
 EXAMPLES = r'''
@@ -113,6 +116,17 @@ snapshots:
       description: How long the guest was paused when the instant snapshot was taken.
       type: float
       sample: 3.2
+error:
+  description:
+    - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg)
+      (C(msg) says what happened and what to do). One of C(InvalidArgument), C(ConnectionFailed), C(VmNotFound),
+      C(DiskNotFound), C(SnapshotNotFound), C(CapabilityMissing), C(QmpCommandError), C(JobFailed),
+      C(OperationTimeout), C(VmGone), C(SnapshotInconsistent), C(ImageCorrupt), C(TargetProblem),
+      C(SpaceTooSmall), C(MultifdStreamError).
+    - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
+  returned: failed
+  type: str
+  sample: VmNotFound
 '''
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vms

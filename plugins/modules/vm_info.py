@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: vm_info
 short_description: Describe QEMU/KVM VMs on a hypervisor and what the host can do
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Lists the VMs of a hypervisor (every libvirt domain on O(uri)), or one VM named by
     O(domain) or reached through O(qmp_socket), with their disks, internal snapshots and
@@ -27,6 +27,10 @@ attributes:
     support: none
     description: Nothing to compare.
 options: {}
+seealso:
+  - module: vmfleet.kvm.snapshot_info
+  - module: vmfleet.kvm.snapshot
+  - module: vmfleet.kvm.drive_mirror
 '''
 
 EXAMPLES = r'''
@@ -144,6 +148,17 @@ host:
         snapshot_jobs: true
         internal_snapshot_revert: true
         libvirt_snapshot_revert: false
+error:
+  description:
+    - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg)
+      (C(msg) says what happened and what to do). One of C(InvalidArgument), C(ConnectionFailed), C(VmNotFound),
+      C(DiskNotFound), C(SnapshotNotFound), C(CapabilityMissing), C(QmpCommandError), C(JobFailed),
+      C(OperationTimeout), C(VmGone), C(SnapshotInconsistent), C(ImageCorrupt), C(TargetProblem),
+      C(SpaceTooSmall), C(MultifdStreamError).
+    - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
+  returned: failed
+  type: str
+  sample: ConnectionFailed
 '''
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vms

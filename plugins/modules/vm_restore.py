@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: vm_restore
 short_description: Bring a VM back from an image written by vmfleet.kvm.vm_save
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Restores the VM saved at O(path); it runs on from the moment it was saved.
   - A libvirt domain is restored with C(restoreParams) over parallel channels (see O(channels)).
@@ -71,6 +71,11 @@ options:
 notes:
   - O(domain) and O(qmp_socket) are optional here; the manifest names the VM. For a raw QEMU VM,
     O(qmp_socket) adds a QMP socket at that path to the restored QEMU when it differs from the saved one.
+seealso:
+  - module: vmfleet.kvm.vm_save
+  - module: vmfleet.kvm.fleet_maintenance
+  - ref: ansible_collections.vmfleet.kvm.docsite.host_maintenance
+    description: Saving and restoring the VMs of a host around its maintenance.
 '''
 
 EXAMPLES = r'''
@@ -152,6 +157,17 @@ rate_mib_s:
   returned: when a restore ran
   type: float
   sample: 560.2
+error:
+  description:
+    - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg)
+      (C(msg) says what happened and what to do). One of C(InvalidArgument), C(ConnectionFailed), C(VmNotFound),
+      C(DiskNotFound), C(SnapshotNotFound), C(CapabilityMissing), C(QmpCommandError), C(JobFailed),
+      C(OperationTimeout), C(VmGone), C(SnapshotInconsistent), C(ImageCorrupt), C(TargetProblem),
+      C(SpaceTooSmall), C(MultifdStreamError).
+    - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
+  returned: failed
+  type: str
+  sample: ImageCorrupt
 '''
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module

@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: vm_save
 short_description: Save a running VM's RAM and device state to disk over parallel channels
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Writes the VM's RAM and device state to O(path) and, unless O(keep_running), stops the VM
     (a libvirt domain ends shut off, a raw QEMU process quits), like C(virsh save) but over
@@ -69,6 +69,11 @@ options:
       - The old image is removed only after the new one is complete.
     type: bool
     default: false
+seealso:
+  - module: vmfleet.kvm.vm_restore
+  - module: vmfleet.kvm.fleet_maintenance
+  - ref: ansible_collections.vmfleet.kvm.docsite.host_maintenance
+    description: Saving and restoring the VMs of a host around its maintenance.
 '''
 
 EXAMPLES = r'''
@@ -157,6 +162,17 @@ downtime_ms:
   returned: when a save ran
   type: float
   sample: 2400.0
+error:
+  description:
+    - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg)
+      (C(msg) says what happened and what to do). One of C(InvalidArgument), C(ConnectionFailed), C(VmNotFound),
+      C(DiskNotFound), C(SnapshotNotFound), C(CapabilityMissing), C(QmpCommandError), C(JobFailed),
+      C(OperationTimeout), C(VmGone), C(SnapshotInconsistent), C(ImageCorrupt), C(TargetProblem),
+      C(SpaceTooSmall), C(MultifdStreamError).
+    - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
+  returned: failed
+  type: str
+  sample: CapabilityMissing
 '''
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
