@@ -4,6 +4,7 @@ why. (Each role's happy path is its molecule scenario in extensions/molecule.)""
 
 import json
 import os
+import re
 
 from rig.ansible_run import ok, run_one, run_playbook, write_inventory
 
@@ -41,3 +42,32 @@ def test_one_failed_vm_does_not_stop_the_others_and_fails_the_host_naming_it(vms
     assert snaps and sorted(snaps[0]['disks']) == ['data', 'root'], snaps
     good.wait_counter(c + 1)
     bare.wait_counter(bare.counter() + 1)
+
+
+def test_destructive_playbooks_want_the_snapshot_by_name_and_bad_extra_vars_fail_naming_them(tmp_path):
+    """A bare rollback or cleanup must not act on every VM with a default name, and a
+    mistyped extra var must fail before any host is touched (not become 0). Check mode,
+    so that a broken guard could not revert or delete anything of the other tests."""
+    for playbook, words in (('snapshot_rollback', ('vmfleet_snapshot_name', 'revert')),
+                            ('snapshot_cleanup', ('vmfleet_snapshot_name', 'vmfleet_snapshot_keep'))):
+        proc = run_playbook('vmfleet.kvm.' + playbook, inventory=write_inventory(tmp_path), check=True)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and 'Traceback' not in out, out[-3000:]
+        for w in words:
+            assert w in out, (playbook, w, out[-3000:])
+        # it failed on the missing name (the task's arguments), before its module could run
+        assert re.search(r'fatal: .*Task failed: %s needs the snapshot' % playbook, out), out[-3000:]
+    for playbook, extra, words in (
+            ('snapshot_cleanup', dict(vmfleet_snapshot_name='x', vmfleet_snapshot_keep='three'),
+             ("'vmfleet_snapshot_keep'", "'three'", 'int')),
+            ('pre_upgrade_snapshot', dict(vmfleet_snapshot_name='x', vmfleet_snapshot_mode='fast'),
+             ('vmfleet_snapshot_mode', 'internal, instant', 'fast')),
+            ('host_maintenance', dict(vmfleet_phase='later'), ('vmfleet_phase', 'save, restore'))):
+        proc = run_playbook('vmfleet.kvm.' + playbook, inventory=write_inventory(tmp_path), check=True,
+                            extra_vars=extra)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and 'Traceback' not in out, out[-3000:]
+        assert 'Validation of arguments failed' in out, out[-3000:]
+        for w in words:
+            assert w in out, (playbook, w, out[-3000:])
+        assert "Validating arguments against arg spec 'extra_vars'" in out, out[-3000:]
