@@ -103,3 +103,7 @@ class MultifdStreamError(VmfleetError):
 class FleetFailed(VmfleetError):
     """A fleet workflow failed on some VMs; ``result`` holds every VM's record."""
     pass
+
+
+class VmBusy(VmfleetError):
+    """Another vmfleet run holds the VM's lock on this hypervisor."""

@@ -28,6 +28,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
     ConnectionFailed, FleetFailed, InvalidArgument, OperationTimeout, VmfleetError, VmGone,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet_policy import fleet_record, fleet_select
+from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_lock import changing
 from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
 
 # How long selecting may spend on one raw QEMU socket that does not answer.
@@ -126,7 +127,9 @@ class FleetRun(object):
                 raise OperationTimeout("the run's timeout of %gs ran out before VM '%s' was started"
                                        % (self.deadline.timeout, target['name']),
                                        hint="nothing was done to it; raise the timeout or lower the number of VMs")
-            work(self, target, record)
+            with changing(self.check_mode, self.conn(target), '%s (%s)' % (self.workflow, getattr(self.module, '_name', 'vmfleet')),
+                          self.deadline.remaining(), target['name']):
+                work(self, target, record)
         except VmfleetError as e:
             record.update(status='failed', msg=e.message)
         except Exception as e:  # a bug of ours: this VM fails, the others go on

@@ -26,6 +26,7 @@ import time
 from ansible_collections.vmfleet.kvm.plugins.module_utils import manifest_store
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import backend_class, open_vm
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument, VmfleetError
+from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_lock import changing, vm_locked
 from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
 
 MIB = 1024.0 * 1024.0
@@ -124,7 +125,7 @@ def save_vm(module, params=None):
     if existing and not p['overwrite']:
         raise VmfleetError("save image %s already exists (%s)" % (path, ", ".join(os.path.basename(f) for f in existing)),
                            hint="nothing was touched; set overwrite: true to replace it, or pick another path")
-    with open_vm(module, p) as vm:
+    with changing(module.check_mode, p, 'vm_save to %s' % path, p['timeout']), open_vm(module, p) as vm:
         path_used, why = vm.save_route(p['channels'], p['compression'])
         if not vm.is_running():
             raise InvalidArgument("VM '%s' is %s, there is no running state to save" % (vm.name, vm.state()),
@@ -168,14 +169,20 @@ def restore_image(module, params=None):
     manifest_store.check_files(path, manifest, checksum=p['verify'])
     if module.check_mode:
         return dict(base, changed=True, state=p['state'], channels=channels)
-    t_load = time.monotonic()
-    restored = backend.restore(module, manifest, path, p, deadline, channels)
-    load_s = time.monotonic() - t_load
+    with vm_locked(dict(vm, domain=vm['name']), 'vm_restore from %s' % path, deadline.remaining(), vm['name']):
+        # a run that held the lock before us may have restored it meanwhile
+        latest = manifest_store.read_manifest(path) or manifest
+        done = backend.running_from(module, latest, p) if latest.get('restored') else None
+        if done:
+            return dict(base, changed=False, state='running', **{k: done[k] for k in ('pid', 'qmp_socket') if k in done})
+        t_load = time.monotonic()
+        restored = backend.restore(module, manifest, path, p, deadline, channels)
+        load_s = time.monotonic() - t_load
+        manifest['restored'] = dict(restored, at=time.time())
+        manifest_store.write_manifest(path, manifest)
     if p['direct_io'] and not restored['direct_io']:
         module.warn("%s was read through the page cache, not with O_DIRECT: that needs an uncompressed image read over "
                     "several channels, QEMU >= 9.1 and a file system that accepts O_DIRECT" % path)
-    manifest['restored'] = dict(restored, at=time.time())
-    manifest_store.write_manifest(path, manifest)
     result = dict(base, changed=True, state=restored['state'], direct_io=restored['direct_io'], channels=channels,
                   duration_s=round(time.monotonic() - t0, 3),
                   rate_mib_s=round(read / MIB / load_s, 1) if load_s else None)

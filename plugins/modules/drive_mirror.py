@@ -287,10 +287,13 @@ error:
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm
 from ansible_collections.vmfleet.kvm.plugins.module_utils.drive_mirror import drive_mirror
 from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_lock import changing
 
 
 def work(module):
-    with open_vm(module) as vm:
+    p = module.params
+    with changing(module.check_mode, p, 'drive_mirror %s %s' % (p['disk'], p['state']), p['timeout']), \
+            open_vm(module) as vm:
         before = vm.disk(module.params['disk']).file if module._diff else None
         result = drive_mirror(module, vm, module.params, check_mode=module.check_mode)
     if module._diff and result['changed']:

@@ -269,6 +269,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_v
 from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import DEFAULT_MEMORY_DIR
 from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
 from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot_task import snapshot_task
+from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_lock import changing
 
 
 def _diff(state, name, before, result):
@@ -285,7 +286,7 @@ def _diff(state, name, before, result):
 def work(module):
     p = module.params
     t0 = time.monotonic()
-    with open_vm(module) as vm:
+    with changing(module.check_mode, p, 'snapshot %s %s' % (p['state'], p['name']), p['timeout']), open_vm(module) as vm:
         result, before = snapshot_task(vm, p, module.check_mode)
     result['duration_s'] = round(time.monotonic() - t0, 3)
     if module._diff and result['changed']:

@@ -9,7 +9,13 @@ import time
 import pytest
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import FleetFailed, InvalidArgument
+from ansible_collections.vmfleet.kvm.plugins.module_utils import vm_lock
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import FleetRun
+
+
+@pytest.fixture(autouse=True)
+def _locks(tmp_path, monkeypatch):
+    monkeypatch.setattr(vm_lock, 'LOCK_DIR', str(tmp_path / 'locks'))
 
 
 class _Module(object):
