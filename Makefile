@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
 export ANSIBLE_PYTHON_INTERPRETER := $(CURDIR)/$(VENV)/bin/python
 
-.PHONY: demo test setup host venv guest collection unit system molecule sanity lint bench clean
+.PHONY: demo test setup host venv guest collection unit system molecule sanity lint docs docs-lint ee ee-image bench clean
 
 setup: host venv guest collection
 
@@ -46,10 +46,33 @@ sanity: venv collection
 lint: venv collection
 	ansible-lint --profile production
 
+# the docs site (modules, plugins, roles, docs/docsite/rst guides), offline, into build/docs/html
+# (they make the venv only if it is missing: no host setup, no libvirtd needed)
+docs: collection
+	test -x $(PY) || $(MAKE) venv
+	bash scripts/docs.sh build
+
+docs-lint: collection
+	test -x $(PY) || $(MAKE) venv
+	bash scripts/docs.sh lint
+
+# the execution environment's build context in build/ee/context, with the collection tarball in it;
+# ee-image builds the image too (needs podman or docker, and the base image's registry)
+ee:
+	test -x $(PY) || $(MAKE) venv
+	mkdir -p build/ee
+	ansible-galaxy collection build --force --output-path build/ee .
+	cp build/ee/vmfleet-kvm-$$($(PY) -c 'import yaml; print(yaml.safe_load(open("galaxy.yml"))["version"])').tar.gz build/ee/vmfleet-kvm.tar.gz
+	ansible-builder create -f execution-environment.yml -c build/ee/context
+
+ee-image: ee
+	ansible-builder build -f execution-environment.yml -c build/ee/context -t vmfleet-ee:latest
+
 test: setup
 	$(PY) -m pytest tests/unit tests/system
 	molecule test --all
 	bash scripts/sanity.sh
+	bash scripts/docs.sh lint
 	ansible-lint --profile production
 
 demo: setup
