@@ -41,6 +41,9 @@ options:
     description:
       - Seconds the whole operation may take, connection included.
       - When it runs out the module fails and says what was left running.
+      - A module that changes the VM first takes the VM's lock on the host (one change at a time per VM,
+        whichever run asks), waiting for it within this timeout; when another run holds it all that time,
+        the module fails naming that run's process and what it does, and touches nothing.
     type: float
     default: 300.0
 requirements:
