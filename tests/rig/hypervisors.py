@@ -1,8 +1,14 @@
 """A fleet of simulated hypervisors on this one machine, reached over real SSH.
 
 Each host is a network namespace (``<prefix><i>``) joined to the root namespace
-by a veth pair: the root side ``<prefix><i>`` holds ``10.213.<i>.1/24``, the
-host's ``eth0`` holds ``10.213.<i>.2/24`` (its ``ansible_host``). A holder
+by a veth pair: the root side ``<prefix><i>`` holds ``<subnet>.<i>.1/24``, the
+host's ``eth0`` holds ``<subnet>.<i>.2/24`` (its ``ansible_host``; ``subnet`` is
+10.213 unless given, a second rig up at once takes another). The root namespace
+forwards between the veths, so that the hosts reach each other (migrations).
+Each host's libvirtd has its own host UUID, takes the rig's directory as shared
+storage and lets the login user on its socket; root's ~/.ssh on each host holds
+the rig's key and every host's host key (its libvirtd reaches a peer's over
+``qemu+ssh://vmfleet@<address>/system``). A holder
 process (``sleep infinity`` under ``ip netns exec NS unshare --mount
 --propagation private``) keeps the host's mount namespace, in which per-host
 directories are bind-mounted over /run/libvirt, /var/lib/libvirt, /etc/libvirt
@@ -45,15 +51,18 @@ from .libvirt_vm import LibvirtVM, virsh
 from .qemu_vm import QemuVM
 
 PREFIX = 'vmfh'
-SUBNET = '10.213'
+SUBNET = '10.213'  # the default; two rigs up at once take different ones (Fleet(subnet=...))
 USER = 'vmfleet'
 GECOS = 'vmfleet test rig'  # marks the login user as the rig's own: down() deletes it
 SUDOERS = '/etc/sudoers.d/vmfleet-rig'
+# IPv4 forwarding as it was before a rig turned it on (restored when the last rig goes)
+FORWARD_MARK = '/run/vmfleet-rig-ip_forward.before'
 VENV_PYTHON = os.path.join(REPO, '.venv', 'bin', 'python')
 # per-host directory -> where it is bind-mounted in the host's mount namespace
 # (/var/lib/vmfleet: the roles' reports, save images and journals stay each host's own)
 HOST_DIRS = (('run', '/run/libvirt'), ('lib', '/var/lib/libvirt'), ('etc', '/etc/libvirt'),
-             ('log', '/var/log/libvirt'), ('cache', '/var/cache/libvirt'), ('vmfleet', '/var/lib/vmfleet'))
+             ('log', '/var/log/libvirt'), ('cache', '/var/cache/libvirt'), ('vmfleet', '/var/lib/vmfleet'),
+             ('root-ssh', '/root/.ssh'))
 # the fleet roles, each with its own variable for the raw QEMU sockets of a host
 ROLES = ('pre_upgrade_snapshot', 'snapshot_rollback', 'snapshot_cleanup', 'storage_migration', 'host_maintenance')
 
@@ -140,8 +149,8 @@ class Host:
         self.name = 'hv%d' % index
         self.ns = '%s%d' % (fleet.prefix, index)
         self.veth = self.ns
-        self.gateway = '%s.%d.1' % (SUBNET, index)
-        self.address = '%s.%d.2' % (SUBNET, index)
+        self.gateway = '%s.%d.1' % (fleet.subnet, index)
+        self.address = '%s.%d.2' % (fleet.subnet, index)
         self.dir = os.path.join(fleet.root, self.name)
         self.holder = None
         self.vms = []  # LibvirtVM / RigQemuVM
@@ -184,6 +193,8 @@ class Host:
         _run(ns + ['ip', 'addr', 'add', self.address + '/24', 'dev', 'eth0'])
         _run(ns + ['ip', 'link', 'set', 'eth0', 'up'])
         _run(ns + ['ip', 'link', 'set', 'lo', 'up'])
+        # the other hosts of the fleet (migrations): through the root namespace, which forwards
+        _run(ns + ['ip', 'route', 'add', '%s.0.0/16' % self.fleet.subnet, 'via', self.gateway])
         # the holder keeps the host's mount namespace for everything started later
         with open(self.path('holder.log'), 'wb') as log:
             proc = subprocess.Popen(ns + ['unshare', '--mount', '--propagation', 'private', '--',
@@ -212,6 +223,8 @@ class Host:
                         fp = os.path.join(p, f)
                         if f.endswith('.xml') and not os.path.isdir(fp):
                             os.unlink(fp)
+            elif sub == 'root-ssh':
+                os.makedirs(d, mode=0o700)
             elif sub == 'cache' and os.path.isdir('/var/cache/libvirt'):
                 # QEMU's probed capabilities: saves each libvirtd seconds at start
                 shutil.copytree('/var/cache/libvirt', d, symlinks=True)
@@ -220,6 +233,30 @@ class Host:
             self.fleet.mountpoint(target)
             self.run(['mount', '--bind', d, target])
         os.makedirs(self.path('lib', 'images'), exist_ok=True)
+        self._migration_config()
+
+    def _migration_config(self):
+        """What live migration between the hosts needs: a host UUID of its own (libvirt refuses a
+        migration to "the same host"), the rig's directory declared shared storage (every host sees
+        it), and the login user allowed on the libvirt socket (a peer's libvirtd comes in through
+        ``qemu+ssh://vmfleet@<address>/system``, as virt-ssh-helper run by that user)."""
+        uuid = '5eed%04x-0000-4000-8000-%012x' % (sum(self.fleet.prefix.encode()), self.index)
+        with open(self.path('etc', 'libvirtd.conf'), 'a') as f:
+            f.write('\n# vmfleet test rig\nhost_uuid = "%s"\nunix_sock_group = "%s"\n'
+                    'unix_sock_rw_perms = "0770"\nauth_unix_rw = "none"\n' % (uuid, USER))
+        with open(self.path('etc', 'qemu.conf'), 'a') as f:
+            f.write('\n# vmfleet test rig\nshared_filesystems = [ "%s" ]\n' % self.fleet.root)
+
+    def write_root_ssh(self, hosts):
+        """Root's ~/.ssh on this host (its own mount): the rig's key and every host's host key, so
+        that this host's libvirtd reaches its peers over SSH as the login user."""
+        d = self.path('root-ssh')
+        shutil.copyfile(self.fleet.key, os.path.join(d, 'id_ed25519'))
+        os.chmod(os.path.join(d, 'id_ed25519'), 0o600)
+        with open(os.path.join(d, 'known_hosts'), 'w') as f:
+            f.writelines(h.known_hosts_line for h in hosts)
+        with open(os.path.join(d, 'config'), 'w') as f:
+            f.write('User %s\nBatchMode yes\nConnectTimeout 10\n' % USER)
 
     def start_libvirtd(self):
         if not _pid_from(self.path('virtlogd.pid')):
@@ -316,9 +353,12 @@ class Fleet:
     ``ansible_python_interpreter`` is a plain venv (no libvirt-python, no qemu.qmp)."""
 
     def __init__(self, hosts=4, vms_per_host=2, memory_mib=256, prefix=PREFIX, bare_hosts=0,
-                 detach=False, lock_timeout=900):
+                 detach=False, lock_timeout=900, subnet=SUBNET):
         if not re.match(r'^[a-z]{1,8}$', prefix):
             raise ValueError('prefix: 1-8 lowercase letters (it names interfaces)')
+        if not re.match(r'^\d{1,3}\.\d{1,3}$', subnet):
+            raise ValueError('subnet: the first two octets, such as 10.213')
+        self.subnet = subnet
         if not 1 <= hosts + bare_hosts <= 250:
             raise ValueError('1-250 hosts')
         self.prefix = prefix
@@ -379,10 +419,13 @@ class Fleet:
             os.makedirs(self.root)
             os.chmod(self.root, 0o755)
             self._user()
+            self._forwarding()
             for i in range(1, self.count + self.bare_count + 1):
                 h = Host(self, i)
                 (self.hosts if i <= self.count else self.bare_hosts).append(h)
                 h.create()
+            for h in self.all_hosts:
+                h.write_root_ssh(self.all_hosts)
             if self.bare_hosts:
                 # "not prepared": a python with what Ansible needs (the standard library), pip, and nothing else
                 _run(['python3', '-m', 'venv', self.bare_venv])
@@ -457,20 +500,38 @@ class Fleet:
             m = re.match(r'^\d+:\s+([^:@]+)', line)
             if m and names.match(m.group(1)):
                 _run(['ip', 'link', 'del', m.group(1)], check=False)
-        if os.path.exists(SUDOERS):
-            os.unlink(SUDOERS)
-        try:
-            if pwd.getpwnam(USER).pw_gecos == GECOS:
-                _run(['userdel', '-r', '-f', USER], check=False)
-        except KeyError:
-            pass
+        if self._other_rigs_up():
+            self._drop_own_key()  # the user, sudoers entry and forwarding serve the other rigs still
+        else:
+            if os.path.exists(SUDOERS):
+                os.unlink(SUDOERS)
+            try:
+                if pwd.getpwnam(USER).pw_gecos == GECOS:
+                    _run(['userdel', '-r', '-f', USER], check=False)
+            except KeyError:
+                pass
+            try:
+                with open(FORWARD_MARK) as f:
+                    before = f.read().strip()
+                with open('/proc/sys/net/ipv4/ip_forward', 'w') as f:
+                    f.write(before + '\n')
+                os.unlink(FORWARD_MARK)
+            except (OSError, ValueError):
+                pass
         shutil.rmtree(self.root, ignore_errors=True)
         try:
             with open(self.made_path) as f:
                 made = f.read().split()
         except FileNotFoundError:
             made = []
+        others = self._other_rigs_up()
         for d in reversed(made):
+            if others:
+                # a mount point the other rigs' hosts may use still: the last rig down removes it
+                for other in others:
+                    with open('/run/vmfleet-rig-%s.made' % other, 'a') as f:
+                        f.write(d + '\n')
+                continue
             try:
                 os.rmdir(d)  # only if empty: something else may have put files there since
             except OSError:
@@ -493,6 +554,51 @@ class Fleet:
             except OSError:
                 pass
         return out
+
+    def _other_rigs_up(self):
+        """Whether a rig of another prefix is up (holds its lock): the login user, sudoers entry
+        and IPv4 forwarding are shared by all rigs, the last one down removes them. Their prefixes."""
+        up = []
+        for name in os.listdir('/run'):
+            m = re.match(r'^vmfleet-rig-([a-z]+)\.lock$', name)
+            if not m or m.group(1) == self.prefix:
+                continue
+            try:
+                fd = os.open(os.path.join('/run', name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                up.append(m.group(1))
+            finally:
+                os.close(fd)
+        return up
+
+    def _forwarding(self):
+        """IPv4 forwarding on in the root namespace: the hosts reach each other through it."""
+        with open('/proc/sys/net/ipv4/ip_forward') as f:
+            before = f.read().strip()
+        if before != '1':
+            if not os.path.exists(FORWARD_MARK):
+                with open(FORWARD_MARK, 'w') as f:
+                    f.write(before + '\n')
+            with open('/proc/sys/net/ipv4/ip_forward', 'w') as f:
+                f.write('1\n')
+
+    def _drop_own_key(self):
+        try:
+            keys = os.path.join(pwd.getpwnam(USER).pw_dir, '.ssh', 'authorized_keys')
+            with open(keys) as f:
+                lines = f.readlines()
+        except (KeyError, OSError):
+            return
+        with open(keys, 'w') as f:
+            f.writelines(line for line in lines if not line.rstrip().endswith(' ' + self._key_comment))
+
+    @property
+    def _key_comment(self):
+        return 'vmfleet-rig-controller-%s' % self.prefix
 
     def _take_lock(self):
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -534,10 +640,12 @@ class Fleet:
         os.chmod(SUDOERS + '.tmp', 0o440)
         _run(['visudo', '-c', '-q', '-f', SUDOERS + '.tmp'])
         os.replace(SUDOERS + '.tmp', SUDOERS)
-        _run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', 'vmfleet-rig-controller', '-f', self.key])
+        _run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', self._key_comment, '-f', self.key])
         ssh_dir = os.path.join(u.pw_dir, '.ssh')
         os.makedirs(ssh_dir, exist_ok=True)
-        with open(self.key + '.pub') as f, open(os.path.join(ssh_dir, 'authorized_keys'), 'w') as out:
+        self._drop_own_key()
+        # appended: another rig (another prefix) may be up with its own key
+        with open(self.key + '.pub') as f, open(os.path.join(ssh_dir, 'authorized_keys'), 'a') as out:
             out.write(f.read())
         for p in (ssh_dir, os.path.join(ssh_dir, 'authorized_keys')):
             os.chown(p, u.pw_uid, u.pw_gid)
@@ -595,8 +703,9 @@ def main(argv=None):
     ap.add_argument('--vms', type=int, default=2)
     ap.add_argument('--memory', type=int, default=256)
     ap.add_argument('--prefix', default=PREFIX)
+    ap.add_argument('--subnet', default=SUBNET)
     args = ap.parse_args(argv)
-    fleet = Fleet(args.hosts, args.vms, args.memory, args.prefix, args.bare_hosts, detach=True)
+    fleet = Fleet(args.hosts, args.vms, args.memory, args.prefix, args.bare_hosts, detach=True, subnet=args.subnet)
     if args.action == 'up':
         fleet.up()
         fleet._release_lock()  # a CLI rig stays up after this process; `down` sweeps it
