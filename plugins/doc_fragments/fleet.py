@@ -63,7 +63,7 @@ options:
     description:
       - Seconds the whole run may take, every VM included; each VM's step gets what is left.
       - A VM not started when it runs out fails with a message saying so; the others are reported as they ended.
-      - Each VM is worked under its lock on the host (one change at a time per VM, whichever run asks): a VM
+      - Each VM is worked under its lock on the host (one change at a time per VM, whichever run asks); a VM
         another run is changing is waited for within this timeout, then reported failed naming that run.
         Two runs launched together over the same VMs thus take turns VM by VM.
     type: float
