@@ -1,0 +1,51 @@
+"""Every module's docs, as ansible-doc merges them with the doc fragments: version_added 1.0.0, seealso,
+check_mode, diff_mode and platform attributes, and the ``error`` key its failures return, naming the error
+classes it can raise."""
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, ROOT, run
+
+MODULES = sorted(p.stem for p in (ROOT / 'plugins' / 'modules').glob('*.py'))
+
+
+@pytest.fixture(scope='module')
+def docs():
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / '.collections'), ANSIBLE_NOCOLOR='1')
+    out = run([BIN / 'ansible-doc', '--json', '-t', 'module'] + ['vmfleet.kvm.%s' % m for m in MODULES], env=env)
+    return {k.split('.')[-1]: v for k, v in json.loads(out).items()}
+
+
+def error_classes():
+    tree = ast.parse((ROOT / 'plugins' / 'module_utils' / 'exceptions.py').read_text())
+    return sorted(c.name for c in tree.body if isinstance(c, ast.ClassDef) and c.name != 'VmfleetError')
+
+
+@pytest.mark.parametrize('module', MODULES)
+def test_module_docs_are_complete(docs, module):
+    d = docs[module]['doc']
+    assert d['version_added'] == '1.0.0', module
+    assert d.get('seealso'), module
+    attrs = d.get('attributes', {})
+    for attr in ('check_mode', 'diff_mode', 'platform'):
+        assert attr in attrs and attrs[attr].get('support') in ('full', 'partial', 'none'), (module, attr)
+    assert attrs['platform']['platforms'] == 'posix', module
+
+
+@pytest.mark.parametrize('module', [m for m in MODULES if m != 'fleet_progress'])  # raises no error of its own
+def test_error_key_names_every_error_class(docs, module):
+    err = (docs[module].get('return') or {}).get('error')
+    assert err and err['returned'] == 'failed' and err['type'] == 'str', module
+    text = ' '.join(err['description']) if isinstance(err['description'], list) else err['description']
+    if module.startswith('fleet_'):
+        wanted = ['FleetFailed', 'InvalidArgument']
+    else:
+        # FleetFailed is the fleet modules'; VmBusy comes from the per-VM lock, which only changes take
+        wanted = [c for c in error_classes() if c != 'FleetFailed' and not (c == 'VmBusy' and module.endswith('_info'))]
+    missing = [c for c in wanted if 'C(%s)' % c not in text]
+    assert not missing, '%s: error does not name %s' % (module, missing)
