@@ -18,7 +18,8 @@ lint)
     ;;
 build)
     rm -rf "$out"
-    mkdir -p -m 0700 "$out/src"   # antsibull-docs wants directories only its owner may write
+    mkdir -p "$out"
+    mkdir -m 0700 "$out/src"   # antsibull-docs wants directories only its owner may write
     antsibull-docs sphinx-init --use-current --dest-dir "$out/src" --fail-on-error \
         --project vmfleet.kvm --copyright 'vmfleet.kvm contributors' \
         --title 'vmfleet.kvm documentation' --html-short-title vmfleet.kvm vmfleet.kvm >/dev/null
@@ -55,7 +56,7 @@ def setup(app):
 '''
 open(path, 'w').write(conf)
 PY
-    mkdir -p -m 0700 "$out/src/rst"
+    mkdir -m 0700 "$out/src/rst"
     antsibull-docs --config-file "$out/src/antsibull-docs.cfg" collection --use-current --fail-on-error \
         --cleanup everything --dest-dir "$out/src/rst" vmfleet.kvm
     sphinx-build -q -b html -W --keep-going -c "$out/src" "$out/src/rst" "$out/html"

@@ -14,7 +14,7 @@ BIN = Path(sys.executable).parent
 def run(cmd, **kw):
     """Run a command, failing the test with its output if it fails."""
     kw.setdefault('cwd', ROOT)
-    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False, **kw)
     assert p.returncode == 0, '%s failed (%d):\n%s\n%s' % (' '.join(map(str, cmd)), p.returncode, p.stdout, p.stderr)
     return p.stdout
 
