@@ -56,7 +56,7 @@ def setup(app):
 '''
 open(path, 'w').write(conf)
 PY
-    mkdir -m 0700 "$out/src/rst"
+    chmod 0700 "$out/src/rst"   # sphinx-init made it
     antsibull-docs --config-file "$out/src/antsibull-docs.cfg" collection --use-current --fail-on-error \
         --cleanup everything --dest-dir "$out/src/rst" vmfleet.kvm
     sphinx-build -q -b html -W --keep-going -c "$out/src" "$out/src/rst" "$out/html"
