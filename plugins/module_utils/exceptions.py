@@ -107,3 +107,8 @@ class FleetFailed(VmfleetError):
 
 class VmBusy(VmfleetError):
     """Another vmfleet run holds the VM's lock on this hypervisor."""
+
+
+class DestinationProblem(VmfleetError):
+    """A migration's destination cannot take the VM (memory, CPU, a copy already running there)."""
+    pass

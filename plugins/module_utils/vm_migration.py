@@ -1,0 +1,444 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vmfleet.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Live migration of one running VM to another hypervisor (issue #21).
+
+libvirt domains go peer to peer: the source libvirtd connects to the
+destination's libvirtd itself (``destination_uri``, ``qemu+ssh://`` or
+``qemu+tcp://``), QEMU sends memory (and with ``storage: copy`` the disks, over
+NBD + block mirror) straight to the destination QEMU at ``migration_address``.
+The module watches the job (progress samples, postcopy switch, ``timeout`` ->
+abort: the VM runs on at the source) and reports what QEMU measured.
+
+Nothing is changed before the checks pass: the destination answers, has the
+memory, holds no running copy; with ``storage: copy`` the destination images
+do not exist yet (libvirt creates them only inside a storage pool)."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import os
+import threading
+import time
+import xml.etree.ElementTree as ET
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
+    ConnectionFailed, DestinationProblem, InvalidArgument, JobFailed, OperationTimeout, VmNotFound,
+)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_lock import changing
+from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
+
+try:
+    from urllib.parse import urlsplit
+except ImportError:  # Python 2 controllers never run this; keeps the import sanity test quiet
+    from urlparse import urlsplit
+
+try:
+    import libvirt
+    HAS_LIBVIRT = True
+except ImportError:
+    HAS_LIBVIRT = False
+
+MIB = 1024 * 1024
+# a progress sample into the result every this many seconds (and the first and last)
+SAMPLE_EVERY = 1.0
+
+
+def _require_libvirt():
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt_vm import _require_libvirt as req
+    req()
+
+
+def destination_host(uri):
+    """The host part of a libvirt URI (``qemu+ssh://user@host:port/system`` -> ``host``)."""
+    host = urlsplit(uri).hostname
+    if not host:
+        raise InvalidArgument("destination_uri %r names no host" % uri,
+                              hint="give the destination's libvirt as qemu+ssh://USER@HOST/system or qemu+tcp://HOST/system")
+    return host
+
+
+def _event_loop():
+    """libvirt's default event loop in a daemon thread (for the job-completed event);
+    registered once per process, before the first connection."""
+    if getattr(_event_loop, 'started', False):
+        return
+    libvirt.virEventRegisterDefaultImpl()
+
+    def run():
+        while True:
+            libvirt.virEventRunDefaultImpl()
+
+    t = threading.Thread(target=run, name='libvirt-events')
+    t.daemon = True
+    t.start()
+    _event_loop.started = True
+
+
+def _open(uri, deadline, what):
+    """A libvirt connection, within the deadline (an SSH that hangs must not hang the task)."""
+    box = {}
+
+    def target():
+        try:
+            box['conn'] = libvirt.open(uri)
+        except libvirt.libvirtError as e:
+            box['error'] = e.get_error_message()
+
+    t = threading.Thread(target=target)
+    t.daemon = True
+    t.start()
+    t.join(max(1.0, min(60.0, deadline.remaining())))
+    if 'conn' in box:
+        return box['conn']
+    raise ConnectionFailed("%s %s is unreachable: %s" % (what, uri, box.get('error', 'no answer within %.0f s' % min(60.0, deadline.timeout))),
+                           hint="check that its libvirtd runs and that this host reaches it (for qemu+ssh: "
+                                "root's SSH key and known_hosts on the source host)")
+
+
+def _state(dom):
+    try:
+        return dom.state()[0]
+    except libvirt.libvirtError:
+        return None
+
+
+def _lookup(conn, name):
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def _running(dom):
+    return dom is not None and _state(dom) in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED,
+                                               libvirt.VIR_DOMAIN_BLOCKED)
+
+
+def _sample(stats, t0):
+    total = stats.get('memory_total') or 0
+    remaining = stats.get('memory_remaining')
+    disk_total = stats.get('disk_total') or 0
+    disk_remaining = stats.get('disk_remaining') or 0
+    done_of = total + disk_total
+    left = (remaining or 0) + disk_remaining
+    pct = round(100.0 * (done_of - left) / done_of, 1) if done_of and remaining is not None else None
+    return dict(t=round(time.monotonic() - t0, 2), percent=pct,
+                rate_mib_s=round((stats.get('memory_bps') or 0) / float(MIB), 1),
+                remaining_mib=round(left / float(MIB), 1) if remaining is not None else None,
+                iteration=stats.get('memory_iteration'),
+                dirty_rate_pages_s=stats.get('memory_dirty_rate'),
+                throttle_pct=stats.get('auto_converge_throttle'))
+
+
+class LibvirtMigration(object):
+    """One libvirt domain moving to ``destination_uri``."""
+
+    def __init__(self, module, params):
+        _require_libvirt()
+        self.module = module
+        self.p = params
+        self.deadline = Deadline(params['timeout'])
+        self.name = params['domain']
+        self.dest_uri = params['destination_uri']
+        self.dest_host = destination_host(self.dest_uri)
+        self.migration_address = params.get('migration_address') or self.dest_host
+        self.samples = []
+        self.completed_stats = None
+        self.postcopy_started = None
+        self.src = self.dst = None
+
+    # --- the steps --------------------------------------------------------------
+    def run(self):
+        _event_loop()
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt_vm import connect
+        self.src = connect(self.p['uri'])
+        try:
+            return self._run()
+        finally:
+            for c in (self.src, self.dst):
+                if c is not None:
+                    try:
+                        c.close()
+                    except libvirt.libvirtError:
+                        pass
+
+    def _base_result(self):
+        return dict(changed=False, domain=self.name, source_uri=self.p['uri'], destination=self.dest_uri,
+                    backend='libvirt', storage=self.p['storage'])
+
+    def _run(self):
+        result = self._base_result()
+        dom = _lookup(self.src, self.name)
+        if not _running(dom):
+            # not (or no longer) running here: done if it runs at the destination
+            self.dst = _open(self.dest_uri, self.deadline, 'the destination libvirt')
+            there = _lookup(self.dst, self.name)
+            if _running(there):
+                result.update(msg="domain '%s' already runs at %s" % (self.name, self.dest_uri), state='running-at-destination')
+                return result
+            raise VmNotFound("libvirt domain '%s' runs neither on this host (%s) nor at %s"
+                             % (self.name, self.p['uri'], self.dest_uri),
+                             hint="start it, or name the host it runs on", **result)
+        self.dst = _open(self.dest_uri, self.deadline, 'the destination libvirt')
+        plan = self._plan(dom)
+        result.update(plan['report'])
+        if self.module.check_mode:
+            result.update(changed=True, msg="would migrate '%s' to %s" % (self.name, self.dest_uri))
+            return result
+        with changing(False, self.p, 'migrate', self.deadline.remaining(), self.name):
+            result.update(self._migrate(dom, plan))
+        result['changed'] = True
+        return result
+
+    def _plan(self, dom):
+        """Checks (nothing touched yet) and the flags and parameters of the migration."""
+        there = _lookup(self.dst, self.name)
+        if _running(there):
+            raise DestinationProblem("domain '%s' runs on this host and also at %s" % (self.name, self.dest_uri),
+                                     hint="two copies of one VM: stop the one that should not run, then run again")
+        mem_kib = dom.maxMemory()
+        free = self.dst.getFreeMemory()
+        if free < mem_kib * 1024:
+            raise DestinationProblem("not enough memory at %s: the domain needs %d MiB, %d MiB are free there"
+                                     % (self.dest_uri, mem_kib // 1024, free // MIB),
+                                     hint="free memory at the destination or pick another one")
+        flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
+        if self.p['persistent']:
+            flags |= libvirt.VIR_MIGRATE_PERSIST_DEST
+        if self.p['undefine_source']:
+            flags |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+        params = {libvirt.VIR_MIGRATE_PARAM_URI: 'tcp://%s' % self._bracketed(self.migration_address)}
+        if self.p['bandwidth_mib_s']:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(self.p['bandwidth_mib_s'])
+        if self.p['parallel_connections'] > 1:
+            flags |= libvirt.VIR_MIGRATE_PARALLEL
+            params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = int(self.p['parallel_connections'])
+        if self.p['auto_converge']:
+            flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+        if self.p['postcopy']:
+            flags |= libvirt.VIR_MIGRATE_POSTCOPY
+        report = dict(route='libvirt-p2p', migration_uri=params[libvirt.VIR_MIGRATE_PARAM_URI],
+                      parallel_connections=self.p['parallel_connections'], memory_mib=mem_kib // 1024)
+        disks = []
+        if self.p['storage'] == 'copy':
+            flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+            xml, persist_xml, disks = self._copy_xml(dom)
+            if disks:
+                params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = [d['target'] for d in disks]
+            if xml is not None:
+                params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = xml
+                if persist_xml is not None and self.p['persistent']:
+                    params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = persist_xml
+            report['disks'] = disks
+        return dict(flags=flags, params=params, report=report, disks=disks)
+
+    @staticmethod
+    def _bracketed(host):
+        return '[%s]' % host if ':' in host else host
+
+    def _copy_xml(self, dom):
+        """With storage copy: the writable file disks to copy, and the domain XML with their
+        paths under ``destination_dir`` (None when the paths are kept)."""
+        flags = libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE
+        root = ET.fromstring(dom.XMLDesc(flags))
+        dest_dir = self.p.get('destination_dir')
+        disks = []
+        for disk in root.findall('./devices/disk'):
+            src = disk.find('source')
+            target = disk.find('target')
+            if disk.get('device', 'disk') != 'disk' or src is None or src.get('file') is None or \
+                    disk.find('readonly') is not None or disk.find('shareable') is not None:
+                continue
+            path = src.get('file')
+            new = os.path.join(dest_dir, os.path.basename(path)) if dest_dir else path
+            if new == path and dest_dir:
+                raise InvalidArgument("disk %s (%s) is already in destination_dir" % (target.get('dev'), path))
+            src.set('file', new)
+            disks.append(dict(target=target.get('dev'), source=path, destination=new))
+        if not disks:
+            raise InvalidArgument("storage: copy, but domain '%s' has no writable file disk to copy" % self.name)
+        if not dest_dir:
+            return None, None, disks
+        persist = None
+        if self.p['persistent'] and dom.isPersistent():
+            proot = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | flags))
+            moves = dict((d['source'], d['destination']) for d in disks)
+            for src in proot.findall('./devices/disk/source'):
+                if src.get('file') in moves:
+                    src.set('file', moves[src.get('file')])
+            persist = ET.tostring(proot).decode('utf-8')
+        return ET.tostring(root).decode('utf-8'), persist, disks
+
+    def _on_job_completed(self, conn, dom, stats, opaque):
+        if dom.name() == self.name:
+            self.completed_stats = dict(stats)
+
+    def _migrate(self, dom, plan):
+        if self.p['max_downtime_ms']:
+            dom.migrateSetMaxDowntime(int(self.p['max_downtime_ms']), 0)
+        cb = self.src.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, self._on_job_completed, None)
+        box = {}
+
+        def target():
+            try:
+                box['dom'] = dom.migrateToURI3(self.dest_uri, plan['params'], plan['flags'])
+            except libvirt.libvirtError as e:
+                box['error'] = e
+
+        t0 = time.monotonic()
+        th = threading.Thread(target=target, name='migrate')
+        th.daemon = True
+        th.start()
+        aborted = None
+        last_sample = 0.0
+        try:
+            while th.is_alive():
+                th.join(0.2)
+                if not th.is_alive():
+                    break
+                stats = self._job_stats(dom)
+                now = time.monotonic()
+                if stats and (now - last_sample >= SAMPLE_EVERY or not self.samples):
+                    self.samples.append(_sample(stats, t0))
+                    last_sample = now
+                if self.p['postcopy'] and self.postcopy_started is None and stats:
+                    why = self._postcopy_due(stats, now - t0)
+                    if why:
+                        try:
+                            dom.migrateStartPostCopy(0)
+                            self.postcopy_started = why
+                        except libvirt.libvirtError:
+                            pass  # the migration may just have finished precopy
+                if self.deadline.expired() and aborted is None and self.postcopy_started is None:
+                    aborted = time.monotonic()
+                    try:
+                        dom.abortJob()
+                    except libvirt.libvirtError:
+                        pass
+                if aborted is not None and time.monotonic() - aborted > 120:
+                    break
+        finally:
+            th.join(5)
+            elapsed = time.monotonic() - t0
+            # the completed event may trail the call's return by a moment
+            end = time.monotonic() + 2
+            while self.completed_stats is None and time.monotonic() < end and 'error' not in box:
+                time.sleep(0.05)
+            try:
+                self.src.domainEventDeregisterAny(cb)
+            except libvirt.libvirtError:
+                pass
+        progress = dict(samples=self.samples)
+        if 'error' in box or aborted is not None:
+            state = 'running' if _running(_lookup(self.src, self.name)) else 'unknown'
+            partial = dict(progress=progress, duration_s=round(elapsed, 2), source_state=state, **plan['report'])
+            if aborted is not None:
+                raise OperationTimeout("migration of '%s' to %s did not finish within %gs; it was cancelled and the "
+                                       "domain runs on at the source" % (self.name, self.dest_uri, self.deadline.timeout),
+                                       hint="give a longer timeout, a higher bandwidth_mib_s, auto_converge or postcopy",
+                                       **partial)
+            raise self._failure(box['error'], partial)
+        return self._done(elapsed, plan, progress)
+
+    def _job_stats(self, dom):
+        try:
+            info = dom.jobStats(0)
+        except libvirt.libvirtError:
+            return None
+        if info.get('type', libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+            return None
+        return info
+
+    def _postcopy_due(self, stats, elapsed):
+        """Switch to postcopy when precopy does not converge: after the second pass, when the
+        guest dirties memory faster than the link carries it, or half the timeout is gone."""
+        it = stats.get('memory_iteration') or 0
+        dirty = (stats.get('memory_dirty_rate') or 0) * (stats.get('memory_page_size') or 4096)
+        bps = stats.get('memory_bps') or 0
+        if it >= 2 and bps and dirty >= bps:
+            return "pass %d: the guest dirtied %.1f MiB/s, the link carried %.1f MiB/s" % (it, dirty / float(MIB), bps / float(MIB))
+        if elapsed > self.deadline.timeout / 2.0:
+            return "precopy had not converged after half the timeout (%.0f s, pass %d)" % (elapsed, it)
+        return None
+
+    def _failure(self, e, partial):
+        code = e.get_error_code()
+        msg = e.get_error_message()
+        if code == libvirt.VIR_ERR_CPU_INCOMPATIBLE:
+            return DestinationProblem("the destination's CPU cannot run domain '%s': %s" % (self.name, msg),
+                                      hint="give the domain a CPU model both hosts have", **partial)
+        if code in (libvirt.VIR_ERR_OPERATION_ABORTED,):
+            return JobFailed("migration of '%s' was cancelled: %s" % (self.name, msg), **partial)
+        if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_SYSTEM_ERROR,
+                    libvirt.VIR_ERR_AUTH_FAILED):
+            return ConnectionFailed("migration of '%s' to %s failed: the destination: %s" % (self.name, self.dest_uri, msg),
+                                    hint="the domain runs on at the source; check the destination's libvirtd and the "
+                                         "network between the hosts (migration_address %s)" % self.migration_address,
+                                    **partial)
+        return JobFailed("migration of '%s' to %s failed: %s" % (self.name, self.dest_uri, msg),
+                         hint="the domain runs on at the source when source_state says running", **partial)
+
+    def _done(self, elapsed, plan, progress):
+        stats = self.completed_stats
+        if not stats:
+            # no event: the source domain (if still defined) or the destination keep them
+            for conn in (self.src, self.dst):
+                d = _lookup(conn, self.name)
+                if d is None:
+                    continue
+                try:
+                    stats = d.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+                except libvirt.libvirtError:
+                    continue
+                if stats and stats.get('type') != libvirt.VIR_DOMAIN_JOB_NONE:
+                    break
+                stats = None
+        stats = stats or {}
+        if stats:
+            self.samples.append(dict(_sample(stats, time.monotonic() - elapsed), percent=100.0))
+        there = _lookup(self.dst, self.name)
+        out = dict(plan['report'], progress=progress, duration_s=round(elapsed, 2),
+                   downtime_ms=stats.get('downtime'),
+                   bytes=stats.get('memory_processed', 0) + stats.get('disk_processed', 0),
+                   memory_bytes=stats.get('memory_processed'), disk_bytes=stats.get('disk_processed'),
+                   iterations=stats.get('memory_iteration'),
+                   rate_mib_s=round((stats.get('memory_processed', 0) + stats.get('disk_processed', 0))
+                                    / float(MIB) / max(elapsed, 0.001), 1),
+                   destination_state='running' if _running(there) else 'not running',
+                   destination_persistent=bool(there is not None and there.isPersistent()),
+                   source_defined=_lookup(self.src, self.name) is not None)
+        out['mode'], out['why'] = self._mode(stats)
+        if out['destination_state'] != 'running':
+            raise JobFailed("libvirt reported the migration of '%s' done, but it does not run at %s"
+                            % (self.name, self.dest_uri), **out)
+        out['msg'] = "migrated '%s' to %s in %.1f s (%s, downtime %s ms)" % (
+            self.name, self.dest_uri, elapsed, out['mode'], out['downtime_ms'])
+        return out
+
+    def _mode(self, stats):
+        if self.postcopy_started:
+            return 'postcopy', 'switched to postcopy: ' + self.postcopy_started
+        throttle = stats.get('auto_converge_throttle') or max([s.get('throttle_pct') or 0 for s in self.samples] or [0])
+        if self.p['auto_converge'] and throttle:
+            return 'auto-converge', ("precopy did not converge on its own: QEMU throttled the guest's CPUs up to %d%% "
+                                     "(%s passes)" % (throttle, stats.get('memory_iteration')))
+        return 'precopy', "precopy converged in %s pass(es) within the downtime limit%s" % (
+            stats.get('memory_iteration'),
+            ' (auto-converge allowed, not needed)' if self.p['auto_converge'] else
+            (' (postcopy allowed, not needed)' if self.p['postcopy'] else ''))
+
+
+def migrate_vm(module):
+    p = module.params
+    if p.get('qmp_socket'):
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import CapabilityMissing
+        raise CapabilityMissing("vm_migrate moves libvirt domains only, so far; a raw QEMU VM (qmp_socket) is not yet supported",
+                                hint="use a libvirt domain, or vm_save and vm_restore")
+    if p['storage'] == 'shared' and p.get('destination_dir'):
+        raise InvalidArgument("destination_dir is for storage: copy; with shared storage the disks stay where they are")
+    if p['parallel_connections'] < 1 or p['parallel_connections'] > 64:
+        raise InvalidArgument("parallel_connections must be between 1 and 64, not %d" % p['parallel_connections'])
+    return LibvirtMigration(module, p).run()

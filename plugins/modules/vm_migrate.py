@@ -1,0 +1,217 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vmfleet.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: vm_migrate
+short_description: Move a running VM to another hypervisor, live
+version_added: 1.1.0
+description:
+  - Moves one running libvirt domain from the host the task runs on to the libvirtd at O(destination_uri),
+    live, through libvirt's peer-to-peer migration; the guest keeps running during the copy and pauses only
+    for the final switch (RV(downtime_ms), as QEMU measured it).
+  - The source libvirtd itself connects to O(destination_uri) (for C(qemu+ssh://) with root's SSH key and
+    known_hosts on the source host); QEMU sends the guest's memory straight to O(migration_address) on the
+    destination (default the host of O(destination_uri)).
+  - With O(persistent) the domain is defined at the destination and, with O(undefine_source), undefined at
+    the source; libvirt does both only once the migration succeeded.
+  - Idempotent - when the domain no longer runs on this host but runs at the destination, nothing changes.
+  - A failure, or O(timeout) running out (the migration is cancelled), leaves the domain running at the
+    source and nothing defined at the destination.
+  - Raw QEMU VMs (O(qmp_socket)) are not supported yet.
+extends_documentation_fragment:
+  - vmfleet.kvm.connection
+attributes:
+  check_mode:
+    description: Checks the destination (reachable, enough memory, no copy running) and says what would happen.
+  diff_mode:
+    support: none
+    description: Nothing to compare.
+options:
+  destination_uri:
+    description:
+      - libvirt URI of the destination hypervisor as the source host reaches it, such as
+        V(qemu+ssh://vmfleet@hv2.example.com/system) or V(qemu+tcp://hv2.example.com/system).
+    type: str
+    required: true
+  migration_address:
+    description:
+      - Address of the destination that QEMU's migration stream goes to. Default - the host of O(destination_uri).
+    type: str
+  storage:
+    description:
+      - V(shared) - the disks stay where they are (both hosts see the same paths).
+      - V(copy) - every writable file disk is copied to the destination while the guest runs (QEMU's NBD and
+        block mirror, as C(virsh migrate --copy-storage-all)). The destination images must not exist yet:
+        libvirt creates them (outside a storage pool it cannot, and the migration fails with nothing changed).
+    type: str
+    choices: [shared, copy]
+    default: shared
+  destination_dir:
+    description:
+      - With O(storage=copy), the directory the disks go to at the destination (same file names). Default - the
+        paths they have at the source.
+    type: path
+  persistent:
+    description: Define the domain at the destination (as C(virsh migrate --persistent)).
+    type: bool
+    default: true
+  undefine_source:
+    description: Undefine the domain at the source once the migration succeeded (as C(virsh migrate --undefinesource)).
+    type: bool
+    default: true
+  bandwidth_mib_s:
+    description: Bandwidth limit of the migration in MiB/s. V(0) - no limit.
+    type: int
+    default: 0
+  max_downtime_ms:
+    description: Longest pause of the guest allowed for the switch, in milliseconds. V(0) - QEMU's default (300).
+    type: int
+    default: 0
+  parallel_connections:
+    description: Channels that carry the memory at once (multifd). V(1) - one stream.
+    type: int
+    default: 1
+  auto_converge:
+    description:
+      - Let QEMU throttle the guest's CPUs when it dirties memory faster than the link carries it.
+    type: bool
+    default: false
+  postcopy:
+    description:
+      - Allow postcopy - when precopy does not converge (the guest dirties memory faster than the link carries
+        it, from the second pass on, or half of O(timeout) is gone) the guest switches to the destination and
+        the rest of its memory follows on demand.
+      - Once in postcopy the migration cannot be cancelled; a network failure then leaves the guest paused.
+    type: bool
+    default: false
+notes:
+  - O(timeout) bounds the whole run; when it runs out during precopy the migration is cancelled and the VM runs
+    on at the source.
+seealso:
+  - module: vmfleet.kvm.vm_save
+  - module: vmfleet.kvm.drive_mirror
+'''
+
+EXAMPLES = r'''
+- name: Move web01 to hv2, shared storage
+  vmfleet.kvm.vm_migrate:
+    domain: web01
+    destination_uri: qemu+ssh://vmfleet@hv2.example.com/system
+    parallel_connections: 4
+    max_downtime_ms: 300
+    timeout: 600
+
+- name: Move db01 with its disks, allowing postcopy
+  vmfleet.kvm.vm_migrate:
+    domain: db01
+    destination_uri: qemu+ssh://vmfleet@hv3.example.com/system
+    storage: copy
+    destination_dir: /srv/vms
+    postcopy: true
+'''
+
+RETURN = r'''
+domain:
+  description: The domain.
+  returned: always
+  type: str
+  sample: web01
+destination:
+  description: O(destination_uri).
+  returned: always
+  type: str
+  sample: qemu+ssh://vmfleet@hv2.example.com/system
+route:
+  description: How it moved - V(libvirt-p2p).
+  returned: when the domain ran here
+  type: str
+  sample: libvirt-p2p
+migration_uri:
+  description: Where QEMU sent the migration stream.
+  returned: when the domain ran here
+  type: str
+  sample: tcp://hv2.example.com
+mode:
+  description: V(precopy), V(auto-converge) or V(postcopy), what actually ran.
+  returned: when a migration ran
+  type: str
+  sample: precopy
+why:
+  description: Why that mode ran.
+  returned: when a migration ran
+  type: str
+  sample: precopy converged in 2 pass(es) within the downtime limit
+downtime_ms:
+  description: Milliseconds the guest was paused for the switch, as QEMU measured it.
+  returned: when a migration ran
+  type: int
+  sample: 42
+bytes:
+  description: Bytes sent (memory and disks).
+  returned: when a migration ran
+  type: int
+  sample: 281018368
+duration_s:
+  description: Seconds the migration took.
+  returned: when a migration ran
+  type: float
+  sample: 3.2
+rate_mib_s:
+  description: Average rate, RV(bytes) per second.
+  returned: when a migration ran
+  type: float
+  sample: 85.1
+progress:
+  description: Samples taken about every second - percent, rate, remaining MiB, pass, dirty rate, CPU throttle.
+  returned: when a migration ran
+  type: dict
+  sample: {samples: [{t: 1.0, percent: 40.2, rate_mib_s: 80.3, remaining_mib: 150.0, iteration: 1}]}
+disks:
+  description: With O(storage=copy), each copied disk with its source and destination path.
+  returned: when O(storage=copy)
+  type: list
+  elements: dict
+  sample: [{target: vda, source: /var/lib/libvirt/images/db01.qcow2, destination: /srv/vms/db01.qcow2}]
+source_state:
+  description: After a failure, whether the domain still runs at the source.
+  returned: failed
+  type: str
+  sample: running
+error:
+  description:
+    - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg).
+      C(ConnectionFailed) (the destination unreachable), C(DestinationProblem) (not enough memory, CPU
+      incompatible, a copy running there), C(OperationTimeout) (cancelled, runs on at the source),
+      C(JobFailed), C(VmNotFound), C(InvalidArgument), C(CapabilityMissing), C(VmBusy).
+  returned: failed
+  type: str
+  sample: ConnectionFailed
+'''
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_migration import migrate_vm
+
+
+def main():
+    run_module(vmfleet_module(dict(
+        destination_uri=dict(type='str', required=True),
+        migration_address=dict(type='str'),
+        storage=dict(type='str', choices=['shared', 'copy'], default='shared'),
+        destination_dir=dict(type='path'),
+        persistent=dict(type='bool', default=True),
+        undefine_source=dict(type='bool', default=True),
+        bandwidth_mib_s=dict(type='int', default=0),
+        max_downtime_ms=dict(type='int', default=0),
+        parallel_connections=dict(type='int', default=1),
+        auto_converge=dict(type='bool', default=False),
+        postcopy=dict(type='bool', default=False),
+    )), migrate_vm)
+
+
+if __name__ == '__main__':
+    main()

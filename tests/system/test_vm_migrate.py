@@ -1,0 +1,131 @@
+"""vmfleet.kvm.vm_migrate between two simulated hypervisors (tests/rig/hypervisors.py), over
+real SSH: ansible-playbook reaches hv1 as the rig's login user, the module runs there as root,
+and hv1's libvirtd migrates peer to peer to hv2's libvirtd through qemu+ssh."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from rig.ansible_run import run_playbook
+from rig.hypervisors import Fleet
+from rig.libvirt_vm import LibvirtVM
+from rig.targets import Target
+
+# the other fleet test runs the default rig (vmfh, 10.213) at the same time
+PREFIX = 'vmfm'
+SUBNET = '10.214'
+
+
+@pytest.fixture(scope='module')
+def fleet():
+    """Two hypervisors with one libvirt domain each; their disks are under the rig's
+    directory, which both hosts see (shared storage)."""
+    f = Fleet(hosts=2, vms_per_host=1, memory_mib=256, prefix=PREFIX, subnet=SUBNET)
+    f.up()
+    try:
+        yield f
+    finally:
+        f.down()
+
+
+def _play(fleet, tmp_path, host, tasks, check=False):
+    """Run ``tasks`` on ``host``; what each registered, and the run's output."""
+    out = tmp_path / 'results.json'
+    if out.exists():
+        out.unlink()
+    body = [dict(t, register='r%d' % i, ignore_errors=True) for i, t in enumerate(tasks)]
+    body.append({'name': 'hand the results to the test',
+                 'ansible.builtin.copy': {'content': '{{ [%s] | to_json }}' % ', '.join('r%d' % i for i in range(len(tasks))),
+                                          'dest': str(out), 'mode': '0600'},
+                 'delegate_to': 'localhost', 'become': False, 'check_mode': False,
+                 'vars': {'ansible_connection': 'local'}})
+    path = tmp_path / 'play.yml'
+    path.write_text(yaml.safe_dump([{'hosts': host, 'gather_facts': False, 'tasks': body}]))
+    proc = run_playbook(path, inventory=fleet.inventory, check=check, timeout=900, extra_args=['-v'])
+    log = proc.stdout + proc.stderr
+    assert out.exists(), log[-4000:]
+    return json.loads(out.read_text()), log
+
+
+def _dest_uri(host):
+    return 'qemu+ssh://vmfleet@%s/system' % host.address
+
+
+def _domstate(host, name):
+    r = host.virsh('domstate', name, check=False)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def _persistent(host, name):
+    r = host.virsh('dominfo', name, check=False)
+    m = re.search(r'^Persistent:\s+(\w+)', r.stdout, re.M)
+    return m and m.group(1) == 'yes'
+
+
+def _domain(host):
+    return next(vm for vm in host.vms if isinstance(vm, LibvirtVM))
+
+
+def _consecutive(counters):
+    """The guest counted on without a gap or a step back."""
+    steps = [b - a for a, b in zip(counters, counters[1:])]
+    assert steps and all(s == 1 for s in steps), counters
+
+
+def test_an_unreachable_destination_fails_and_the_domain_runs_on(fleet, tmp_path):
+    hv1 = fleet.hosts[0]
+    vm = _domain(hv1)
+    t = Target(vm, 'libvirt')
+    before = t.counter()
+    # an address of the fleet's network where no host answers
+    bad = 'qemu+ssh://vmfleet@%s.%d.2/system' % (SUBNET, 99)
+    (r,), log = _play(fleet, tmp_path, hv1.name, [
+        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': bad, 'timeout': 60}}])
+    assert r.get('failed') is True and r.get('error') == 'ConnectionFailed', r
+    assert 'unreachable' in r['msg'] and bad in r['msg'], r['msg']
+    assert 'Traceback' not in log
+    assert _domstate(hv1, vm.name) == 'running'
+    t.wait_counter(before + 2, timeout=120)
+
+
+def test_a_libvirt_domain_moves_with_shared_storage(fleet, tmp_path):
+    hv1, hv2 = fleet.hosts
+    vm = _domain(hv1)
+    t = Target(vm, 'libvirt')
+    task = {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(hv2),
+                                       'parallel_connections': 2, 'max_downtime_ms': 500, 'timeout': 600}}
+    # check mode: the destination is checked, nothing moves
+    (r,), log = _play(fleet, tmp_path, hv1.name, [task], check=True)
+    assert r.get('changed') is True and not r.get('failed'), r
+    assert _domstate(hv1, vm.name) == 'running' and _domstate(hv2, vm.name) is None
+
+    start = t.serial_size()
+    before = t.wait_counter(1)
+    (r,), log = _play(fleet, tmp_path, hv1.name, [task])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    assert r['route'] == 'libvirt-p2p' and r['mode'] == 'precopy', r
+    assert isinstance(r['downtime_ms'], int) and r['downtime_ms'] >= 0, r
+    assert r['bytes'] > 0 and r['progress']['samples'], r
+    # the source no longer has it, the destination runs it and keeps its definition
+    assert _domstate(hv1, vm.name) is None, hv1.virsh('list', '--all').stdout
+    assert _domstate(hv2, vm.name) == 'running'
+    assert _persistent(hv2, vm.name)
+    # the guest counts on at the destination (only hv2's QEMU writes the log now), never back, never skipping
+    last = t.counter()
+    t.wait_counter(last + 3, timeout=180)
+    counters = t.counters_after(start)
+    assert counters[0] <= before + 1
+    _consecutive(counters)
+    # its disk holds what it wrote after the move
+    t.wait_disk_counter('root', last + 1, timeout=120)
+
+    # idempotent: it runs at the destination already
+    (r,), log = _play(fleet, tmp_path, hv1.name, [task])
+    assert r.get('changed') is False and not r.get('failed'), r
+    assert _domstate(hv2, vm.name) == 'running'
+    # the rig tears down what it knows on each host: hv2 holds the domain now
+    hv1.vms.remove(vm)
+    vm.uri = hv2.uri
+    hv2.vms.append(vm)
