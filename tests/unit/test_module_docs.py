@@ -5,7 +5,6 @@ classes it can raise."""
 import ast
 import json
 import os
-from pathlib import Path
 
 import pytest
 
