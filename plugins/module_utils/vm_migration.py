@@ -17,13 +17,16 @@ do not exist yet (libvirt creates them only inside a storage pool)."""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import hashlib
 import os
 import threading
 import time
 import xml.etree.ElementTree as ET
+from xml.sax.saxutils import escape
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
-    ConnectionFailed, DestinationProblem, InvalidArgument, JobFailed, OperationTimeout, VmNotFound,
+    ConnectionFailed, DestinationProblem, InvalidArgument, JobFailed, OperationTimeout, SpaceTooSmall, TargetProblem,
+    VmNotFound,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_lock import changing
 from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
@@ -149,6 +152,9 @@ class LibvirtMigration(object):
         self.completed_stats = None
         self.postcopy_started = None
         self.src = self.dst = None
+        self.pool = None          # the destination's storage pool for copied disks
+        self.pool_made = False    # a transient pool this run made (destroyed at the end; files stay)
+        self.volumes_made = []    # images this run created at the destination (removed on failure)
 
     # --- the steps --------------------------------------------------------------
     def run(self):
@@ -158,6 +164,7 @@ class LibvirtMigration(object):
         try:
             return self._run()
         finally:
+            self._drop_pool()
             for c in (self.src, self.dst):
                 if c is not None:
                     try:
@@ -189,7 +196,13 @@ class LibvirtMigration(object):
             result.update(changed=True, msg="would migrate '%s' to %s" % (self.name, self.dest_uri))
             return result
         with changing(False, self.p, 'migrate', self.deadline.remaining(), self.name):
-            result.update(self._migrate(dom, plan))
+            try:
+                if plan['disks']:
+                    self._create_images(plan['disks'])
+                result.update(self._migrate(dom, plan))
+            except BaseException:
+                self._remove_images()
+                raise
         result['changed'] = True
         return result
 
@@ -232,7 +245,8 @@ class LibvirtMigration(object):
                 params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = xml
                 if persist_xml is not None and self.p['persistent']:
                     params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = persist_xml
-            report['disks'] = disks
+            self._check_destination_images(dom, disks)
+            report['disks'] = [dict((k, d[k]) for k in ('target', 'source', 'destination', 'format')) for d in disks]
         return dict(flags=flags, params=params, report=report, disks=disks)
 
     @staticmethod
@@ -257,7 +271,9 @@ class LibvirtMigration(object):
             if new == path and dest_dir:
                 raise InvalidArgument("disk %s (%s) is already in destination_dir" % (target.get('dev'), path))
             src.set('file', new)
-            disks.append(dict(target=target.get('dev'), source=path, destination=new))
+            driver = disk.find('driver')
+            disks.append(dict(target=target.get('dev'), source=path, destination=new,
+                              format=driver.get('type', 'raw') if driver is not None else 'raw'))
         if not disks:
             raise InvalidArgument("storage: copy, but domain '%s' has no writable file disk to copy" % self.name)
         if not dest_dir:
@@ -271,6 +287,86 @@ class LibvirtMigration(object):
                     src.set('file', moves[src.get('file')])
             persist = ET.tostring(proot).decode('utf-8')
         return ET.tostring(root).decode('utf-8'), persist, disks
+
+    # --- storage copy: the destination images ---------------------------------
+    def _check_destination_images(self, dom, disks):
+        """Before anything changes: the destination directory, a pool there, no image in the
+        way (on a shared file system the "destination" could be the source itself), and space."""
+        need = 0
+        for d in disks:
+            capacity, allocation, _physical = dom.blockInfo(d['source'], 0)
+            d['capacity'] = capacity
+            need += allocation
+        dirs = sorted(set(os.path.dirname(d['destination']) for d in disks))
+        if len(dirs) != 1:
+            raise InvalidArgument("storage: copy keeps the disks' paths, and they are in several directories (%s)"
+                                  % ', '.join(dirs), hint="give destination_dir: every disk goes there")
+        self.pool = self._pool(dirs[0])
+        if self.pool is None:
+            return  # check mode, and no pool there yet: libvirt's own checks come at the migration
+        self.pool.refresh(0)
+        for d in disks:
+            try:
+                self.pool.storageVolLookupByName(os.path.basename(d['destination']))
+            except libvirt.libvirtError:
+                continue
+            raise TargetProblem("the destination image %s exists already at %s" % (d['destination'], self.dest_uri),
+                                hint="remove it, or give another destination_dir (the copy never overwrites an image)")
+        available = self.pool.info()[3]
+        if available < need:
+            raise SpaceTooSmall("not enough space in %s at %s: the disks hold %d MiB, %d MiB are free there"
+                                % (dirs[0], self.dest_uri, need // MIB, available // MIB),
+                                hint="free space there or give another destination_dir")
+
+    def _pool(self, directory):
+        """An active storage pool of the destination's libvirt whose target is ``directory``; a
+        transient one is made when none is (not in check mode)."""
+        for pool in self.dst.listAllStoragePools(0):
+            try:
+                target = ET.fromstring(pool.XMLDesc(0)).findtext('./target/path')
+            except libvirt.libvirtError:
+                continue
+            if target and os.path.normpath(target) == os.path.normpath(directory) and pool.isActive():
+                return pool
+        if self.module.check_mode:
+            return None
+        name = 'vmfleet-migrate-%s' % hashlib.sha1(directory.encode('utf-8')).hexdigest()[:12]
+        xml = "<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>" % (name, escape(directory))
+        try:
+            pool = self.dst.storagePoolCreateXML(xml, 0)
+        except libvirt.libvirtError as e:
+            raise TargetProblem("cannot use %s at %s for the disks: %s" % (directory, self.dest_uri, e.get_error_message()),
+                                hint="the directory must exist at the destination")
+        self.pool_made = True
+        return pool
+
+    def _create_images(self, disks):
+        """Empty images of the same format and size at the destination; QEMU's block
+        mirror fills them (libvirt creates them itself only inside a storage pool)."""
+        for d in disks:
+            xml = ("<volume><name>%s</name><capacity unit='bytes'>%d</capacity><allocation>0</allocation>"
+                   "<target><format type='%s'/></target></volume>"
+                   % (escape(os.path.basename(d['destination'])), d['capacity'], escape(d['format'])))
+            try:
+                self.volumes_made.append(self.pool.createXML(xml, 0))
+            except libvirt.libvirtError as e:
+                raise TargetProblem("cannot create %s at %s: %s" % (d['destination'], self.dest_uri, e.get_error_message()))
+
+    def _remove_images(self):
+        for vol in self.volumes_made:
+            try:
+                vol.delete(0)
+            except libvirt.libvirtError:
+                pass
+        self.volumes_made = []
+
+    def _drop_pool(self):
+        if self.pool is not None and self.pool_made:
+            try:
+                self.pool.destroy()  # a transient dir pool: the definition goes, the files stay
+            except libvirt.libvirtError:
+                pass
+        self.pool = None
 
     def _on_job_completed(self, conn, dom, stats, opaque):
         if dom.name() == self.name:

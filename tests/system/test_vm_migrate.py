@@ -3,12 +3,14 @@ real SSH: ansible-playbook reaches hv1 as the rig's login user, the module runs 
 and hv1's libvirtd migrates peer to peer to hv2's libvirtd through qemu+ssh."""
 
 import json
+import os
 import re
 
 import pytest
 import yaml
 
 from rig.ansible_run import run_playbook
+from rig.guest import disk_counter
 from rig.hypervisors import Fleet
 from rig.libvirt_vm import LibvirtVM
 from rig.targets import Target
@@ -129,3 +131,54 @@ def test_a_libvirt_domain_moves_with_shared_storage(fleet, tmp_path):
     hv1.vms.remove(vm)
     vm.uri = hv2.uri
     hv2.vms.append(vm)
+
+
+def test_copy_storage_onto_the_same_files_is_refused_and_the_domain_runs_on(fleet, tmp_path):
+    """The rig's disk paths are shared by both hosts: copying "to the same path" would copy
+    a disk onto itself. The module finds the image at the destination and touches nothing."""
+    hv1, hv2 = fleet.hosts
+    vm = _domain(hv2)
+    (r,), log = _play(fleet, tmp_path, hv2.name, [
+        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(hv1), 'storage': 'copy',
+                                    'timeout': 120}}])
+    assert r.get('failed') is True and r.get('error') == 'TargetProblem', r
+    assert 'exists already' in r['msg'], r['msg']
+    assert _domstate(hv2, vm.name) == 'running' and _domstate(hv1, vm.name) is None
+    # no storage pool left behind at the destination
+    assert 'vmfleet-migrate' not in hv1.virsh('pool-list', '--all').stdout
+
+
+def test_a_libvirt_domain_moves_with_its_disks_copied(fleet, tmp_path):
+    """hv2's domain goes to hv1 with its disks copied into hv1's own /var/lib/libvirt/images
+    (a per-host directory: storage hv2 does not see)."""
+    hv1, hv2 = fleet.hosts
+    vm = _domain(hv2)
+    t = Target(vm, 'libvirt')
+    start = t.serial_size()
+    before = t.wait_counter(1)
+    dest_dir = '/var/lib/libvirt/images'  # on hv1: hv1.path('lib', 'images')
+    (r,), log = _play(fleet, tmp_path, hv2.name, [
+        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(hv1), 'storage': 'copy',
+                                    'destination_dir': dest_dir, 'timeout': 600}}])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    assert sorted(d['target'] for d in r['disks']) == ['vda', 'vdb', 'vdc'], r['disks']
+    assert r['disk_bytes'] > 0 and isinstance(r['downtime_ms'], int), r
+    assert _domstate(hv2, vm.name) is None and _domstate(hv1, vm.name) == 'running'
+    # the domain at hv1 uses the copies
+    xml = hv1.virsh('dumpxml', vm.name).stdout
+    sources = re.findall(r"<source file='([^']+)'", xml)
+    assert sources and all(s.startswith(dest_dir + '/') for s in sources), sources
+    last = t.counter()
+    t.wait_counter(last + 3, timeout=180)
+    _consecutive(t.counters_after(start))
+    assert t.counters_after(start)[0] <= before + 1
+    # the copies hold every write: the guest's latest counter lands in the copy, the source image stopped
+    old_root = vm.disk_path('root')
+    for role in ('root', 'data'):
+        vm.disks[role] = (hv1.path('lib', 'images', os.path.basename(vm.disk_path(role))), 'qcow2')
+    t.wait_disk_counter('root', last + 1, timeout=120)
+    t.wait_disk_counter('data', last + 1, timeout=120)
+    assert disk_counter(old_root, 'qcow2') <= last + 1
+    hv2.vms.remove(vm)
+    vm.uri = hv1.uri
+    hv1.vms.append(vm)
