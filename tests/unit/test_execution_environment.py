@@ -47,8 +47,10 @@ def test_context_holds_the_collection_and_no_source_tree(context):
 def test_galaxy_and_python_steps_succeed(context, tmp_path):
     build = context / 'context' / '_build'
     colls = tmp_path / 'collections'
-    env = dict(os.environ, ANSIBLE_GALAXY_DISABLE_GPG_VERIFY='1', ANSIBLE_NOCOLOR='1')
-    env.pop('ANSIBLE_COLLECTIONS_PATH', None)
+    # only the target path is configured, as in the fresh image: a vmfleet.kvm installed elsewhere on this
+    # machine (~/.ansible/collections) would otherwise count as installed and nothing would be
+    env = dict(os.environ, ANSIBLE_GALAXY_DISABLE_GPG_VERIFY='1', ANSIBLE_NOCOLOR='1',
+               ANSIBLE_COLLECTIONS_PATH=str(colls))
     # the galaxy stage: WORKDIR /build, then the two installs from requirements.yml
     run([BIN / 'ansible-galaxy', 'role', 'install', '-r', 'requirements.yml', '--roles-path', tmp_path / 'roles'],
         cwd=build, env=env)
@@ -71,7 +73,6 @@ def test_galaxy_and_python_steps_succeed(context, tmp_path):
     run(pip + build_arg(context / 'context', 'ANSIBLE_INSTALL_REFS').split())
     run(pip + ['-r', tmp_path / 'pip.txt'])
     run([py, '-c', 'import libvirt, qemu.qmp'])
-    env['ANSIBLE_COLLECTIONS_PATH'] = str(colls)
     env.pop('ANSIBLE_CONFIG', None)  # run in tmp_path: the repo's ansible.cfg points elsewhere
     doc = run([venv / 'bin' / 'ansible-doc', 'vmfleet.kvm.snapshot'], cwd=tmp_path, env=env)
     assert 'vmfleet.kvm.snapshot' in doc and 'qmp_socket' in doc
