@@ -5,11 +5,12 @@ and hv1's libvirtd migrates peer to peer to hv2's libvirtd through qemu+ssh."""
 import json
 import os
 import re
+import time
 
 import pytest
 import yaml
 
-from rig.ansible_run import run_playbook
+from rig.ansible_run import run_playbook, start_playbook
 from rig.guest import disk_counter
 from rig.hypervisors import Fleet
 from rig.libvirt_vm import LibvirtVM
@@ -32,8 +33,8 @@ def fleet():
         f.down()
 
 
-def _play(fleet, tmp_path, host, tasks, check=False):
-    """Run ``tasks`` on ``host``; what each registered, and the run's output."""
+def _write_play(tmp_path, host, tasks):
+    """A play of ``tasks`` on ``host`` whose results land in a file; (play path, results path)."""
     out = tmp_path / 'results.json'
     if out.exists():
         out.unlink()
@@ -45,6 +46,12 @@ def _play(fleet, tmp_path, host, tasks, check=False):
                  'vars': {'ansible_connection': 'local'}})
     path = tmp_path / 'play.yml'
     path.write_text(yaml.safe_dump([{'hosts': host, 'gather_facts': False, 'tasks': body}]))
+    return path, out
+
+
+def _play(fleet, tmp_path, host, tasks, check=False):
+    """Run ``tasks`` on ``host``; what each registered, and the run's output."""
+    path, out = _write_play(tmp_path, host, tasks)
     proc = run_playbook(path, inventory=fleet.inventory, check=check, timeout=900, extra_args=['-v'])
     log = proc.stdout + proc.stderr
     assert out.exists(), log[-4000:]
@@ -182,3 +189,77 @@ def test_a_libvirt_domain_moves_with_its_disks_copied(fleet, tmp_path):
     hv2.vms.remove(vm)
     vm.uri = hv1.uri
     hv1.vms.append(vm)
+
+
+def _home(fleet, vm):
+    """The host the domain runs on."""
+    running = [h for h in fleet.hosts if _domstate(h, vm.name) == 'running']
+    assert len(running) == 1, [(h.name, _domstate(h, vm.name)) for h in fleet.hosts]
+    return running[0]
+
+
+def _shared_domain(fleet):
+    """The domain whose disks are under the rig's directory (both hosts see them), and the host it runs on."""
+    vm = next(vm for h in fleet.hosts for vm in h.vms if isinstance(vm, LibvirtVM) and vm.name == '%s1-lv1' % PREFIX)
+    return vm, _home(fleet, vm)
+
+
+def test_the_timeout_cancels_the_migration_and_the_domain_runs_on_at_the_source(fleet, tmp_path):
+    vm, src = _shared_domain(fleet)
+    dst = next(h for h in fleet.hosts if h is not src)
+    t = Target(vm, 'libvirt')
+    # 1 MiB/s: the guest's RAM cannot cross within the timeout
+    (r,), log = _play(fleet, tmp_path, src.name, [
+        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'bandwidth_mib_s': 1,
+                                    'timeout': 25}}])
+    assert r.get('failed') is True and r.get('error') == 'OperationTimeout', r
+    assert 'cancelled' in r['msg'] and r['source_state'] == 'running', r
+    assert r['progress']['samples'], r
+    assert _domstate(src, vm.name) == 'running'
+    # nothing half-made at the destination (libvirt removes the incoming domain once the job is gone)
+    end = time.monotonic() + 60
+    while _domstate(dst, vm.name) is not None and time.monotonic() < end:
+        time.sleep(0.5)
+    assert _domstate(dst, vm.name) is None, dst.virsh('list', '--all').stdout
+    last = t.counter()
+    t.wait_counter(last + 2, timeout=120)
+
+
+def test_the_destination_libvirtd_killed_mid_migration_leaves_the_domain_at_the_source(fleet, tmp_path):
+    vm, src = _shared_domain(fleet)
+    dst = next(h for h in fleet.hosts if h is not src)
+    t = Target(vm, 'libvirt')
+    path, out = _write_play(tmp_path, src.name, [
+        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'bandwidth_mib_s': 1,
+                                    'timeout': 300}}])
+    proc = start_playbook(path, inventory=fleet.inventory)
+    try:
+        # the incoming domain appears at the destination: the migration runs
+        end = time.monotonic() + 180
+        while _domstate(dst, vm.name) is None:
+            assert proc.poll() is None and time.monotonic() < end, proc.stdout.read() if proc.poll() is not None else 'no incoming domain'
+            time.sleep(0.3)
+        dst.stop_libvirtd()
+        text = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if not _pid_alive_libvirtd(dst):
+            dst.start_libvirtd()
+    assert out.exists(), text[-4000:]
+    (r,) = json.loads(out.read_text())
+    assert r.get('failed') is True and r.get('error') in ('ConnectionFailed', 'JobFailed'), r
+    assert r['source_state'] == 'running', r
+    assert _domstate(src, vm.name) == 'running'
+    # the restarted libvirtd at the destination drops the half-migrated domain
+    end = time.monotonic() + 120
+    while _domstate(dst, vm.name) is not None and time.monotonic() < end:
+        time.sleep(0.5)
+    assert _domstate(dst, vm.name) is None, dst.virsh('list', '--all').stdout
+    last = t.counter()
+    t.wait_counter(last + 2, timeout=120)
+
+
+def _pid_alive_libvirtd(host):
+    return host.virsh('version', check=False).returncode == 0
