@@ -46,7 +46,7 @@ options:
     description:
       - V(shared) - the disks stay where they are (both hosts see the same paths).
       - V(copy) - every writable file disk is copied to the destination while the guest runs (QEMU's NBD and
-        block mirror, as C(virsh migrate --copy-storage-all)). The destination images must not exist yet:
+        block mirror, as C(virsh migrate --copy-storage-all)). The destination images must not exist yet;
         libvirt creates them (outside a storage pool it cannot, and the migration fails with nothing changed).
     type: str
     choices: [shared, copy]
@@ -184,10 +184,15 @@ source_state:
   sample: running
 error:
   description:
-    - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg).
-      C(ConnectionFailed) (the destination unreachable), C(DestinationProblem) (not enough memory, CPU
-      incompatible, a copy running there), C(OperationTimeout) (cancelled, runs on at the source),
-      C(JobFailed), C(VmNotFound), C(InvalidArgument), C(CapabilityMissing), C(VmBusy).
+    - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg)
+      (C(msg) says what happened and what to do). C(ConnectionFailed) (the destination unreachable, or lost
+      during the migration), C(DestinationProblem) (not enough memory, CPU incompatible, a copy running there),
+      C(TargetProblem) (a destination image in the way), C(SpaceTooSmall), C(OperationTimeout) (cancelled, the
+      VM runs on at the source), C(JobFailed), C(VmNotFound), C(InvalidArgument), C(CapabilityMissing),
+      C(VmBusy) (another run held the VM for all of O(timeout)); from the shared engine also C(DiskNotFound),
+      C(SnapshotNotFound), C(QmpCommandError), C(VmGone), C(SnapshotInconsistent), C(ImageCorrupt),
+      C(MultifdStreamError).
+    - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
   returned: failed
   type: str
   sample: ConnectionFailed
