@@ -16,10 +16,11 @@ VENV_BIN = os.path.dirname(sys.executable)
 ANSIBLE_PLAYBOOK = os.path.join(VENV_BIN, 'ansible-playbook')
 
 
-def ansible_env(collections=None):
+def ansible_env(collections=None, env=None):
     """The environment of an ansible-playbook run on this checkout's collection (or the
-    one under ``collections``, such as another version's, for a benchmark's baseline)."""
-    env = dict(os.environ)
+    one under ``collections``, such as another version's, for a benchmark's baseline),
+    with ``env`` on top."""
+    base, env = env, dict(os.environ)
     env.update(
         ANSIBLE_COLLECTIONS_PATH=collections or os.path.join(REPO, '.collections'),
         ANSIBLE_PYTHON_INTERPRETER=sys.executable,
@@ -29,6 +30,7 @@ def ansible_env(collections=None):
         ANSIBLE_INVENTORY_UNPARSED_WARNING='false',
         PATH=VENV_BIN + os.pathsep + env.get('PATH', ''),
     )
+    env.update(base or {})
     return env
 
 
@@ -59,17 +61,17 @@ def playbook_argv(playbook, inventory='localhost,', extra_vars=None, check=False
     return argv + list(extra_args)
 
 
-def run_playbook(playbook, cwd=REPO, timeout=900, collections=None, **kw):
+def run_playbook(playbook, cwd=REPO, timeout=900, collections=None, env=None, **kw):
     """Run ``ansible-playbook`` to its end; the CompletedProcess (text output, not checked).
     ``kw`` as for playbook_argv."""
-    return subprocess.run(playbook_argv(playbook, **kw), env=ansible_env(collections), cwd=cwd, capture_output=True,
+    return subprocess.run(playbook_argv(playbook, **kw), env=ansible_env(collections, env), cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, check=False)
 
 
-def start_playbook(playbook, cwd=REPO, **kw):
+def start_playbook(playbook, cwd=REPO, env=None, **kw):
     """Start ``ansible-playbook`` in its own session and return at once: the Popen,
     stdout and stderr together on ``proc.stdout``."""
-    return subprocess.Popen(playbook_argv(playbook, **kw), env=ansible_env(), cwd=cwd, stdout=subprocess.PIPE,
+    return subprocess.Popen(playbook_argv(playbook, **kw), env=ansible_env(env=env), cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

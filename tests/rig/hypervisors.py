@@ -40,6 +40,7 @@ import os
 import pwd
 import re
 import shutil
+import socket
 import signal
 import subprocess
 import sys
@@ -154,6 +155,7 @@ class Host:
         self.dir = os.path.join(fleet.root, self.name)
         self.holder = None
         self.vms = []  # LibvirtVM / RigQemuVM
+        self.dead_sockets = []
         self.python = VENV_PYTHON  # this host's ansible_python_interpreter
 
     # --- paths and namespaces -------------------------------------------------
@@ -319,12 +321,12 @@ class Host:
         return '%s %s %s\n' % (self.address, kind, key)
 
     # --- VMs ------------------------------------------------------------------
-    def add_vm(self, backend, name, memory_mib, accel, detach):
+    def add_vm(self, backend, name, memory_mib, accel, detach, disks=None):
         workdir = self.path('vms', name)
         if backend == 'libvirt':
-            vm = LibvirtVM(workdir, name, memory_mib=memory_mib, accel=accel, uri=self.uri)
+            vm = LibvirtVM(workdir, name, memory_mib=memory_mib, accel=accel, uri=self.uri, disks=disks)
         else:
-            vm = RigQemuVM(self, workdir, name, memory_mib=memory_mib, accel=accel, detach=detach)
+            vm = RigQemuVM(self, workdir, name, memory_mib=memory_mib, accel=accel, detach=detach, disks=disks)
         os.chmod(self.path('vms'), 0o755)
         self.vms.append(vm)
         vm.start()
@@ -332,7 +334,17 @@ class Host:
 
     @property
     def qmp_sockets(self):
-        return [vm.qmp_socket for vm in self.vms if isinstance(vm, QemuVM)]
+        return [vm.qmp_socket for vm in self.vms if isinstance(vm, QemuVM)] + self.dead_sockets
+
+    def add_dead_socket(self, name):
+        """A fault: the socket a raw QEMU left behind when it died (a path no QEMU answers on)."""
+        path = self.path('vms', name, name + '.qmp')
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(path)
+        s.close()
+        self.dead_sockets.append(path)
+        return path
 
     @property
     def domains(self):
