@@ -18,7 +18,10 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import hashlib
+import json
 import os
+import shlex
+import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -28,6 +31,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
     ConnectionFailed, DestinationProblem, InvalidArgument, JobFailed, OperationTimeout, SpaceTooSmall, TargetProblem,
     VmNotFound,
 )
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmfleetError
 from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_lock import changing
 from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
 
@@ -527,14 +531,341 @@ class LibvirtMigration(object):
             (' (postcopy allowed, not needed)' if self.p['postcopy'] else ''))
 
 
+# A QMP client in the standard library, run by the destination's python3 over SSH: the destination
+# QEMU's monitor is a UNIX socket there. argv: socket, JSON list of commands; prints the answers.
+REMOTE_QMP = r"""
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(60)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print(json.dumps({"connect-error": str(e)}))
+    sys.exit(0)
+f = s.makefile("rwb")
+def answer():
+    while True:
+        line = f.readline()
+        if not line:
+            return {"error": {"class": "Closed", "desc": "QEMU closed its monitor"}}
+        m = json.loads(line)
+        if "event" not in m:
+            return m
+answer()
+out = []
+for cmd in [{"execute": "qmp_capabilities"}] + json.loads(sys.argv[2]):
+    f.write(json.dumps(cmd).encode() + b"\n")
+    f.flush()
+    out.append(answer())
+print(json.dumps(out[1:]))
+"""
+
+
+def destination_argv(argv, qmp_socket):
+    """The source QEMU's command line as the destination starts it: its QMP socket at
+    ``qmp_socket``, ``-incoming defer``, daemonized (it outlives the SSH session), and a
+    ``-serial file:`` log appended to instead of truncated (a chardev with append=on). When the
+    socket moves, the ``-pidfile`` moves beside it (the source QEMU holds its own locked)."""
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qemu_process as proc
+    moved = proc.qmp_socket_of(argv) != qmp_socket
+    out = []
+    i = 0
+    serial = 0
+    qmp_done = False
+    while i < len(argv):
+        a = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if a in ('-qmp', '--qmp') and nxt and nxt.startswith('unix:') and not qmp_done:
+            qmp_done = True
+            rest = nxt[len('unix:'):].split(',', 1)
+            out += [a, 'unix:' + qmp_socket + (',' + rest[1] if len(rest) > 1 else '')]
+            i += 2
+            continue
+        if a in ('-pidfile', '--pidfile') and nxt and moved:
+            out += [a, os.path.join(os.path.dirname(qmp_socket), os.path.basename(nxt))]
+            i += 2
+            continue
+        if a in ('-serial', '--serial') and nxt and nxt.startswith('file:'):
+            cid = 'vmfleet-serial%d' % serial
+            serial += 1
+            out += ['-chardev', 'file,id=%s,path=%s,append=on' % (cid, nxt[len('file:'):].replace(',', ',,')),
+                    '-serial', 'chardev:' + cid]
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    out = proc.incoming_argv(out)
+    if '-daemonize' not in out and '--daemonize' not in out:
+        out.append('-daemonize')
+    return out
+
+
+class Remote(object):
+    """The destination host as the source's root reaches it over SSH (its key, known_hosts)."""
+
+    def __init__(self, uri, deadline):
+        u = urlsplit(uri)
+        self.host = destination_host(uri)
+        self.user = u.username
+        self.port = u.port
+        self.deadline = deadline
+        self.sudo = ['sudo', '-n', '--'] if self.user and self.user != 'root' else []
+
+    def ssh(self, argv, what, timeout=None, check=True):
+        cmd = ['ssh', '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10']
+        if self.port:
+            cmd += ['-p', str(self.port)]
+        cmd += [('%s@%s' % (self.user, self.host)) if self.user else self.host, '--']
+        cmd.append(' '.join(shlex.quote(a) for a in argv))
+        t = min(timeout or 120.0, self.deadline.remaining(5.0))
+        try:
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=t)
+        except subprocess.TimeoutExpired:
+            raise ConnectionFailed("%s: %s gave no answer within %.0f s" % (what, self.host, t))
+        out, err = r.stdout.decode('utf-8', 'replace'), r.stderr.decode('utf-8', 'replace').strip()
+        if r.returncode == 255:
+            raise ConnectionFailed("the destination %s is unreachable over SSH: %s" % (self.host, err),
+                                   hint="the source host's root must reach it with its SSH key (and know its host key)")
+        if check and r.returncode:
+            raise DestinationProblem("%s at %s failed (%d): %s" % (what, self.host, r.returncode, err or out.strip()))
+        return out
+
+    def qmp(self, sock, commands, what):
+        out = self.ssh(self.sudo + ['python3', '-c', REMOTE_QMP, sock, json.dumps(commands)], what)
+        try:
+            answers = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise DestinationProblem("%s at %s: no answer from its QMP helper: %s" % (what, self.host, out[-300:]))
+        if isinstance(answers, dict):
+            return answers  # connect-error
+        for cmd, a in zip(commands, answers):
+            if 'error' in a:
+                raise DestinationProblem("%s at %s: QEMU refused %s: %s" % (what, self.host, cmd['execute'], a['error'].get('desc')))
+        return [a.get('return') for a in answers]
+
+    def alive(self, sock):
+        """The state of the QEMU serving ``sock`` there, or None when none does."""
+        a = self.qmp(sock, [{'execute': 'query-status'}], 'asking the QEMU on %s' % sock)
+        if isinstance(a, dict):
+            return None
+        return a[0].get('status')
+
+
+class QemuMigration(object):
+    """A raw QEMU VM moving to another host: the destination QEMU is started there (over SSH,
+    from the source's recorded command line with ``-incoming defer``), then QEMU migrates to it."""
+
+    def __init__(self, module, params):
+        self.module = module
+        self.p = params
+        self.deadline = Deadline(params['timeout'])
+        self.sock = params['qmp_socket']
+        self.dest_sock = params.get('destination_qmp_socket') or self.sock
+        self.remote = Remote(params['destination_uri'], self.deadline)
+        self.migration_address = params.get('migration_address') or self.remote.host
+        self.samples = []
+        self.postcopy_started = None
+
+    def run(self):
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm, qemu_process as proc
+        result = dict(changed=False, qmp_socket=self.sock, destination=self.p['destination_uri'],
+                      destination_qmp_socket=self.dest_sock, backend='qemu', storage=self.p['storage'])
+        if not proc.socket_alive(self.sock):
+            state = self.remote.alive(self.dest_sock)
+            if state in ('running', 'paused'):
+                result.update(msg="the VM of %s already runs at %s (%s)" % (self.sock, self.remote.host, self.dest_sock),
+                              state='running-at-destination')
+                return result
+            raise VmNotFound("no QEMU answers on %s, and none runs at %s on %s" % (self.sock, self.remote.host, self.dest_sock),
+                             hint="start the VM, or name the host it runs on", **result)
+        with open_vm(self.module, self.p) as vm:
+            return self._with(vm, result)
+
+    def _with(self, vm, result):
+        record = vm.relaunch_record()
+        argv = destination_argv(record['argv'], self.dest_sock)
+        state = self.remote.alive(self.dest_sock)  # also: reachable over SSH
+        if state is not None:
+            raise DestinationProblem("a QEMU already answers on %s at %s (%s)" % (self.dest_sock, self.remote.host, state),
+                                     hint="two copies of one VM: stop the one that should not run, then run again")
+        mem = vm.qmp('query-memory-size-summary')['base-memory']
+        avail = self._available_memory()
+        if avail is not None and avail < mem:
+            raise DestinationProblem("not enough memory at %s: the VM needs %d MiB, %d MiB are available there"
+                                     % (self.remote.host, mem // MIB, avail // MIB),
+                                     hint="free memory at the destination or pick another one")
+        result.update(route='qemu-incoming', vm=vm.name, memory_mib=mem // MIB,
+                      parallel_connections=self.p['parallel_connections'], destination_argv=argv)
+        if self.module.check_mode:
+            result.update(changed=True, msg="would start %s at %s and migrate '%s' to it" % (argv[0], self.remote.host, vm.name))
+            return result
+        with changing(False, self.p, 'migrate', self.deadline.remaining(), vm.name):
+            result.update(self._migrate(vm, argv))
+        result['changed'] = True
+        return result
+
+    def _available_memory(self):
+        out = self.remote.ssh(['cat', '/proc/meminfo'], 'reading the memory', check=False)
+        for line in out.splitlines():
+            if line.startswith('MemAvailable:'):
+                return int(line.split()[1]) * 1024
+        return None
+
+    def _caps(self):
+        n = self.p['parallel_connections']
+        return {'multifd': n > 1, 'postcopy-ram': bool(self.p['postcopy'])}
+
+    def _migrate(self, vm, argv):
+        from ansible_collections.vmfleet.kvm.plugins.module_utils import qemu_migration as migration
+        caps = self._caps()
+        n = self.p['parallel_connections']
+        self.remote.ssh(self.remote.sudo + argv, 'starting the destination QEMU')
+        started = True
+        t0 = time.monotonic()
+        try:
+            host = '[%s]' % self.migration_address if ':' in self.migration_address else self.migration_address
+            setup = [{'execute': 'migrate-set-capabilities',
+                      'arguments': {'capabilities': [{'capability': k, 'state': v} for k, v in sorted(caps.items())]}}]
+            if n > 1:
+                setup.append({'execute': 'migrate-set-parameters', 'arguments': {'multifd-channels': n}})
+            setup += [{'execute': 'migrate-incoming', 'arguments': {'uri': 'tcp:%s:0' % host}},
+                      {'execute': 'query-migrate'}]
+            answers = self.remote.qmp(self.dest_sock, setup, 'preparing the destination QEMU')
+            if isinstance(answers, dict):
+                raise DestinationProblem("the destination QEMU does not answer on %s: %s" % (self.dest_sock, answers['connect-error']))
+            addrs = answers[-1].get('socket-address') or []
+            port = next((a.get('port') for a in addrs if a.get('port')), None)
+            if not port:
+                raise DestinationProblem("the destination QEMU reported no listening port: %s" % answers[-1])
+            uri = 'tcp:%s:%s' % (host, port)
+            params = {'downtime-limit': int(self.p['max_downtime_ms'] or 300),
+                      'max-bandwidth': int(self.p['bandwidth_mib_s']) * MIB if self.p['bandwidth_mib_s'] else migration.NO_BANDWIDTH_LIMIT}
+            if n > 1:
+                params['multifd-channels'] = n
+            migration.configure(vm, dict(caps, **{'auto-converge': bool(self.p['auto_converge'])}), params)
+            vm.qmp('migrate', uri=uri)
+            info = self._watch(vm, t0)
+        except BaseException as e:
+            self._undo(vm, started)
+            if isinstance(e, VmfleetError):
+                src = self._source_state(vm)
+                e.result.update(source_state=src, progress=dict(samples=self.samples),
+                                duration_s=round(time.monotonic() - t0, 2))
+            raise
+        elapsed = time.monotonic() - t0
+        # the destination runs (QEMU starts the guest once the state is in), the source may go
+        end = time.monotonic() + 30
+        state = None
+        while time.monotonic() < end:
+            state = self.remote.alive(self.dest_sock)
+            if state in ('running', 'postmigrate') or state is None:
+                break
+            time.sleep(0.3)
+        if state != 'running':
+            raise JobFailed("the migration completed but the destination QEMU is %s" % state,
+                            hint="the source QEMU is kept (paused); look at the destination")
+        vm.quit(min(30.0, self.deadline.remaining(5.0)))
+        ram = info.get('ram', {})
+        out = dict(migration_uri=uri, progress=dict(samples=self.samples), duration_s=round(elapsed, 2),
+                   downtime_ms=info.get('downtime'), bytes=ram.get('transferred', 0), memory_bytes=ram.get('transferred'),
+                   disk_bytes=0, iterations=ram.get('dirty-sync-count'),
+                   rate_mib_s=round(ram.get('transferred', 0) / float(MIB) / max(elapsed, 0.001), 1),
+                   destination_state=state, source_state='gone')
+        out['mode'], out['why'] = self._mode(info)
+        out['msg'] = "migrated '%s' to %s in %.1f s (%s, downtime %s ms)" % (vm.name, self.remote.host, elapsed, out['mode'],
+                                                                            out['downtime_ms'])
+        return out
+
+    def _watch(self, vm, t0):
+        last = 0.0
+        while True:
+            info = vm.qmp('query-migrate')
+            status = info.get('status')
+            now = time.monotonic()
+            stats = self._stats(info)
+            if now - last >= SAMPLE_EVERY or not self.samples:
+                self.samples.append(_sample(stats, t0))
+                last = now
+            if status == 'completed':
+                self.samples.append(dict(_sample(stats, t0), percent=100.0))
+                return info
+            if status in ('failed', 'cancelled'):
+                raise JobFailed("migration to %s %s: %s" % (self.remote.host, status, info.get('error-desc', 'QEMU gave no reason')))
+            if self.p['postcopy'] and self.postcopy_started is None and status == 'active':
+                why = self._postcopy_due(stats, now - t0)
+                if why:
+                    vm.qmp('migrate-start-postcopy')
+                    self.postcopy_started = why
+            if self.deadline.expired() and self.postcopy_started is None:
+                raise OperationTimeout("migration of '%s' to %s did not finish within %gs; it was cancelled and the VM "
+                                       "runs on at the source" % (vm.name, self.remote.host, self.deadline.timeout),
+                                       hint="give a longer timeout, a higher bandwidth_mib_s, auto_converge or postcopy")
+            vm.wait_event(0.25)
+
+    @staticmethod
+    def _stats(info):
+        ram = info.get('ram', {})
+        return dict(memory_total=ram.get('total'), memory_remaining=ram.get('remaining'),
+                    memory_bps=int(ram.get('mbps', 0) * 1000 * 1000 / 8), memory_iteration=ram.get('dirty-sync-count'),
+                    memory_dirty_rate=ram.get('dirty-pages-rate'), memory_page_size=ram.get('page-size'),
+                    auto_converge_throttle=info.get('cpu-throttle-percentage'))
+
+    def _postcopy_due(self, stats, elapsed):
+        return LibvirtMigration._postcopy_due(self, stats, elapsed)
+
+    def _mode(self, info):
+        if self.postcopy_started:
+            return 'postcopy', 'switched to postcopy: ' + self.postcopy_started
+        throttle = max([s.get('throttle_pct') or 0 for s in self.samples] or [0])
+        passes = info.get('ram', {}).get('dirty-sync-count')
+        if self.p['auto_converge'] and throttle:
+            return 'auto-converge', ("precopy did not converge on its own: QEMU throttled the guest's CPUs up to %d%% "
+                                     "(%s passes)" % (throttle, passes))
+        return 'precopy', "precopy converged in %s pass(es) within the downtime limit" % passes
+
+    def _undo(self, vm, started):
+        """After a failure before the switch: the source's migration cancelled (its guest runs on),
+        the destination QEMU stopped."""
+        from ansible_collections.vmfleet.kvm.plugins.module_utils import qemu_migration as migration
+        try:
+            status = vm.qmp('query-migrate').get('status')
+            if status in migration.ACTIVE:
+                migration.cancel(vm)
+                end = time.monotonic() + 30
+                while time.monotonic() < end and vm.qmp('query-migrate').get('status') in migration.ACTIVE:
+                    time.sleep(0.2)
+            migration.clear_stream_caps(vm)
+        except VmfleetError:
+            pass
+        if started:
+            try:
+                self.remote.qmp(self.dest_sock, [{'execute': 'quit'}], 'stopping the destination QEMU')
+            except VmfleetError:
+                pass
+            try:
+                self.remote.ssh(self.remote.sudo + ['rm', '-f', self.dest_sock], 'removing the socket', check=False)
+            except VmfleetError:
+                pass
+
+    def _source_state(self, vm):
+        try:
+            return vm.qmp('query-status').get('status')
+        except Exception:
+            return 'unknown'
+
+
 def migrate_vm(module):
     p = module.params
-    if p.get('qmp_socket'):
-        from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import CapabilityMissing
-        raise CapabilityMissing("vm_migrate moves libvirt domains only, so far; a raw QEMU VM (qmp_socket) is not yet supported",
-                                hint="use a libvirt domain, or vm_save and vm_restore")
     if p['storage'] == 'shared' and p.get('destination_dir'):
         raise InvalidArgument("destination_dir is for storage: copy; with shared storage the disks stay where they are")
     if p['parallel_connections'] < 1 or p['parallel_connections'] > 64:
         raise InvalidArgument("parallel_connections must be between 1 and 64, not %d" % p['parallel_connections'])
+    if p.get('qmp_socket'):
+        if p['storage'] == 'copy':
+            from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import CapabilityMissing
+            raise CapabilityMissing("storage: copy is not supported yet for a raw QEMU VM (qmp_socket)",
+                                    hint="use shared storage, or move the disks with drive_mirror first")
+        return QemuMigration(module, p).run()
+    if p.get('destination_qmp_socket'):
+        raise InvalidArgument("destination_qmp_socket is for a raw QEMU VM (qmp_socket)")
     return LibvirtMigration(module, p).run()

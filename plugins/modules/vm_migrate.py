@@ -22,7 +22,11 @@ description:
   - Idempotent - when the domain no longer runs on this host but runs at the destination, nothing changes.
   - A failure, or O(timeout) running out (the migration is cancelled), leaves the domain running at the
     source and nothing defined at the destination.
-  - Raw QEMU VMs (O(qmp_socket)) are not supported yet.
+  - A raw QEMU VM (O(qmp_socket)) moves by starting its destination QEMU at the host of O(destination_uri) from
+    the source QEMU's command line (with C(-incoming defer), daemonized, its QMP socket at
+    O(destination_qmp_socket), a C(-serial file:) log appended to instead of truncated) over SSH as the source
+    host's root reaches it (C(ssh://USER@HOST); a non-root USER runs QEMU with C(sudo -n)), then migrating to
+    it; the source QEMU quits once the destination runs. Shared storage only, so far.
 extends_documentation_fragment:
   - vmfleet.kvm.connection
 attributes:
@@ -36,8 +40,15 @@ options:
     description:
       - libvirt URI of the destination hypervisor as the source host reaches it, such as
         V(qemu+ssh://vmfleet@hv2.example.com/system) or V(qemu+tcp://hv2.example.com/system).
+      - For a raw QEMU VM, the SSH address of the destination host, V(ssh://vmfleet@hv2.example.com)
+        (only the user, host and port count).
     type: str
     required: true
+  destination_qmp_socket:
+    description:
+      - For a raw QEMU VM, the QMP socket of the QEMU at the destination. Default - the same path as O(qmp_socket).
+      - When it differs, a C(-pidfile) of the command line moves into its directory too.
+    type: path
   migration_address:
     description:
       - Address of the destination that QEMU's migration stream goes to. Default - the host of O(destination_uri).
@@ -106,6 +117,12 @@ EXAMPLES = r'''
     max_downtime_ms: 300
     timeout: 600
 
+- name: Move a raw QEMU VM (shared storage); its QEMU starts at hv2 from the same command line
+  vmfleet.kvm.vm_migrate:
+    qmp_socket: /run/vms/build01.qmp
+    destination_uri: ssh://vmfleet@hv2.example.com
+    parallel_connections: 2
+
 - name: Move db01 with its disks, allowing postcopy
   vmfleet.kvm.vm_migrate:
     domain: db01
@@ -127,7 +144,7 @@ destination:
   type: str
   sample: qemu+ssh://vmfleet@hv2.example.com/system
 route:
-  description: How it moved - V(libvirt-p2p).
+  description: How it moved - V(libvirt-p2p), or V(qemu-incoming) (a raw QEMU started at the destination).
   returned: when the domain ran here
   type: str
   sample: libvirt-p2p
@@ -206,6 +223,7 @@ def main():
     run_module(vmfleet_module(dict(
         destination_uri=dict(type='str', required=True),
         migration_address=dict(type='str'),
+        destination_qmp_socket=dict(type='path'),
         storage=dict(type='str', choices=['shared', 'copy'], default='shared'),
         destination_dir=dict(type='path'),
         persistent=dict(type='bool', default=True),

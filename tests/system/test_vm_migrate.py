@@ -10,10 +10,13 @@ import time
 import pytest
 import yaml
 
+from rig.accel import detect_accel
 from rig.ansible_run import run_playbook, start_playbook
 from rig.guest import disk_counter
 from rig.hypervisors import Fleet
 from rig.libvirt_vm import LibvirtVM
+from rig.qemu_vm import QemuVM
+from rig.qmp import qmp
 from rig.targets import Target
 
 # the other fleet test runs the default rig (vmfh, 10.213) at the same time
@@ -23,11 +26,14 @@ SUBNET = '10.214'
 
 @pytest.fixture(scope='module')
 def fleet():
-    """Two hypervisors with one libvirt domain each; their disks are under the rig's
-    directory, which both hosts see (shared storage)."""
+    """Two hypervisors with one libvirt domain each, and a raw QEMU VM on hv1; their disks are
+    under the rig's directory, which both hosts see (shared storage)."""
     f = Fleet(hosts=2, vms_per_host=1, memory_mib=256, prefix=PREFIX, subnet=SUBNET)
     f.up()
     try:
+        h = f.hosts[0]
+        h.add_vm('qemu', '%s-raw1' % h.ns, 256, detect_accel(), False).wait_booted(300)
+        f.write_inventory()
         yield f
     finally:
         f.down()
@@ -263,3 +269,60 @@ def test_the_destination_libvirtd_killed_mid_migration_leaves_the_domain_at_the_
 
 def _pid_alive_libvirtd(host):
     return host.virsh('version', check=False).returncode == 0
+
+
+
+def _raw(fleet):
+    return next(v for v in fleet.hosts[0].vms if isinstance(v, QemuVM))
+
+
+def test_a_raw_qemu_vm_whose_migration_times_out_runs_on_and_nothing_is_left_at_the_destination(fleet, tmp_path):
+    hv1, hv2 = fleet.hosts
+    vm = _raw(fleet)
+    t = Target(vm, 'qemu')
+    dest_sock = '/var/lib/vmfleet/%s.qmp' % vm.name
+    (r,), log = _play(fleet, tmp_path, hv1.name, [
+        {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': 'ssh://vmfleet@%s' % hv2.address,
+                                    'destination_qmp_socket': dest_sock, 'bandwidth_mib_s': 1, 'timeout': 30}}])
+    assert r.get('failed') is True and r.get('error') == 'OperationTimeout', r
+    assert r['source_state'] == 'running' and r['progress']['samples'], r
+    assert 'Traceback' not in log
+    assert t.qmp('query-status')['status'] == 'running'
+    # the destination QEMU was stopped and its socket removed
+    assert not os.path.exists(hv2.path('vmfleet', vm.name + '.qmp'))
+    assert not [p for p in hv2.run(['pgrep', '-f', dest_sock], check=False).stdout.split()], 'destination QEMU left'
+    last = t.counter()
+    t.wait_counter(last + 2, timeout=120)
+
+def test_a_raw_qemu_vm_moves_with_shared_storage(fleet, tmp_path):
+    """Its QEMU starts at hv2 from the source's command line (over SSH from hv1), takes the
+    guest over, and the source QEMU quits."""
+    hv1, hv2 = fleet.hosts
+    vm = _raw(fleet)
+    t = Target(vm, 'qemu')
+    dest_sock = '/var/lib/vmfleet/%s.qmp' % vm.name  # hv2's own directory
+    task = {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': 'ssh://vmfleet@%s' % hv2.address,
+                                       'destination_qmp_socket': dest_sock, 'parallel_connections': 2,
+                                       'timeout': 600}}
+    (r,), log = _play(fleet, tmp_path, hv1.name, [task], check=True)
+    assert r.get('changed') is True and not r.get('failed'), r
+    assert '-incoming' in r['destination_argv'] and not os.path.exists(hv2.path('vmfleet', vm.name + '.qmp'))
+
+    start = t.serial_size()
+    before = t.wait_counter(1)
+    (r,), log = _play(fleet, tmp_path, hv1.name, [task])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    assert r['route'] == 'qemu-incoming' and r['mode'] == 'precopy', r
+    assert isinstance(r['downtime_ms'], int) and r['bytes'] > 0, r
+    # the source QEMU is gone, the destination's runs
+    vm.proc.wait(timeout=60)  # the source QEMU quit (this test's child: reaped here)
+    assert qmp(hv2.path('vmfleet', vm.name + '.qmp'), 'query-status')['status'] == 'running'
+    last = t.counter()
+    t.wait_counter(last + 3, timeout=180)
+    counters = t.counters_after(start)
+    assert counters[0] <= before + 1
+    _consecutive(counters)
+    t.wait_disk_counter('root', last + 1, timeout=120)
+    # idempotent
+    (r,), log = _play(fleet, tmp_path, hv1.name, [task])
+    assert r.get('changed') is False and not r.get('failed'), r
