@@ -1,0 +1,48 @@
+"""vm_migration's pure parts: the destination host a URI names, and the command line a raw
+QEMU's destination starts with."""
+
+import pytest
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument
+from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_migration import destination_argv, destination_host
+
+SRC = ['qemu-system-x86_64', '-name', 'vm1', '-m', '256',
+       '-serial', 'file:/srv/vm1/serial,log',
+       '-qmp', 'unix:/srv/vm1/vm1.qmp,server=on,wait=off',
+       '-pidfile', '/srv/vm1/vm1.pid',
+       '-incoming', 'tcp:0:4444',
+       '-blockdev', 'driver=file,filename=/srv/vm1/root.qcow2,node-name=root-file']
+
+
+@pytest.mark.parametrize('uri, host', [
+    ('qemu+ssh://vmfleet@hv2.example.com/system', 'hv2.example.com'),
+    ('qemu+tcp://10.0.0.2/system', '10.0.0.2'),
+    ('ssh://root@[fd00::2]:2222', 'fd00::2'),
+])
+def test_destination_host(uri, host):
+    assert destination_host(uri) == host
+
+
+def test_a_uri_without_a_host_is_refused():
+    with pytest.raises(InvalidArgument):
+        destination_host('qemu:///system')
+
+
+def test_the_destination_starts_incoming_daemonized_with_its_own_socket_and_an_appended_log():
+    argv = destination_argv(SRC, '/run/vms/vm1.qmp')
+    assert argv[argv.index('-qmp') + 1] == 'unix:/run/vms/vm1.qmp,server=on,wait=off'
+    assert argv[argv.index('-pidfile') + 1] == '/run/vms/vm1.pid'  # moved beside the socket
+    # one -incoming, deferred (the old one dropped)
+    assert argv.count('-incoming') == 1 and argv[argv.index('-incoming') + 1] == 'defer'
+    assert '-daemonize' in argv
+    # the serial log reopened for appending, the comma in its path escaped
+    assert '-chardev' in argv and argv[argv.index('-chardev') + 1] == \
+        'file,id=vmfleet-serial0,path=/srv/vm1/serial,,log,append=on'
+    assert argv[argv.index('-serial') + 1] == 'chardev:vmfleet-serial0'
+    # the disks stay (shared storage)
+    assert 'driver=file,filename=/srv/vm1/root.qcow2,node-name=root-file' in argv
+
+
+def test_the_same_socket_path_keeps_the_pidfile():
+    argv = destination_argv(SRC, '/srv/vm1/vm1.qmp')
+    assert argv[argv.index('-pidfile') + 1] == '/srv/vm1/vm1.pid'
