@@ -66,6 +66,40 @@ def moved_disks(argv, disks):
     return [d for d in disks if d.file and d.file.startswith('/') and d.file not in text]
 
 
+def follow_moves(argv, moved):
+    """``argv`` with each disk of ``moved`` on the image it runs on now, or None when
+    the option naming a disk's old image is not found or the format changed: a
+    relaunch must pair the RAM with the disks as they are (drive_mirror switched
+    them). Follows -device drive= to the -blockdev chain (its format node, then
+    the file node's filename=), or to a -drive file=."""
+    argv = list(argv)
+    opts = [(i, argv[i - 1], _keyvals(argv[i])) for i in range(1, len(argv))
+            if argv[i - 1] in ('-blockdev', '--blockdev', '-drive', '--drive', '-device', '--device')]
+    nodes = dict((kv.get('node-name') or kv.get('id'), (i, kind, kv)) for i, kind, kv in opts
+                 if kind.lstrip('-') in ('blockdev', 'drive') and (kv.get('node-name') or kv.get('id')))
+    for d in moved:
+        names = [d.name, d.node_name] + [kv['drive'] for _i, kind, kv in opts
+                                         if kind.lstrip('-') == 'device' and kv.get('id') == d.name and kv.get('drive')]
+        found = next((nodes[n] for n in names if n in nodes), None)
+        if found is None:
+            return None
+        i, kind, kv = found
+        if kind.lstrip('-') == 'blockdev':
+            if kv.get('driver') not in (d.format, 'file'):
+                return None
+            if 'filename' not in kv:
+                i, kind, kv = nodes.get(kv.get('file'), (None, '', {}))
+            key = 'filename'
+        else:
+            if kv.get('format', d.format) != d.format:
+                return None
+            key = 'file'
+        if i is None or argv[i].startswith('{') or not kv.get(key):
+            return None
+        argv[i] = argv[i].replace('%s=%s' % (key, kv[key].replace(',', ',,')), '%s=%s' % (key, d.file.replace(',', ',,')), 1)
+    return argv
+
+
 def qmp_socket_of(argv):
     """The path of the first ``-qmp unix:PATH,...`` monitor in ``argv``."""
     for i, a in enumerate(argv[:-1]):

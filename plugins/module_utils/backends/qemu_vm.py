@@ -175,11 +175,16 @@ class QemuVm(VmHandle):
         argv = proc.qemu_argv(pid) if pid else None
         moved = proc.moved_disks(argv, self.disks()) if argv else None
         if moved:
-            d = moved[0]
-            raise VmfleetError(
-                "disk %s of VM '%s' runs on %s, which its QEMU command line does not name (moved by drive_mirror?): "
-                "a relaunch from that command line would bring back the old image" % (d.name, self.name, d.file),
-                hint="nothing was touched; restart the VM from a command line that names its current images first")
+            followed = proc.follow_moves(argv, moved)
+            if followed is None:
+                d = moved[0]
+                raise VmfleetError(
+                    "disk %s of VM '%s' runs on %s, which its QEMU command line does not name, and the option naming "
+                    "its old image was not found: a relaunch from that command line would bring back the old image"
+                    % (d.name, self.name, d.file),
+                    hint="nothing was touched; restart the VM from a command line that names its current images first")
+            # drive_mirror switched these disks: the relaunch names the images they run on now
+            argv = followed
         return argv
 
     def quit(self, timeout=30.0):

@@ -176,3 +176,21 @@ def test_poll_until_raises_what_on_timeout_builds_after_a_last_probe():
     with pytest.raises(OperationTimeout, match='still waiting'):
         poll_until(probe, Deadline(0), on_timeout=lambda: OperationTimeout('still waiting'))
     assert probes == [1]
+
+
+def test_a_relaunch_follows_the_disks_drive_mirror_moved():
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qemu_process as proc
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.handle import Disk
+    argv = ['qemu-system-x86_64', '-blockdev', 'driver=file,filename=/old/root.qcow2,node-name=root-file',
+            '-blockdev', 'driver=qcow2,file=root-file,node-name=root',
+            '-device', 'virtio-blk-pci,drive=root,id=root', '-drive', 'file=/old/a,,b.raw,format=raw,if=none,id=d2',
+            '-device', 'virtio-blk-pci,drive=d2,id=data']
+    moved = [Disk('root', 'mirror-node-1', '/new/root.qcow2', 'qcow2', 1, False),
+             Disk('data', 'mirror-node-2', '/new/d,2.raw', 'raw', 1, False)]
+    out = proc.follow_moves(argv, moved)
+    assert out[2] == 'driver=file,filename=/new/root.qcow2,node-name=root-file'
+    assert out[8] == 'file=/new/d,,2.raw,format=raw,if=none,id=d2'
+    assert out[4] == argv[4] and argv[2].startswith('driver=file,filename=/old/')
+    # a format change, or a disk the command line does not show, is no relaunch
+    assert proc.follow_moves(argv, [Disk('root', 'n', '/new/root.raw', 'raw', 1, False)]) is None
+    assert proc.follow_moves(argv, [Disk('vdz', 'n', '/new/x.qcow2', 'qcow2', 1, False)]) is None
