@@ -267,6 +267,27 @@ def test_the_destination_libvirtd_killed_mid_migration_leaves_the_domain_at_the_
     t.wait_counter(last + 2, timeout=120)
 
 
+
+def test_postcopy_takes_over_when_precopy_does_not_converge(fleet, tmp_path):
+    """Held to 1 MiB/s, precopy cannot carry the guest's RAM within half the timeout: the module
+    switches to postcopy, the guest runs at the destination at once and the rest follows."""
+    vm, src = _shared_domain(fleet)
+    dst = next(h for h in fleet.hosts if h is not src)
+    t = Target(vm, 'libvirt')
+    start = t.serial_size()
+    before = t.wait_counter(1)
+    (r,), log = _play(fleet, tmp_path, src.name, [
+        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'bandwidth_mib_s': 1,
+                                    'postcopy': True, 'timeout': 40}}])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    assert r['mode'] == 'postcopy' and 'half the timeout' in r['why'], r
+    assert _domstate(src, vm.name) is None and _domstate(dst, vm.name) == 'running'
+    last = t.counter()
+    t.wait_counter(last + 3, timeout=180)
+    counters = t.counters_after(start)
+    assert counters[0] <= before + 1
+    _consecutive(counters)
+
 def _pid_alive_libvirtd(host):
     return host.virsh('version', check=False).returncode == 0
 
