@@ -619,7 +619,7 @@ class Remote(object):
         cmd.append(' '.join(shlex.quote(a) for a in argv))
         t = min(timeout or 120.0, self.deadline.remaining(5.0))
         try:
-            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=t)
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=t, check=False)
         except subprocess.TimeoutExpired:
             raise ConnectionFailed("%s: %s gave no answer within %.0f s" % (what, self.host, t))
         out, err = r.stdout.decode('utf-8', 'replace'), r.stderr.decode('utf-8', 'replace').strip()
@@ -772,8 +772,8 @@ class QemuMigration(object):
                    rate_mib_s=round(ram.get('transferred', 0) / float(MIB) / max(elapsed, 0.001), 1),
                    destination_state=state, source_state='gone')
         out['mode'], out['why'] = self._mode(info)
-        out['msg'] = "migrated '%s' to %s in %.1f s (%s, downtime %s ms)" % (vm.name, self.remote.host, elapsed, out['mode'],
-                                                                            out['downtime_ms'])
+        out['msg'] = "migrated '%s' to %s in %.1f s (%s, downtime %s ms)" % (
+            vm.name, self.remote.host, elapsed, out['mode'], out['downtime_ms'])
         return out
 
     def _watch(self, vm, t0):
