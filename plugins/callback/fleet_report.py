@@ -91,7 +91,8 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_play_start(self, play):
         # the hosts a play targets, so that a host no batch reached is still in the report
         try:
-            for h in play.get_variable_manager()._inventory.get_hosts(play.hosts):
+            # every batch's hosts, not only this batch's (serial restricts the inventory to it)
+            for h in play._variable_manager._inventory.get_hosts(play.hosts, ignore_restrictions=True):
                 self._host(h.get_name())
         except Exception:  # the inventory's internals are not an API: the report does without
             pass
