@@ -561,13 +561,14 @@ print(json.dumps(out[1:]))
 """
 
 
-def destination_argv(argv, qmp_socket):
+def destination_argv(argv, qmp_socket, moves=None):
     """The source QEMU's command line as the destination starts it: its QMP socket at
     ``qmp_socket``, ``-incoming defer``, daemonized (it outlives the SSH session), and a
     ``-serial file:`` log appended to instead of truncated (a chardev with append=on). When the
     socket moves, the ``-pidfile`` moves beside it (the source QEMU holds its own locked)."""
     from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qemu_process as proc
     moved = proc.qmp_socket_of(argv) != qmp_socket
+    moves = moves or {}
     out = []
     i = 0
     serial = 0
@@ -592,6 +593,10 @@ def destination_argv(argv, qmp_socket):
                     '-serial', 'chardev:' + cid]
             i += 2
             continue
+        for old, new in moves.items():
+            # a disk's image as -blockdev filename=PATH or -drive file=PATH names it
+            for key in ('filename=', 'file='):
+                a = ','.join(key + new if part == key + old else part for part in a.split(','))
         out.append(a)
         i += 1
     out = proc.incoming_argv(out)
@@ -683,7 +688,9 @@ class QemuMigration(object):
 
     def _with(self, vm, result):
         record = vm.relaunch_record()
-        argv = destination_argv(record['argv'], self.dest_sock)
+        self.copies = self._copy_plan(vm) if self.p['storage'] == 'copy' else []
+        argv = destination_argv(record['argv'], self.dest_sock,
+                                dict((c['source'], c['destination']) for c in self.copies))
         state = self.remote.alive(self.dest_sock)  # also: reachable over SSH
         if state is not None:
             raise DestinationProblem("a QEMU already answers on %s at %s (%s)" % (self.dest_sock, self.remote.host, state),
@@ -694,6 +701,9 @@ class QemuMigration(object):
             raise DestinationProblem("not enough memory at %s: the VM needs %d MiB, %d MiB are available there"
                                      % (self.remote.host, mem // MIB, avail // MIB),
                                      hint="free memory at the destination or pick another one")
+        if self.copies:
+            self._check_destination_images()
+            result['disks'] = [dict((k, c[k]) for k in ('target', 'source', 'destination', 'format')) for c in self.copies]
         result.update(route='qemu-incoming', vm=vm.name, memory_mib=mem // MIB,
                       parallel_connections=self.p['parallel_connections'], destination_argv=argv)
         if self.module.check_mode:
@@ -719,10 +729,17 @@ class QemuMigration(object):
         from ansible_collections.vmfleet.kvm.plugins.module_utils import qemu_migration as migration
         caps = self._caps()
         n = self.p['parallel_connections']
-        self.remote.ssh(self.remote.sudo + argv, 'starting the destination QEMU')
-        started = True
         t0 = time.monotonic()
+        started = False
+        self.images_made = []
+        self.nbd_nodes = []
         try:
+            for c in self.copies:
+                self.remote.ssh(self.remote.sudo + ['qemu-img', 'create', '-q', '-f', c['format'], c['destination'],
+                                                    str(c['size'])], 'creating %s' % c['destination'])
+                self.images_made.append(c['destination'])
+            self.remote.ssh(self.remote.sudo + argv, 'starting the destination QEMU')
+            started = True
             host = '[%s]' % self.migration_address if ':' in self.migration_address else self.migration_address
             setup = [{'execute': 'migrate-set-capabilities',
                       'arguments': {'capabilities': [{'capability': k, 'state': v} for k, v in sorted(caps.items())]}}]
@@ -738,11 +755,14 @@ class QemuMigration(object):
             if not port:
                 raise DestinationProblem("the destination QEMU reported no listening port: %s" % answers[-1])
             uri = 'tcp:%s:%s' % (host, port)
+            if self.copies:
+                self._start_mirrors(vm, host)
             params = {'downtime-limit': int(self.p['max_downtime_ms'] or 300),
                       'max-bandwidth': int(self.p['bandwidth_mib_s']) * MIB if self.p['bandwidth_mib_s'] else migration.NO_BANDWIDTH_LIMIT}
             if n > 1:
                 params['multifd-channels'] = n
-            migration.configure(vm, dict(caps, **{'auto-converge': bool(self.p['auto_converge'])}), params)
+            migration.configure(vm, dict(caps, **{'auto-converge': bool(self.p['auto_converge']),
+                                                  'pause-before-switchover': bool(self.copies)}), params)
             vm.qmp('migrate', uri=uri)
             info = self._watch(vm, t0)
         except BaseException as e:
@@ -761,6 +781,11 @@ class QemuMigration(object):
             if state in ('running', 'postmigrate') or state is None:
                 break
             time.sleep(0.3)
+        if self.copies:
+            try:
+                self.remote.qmp(self.dest_sock, [{'execute': 'nbd-server-stop'}], 'stopping the NBD server')
+            except VmfleetError:
+                pass
         if state != 'running':
             raise JobFailed("the migration completed but the destination QEMU is %s" % state,
                             hint="the source QEMU is kept (paused); look at the destination")
@@ -768,9 +793,10 @@ class QemuMigration(object):
         ram = info.get('ram', {})
         out = dict(migration_uri=uri, progress=dict(samples=self.samples), duration_s=round(elapsed, 2),
                    downtime_ms=info.get('downtime'), bytes=ram.get('transferred', 0), memory_bytes=ram.get('transferred'),
-                   disk_bytes=0, iterations=ram.get('dirty-sync-count'),
+                   disk_bytes=sum(c.get('copied', 0) for c in self.copies), iterations=ram.get('dirty-sync-count'),
                    rate_mib_s=round(ram.get('transferred', 0) / float(MIB) / max(elapsed, 0.001), 1),
                    destination_state=state, source_state='gone')
+        out['bytes'] += out['disk_bytes']
         out['mode'], out['why'] = self._mode(info)
         out['msg'] = "migrated '%s' to %s in %.1f s (%s, downtime %s ms)" % (
             vm.name, self.remote.host, elapsed, out['mode'], out['downtime_ms'])
@@ -786,6 +812,10 @@ class QemuMigration(object):
             if now - last >= SAMPLE_EVERY or not self.samples:
                 self.samples.append(_sample(stats, t0))
                 last = now
+            if status == 'pre-switchover':
+                # the guest is paused: the mirrors hold every write; end them (the copies consistent), go on
+                self._end_mirrors(vm)
+                vm.qmp('migrate-continue', state='pre-switchover')
             if status == 'completed':
                 self.samples.append(dict(_sample(stats, t0), percent=100.0))
                 return info
@@ -835,8 +865,20 @@ class QemuMigration(object):
                 while time.monotonic() < end and vm.qmp('query-migrate').get('status') in migration.ACTIVE:
                     time.sleep(0.2)
             migration.clear_stream_caps(vm)
+            migration.set_capabilities(vm, {'pause-before-switchover': False})
         except VmfleetError:
             pass
+        for job, node in getattr(self, 'nbd_nodes', []):
+            for cmd, args in (('block-job-cancel', dict(device=job, force=True)), ('blockdev-del', dict(**{'node-name': node}))):
+                end = time.monotonic() + 10
+                while True:
+                    try:
+                        vm.qmp(cmd, **args)
+                        break
+                    except VmfleetError:
+                        if cmd == 'block-job-cancel' or time.monotonic() > end:
+                            break
+                        time.sleep(0.2)  # the job lets go of its target as it ends
         if started:
             try:
                 self.remote.qmp(self.dest_sock, [{'execute': 'quit'}], 'stopping the destination QEMU')
@@ -846,6 +888,102 @@ class QemuMigration(object):
                 self.remote.ssh(self.remote.sudo + ['rm', '-f', self.dest_sock], 'removing the socket', check=False)
             except VmfleetError:
                 pass
+        if getattr(self, 'images_made', None):
+            try:
+                self.remote.ssh(self.remote.sudo + ['rm', '-f', '--'] + self.images_made, 'removing the copies', check=False)
+            except VmfleetError:
+                pass
+
+    # --- storage copy: QEMU's NBD server at the destination, block mirrors at the source ---
+    def _copy_plan(self, vm):
+        dest_dir = self.p.get('destination_dir')
+        if not dest_dir:
+            raise InvalidArgument("storage: copy of a raw QEMU VM needs destination_dir",
+                                  hint="the destination QEMU opens the copies there")
+        out = []
+        for d in vm.disks():
+            if d.read_only or not d.file or not os.path.isabs(d.file):
+                continue
+            new = os.path.join(dest_dir, os.path.basename(d.file))
+            if new == d.file:
+                raise InvalidArgument("disk %s (%s) is already in destination_dir" % (d.name, d.file))
+            node = d.node_name if d.node_name and not d.node_name.startswith('#') else d.name
+            out.append(dict(target=d.name, node=node, source=d.file, destination=new, format=d.format,
+                            size=d.virtual_size))
+        if not out:
+            raise InvalidArgument("storage: copy, but VM '%s' has no writable file disk to copy" % vm.name)
+        return out
+
+    def _check_destination_images(self):
+        paths = [c['destination'] for c in self.copies]
+        out = self.remote.ssh(['sh', '-c', 'for f; do [ -e "$f" ] && echo "$f"; done; true', 'sh'] + paths,
+                              'looking for the copies')
+        if out.strip():
+            raise TargetProblem("the destination image %s exists already at %s" % (out.split()[0], self.remote.host),
+                                hint="remove it, or give another destination_dir (the copy never overwrites an image)")
+        need = sum(c['size'] or 0 for c in self.copies)
+        df = self.remote.ssh(['df', '-B1', '--output=avail', self.p['destination_dir']], 'reading the free space',
+                             check=False).split()
+        if len(df) >= 2 and df[-1].isdigit() and int(df[-1]) < need:
+            raise SpaceTooSmall("not enough space in %s at %s: the disks are %d MiB, %d MiB are free there"
+                                % (self.p['destination_dir'], self.remote.host, need // MIB, int(df[-1]) // MIB),
+                                hint="free space there or give another destination_dir")
+
+    def _start_mirrors(self, vm, host):
+        """The destination exports its (empty) copies over NBD; the source mirrors each disk into
+        them while the guest runs, until every mirror is in sync."""
+        port = None
+        for attempt in range(8):
+            port = 49152 + (os.getpid() * 7 + attempt * 997) % 16000
+            try:
+                self.remote.qmp(self.dest_sock, [{'execute': 'nbd-server-start', 'arguments': {
+                    'addr': {'type': 'inet', 'data': {'host': self.migration_address, 'port': str(port)}}}}],
+                    'starting the NBD server')
+                break
+            except DestinationProblem as e:
+                if 'in use' not in str(e) and 'Address' not in str(e):
+                    raise
+        self.remote.qmp(self.dest_sock, [{'execute': 'nbd-server-add', 'arguments': {'device': c['node'], 'writable': True}}
+                                         for c in self.copies], 'exporting the copies')
+        for c in self.copies:
+            node = 'vmfleet-migrate-%s' % c['target']
+            job = 'vmfleet-migrate-%s' % c['target']
+            vm.qmp('blockdev-add', **{'driver': 'nbd', 'node-name': node, 'export': c['node'],
+                                      'server': {'type': 'inet', 'host': self.migration_address, 'port': str(port)}})
+            self.nbd_nodes.append((job, node))
+            vm.qmp('blockdev-mirror', **{'job-id': job, 'device': c['node'], 'target': node, 'sync': 'full',
+                                         'auto-dismiss': True})
+        while True:
+            jobs = dict((j['device'], j) for j in vm.qmp('query-block-jobs'))
+            mine = [jobs.get(job) for job, _node in self.nbd_nodes]
+            if any(j is None for j in mine):
+                raise JobFailed("a disk copy to %s ended before it was in sync" % self.remote.host)
+            if all(j.get('ready') for j in mine):
+                for c, j in zip(self.copies, mine):
+                    c['copied'] = j.get('offset', 0)
+                return
+            if self.deadline.expired():
+                raise OperationTimeout("the disk copies to %s were not in sync within %gs; cancelled, the VM runs on "
+                                       "at the source" % (self.remote.host, self.deadline.timeout))
+            vm.wait_event(0.25)
+
+    def _end_mirrors(self, vm):
+        for c, (job, _node) in zip(self.copies, self.nbd_nodes):
+            for j in vm.qmp('query-block-jobs'):
+                if j['device'] == job:
+                    c['copied'] = j.get('offset', 0)
+            vm.qmp('block-job-cancel', device=job)  # a ready mirror: completes, the copy in sync
+        end = time.monotonic() + 60
+        while any(j['device'] in [job for job, _n in self.nbd_nodes] for j in vm.qmp('query-block-jobs')):
+            if time.monotonic() > end:
+                raise JobFailed("the disk copies to %s did not end" % self.remote.host)
+            time.sleep(0.05)
+        for job, node in self.nbd_nodes:
+            try:
+                vm.qmp('blockdev-del', **{'node-name': node})
+            except VmfleetError:
+                pass
+        self.nbd_nodes = []
 
     def _source_state(self, vm):
         try:
@@ -861,10 +999,6 @@ def migrate_vm(module):
     if p['parallel_connections'] < 1 or p['parallel_connections'] > 64:
         raise InvalidArgument("parallel_connections must be between 1 and 64, not %d" % p['parallel_connections'])
     if p.get('qmp_socket'):
-        if p['storage'] == 'copy':
-            from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import CapabilityMissing
-            raise CapabilityMissing("storage: copy is not supported yet for a raw QEMU VM (qmp_socket)",
-                                    hint="use shared storage, or move the disks with drive_mirror first")
         return QemuMigration(module, p).run()
     if p.get('destination_qmp_socket'):
         raise InvalidArgument("destination_qmp_socket is for a raw QEMU VM (qmp_socket)")

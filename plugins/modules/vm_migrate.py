@@ -26,7 +26,10 @@ description:
     the source QEMU's command line (with C(-incoming defer), daemonized, its QMP socket at
     O(destination_qmp_socket), a C(-serial file:) log appended to instead of truncated) over SSH as the source
     host's root reaches it (C(ssh://USER@HOST); a non-root USER runs QEMU with C(sudo -n)), then migrating to
-    it; the source QEMU quits once the destination runs. Shared storage only, so far.
+    it; the source QEMU quits once the destination runs. With O(storage=copy) the copies are created at the
+    destination (C(qemu-img create), same format and size), its QEMU exports them over NBD, the source mirrors
+    each disk into them while the guest runs and, with the guest paused for the switch
+    (C(pause-before-switchover)), ends the mirrors in sync before the destination takes over.
 extends_documentation_fragment:
   - vmfleet.kvm.connection
 attributes:
@@ -57,15 +60,16 @@ options:
     description:
       - V(shared) - the disks stay where they are (both hosts see the same paths).
       - V(copy) - every writable file disk is copied to the destination while the guest runs (QEMU's NBD and
-        block mirror, as C(virsh migrate --copy-storage-all)). The destination images must not exist yet;
-        libvirt creates them (outside a storage pool it cannot, and the migration fails with nothing changed).
+        block mirror, as C(virsh migrate --copy-storage-all)). The destination images must not exist yet; the
+        module creates them (for a libvirt domain through the destination's libvirt, in its storage pool at that
+        directory or a transient one) and removes them again when the migration fails.
     type: str
     choices: [shared, copy]
     default: shared
   destination_dir:
     description:
       - With O(storage=copy), the directory the disks go to at the destination (same file names). Default - the
-        paths they have at the source.
+        paths they have at the source (libvirt domains; a raw QEMU VM needs it).
     type: path
   persistent:
     description: Define the domain at the destination (as C(virsh migrate --persistent)).

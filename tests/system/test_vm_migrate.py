@@ -297,6 +297,21 @@ def _raw(fleet):
     return next(v for v in fleet.hosts[0].vms if isinstance(v, QemuVM))
 
 
+
+def test_a_raw_qemu_vm_with_an_unreachable_destination_runs_on(fleet, tmp_path):
+    hv1, hv2 = fleet.hosts
+    vm = _raw(fleet)
+    t = Target(vm, 'qemu')
+    bad = 'ssh://vmfleet@%s.%d.2' % (SUBNET, 99)
+    (r,), log = _play(fleet, tmp_path, hv1.name, [
+        {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': bad, 'timeout': 60}}])
+    assert r.get('failed') is True and r.get('error') == 'ConnectionFailed', r
+    assert 'unreachable' in r['msg'], r['msg']
+    assert 'Traceback' not in log
+    assert t.qmp('query-status')['status'] == 'running'
+    last = t.counter()
+    t.wait_counter(last + 2, timeout=120)
+
 def test_a_raw_qemu_vm_whose_migration_times_out_runs_on_and_nothing_is_left_at_the_destination(fleet, tmp_path):
     hv1, hv2 = fleet.hosts
     vm = _raw(fleet)
@@ -347,3 +362,40 @@ def test_a_raw_qemu_vm_moves_with_shared_storage(fleet, tmp_path):
     # idempotent
     (r,), log = _play(fleet, tmp_path, hv1.name, [task])
     assert r.get('changed') is False and not r.get('failed'), r
+
+
+def test_a_raw_qemu_vm_moves_back_with_its_disks_copied(fleet, tmp_path):
+    """The raw VM (at hv2 after the test before) goes back to hv1 with its disks copied into hv1's
+    own /var/lib/vmfleet (a per-host directory): the destination exports empty copies over NBD,
+    the source mirrors into them while the guest runs, the switch waits until they are in sync."""
+    hv1, hv2 = fleet.hosts
+    vm = _raw(fleet)
+    t = Target(vm, 'qemu')
+    src_sock = '/var/lib/vmfleet/%s.qmp' % vm.name
+    assert qmp(hv2.path('vmfleet', vm.name + '.qmp'), 'query-status')['status'] == 'running'
+    os.makedirs(hv1.path('vmfleet', 'copies'))
+    dest_dir = '/var/lib/vmfleet/copies'
+    task = {'vmfleet.kvm.vm_migrate': {'qmp_socket': src_sock, 'destination_uri': 'ssh://vmfleet@%s' % hv1.address,
+                                       'destination_qmp_socket': vm.qmp_socket, 'storage': 'copy',
+                                       'destination_dir': dest_dir, 'timeout': 600}}
+    start = t.serial_size()
+    before = t.wait_counter(1)
+    (r,), log = _play(fleet, tmp_path, hv2.name, [task])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    assert sorted(d['target'] for d in r['disks']) == ['data', 'root', 'varstore'], r['disks']
+    assert r['disk_bytes'] > 0 and isinstance(r['downtime_ms'], int), r
+    assert qmp(vm.qmp_socket, 'query-status')['status'] == 'running'
+    files = [b['inserted']['file'] for b in qmp(vm.qmp_socket, 'query-block') if b.get('inserted')]
+    assert files and all(f.startswith(dest_dir + '/') for f in files), files
+    last = t.counter()
+    t.wait_counter(last + 3, timeout=180)
+    counters = t.counters_after(start)
+    assert counters[0] <= before + 1
+    _consecutive(counters)
+    # the copies hold every write: what the guest wrote before the move and what it writes now
+    old_root = vm.disk_path('root')
+    for role, fmt in (('root', 'qcow2'), ('data', 'qcow2')):
+        vm.disks[role] = (hv1.path('vmfleet', 'copies', os.path.basename(vm.disk_path(role))), fmt)
+    t.wait_disk_counter('root', last + 1, timeout=120)
+    t.wait_disk_counter('data', last + 1, timeout=120)
+    assert disk_counter(old_root, 'qcow2') <= last + 1
