@@ -901,6 +901,9 @@ class QemuMigration(object):
             raise InvalidArgument("storage: copy of a raw QEMU VM needs destination_dir",
                                   hint="the destination QEMU opens the copies there")
         out = []
+        # what each image holds on disk (a sparse or qcow2 image less than its virtual size)
+        held = dict((b['inserted'].get('file'), b['inserted'].get('image', {}).get('actual-size'))
+                    for b in vm.qmp('query-block') if b.get('inserted'))
         for d in vm.disks():
             if d.read_only or not d.file or not os.path.isabs(d.file):
                 continue
@@ -909,7 +912,7 @@ class QemuMigration(object):
                 raise InvalidArgument("disk %s (%s) is already in destination_dir" % (d.name, d.file))
             node = d.node_name if d.node_name and not d.node_name.startswith('#') else d.name
             out.append(dict(target=d.name, node=node, source=d.file, destination=new, format=d.format,
-                            size=d.virtual_size))
+                            size=d.virtual_size, held=held.get(d.file) or d.virtual_size))
         if not out:
             raise InvalidArgument("storage: copy, but VM '%s' has no writable file disk to copy" % vm.name)
         return out
@@ -921,12 +924,12 @@ class QemuMigration(object):
         if out.strip():
             raise TargetProblem("the destination image %s exists already at %s" % (out.split()[0], self.remote.host),
                                 hint="remove it, or give another destination_dir (the copy never overwrites an image)")
-        need = sum(c['size'] or 0 for c in self.copies)
+        need = sum(c['held'] or 0 for c in self.copies)
         df = self.remote.ssh(['df', '-B1', '--output=avail', self.p['destination_dir']], 'reading the free space',
                              check=False).split()
         if len(df) >= 2 and df[-1].isdigit() and int(df[-1]) < need:
-            raise SpaceTooSmall("not enough space in %s at %s: the disks are %d MiB, %d MiB are free there"
-                                % (self.p['destination_dir'], self.remote.host, need // MIB, int(df[-1]) // MIB),
+            raise SpaceTooSmall("not enough space in %s at %s: the disks hold %d KiB, %d KiB are free there"
+                                % (self.p['destination_dir'], self.remote.host, need // 1024, int(df[-1]) // 1024),
                                 hint="free space there or give another destination_dir")
 
     def _start_mirrors(self, vm, host):

@@ -399,3 +399,29 @@ def test_a_raw_qemu_vm_moves_back_with_its_disks_copied(fleet, tmp_path):
     t.wait_disk_counter('root', last + 1, timeout=120)
     t.wait_disk_counter('data', last + 1, timeout=120)
     assert disk_counter(old_root, 'qcow2') <= last + 1
+
+
+def test_a_destination_without_the_space_for_the_copies_is_refused_and_the_vm_runs_on(fleet, tmp_path):
+    """hv2's destination_dir is a 64 KiB tmpfs (in hv2's own mount namespace): the disks do not fit,
+    nothing starts there, the VM runs on at hv1."""
+    hv1, hv2 = fleet.hosts
+    vm = _raw(fleet)
+    t = Target(vm, 'qemu')
+    assert t.qmp('query-status')['status'] == 'running'  # at hv1, after the test before
+    small = hv2.path('vmfleet', 'small')
+    os.makedirs(small)
+    hv2.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'vmfleet-small', '/var/lib/vmfleet/small'])
+    try:
+        (r,), log = _play(fleet, tmp_path, hv1.name, [
+            {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': 'ssh://vmfleet@%s' % hv2.address,
+                                        'destination_qmp_socket': '/var/lib/vmfleet/%s.qmp' % vm.name, 'storage': 'copy',
+                                        'destination_dir': '/var/lib/vmfleet/small', 'timeout': 120}}])
+        assert r.get('failed') is True and r.get('error') == 'SpaceTooSmall', r
+        assert 'not enough space' in r['msg'], r['msg']
+        assert hv2.run(['ls', '-A', '/var/lib/vmfleet/small']).stdout.strip() == ''
+    finally:
+        hv2.run(['umount', '/var/lib/vmfleet/small'], check=False)
+    assert not os.path.exists(hv2.path('vmfleet', vm.name + '.qmp'))
+    assert t.qmp('query-status')['status'] == 'running'
+    last = t.counter()
+    t.wait_counter(last + 2, timeout=120)
