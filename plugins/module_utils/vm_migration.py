@@ -22,6 +22,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -531,33 +532,36 @@ class LibvirtMigration(object):
             (' (postcopy allowed, not needed)' if self.p['postcopy'] else ''))
 
 
-# A QMP client in the standard library, run by the destination's python3 over SSH: the destination
-# QEMU's monitor is a UNIX socket there. argv: socket, JSON list of commands; prints the answers.
+# Run over SSH by the destination's Python (destination_python) with qemu.qmp: the destination
+# QEMU's monitor is a UNIX socket there. argv: socket, JSON list of commands; prints the answers
+# (up to the first error), or {"connect-error": ...} / {"import-error": ...}.
 REMOTE_QMP = r"""
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(60)
+import json, sys
 try:
-    s.connect(sys.argv[1])
-except OSError as e:
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+except ImportError as e:
+    print(json.dumps({"import-error": str(e)}))
+    sys.exit(0)
+qmp = QEMUMonitorProtocol(sys.argv[1])
+try:
+    qmp.connect()
+except Exception as e:
     print(json.dumps({"connect-error": str(e)}))
     sys.exit(0)
-f = s.makefile("rwb")
-def answer():
-    while True:
-        line = f.readline()
-        if not line:
-            return {"error": {"class": "Closed", "desc": "QEMU closed its monitor"}}
-        m = json.loads(line)
-        if "event" not in m:
-            return m
-answer()
+qmp.settimeout(60)
 out = []
-for cmd in [{"execute": "qmp_capabilities"}] + json.loads(sys.argv[2]):
-    f.write(json.dumps(cmd).encode() + b"\n")
-    f.flush()
-    out.append(answer())
-print(json.dumps(out[1:]))
+for cmd in json.loads(sys.argv[2]):
+    try:
+        out.append(qmp.cmd_obj(cmd))
+    except Exception as e:
+        out.append({"error": {"class": type(e).__name__, "desc": str(e) or "QEMU closed its monitor (%s)" % type(e).__name__}})
+    if "error" in out[-1]:
+        break
+try:
+    qmp.close()
+except Exception:
+    pass
+print(json.dumps(out))
 """
 
 
@@ -608,8 +612,9 @@ def destination_argv(argv, qmp_socket, moves=None):
 class Remote(object):
     """The destination host as the source's root reaches it over SSH (its key, known_hosts)."""
 
-    def __init__(self, uri, deadline):
+    def __init__(self, uri, deadline, python=None):
         u = urlsplit(uri)
+        self.python = python or sys.executable
         self.host = destination_host(uri)
         self.user = u.username
         self.port = u.port
@@ -636,11 +641,21 @@ class Remote(object):
         return out
 
     def qmp(self, sock, commands, what):
-        out = self.ssh(self.sudo + ['python3', '-c', REMOTE_QMP, sock, json.dumps(commands)], what)
+        fix = ("give destination_python, a Python with qemu.qmp at %s, or prepare the host with the "
+               "vmfleet.kvm.hypervisor role" % self.host)
+        try:
+            out = self.ssh(self.sudo + [self.python, '-c', REMOTE_QMP, sock, json.dumps(commands)], what)
+        except DestinationProblem as e:
+            if self.python not in e.msg:
+                raise
+            raise DestinationProblem("%s: the destination has no Python %s" % (e.msg, self.python), hint=fix)
         try:
             answers = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
             raise DestinationProblem("%s at %s: no answer from its QMP helper: %s" % (what, self.host, out[-300:]))
+        if isinstance(answers, dict) and 'import-error' in answers:
+            raise DestinationProblem("%s at %s: the destination's %s lacks qemu.qmp (%s)"
+                                     % (what, self.host, self.python, answers['import-error']), hint=fix)
         if isinstance(answers, dict):
             return answers  # connect-error
         for cmd, a in zip(commands, answers):
@@ -666,7 +681,7 @@ class QemuMigration(object):
         self.deadline = Deadline(params['timeout'])
         self.sock = params['qmp_socket']
         self.dest_sock = params.get('destination_qmp_socket') or self.sock
-        self.remote = Remote(params['destination_uri'], self.deadline)
+        self.remote = Remote(params['destination_uri'], self.deadline, params.get('destination_python'))
         self.migration_address = params.get('migration_address') or self.remote.host
         self.samples = []
         self.postcopy_started = None

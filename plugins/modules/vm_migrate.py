@@ -26,7 +26,7 @@ description:
     the source QEMU's command line (with C(-incoming defer), daemonized, its QMP socket at
     O(destination_qmp_socket), a C(-serial file:) log appended to instead of truncated) over SSH as the source
     host's root reaches it (C(ssh://USER@HOST); a non-root USER runs QEMU with C(sudo -n)), then migrating to
-    it; the source QEMU quits once the destination runs. With O(storage=copy) the copies are created at the
+    it (its QMP monitor driven there by O(destination_python) with C(qemu.qmp)); the source QEMU quits once the destination runs. With O(storage=copy) the copies are created at the
     destination (C(qemu-img create), same format and size), its QEMU exports them over NBD, the source mirrors
     each disk into them while the guest runs and, with the guest paused for the switch
     (C(pause-before-switchover)), ends the mirrors in sync before the destination takes over.
@@ -51,6 +51,13 @@ options:
     description:
       - For a raw QEMU VM, the QMP socket of the QEMU at the destination. Default - the same path as O(qmp_socket).
       - When it differs, a C(-pidfile) of the command line moves into its directory too.
+    type: path
+  destination_python:
+    description:
+      - For a raw QEMU VM, the Python at the destination host that speaks to the destination QEMU's QMP socket
+        (run over the same SSH, with C(sudo -n) for a non-root user); it must have C(qemu.qmp).
+      - Default - the Python running this module (a fleet prepared by the C(vmfleet.kvm.hypervisor) role has the
+        same virtualenv path on every host).
     type: path
   migration_address:
     description:
@@ -228,6 +235,7 @@ def main():
         destination_uri=dict(type='str', required=True),
         migration_address=dict(type='str'),
         destination_qmp_socket=dict(type='path'),
+        destination_python=dict(type='path'),
         storage=dict(type='str', choices=['shared', 'copy'], default='shared'),
         destination_dir=dict(type='path'),
         persistent=dict(type='bool', default=True),

@@ -46,3 +46,58 @@ def test_the_destination_starts_incoming_daemonized_with_its_own_socket_and_an_a
 def test_the_same_socket_path_keeps_the_pidfile():
     argv = destination_argv(SRC, '/srv/vm1/vm1.qmp')
     assert argv[argv.index('-pidfile') + 1] == '/srv/vm1/vm1.pid'
+
+
+class _Deadline(object):
+    def remaining(self, floor=0.0):
+        return 60.0
+
+
+def _remote(monkeypatch, answer):
+    from ansible_collections.vmfleet.kvm.plugins.module_utils import vm_migration
+    r = vm_migration.Remote('ssh://vmfleet@hv2.example.com', _Deadline(), '/opt/vmfleet/venv/bin/python')
+    calls = []
+
+    def ssh(argv, what, timeout=None, check=True):
+        calls.append(argv)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    monkeypatch.setattr(r, 'ssh', ssh)
+    return r, calls
+
+
+def test_the_destination_qmp_runs_qemu_qmp_with_the_destination_python_under_sudo(monkeypatch):
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_migration import REMOTE_QMP
+    r, calls = _remote(monkeypatch, '[{"return": {"status": "inmigrate"}}]\n')
+    assert r.qmp('/run/vm.qmp', [{'execute': 'query-status'}], 'asking') == [{'status': 'inmigrate'}]
+    assert calls[0][:5] == ['sudo', '-n', '--', '/opt/vmfleet/venv/bin/python', '-c']
+    assert 'qemu.qmp' in REMOTE_QMP and 'socket.socket' not in REMOTE_QMP
+
+
+def test_a_qemu_error_names_the_command(monkeypatch):
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import DestinationProblem
+    r, _calls = _remote(monkeypatch, '[{"return": {}}, {"error": {"class": "GenericError", "desc": "no"}}]')
+    with pytest.raises(DestinationProblem, match='refused migrate-incoming: no'):
+        r.qmp('/run/vm.qmp', [{'execute': 'migrate-set-capabilities'}, {'execute': 'migrate-incoming'}], 'preparing')
+
+
+def test_a_connect_error_is_handed_back(monkeypatch):
+    r, _calls = _remote(monkeypatch, '{"connect-error": "Failed to establish connection"}')
+    assert r.qmp('/run/vm.qmp', [{'execute': 'query-status'}], 'asking') == {'connect-error': 'Failed to establish connection'}
+    assert r.alive('/run/vm.qmp') is None
+
+
+@pytest.mark.parametrize('answer', [
+    '{"import-error": "No module named \'qemu\'"}',
+    'DestinationProblem',
+])
+def test_a_destination_python_without_qemu_qmp_fails_clearly(monkeypatch, answer):
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import DestinationProblem
+    if answer == 'DestinationProblem':
+        answer = DestinationProblem("asking at hv2.example.com failed (1): sudo: /opt/vmfleet/venv/bin/python: command not found")
+    r, _calls = _remote(monkeypatch, answer)
+    with pytest.raises(DestinationProblem) as e:
+        r.qmp('/run/vm.qmp', [{'execute': 'query-status'}], 'asking')
+    assert '/opt/vmfleet/venv/bin/python' in e.value.message
+    assert 'destination_python' in e.value.message and 'vmfleet.kvm.hypervisor' in e.value.message
