@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: vm_migrate
 short_description: Move a running VM to another hypervisor, live
-version_added: 1.1.0
+version_added: 1.0.0
 description:
   - Moves one running libvirt domain from the host the task runs on to the libvirtd at O(destination_uri),
     live, through libvirt's peer-to-peer migration; the guest keeps running during the copy and pauses only
@@ -26,10 +26,11 @@ description:
     the source QEMU's command line (with C(-incoming defer), daemonized, its QMP socket at
     O(destination_qmp_socket), a C(-serial file:) log appended to instead of truncated) over SSH as the source
     host's root reaches it (C(ssh://USER@HOST); a non-root USER runs QEMU with C(sudo -n)), then migrating to
-    it (its QMP monitor driven there by O(destination_python) with C(qemu.qmp)); the source QEMU quits once the destination runs. With O(storage=copy) the copies are created at the
-    destination (C(qemu-img create), same format and size), its QEMU exports them over NBD, the source mirrors
-    each disk into them while the guest runs and, with the guest paused for the switch
-    (C(pause-before-switchover)), ends the mirrors in sync before the destination takes over.
+    it (its QMP monitor driven there by O(destination_python) with C(qemu.qmp)); the source QEMU quits once the
+    destination runs. With O(storage=copy) the copies are created at the destination (C(qemu-img create), same
+    format and size), its QEMU exports them over NBD, the source mirrors each disk into them while the guest
+    runs and, with the guest paused for the switch (C(pause-before-switchover)), ends the mirrors in sync
+    before the destination takes over.
 extends_documentation_fragment:
   - vmfleet.kvm.connection
 attributes:
