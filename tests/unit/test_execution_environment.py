@@ -13,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, run
+from rig.packaging import BIN, ROOT, run
 
 
 @pytest.fixture(scope='module')

@@ -6,7 +6,7 @@ import tarfile
 
 import yaml
 
-from conftest import ROOT
+from rig.packaging import ROOT
 
 WANTED = [
     'MANIFEST.json', 'FILES.json', 'README.md', 'LICENSE', 'CHANGELOG.rst', 'changelogs/changelog.yaml',
