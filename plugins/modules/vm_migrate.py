@@ -118,6 +118,8 @@ notes:
 seealso:
   - module: vmfleet.kvm.vm_save
   - module: vmfleet.kvm.drive_mirror
+  - ref: ansible_collections.vmfleet.kvm.docsite.migration
+    description: Moving a running VM to another hypervisor.
 '''
 
 EXAMPLES = r'''

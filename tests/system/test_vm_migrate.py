@@ -267,7 +267,6 @@ def test_the_destination_libvirtd_killed_mid_migration_leaves_the_domain_at_the_
     t.wait_counter(last + 2, timeout=120)
 
 
-
 def test_postcopy_takes_over_when_precopy_does_not_converge(fleet, tmp_path):
     """Held to 1 MiB/s, precopy cannot carry the guest's RAM within half the timeout: the module
     switches to postcopy, the guest runs at the destination at once and the rest follows."""
@@ -288,14 +287,13 @@ def test_postcopy_takes_over_when_precopy_does_not_converge(fleet, tmp_path):
     assert counters[0] <= before + 1
     _consecutive(counters)
 
+
 def _pid_alive_libvirtd(host):
     return host.virsh('version', check=False).returncode == 0
 
 
-
 def _raw(fleet):
     return next(v for v in fleet.hosts[0].vms if isinstance(v, QemuVM))
-
 
 
 def test_a_raw_qemu_vm_with_an_unreachable_destination_runs_on(fleet, tmp_path):
@@ -312,6 +310,7 @@ def test_a_raw_qemu_vm_with_an_unreachable_destination_runs_on(fleet, tmp_path):
     last = t.counter()
     t.wait_counter(last + 2, timeout=120)
 
+
 def test_a_raw_qemu_vm_whose_migration_times_out_runs_on_and_nothing_is_left_at_the_destination(fleet, tmp_path):
     hv1, hv2 = fleet.hosts
     vm = _raw(fleet)
@@ -326,9 +325,10 @@ def test_a_raw_qemu_vm_whose_migration_times_out_runs_on_and_nothing_is_left_at_
     assert t.qmp('query-status')['status'] == 'running'
     # the destination QEMU was stopped and its socket removed
     assert not os.path.exists(hv2.path('vmfleet', vm.name + '.qmp'))
-    assert not [p for p in hv2.run(['pgrep', '-f', dest_sock], check=False).stdout.split()], 'destination QEMU left'
+    assert not hv2.run(['pgrep', '-f', dest_sock], check=False).stdout.split(), 'destination QEMU left'
     last = t.counter()
     t.wait_counter(last + 2, timeout=120)
+
 
 def test_a_raw_qemu_vm_moves_with_shared_storage(fleet, tmp_path):
     """Its QEMU starts at hv2 from the source's command line (over SSH from hv1), takes the
