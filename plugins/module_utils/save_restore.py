@@ -160,9 +160,17 @@ def restore_image(module, params=None):
     base = dict(vm=vm['name'], backend=vm['backend'], path_used=manifest['path_used'],
                 bytes=sum(f['bytes'] for f in manifest['files']))
     read = sum(f.get('allocated', f['bytes']) for f in manifest['files'])
-    done = backend.running_from(module, manifest, p) if manifest.get('restored') else None
-    if done:
-        return dict(base, changed=False, state='running', **{k: done[k] for k in ('pid', 'qmp_socket') if k in done})
+
+    def unchanged(latest):
+        """The result when the VM already runs from this restore, else None."""
+        done = backend.running_from(module, latest, p) if latest.get('restored') else None
+        if done:
+            return dict(base, changed=False, state='running', **{k: done[k] for k in ('pid', 'qmp_socket') if k in done})
+        return None
+
+    result = unchanged(manifest)
+    if result:
+        return result
     t0 = time.monotonic()
     deadline = Deadline(p['timeout'])
     channels = load_channels(manifest, p['channels'])
@@ -171,10 +179,9 @@ def restore_image(module, params=None):
         return dict(base, changed=True, state=p['state'], channels=channels)
     with vm_locked(dict(vm, domain=vm['name']), 'vm_restore from %s' % path, deadline.remaining(), vm['name']):
         # a run that held the lock before us may have restored it meanwhile
-        latest = manifest_store.read_manifest(path) or manifest
-        done = backend.running_from(module, latest, p) if latest.get('restored') else None
-        if done:
-            return dict(base, changed=False, state='running', **{k: done[k] for k in ('pid', 'qmp_socket') if k in done})
+        result = unchanged(manifest_store.read_manifest(path) or manifest)
+        if result:
+            return result
         t_load = time.monotonic()
         restored = backend.restore(module, manifest, path, p, deadline, channels)
         load_s = time.monotonic() - t_load
