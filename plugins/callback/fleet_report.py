@@ -133,9 +133,11 @@ class CallbackModule(CallbackBase):
         host.update(status='unreachable', msg=result._result.get('msg', 'unreachable'), task=result._task.get_name())
 
     def v2_playbook_on_stats(self, stats):
+        def count(items, key, value):
+            return len([i for i in items if i.get(key) == value])
+
         ended = time.time()
         vms = [v for h in self.hosts.values() for v in h['vms']]
-        count = lambda items, key, value: len([i for i in items if i.get(key) == value])  # noqa: E731
         report = dict(
             playbook=self.playbook, started=self.started, ended=ended, duration_s=round(ended - self.started, 3),
             hosts=self.hosts,
@@ -154,9 +156,8 @@ class CallbackModule(CallbackBase):
 
     def _summary(self, report):
         t = report['totals']
-        lines = ['vmfleet report: %s, %s UTC, %.1f s' % (
-                     report['playbook'], time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(report['started'])),
-                     report['duration_s']),
+        started = time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(report['started']))
+        lines = ['vmfleet report: %s, %s UTC, %.1f s' % (report['playbook'], started, report['duration_s']),
                  'hosts: %d ok, %d failed, %d unreachable, %d not run; VMs: %d ok (%d changed), %d failed, %d skipped'
                  % (t['hosts_ok'], t['hosts_failed'], t['hosts_unreachable'], t['hosts_not_run'],
                     t['vms_ok'], t['vms_changed'], t['vms_failed'], t['vms_skipped'])]

@@ -324,8 +324,8 @@ def test_host_maintenance_rolling_over_the_fleet_with_faults(fleet, tmp_path):
     assert proc.stdout.count('PLAY [') == 2, proc.stdout[-3000:]  # two batches
     vms = _check_faults(fleet, proc, recap, report, summary)
     for t in targets:
-        assert vms[t.vm.name]['status'] == 'ok' and vms[t.vm.name]['state_after'] in ('shutoff', 'gone', 'absent',
-                                                                                    'unreachable'), vms[t.vm.name]
+        r = vms[t.vm.name]
+        assert r['status'] == 'ok' and r['state_after'] in ('shutoff', 'gone', 'absent', 'unreachable'), r
     # restore one host at a time, stopping at the first batch with a failed host: hv3 is still down,
     # so hv4 is never reached and says so in the report
     fleet.hosts[2].stop_sshd()
@@ -455,7 +455,7 @@ def _at_once(fleet, host, playbook, extra, module):
             held.enter_context(vm_lock.vm_locked(conn, 'the test, until both runs wait', 5, vm.name))
         before = _module_processes(module)
         runs = [start_playbook('vmfleet.kvm.' + playbook, inventory=fleet.inventory,
-                               extra_vars=dict(extra, vmfleet_hosts=host.name)) for _ in range(2)]
+                               extra_vars=dict(extra, vmfleet_hosts=host.name)) for _run in range(2)]
         end = time.monotonic() + 300
         while _module_processes(module) < before + 2:
             assert time.monotonic() < end and all(r.poll() is None for r in runs), \
@@ -580,8 +580,8 @@ def test_every_playbook_through_ansible_runner_as_awx_runs_a_job(fleet, tmp_path
         start = time.monotonic()
         r = ansible_runner.run(private_data_dir=str(pdd), playbook=playbook + '.yml', ident='job%d' % i, quiet=True,
                                timeout=900)
-        print('%s %s through ansible-runner: %.1f s' % (playbook, extra.get('vmfleet_phase', ''),
-                                                      time.monotonic() - start))
+        took = time.monotonic() - start
+        print('%s %s through ansible-runner: %.1f s' % (playbook, extra.get('vmfleet_phase', ''), took))
         stdout = r.stdout.read()
         assert r.status == 'successful' and r.rc == 0, stdout[-4000:]
         events = list(r.events)
