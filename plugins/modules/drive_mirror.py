@@ -125,8 +125,9 @@ options:
     default: /var/lib/vmfleet/journal
 notes:
   - A raw QEMU has no persistent definition. After the switch its command line still names the old
-    image; the module warns, and the journal records the switch. Change the command line before QEMU
-    is next started.
+    image; the module warns, and the journal records the switch. Change the command line before you next
+    start QEMU yourself. The collection's own relaunches (M(vmfleet.kvm.vm_save) and M(vmfleet.kvm.vm_restore),
+    reverts of instant snapshots) follow the switch and start QEMU on the new image.
   - The old source is left in place (and, for a raw QEMU, open) after the switch. Delete it yourself
     once the VM runs well on the target.
 seealso:

@@ -125,7 +125,8 @@ class QemuMirrorDriver(MirrorDriver):
 
     def stale_definition(self, disk, target, source):
         return ("QEMU '%s' now runs disk '%s' on %s, but its command line still names %s: change it before "
-                "QEMU is next started, or the VM would boot from the old image"
+                "you next start QEMU yourself, or the VM would boot from the old image (vmfleet's own save, "
+                "restore and revert relaunch it on the new one)"
                 % (self.vm.name, disk.name, target, source or 'the old image'))
 
     def pause(self):
