@@ -36,7 +36,7 @@ def lock_key(params):
     or the libvirt URI and domain name."""
     if params.get('qmp_socket'):
         return 'qmp:' + os.path.realpath(params['qmp_socket'])
-    return 'libvirt:%s:%s' % (params.get('uri') or 'qemu:///system', params.get('domain') or params.get('name'))
+    return 'libvirt:%s:%s' % (params.get('uri') or 'qemu:///system', params['domain'])
 
 
 def _path(key):

@@ -1,6 +1,7 @@
 import multiprocessing
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -11,11 +12,12 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmBu
 VM = dict(qmp_socket='/run/vm/db1.qmp')
 
 
-def _hold(lock_dir, ready, seconds):
+def _hold(lock_dir, ready, release):
+    """Hold the VM's lock from ``ready`` until ``release`` (at most a minute)."""
     vm_lock.LOCK_DIR = lock_dir
     with vm_lock.vm_locked(VM, 'fleet_snapshot present', 10, 'db1'):
         ready.set()
-        time.sleep(seconds)
+        release.wait(60)
 
 
 @pytest.fixture
@@ -23,7 +25,7 @@ def holder(tmp_path, monkeypatch):
     monkeypatch.setattr(vm_lock, 'LOCK_DIR', str(tmp_path / 'locks'))
     ctx = multiprocessing.get_context('fork')
     ready = ctx.Event()
-    proc = ctx.Process(target=_hold, args=(str(tmp_path / 'locks'), ready, 60))
+    proc = ctx.Process(target=_hold, args=(str(tmp_path / 'locks'), ready, ctx.Event()))
     proc.start()
     assert ready.wait(10)
     yield proc
@@ -52,13 +54,13 @@ def test_the_lock_goes_with_its_holder_however_it_dies(holder):
 def test_a_waiter_gets_the_lock_when_the_holder_is_done(tmp_path, monkeypatch):
     monkeypatch.setattr(vm_lock, 'LOCK_DIR', str(tmp_path))
     ctx = multiprocessing.get_context('fork')
-    ready = ctx.Event()
-    proc = ctx.Process(target=_hold, args=(str(tmp_path), ready, 0.5))
+    ready, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold, args=(str(tmp_path), ready, release))
     proc.start()
     assert ready.wait(10)
-    t0 = time.monotonic()
+    threading.Timer(0.3, release.set).start()
     with vm_lock.vm_locked(VM, 'vm_save', 10, 'db1'):
-        assert time.monotonic() - t0 >= 0.3  # it waited for the holder
+        assert release.is_set()  # it got the lock only once the holder let go
     proc.join(5)
     assert proc.exitcode == 0
 
