@@ -159,6 +159,11 @@ def _local(host, path):
     return path
 
 
+def _reporting(directory):
+    """The environment of a run whose fleet report goes to ``directory``."""
+    return {'ANSIBLE_CALLBACKS_ENABLED': 'vmfleet.kvm.fleet_report', 'VMFLEET_REPORT_DIR': str(directory)}
+
+
 def _faulty_run(fleet, tmp_path, playbook, extra, faults=True, hosts='hypervisors:!hv5'):
     """One ansible-playbook run over the fleet with the faults on; (proc, recap, fleet report)."""
     down_ssh, down_libvirt = fleet.hosts[2], fleet.hosts[3]
@@ -170,8 +175,7 @@ def _faulty_run(fleet, tmp_path, playbook, extra, faults=True, hosts='hypervisor
         start = time.monotonic()
         proc = run_playbook('vmfleet.kvm.' + playbook, inventory=fleet.inventory, timeout=900,
                             extra_vars=dict(extra, vmfleet_hosts=hosts),
-                            env={'ANSIBLE_CALLBACKS_ENABLED': 'vmfleet.kvm.fleet_report',
-                                 'VMFLEET_REPORT_DIR': str(reports)})
+                            env=_reporting(reports))
         print('%s %s over the fleet: %.1f s' % (playbook, extra.get('vmfleet_phase', ''), time.monotonic() - start))
     finally:
         if faults:
@@ -333,8 +337,7 @@ def test_host_maintenance_rolling_over_the_fleet_with_faults(fleet, tmp_path):
         proc = run_playbook('vmfleet.kvm.host_maintenance', inventory=fleet.inventory, timeout=900,
                             extra_vars=dict(vmfleet_phase='restore', vmfleet_serial=1, vmfleet_max_fail_percentage=0,
                                             vmfleet_hosts='hypervisors:!hv5'),
-                            env={'ANSIBLE_CALLBACKS_ENABLED': 'vmfleet.kvm.fleet_report',
-                                 'VMFLEET_REPORT_DIR': str(tmp_path / 'rolling')})
+                            env=_reporting(tmp_path / 'rolling'))
     finally:
         fleet.hosts[2].start_sshd()
     out = proc.stdout + proc.stderr
@@ -559,8 +562,7 @@ def test_every_playbook_through_ansible_runner_as_awx_runs_a_job(fleet, tmp_path
     (pdd / 'inventory' / 'hosts.yml').write_text(open(fleet.inventory).read())
     (pdd / 'project').mkdir()
     (pdd / 'env').mkdir()
-    env = ansible_env(env={'ANSIBLE_CALLBACKS_ENABLED': 'vmfleet.kvm.fleet_report',
-                           'VMFLEET_REPORT_DIR': str(tmp_path / 'reports')})
+    env = ansible_env(env=_reporting(tmp_path / 'reports'))
     (pdd / 'env' / 'envvars').write_text(yaml.safe_dump(dict((k, env[k]) for k in (
         'ANSIBLE_COLLECTIONS_PATH', 'ANSIBLE_PYTHON_INTERPRETER', 'ANSIBLE_CALLBACKS_ENABLED', 'VMFLEET_REPORT_DIR',
         'PATH'))))

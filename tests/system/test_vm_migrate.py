@@ -89,6 +89,17 @@ def _consecutive(counters):
     assert steps and all(s == 1 for s in steps), counters
 
 
+def _counts_on(t, start, before):
+    """After a move: the guest counts on (3 more), from where it was (``before``, at serial
+    offset ``start``), never back, never skipping; the counter it had when the move ended."""
+    last = t.counter()
+    t.wait_counter(last + 3, timeout=180)
+    counters = t.counters_after(start)
+    assert counters[0] <= before + 1
+    _consecutive(counters)
+    return last
+
+
 def test_an_unreachable_destination_fails_and_the_domain_runs_on(fleet, tmp_path):
     hv1 = fleet.hosts[0]
     vm = _domain(hv1)
@@ -128,11 +139,7 @@ def test_a_libvirt_domain_moves_with_shared_storage(fleet, tmp_path):
     assert _domstate(hv2, vm.name) == 'running'
     assert _persistent(hv2, vm.name)
     # the guest counts on at the destination (only hv2's QEMU writes the log now), never back, never skipping
-    last = t.counter()
-    t.wait_counter(last + 3, timeout=180)
-    counters = t.counters_after(start)
-    assert counters[0] <= before + 1
-    _consecutive(counters)
+    last = _counts_on(t, start, before)
     # its disk holds what it wrote after the move
     t.wait_disk_counter('root', last + 1, timeout=120)
 
@@ -181,10 +188,7 @@ def test_a_libvirt_domain_moves_with_its_disks_copied(fleet, tmp_path):
     xml = hv1.virsh('dumpxml', vm.name).stdout
     sources = re.findall(r"<source file='([^']+)'", xml)
     assert sources and all(s.startswith(dest_dir + '/') for s in sources), sources
-    last = t.counter()
-    t.wait_counter(last + 3, timeout=180)
-    _consecutive(t.counters_after(start))
-    assert t.counters_after(start)[0] <= before + 1
+    last = _counts_on(t, start, before)
     # the copies hold every write: the guest's latest counter lands in the copy, the source image stopped
     old_root = vm.disk_path('root')
     for role in ('root', 'data'):
@@ -281,11 +285,7 @@ def test_postcopy_takes_over_when_precopy_does_not_converge(fleet, tmp_path):
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert r['mode'] == 'postcopy' and 'half the timeout' in r['why'], r
     assert _domstate(src, vm.name) is None and _domstate(dst, vm.name) == 'running'
-    last = t.counter()
-    t.wait_counter(last + 3, timeout=180)
-    counters = t.counters_after(start)
-    assert counters[0] <= before + 1
-    _consecutive(counters)
+    _counts_on(t, start, before)
 
 
 def _pid_alive_libvirtd(host):
@@ -353,11 +353,7 @@ def test_a_raw_qemu_vm_moves_with_shared_storage(fleet, tmp_path):
     # the source QEMU is gone, the destination's runs
     vm.proc.wait(timeout=60)  # the source QEMU quit (this test's child: reaped here)
     assert qmp(hv2.path('vmfleet', vm.name + '.qmp'), 'query-status')['status'] == 'running'
-    last = t.counter()
-    t.wait_counter(last + 3, timeout=180)
-    counters = t.counters_after(start)
-    assert counters[0] <= before + 1
-    _consecutive(counters)
+    last = _counts_on(t, start, before)
     t.wait_disk_counter('root', last + 1, timeout=120)
     # idempotent
     (r,), log = _play(fleet, tmp_path, hv1.name, [task])
@@ -387,11 +383,7 @@ def test_a_raw_qemu_vm_moves_back_with_its_disks_copied(fleet, tmp_path):
     assert qmp(vm.qmp_socket, 'query-status')['status'] == 'running'
     files = [b['inserted']['file'] for b in qmp(vm.qmp_socket, 'query-block') if b.get('inserted')]
     assert files and all(f.startswith(dest_dir + '/') for f in files), files
-    last = t.counter()
-    t.wait_counter(last + 3, timeout=180)
-    counters = t.counters_after(start)
-    assert counters[0] <= before + 1
-    _consecutive(counters)
+    last = _counts_on(t, start, before)
     # the copies hold every write: what the guest wrote before the move and what it writes now
     old_root = vm.disk_path('root')
     for role, fmt in (('root', 'qcow2'), ('data', 'qcow2')):
