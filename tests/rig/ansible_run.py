@@ -35,8 +35,11 @@ def ansible_env(collections=None, env=None):
 
 
 def write_play(tasks, path, hosts='localhost', **play):
-    """A one-play playbook running ``tasks`` on ``hosts`` (local connection, no facts)."""
-    play = dict(play, hosts=hosts, connection='local', gather_facts=False, tasks=tasks)
+    """A one-play playbook running ``tasks`` on ``hosts`` (no facts; local connection unless
+    ``connection`` is given, None: the inventory's)."""
+    play = dict(dict(connection='local'), **play)
+    play.update(hosts=hosts, gather_facts=False, tasks=tasks)
+    play = dict((k, v) for k, v in play.items() if v is not None)
     with open(path, 'w') as f:
         yaml.safe_dump([play], f)
     return path
@@ -75,8 +78,9 @@ def start_playbook(playbook, cwd=REPO, env=None, **kw):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def run_tasks(tasks, check=False, diff=False, extra_args=(), timeout=900):
-    """Run ``tasks`` (list of task dicts) on localhost; return (results, proc).
+def run_tasks(tasks, check=False, diff=False, extra_args=(), timeout=900, inventory='localhost,', hosts='localhost'):
+    """Run ``tasks`` (list of task dicts) on localhost, or on ``hosts`` of ``inventory`` as it
+    connects to them; return (results, proc).
 
     ``results`` is a list: what each task registered, in order."""
     with tempfile.TemporaryDirectory(prefix='vmfleet-play-') as tmp:
@@ -91,8 +95,12 @@ def run_tasks(tasks, check=False, diff=False, extra_args=(), timeout=900):
         collect = '{{ [%s] | to_json }}' % ', '.join('r%d' % i for i in range(len(tasks)))
         body.append({'name': 'collect results', 'ansible.builtin.copy': {'content': collect, 'dest': out},
                      'check_mode': False, 'diff': False})
-        path = write_play(body, os.path.join(tmp, 'play.yml'))
-        proc = run_playbook(path, check=check, diff=diff, extra_args=extra_args, timeout=timeout)
+        remote = hosts != 'localhost'
+        if remote:  # the results file is the controller's
+            body[-1].update(delegate_to='localhost', become=False, vars={'ansible_connection': 'local'})
+        path = write_play(body, os.path.join(tmp, 'play.yml'), hosts=hosts, connection=None if remote else 'local')
+        proc = run_playbook(path, inventory=inventory, check=check, diff=diff, extra_args=extra_args,
+                            timeout=timeout)
         if not os.path.exists(out):
             raise AssertionError('ansible-playbook did not finish:\n%s\n%s' % (proc.stdout[-4000:], proc.stderr[-4000:]))
         with open(out) as f:

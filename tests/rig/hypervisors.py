@@ -321,12 +321,13 @@ class Host:
         return '%s %s %s\n' % (self.address, kind, key)
 
     # --- VMs ------------------------------------------------------------------
-    def add_vm(self, backend, name, memory_mib, accel, detach, disks=None):
+    def add_vm(self, backend, name, memory_mib, accel, detach, disks=None, cmdline_extra=''):
         workdir = self.path('vms', name)
+        kw = dict(memory_mib=memory_mib, accel=accel, disks=disks, cmdline_extra=cmdline_extra)
         if backend == 'libvirt':
-            vm = LibvirtVM(workdir, name, memory_mib=memory_mib, accel=accel, uri=self.uri, disks=disks)
+            vm = LibvirtVM(workdir, name, uri=self.uri, **kw)
         else:
-            vm = RigQemuVM(self, workdir, name, memory_mib=memory_mib, accel=accel, detach=detach, disks=disks)
+            vm = RigQemuVM(self, workdir, name, detach=detach, **kw)
         os.chmod(self.path('vms'), 0o755)
         self.vms.append(vm)
         vm.start()

@@ -1,0 +1,458 @@
+"""Live migration: vmfleet.kvm.vm_migrate vs ``virsh migrate`` (run by ``make bench``, never by the tests).
+
+Two simulated hypervisors (tests/rig/hypervisors.py, prefix vmfb, 10.216), one guest at a time on hv1 with
+N MiB of RAM, half of it filled with random data at boot (``vmfleet.fill``); "dirty" guests also rewrite
+N/8 MiB twice over without pause (``vmfleet.dirty``: 2 x N/8 MiB written again every pass). Side by side in
+one run, each migration hv1 -> hv2 and the guest moved back untimed (virsh) before the next, so each starts
+from the same state:
+
+libvirt: vm_migrate through ansible-playbook on hv1 vs ``virsh migrate --live --p2p`` run on hv1, with the
+         same options: the module's defaults spelled for virsh (--persistent --undefinesource
+         --abort-on-error, the stream to the destination's address); then multifd (parallel_connections 4 /
+         --parallel --parallel-connections 4); then copied storage into hv2's own /var/lib/libvirt/images
+         (storage: copy / --copy-storage-all with --xml naming the new paths and the images pre-created
+         with qemu-img, as virsh requires; the pre-creation is timed apart, precreate_s).
+raw:     a raw QEMU VM: by hand (the same command line started at the destination with -incoming, QMP
+         migrate, quit the source) hv1 -> hv2, then vm_migrate (shared storage) hv2 -> hv1.
+
+Figures, for both sides from the same source: libvirt's completed job statistics at the destination
+(time_elapsed, downtime, memory and disk bytes processed); raw: the source's query-migrate (total-time,
+downtime, ram transferred). Also the wall time of the whole ansible-playbook / virsh command, and what the
+module reports (duration_s, downtime_ms, bytes, mode).
+
+Usage: python bench/migrate.py [--sizes 1024,4096] [--loads idle,dirty] [--backends libvirt,qemu]
+Writes bench/results/migrate.json, migrate.md (and migrate.png with matplotlib).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+import libvirt
+
+from rig.accel import detect_accel
+from rig.ansible_run import run_one
+from rig.guest import COUNTER, wait_serial
+from rig.hypervisors import Fleet
+from rig.qemu_vm import QemuVM
+from rig.qmp import qmp
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, 'results')
+MIB = 1024.0 * 1024.0
+IMAGES = '/var/lib/libvirt/images'  # each host's own directory (not shared): where copied disks go
+# (case, vm_migrate options, virsh migrate options): the same migration both ways
+CASES = (('shared', {}, []),
+         ('shared multifd 4', {'parallel_connections': 4}, ['--parallel', '--parallel-connections', '4']),
+         ('copy storage', {'storage': 'copy', 'destination_dir': IMAGES}, ['--copy-storage-all']))
+# vm_migrate's defaults (persistent, undefine_source, abort on error), spelled for virsh
+VIRSH = ['virsh', 'migrate', '--live', '--p2p', '--persistent', '--undefinesource', '--abort-on-error']
+
+
+def _event_loop():
+    libvirt.virEventRegisterDefaultImpl()
+
+    def run():
+        while True:
+            libvirt.virEventRunDefaultImpl()
+    threading.Thread(target=run, daemon=True).start()
+
+
+class SourceStats:
+    """libvirt's statistics of the migration job as the source sends them when it ends (JOB_COMPLETED, what
+    vm_migrate reads too): the destination's copy of them lacks the disk bytes of a storage copy."""
+
+    def __init__(self, host, name):
+        self.conn = libvirt.open(host.uri)
+        self.name = name
+        self.stats = None
+        self.cb = self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, self._on, None)
+
+    def _on(self, conn, dom, stats, opaque):
+        if dom.name() == self.name:
+            self.stats = dict(stats)
+
+    def wait(self, timeout=15):
+        end = time.monotonic() + timeout
+        while self.stats is None and time.monotonic() < end:
+            time.sleep(0.05)
+        self.conn.domainEventDeregisterAny(self.cb)
+        self.conn.close()
+        if self.stats is None:
+            raise RuntimeError('no JOB_COMPLETED event from the source for %s' % self.name)
+        return self.stats
+
+
+def fail(what, r):
+    raise RuntimeError('%s failed: %s' % (what, r.get('msg', r)))
+
+
+class Bench:
+    def __init__(self, fleet, timeout):
+        self.fleet = fleet
+        self.timeout = timeout
+        self.rows = []
+
+    @property
+    def hv1(self):
+        return self.fleet.hosts[0]
+
+    @property
+    def hv2(self):
+        return self.fleet.hosts[1]
+
+    # --- libvirt -----------------------------------------------------------------------------
+    def virsh_migrate(self, vm, src, dst, extra=(), xml=None):
+        """``virsh migrate`` on ``src`` to ``dst``; its wall seconds. Past the timeout the job is aborted."""
+        argv = VIRSH + list(extra) + (['--xml', xml, '--persistent-xml', xml] if xml else [])
+        argv += [vm.name, 'qemu+ssh://vmfleet@%s/system' % dst.address, '--migrateuri', 'tcp://%s' % dst.address]
+        t0 = time.monotonic()
+        try:
+            src.run(argv, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            src.virsh('domjobabort', vm.name, check=False)
+            raise
+        wall = time.monotonic() - t0
+        src.vms.remove(vm)
+        dst.vms.append(vm)
+        vm.uri = dst.uri
+        return wall
+
+    def copy_xml(self, vm, host, paths):
+        """The domain's migratable XML with its disks at ``paths`` ({old: new}), in a file both hosts see."""
+        xml = host.virsh('dumpxml', '--migratable', vm.name).stdout
+        for old, new in paths.items():
+            xml = xml.replace("file='%s'" % old, "file='%s'" % new)
+        path = os.path.join(vm.workdir, 'migrate.xml')
+        with open(path, 'w') as f:
+            f.write(xml)
+        return path
+
+    def copies(self, vm):
+        """{original disk path: its copy's path at hv2} (hv2's own IMAGES, seen from inside hv2)."""
+        return dict((p, os.path.join(IMAGES, os.path.basename(p))) for p, _fmt in vm.disks.values())
+
+    def back(self, vm, copied):
+        """The domain back to hv1, untimed (its disks too, onto the images it started from)."""
+        xml = self.copy_xml(vm, self.hv2, dict((v, k) for k, v in self.copies(vm).items())) if copied else None
+        self.virsh_migrate(vm, self.hv2, self.hv1, ['--copy-storage-all'] if copied else [], xml)
+        if copied:
+            for p in self.copies(vm):
+                os.unlink(self.hv2.path('lib', 'images', os.path.basename(p)))
+
+    def libvirt_row(self, vm, row, case, opts, extra):
+        events = SourceStats(self.hv1, vm.name)
+        if row['tool'] == 'vm_migrate':
+            t0 = time.monotonic()
+            r = run_one({'vmfleet.kvm.vm_migrate': dict(opts, domain=vm.name, timeout=self.timeout,
+                                                        destination_uri='qemu+ssh://vmfleet@%s/system' % self.hv2.address)},
+                        inventory=self.fleet.inventory, hosts=self.hv1.name, timeout=self.timeout + 300)
+            row['wall_s'] = round(time.monotonic() - t0, 2)
+            if r.get('failed'):
+                fail('vm_migrate %s' % case, r)
+            row.update(module=dict((k, r.get(k)) for k in ('duration_s', 'downtime_ms', 'bytes', 'disk_bytes', 'mode',
+                                                           'why', 'iterations', 'rate_mib_s')))
+            self.hv1.vms.remove(vm)
+            self.hv2.vms.append(vm)
+            vm.uri = self.hv2.uri
+        else:
+            xml = None
+            if 'storage' in opts:  # what virsh needs first: the images at the destination, and the XML naming them
+                t0 = time.monotonic()
+                for p, fmt in vm.disks.values():
+                    size = json.loads(subprocess.run(['qemu-img', 'info', '-U', '--output=json', p], check=True,
+                                                     capture_output=True, text=True).stdout)['virtual-size']
+                    self.hv2.run(['qemu-img', 'create', '-q', '-f', fmt, self.copies(vm)[p], str(size)])
+                row['precreate_s'] = round(time.monotonic() - t0, 2)
+                xml = self.copy_xml(vm, self.hv1, self.copies(vm))
+            row['wall_s'] = round(self.virsh_migrate(vm, self.hv1, self.hv2, extra, xml), 2)
+        s = events.wait()
+        row.update(total_s=s['time_elapsed'] / 1000.0, downtime_ms=s.get('downtime'),
+                   memory_bytes=s.get('memory_processed', 0), disk_bytes=s.get('disk_processed', 0),
+                   iterations=s.get('memory_iteration'))
+        row['bytes'] = row['memory_bytes'] + row['disk_bytes']
+
+    # --- raw QEMU ------------------------------------------------------------------------------
+    def by_hand(self, vm, row):
+        """What a user does without the module: the source's command line at hv2 with -incoming (its own
+        QMP socket and pidfile, the serial log appended to), QMP migrate, quit the source."""
+        # its socket and pidfile in hv2's own directory: the VM's directory is shared, and the source holds
+        # its pidfile locked
+        argv, i = [], 0
+        src = QemuVM._build_argv(vm)
+        while i < len(src):
+            a, nxt = src[i], (src[i + 1] if i + 1 < len(src) else '')
+            if a == '-qmp':
+                argv += [a, 'unix:/var/lib/vmfleet/hand.qmp,server=on,wait=off']
+            elif a == '-pidfile':
+                argv += [a, '/var/lib/vmfleet/hand.pid']
+            elif a == '-serial':
+                argv += ['-chardev', 'file,id=s0,path=%s,append=on' % nxt[len('file:'):], '-serial', 'chardev:s0']
+            else:
+                argv.append(a)
+                i += 1
+                continue
+            i += 2
+        port = 4444
+        t0 = time.monotonic()
+        self.hv2.run(argv + ['-incoming', 'tcp:%s:%d' % (self.hv2.address, port), '-daemonize'])
+        qmp(vm.qmp_socket, 'migrate', uri='tcp:%s:%d' % (self.hv2.address, port))
+        while True:
+            info = qmp(vm.qmp_socket, 'query-migrate')
+            if info.get('status') in ('completed', 'failed', 'cancelled'):
+                break
+            if time.monotonic() - t0 > self.timeout:
+                qmp(vm.qmp_socket, 'migrate_cancel')
+                raise RuntimeError('by hand: not done within %ds' % self.timeout)
+            time.sleep(0.2)
+        if info['status'] != 'completed':
+            raise RuntimeError('by hand: %s' % info)
+        try:
+            qmp(vm.qmp_socket, 'quit')
+        except EOFError:
+            pass  # it quit before the client closed
+        row.update(wall_s=round(time.monotonic() - t0, 2), total_s=info['total-time'] / 1000.0,
+                   downtime_ms=info.get('downtime'), memory_bytes=info['ram']['transferred'], disk_bytes=0,
+                   bytes=info['ram']['transferred'], iterations=info['ram'].get('dirty-sync-count'))
+        vm.proc.wait(30)
+        return True
+
+    def raw_module(self, vm, row):
+        """vm_migrate hv2 -> hv1 of the QEMU started by hand, back onto the VM's own socket."""
+        t0 = time.monotonic()
+        r = run_one({'vmfleet.kvm.vm_migrate': dict(qmp_socket='/var/lib/vmfleet/hand.qmp', destination_qmp_socket=vm.qmp_socket,
+                                                    destination_uri='ssh://vmfleet@%s' % self.hv1.address,
+                                                    timeout=self.timeout)},
+                    inventory=self.fleet.inventory, hosts=self.hv2.name, timeout=self.timeout + 300)
+        row['wall_s'] = round(time.monotonic() - t0, 2)
+        if r.get('failed'):
+            fail('raw vm_migrate', r)
+        row.update(module=dict((k, r.get(k)) for k in ('duration_s', 'downtime_ms', 'bytes', 'mode', 'why', 'rate_mib_s')),
+                   total_s=r['duration_s'], downtime_ms=r['downtime_ms'], bytes=r['bytes'], memory_bytes=r['bytes'],
+                   disk_bytes=0)
+
+    # --- one guest ------------------------------------------------------------------------------
+    def measure(self, row, fn, *args):
+        """Run one migration into ``row``; the guest must count on afterwards. A failure is recorded."""
+        vm = args[0]
+        offset = os.path.getsize(vm.serial_log)
+        row['load_avg_1m'] = round(os.getloadavg()[0], 2)
+        try:
+            out = fn(*args)
+            wait_serial(vm.serial_log, COUNTER, 180, offset)
+            row['guest_counts_on'] = True
+        except Exception as e:  # record it and go on: a benchmark reports what it could measure
+            row['error'] = '%s: %s' % (type(e).__name__, str(e)[-1500:])
+            print(traceback.format_exc(), file=sys.stderr)
+            out = None
+        self.rows.append(row)
+        print('  %s' % json.dumps(row), flush=True)
+        return out
+
+    def guest(self, backend, size, load, repeats):
+        fill, dirty = size // 2, size // 8 if load == 'dirty' else 0
+        cmdline = 'vmfleet.fill=%d' % fill + (' vmfleet.dirty=%d' % dirty if dirty else '')
+        name = 'vmfb-%s-%d-%s' % ('lv' if backend == 'libvirt' else 'raw', size, load)
+        vm = self.hv1.add_vm(backend, name, size, detect_accel(), False, cmdline_extra=cmdline)
+        t0 = time.monotonic()
+        wait_serial(vm.serial_log, r'VMFLEET-FILL %d ' % fill, 900)
+        if dirty:
+            wait_serial(vm.serial_log, r'VMFLEET-DIRTY-PASS ', 900)
+        ready_s = round(time.monotonic() - t0, 1)
+        print('%s: %d MiB, %s, ready in %.0f s' % (backend, size, load, ready_s), flush=True)
+        base = dict(backend=backend, size_mib=size, load=load, fill_mib=fill, dirty_mib=dirty, ready_s=ready_s)
+        try:
+            for rnd in range(repeats):
+                if backend == 'libvirt':
+                    for case, opts, extra in CASES:
+                        for tool in ('vm_migrate', 'virsh'):
+                            row = dict(base, case=case, tool=tool, round=rnd + 1)
+                            self.measure(row, self.libvirt_row, vm, row, case, opts, extra)
+                            if vm in self.hv2.vms:
+                                self.back(vm, 'storage' in opts)
+                else:
+                    row = dict(base, case='shared', tool='by hand', round=rnd + 1, direction='hv1 -> hv2')
+                    if not self.measure(row, self.by_hand, vm, row):
+                        break
+                    row = dict(base, case='shared', tool='vm_migrate', round=rnd + 1, direction='hv2 -> hv1')
+                    self.measure(row, self.raw_module, vm, row)
+        finally:
+            for h in self.fleet.hosts:
+                if vm in h.vms:
+                    h.vms.remove(vm)
+            if backend == 'libvirt':
+                vm.stop()
+                return
+            for sock in (vm.qmp_socket, self.hv2.path('vmfleet', 'hand.qmp')):  # the raw QEMU, wherever it runs
+                if os.path.exists(sock):
+                    try:
+                        qmp(sock, 'quit')
+                    except Exception:  # nothing answers there: it is gone
+                        pass
+
+
+def summarize(rows):
+    groups = {}
+    for r in rows:
+        if 'error' not in r:
+            groups.setdefault((r['backend'], r['size_mib'], r['load'], r['case'], r['tool']), []).append(r)
+    out = []
+    for (backend, size, load, case, tool), rs in groups.items():
+        med = dict((k, statistics.median(r[k] for r in rs)) for k in ('total_s', 'wall_s', 'bytes')
+                   if all(r.get(k) is not None for r in rs))
+        downs = [r['downtime_ms'] for r in rs if r.get('downtime_ms') is not None]
+        out.append(dict(backend=backend, size_mib=size, load=load, case=case, tool=tool, runs=len(rs),
+                        total_s=round(med['total_s'], 2), wall_s=round(med['wall_s'], 2),
+                        downtime_ms=statistics.median(downs) if downs else None,
+                        mib_moved=round(med['bytes'] / MIB, 1),
+                        precreate_s=rs[0].get('precreate_s'),
+                        modes=sorted(set(r['module']['mode'] for r in rs if r.get('module')))))
+    return out
+
+
+def markdown(result):
+    lines = ['# Live migration: vmfleet.kvm.vm_migrate vs virsh migrate / by hand', '',
+             'Run %s on %s (%d CPUs, %s); load average %s at start, %s at end. Sizes run: %s; loads: %s.' % (
+                 result['date'], result['host'], result['cpus'], result['accel'], result['load_avg_start'],
+                 result['load_avg_end'], result['sizes_mib'], result['loads']), '']
+    lines += ['%s' % n for n in result['not_run']] + ([''] if result['not_run'] else [])
+    lines += ['| backend | RAM MiB | load | case | tool | total s | wall s | downtime ms | MiB moved | mode |',
+              '|---|---|---|---|---|---|---|---|---|---|']
+    for s in result['summary']:
+        lines.append('| %s | %d | %s | %s | %s | %.2f | %.2f%s | %s | %.0f | %s |' % (
+            s['backend'], s['size_mib'], s['load'], s['case'], s['tool'], s['total_s'], s['wall_s'],
+            ' (+%.2f pre-create)' % s['precreate_s'] if s['precreate_s'] is not None else '', s['downtime_ms'],
+            s['mib_moved'], ', '.join(s['modes'])))
+    errors = [r for r in result['rows'] if 'error' in r]
+    if errors:
+        lines += ['', 'Failed runs:', ''] + ['- %s %d MiB %s %s %s: %s' % (
+            r['backend'], r['size_mib'], r['load'], r['case'], r['tool'], r['error'][:300]) for r in errors]
+    lines += ['', result['notes'], '']
+    return '\n'.join(lines)
+
+
+def plot(summary, path):
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    groups = []
+    for s in summary:
+        key = '%s %d MiB %s\n%s' % (s['backend'], s['size_mib'], s['load'], s['case'])
+        if key not in groups:
+            groups.append(key)
+    tools = ('vm_migrate', 'virsh', 'by hand')
+    fig, axes = plt.subplots(1, 3, figsize=(max(12, 2.2 * len(groups) * 3 / 2), 5))
+    for ax, key, title in zip(axes, ('total_s', 'downtime_ms', 'mib_moved'),
+                              ('total time (s)', 'guest downtime (ms)', 'MiB moved')):
+        for j, tool in enumerate(tools):
+            xs, ys = [], []
+            for i, g in enumerate(groups):
+                s = next((s for s in summary if s['tool'] == tool and '%s %d MiB %s\n%s' % (
+                    s['backend'], s['size_mib'], s['load'], s['case']) == g), None)
+                if s and s[key] is not None:
+                    xs.append(i + (j - 0.5) * 0.4)
+                    ys.append(s[key])
+            if xs:
+                ax.bar(xs, ys, width=0.4, label=tool)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups, rotation=40, ha='right', fontsize=7)
+        ax.set_title(title)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle('live migration between two simulated hypervisors (TCG guests, shared 2-core machine)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
+NOTES = (
+    'total s: libvirt\'s own time_elapsed of the migration job (the statistics the source sends when the job '
+    'ends: the JOB_COMPLETED event, which vm_migrate reads too), '
+    'for vm_migrate and virsh alike; raw QEMU: query-migrate total-time by hand, the module\'s duration_s for '
+    'vm_migrate. wall s: the whole ansible-playbook run (start, SSH, module) or the whole virsh command (its '
+    'SSH connection to the destination included); for virsh --copy-storage-all the images had to be created '
+    'at the destination first (pre-create, not in wall s). downtime ms: libvirt\'s / QEMU\'s downtime of the '
+    'switch. MiB moved: memory and disk bytes processed. mode: what vm_migrate reports it ran. Each libvirt '
+    'migration goes hv1 -> hv2 over the rig\'s veths and the guest goes back untimed before the next; the raw '
+    'QEMU VM goes hv1 -> hv2 by hand and hv2 -> hv1 with vm_migrate. Guests run under TCG on a 2-core machine '
+    'that other people\'s tests use at the same time (load_avg_1m in each row): figures are noisy.')
+
+
+def _guest_init():
+    """Which guest ran: the last commit of its init, and whether the tree changes it."""
+    git = ['git', '-C', os.path.dirname(HERE)]
+    last = subprocess.run(git + ['log', '-1', '--format=%h %s', '--', 'tests/guest/init'], check=False,
+                          capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run(git + ['diff', '--quiet', '--', 'tests/guest/init'], check=False).returncode
+    return last + (' (+ uncommitted changes)' if changed else '')
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--sizes', default='1024',
+                    help='comma-separated MiB of guest RAM (default 1024; 4096 too when there is time: TCG fills ~20 MB/s)')
+    ap.add_argument('--loads', default='idle,dirty', help='idle, dirty (default both)')
+    ap.add_argument('--backends', default='libvirt,qemu', help='libvirt, qemu (default both)')
+    ap.add_argument('--repeats', type=int, default=1)
+    ap.add_argument('--timeout', type=int, default=300, help='seconds one migration may take')
+    ap.add_argument('--name', default='migrate', help='file name (no suffix) of the results')
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(',') if s]
+    loads = [x for x in args.loads.split(',') if x]
+    backends = [x for x in args.backends.split(',') if x]
+    not_run = []
+    with open(os.path.join(os.path.dirname(HERE), 'tests', 'guest', 'init')) as f:
+        if 'dirty' in loads and 'vmfleet.dirty=' not in f.read():
+            loads.remove('dirty')
+            not_run.append('dirty: not run, this guest has no vmfleet.dirty (a guest that keeps writing memory)')
+    result = dict(benchmark='migrate', date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), host=platform.node(),
+                  cpus=os.cpu_count(), accel=detect_accel(), load_avg_start=[round(x, 2) for x in os.getloadavg()],
+                  qemu=subprocess.run(['qemu-system-x86_64', '--version'], check=False, capture_output=True,
+                                      text=True).stdout.splitlines()[0],
+                  libvirt='%d.%d.%d' % (libvirt.getVersion() // 1000000, libvirt.getVersion() // 1000 % 1000,
+                                        libvirt.getVersion() % 1000),
+                  guest_init=_guest_init(),
+                  sizes_mib=sizes, loads=loads, backends=backends, repeats=args.repeats, timeout_s=args.timeout,
+                  not_run=not_run)
+    t0 = time.monotonic()
+    fleet = Fleet(hosts=2, vms_per_host=0, prefix='vmfb', subnet='10.216')
+    bench = Bench(fleet, args.timeout)
+    failed = None
+    try:
+        _event_loop()
+        fleet.up()
+        for size in sizes:
+            for load in loads:
+                for backend in backends:
+                    bench.guest(backend, size, load, args.repeats)
+    except Exception as e:  # write what was measured, then fail
+        failed = '%s: %s' % (type(e).__name__, e)
+        print('FAILED: ' + failed, file=sys.stderr)
+    finally:
+        fleet.down()
+    result.update(load_avg_end=[round(x, 2) for x in os.getloadavg()], wall_s=round(time.monotonic() - t0, 1),
+                  failed=failed, rows=bench.rows, summary=summarize(bench.rows), notes=NOTES)
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, args.name)
+    with open(path + '.json', 'w') as f:
+        json.dump(result, f, indent=1)
+        f.write('\n')
+    with open(path + '.md', 'w') as f:
+        f.write(markdown(result))
+    plot(result['summary'], path + '.png')
+    print(markdown(result))
+    return 1 if failed or any('error' in r for r in bench.rows) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
