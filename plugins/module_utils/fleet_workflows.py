@@ -36,7 +36,7 @@ def _snapshot(run, vm, state, name, mode='internal', disks=None, vmstate_disk=No
     """One snapshot step, through the same engine choice as the snapshot module
     (a deletion or revert goes the way the snapshot was taken); its result."""
     return snapshot_task(vm, dict(state=state, name=name, mode=mode, disks=disks, vmstate_disk=vmstate_disk,
-                                  memory=True, overwrite=False, memory_dir=run.p['memory_dir'],
+                                  memory=True, overwrite=False, memory_dir=run.p['memory_dir'], load='full',
                                   timeout=run.deadline.remaining(1.0)), run.check_mode)[0]
 
 

@@ -190,10 +190,12 @@ class InstantSnapshots(object):
         states = dict((c['capability'], c['state']) for c in vm.qmp('query-migrate-capabilities'))
         want = dict((c, False) for c in _EXCLUDED if states.get(c))
         want['background-snapshot'] = True
+        self.memory_caps = vm.instant_memory_caps()
+        want.update(self.memory_caps)
         want.update(migration.WAKE_CAPS)
         # stream capabilities stay off: whoever streams next sets its own (see qemu_migration)
         self._undo_caps = dict((c, bool(states.get(c))) for c in want if c not in migration.STREAM_CAPS)
-        self._undo_caps['background-snapshot'] = False
+        self._undo_caps.update(dict.fromkeys(self.memory_caps, False), **{'background-snapshot': False})
         self._undo_params = dict((k, v) for k, v in vm.qmp('query-migrate-parameters').items()
                                  if k == 'max-bandwidth')
         try:
@@ -325,6 +327,7 @@ class InstantSnapshots(object):
                 vm_clock_sec=records[0]['vm_clock_sec'], paused_ms=measured, state_at_snapshot=(
                     'running' if was_running else 'paused'),
                 memory_bytes=os.path.getsize(tmp), ram_bytes=info.get('ram', {}).get('total'),
+                memory_format=next(iter(self.memory_caps), 'stream'),
                 qemu=relaunch,
                 files=[dict(file=os.path.basename(path), bytes=os.path.getsize(tmp), kind=KIND, sha256=None)])
             manifest_store.commit([tmp], manifest, path)
@@ -408,7 +411,7 @@ class InstantSnapshots(object):
         return result, before
 
     # -- reverted --
-    def reverted(self, name):
+    def reverted(self, name, load='full'):
         validate_name(name)
         self.vm.check_instant_snapshots()
         self._sweep()
@@ -437,6 +440,22 @@ class InstantSnapshots(object):
         if state not in ('running', 'paused'):
             # a shut-off libvirt domain comes back as it was at the snapshot
             state = manifest.get('state_at_snapshot', 'running')
+        memory_format = manifest.get('memory_format', 'stream')
+        if load == 'background':
+            why = None
+            if vm.backend == 'libvirt':
+                why = ("a libvirt domain loads its RAM in full: libvirt's restore takes the memory file as one "
+                       "stream and has no postcopy input")
+            elif memory_format != 'mapped-ram':
+                why = ("its memory file is one stream, not page-addressable (mapped-ram)%s"
+                       % ("" if vm.instant_memory_caps() else "; this VM's QEMU lacks mapped-ram (QEMU >= 9.0)"))
+            elif state != 'running':
+                why = "the VM is to be paused after the revert: loading in the background gains nothing"
+            if why:
+                raise InvalidArgument("instant snapshot '%s' of VM '%s' cannot be reverted with load: background: %s"
+                                      % (name, vm.name, why), hint="nothing was changed; use load: full%s" % (
+                                          ", or take the snapshot again" if vm.backend == 'qemu'
+                                          and memory_format != 'mapped-ram' else ""))
         result = dict(changed=True, mode=KIND, route=None, paused_ms=0,
                       snapshot=describe(manifest, path, disks),
                       actions=[dict(action='revert', disks=[r['name'] for r in manifest['disks']],
@@ -444,6 +463,7 @@ class InstantSnapshots(object):
         if self.check_mode:
             return result, result['snapshot']
         t0 = time.monotonic()
-        result.update(vm.revert_to_memory(manifest['qemu'], name, files, path, state, self.deadline))
+        result.update(vm.revert_to_memory(manifest['qemu'], name, files, path, state, self.deadline,
+                                          memory_format=memory_format, load=load))
         result['paused_ms'] = round((time.monotonic() - t0) * 1000.0, 1)
         return result, result['snapshot']

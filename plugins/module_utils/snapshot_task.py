@@ -41,6 +41,9 @@ def snapshot_task(vm, p, check_mode):
     elif p['state'] == 'absent':
         result, before = ops.absent(p['name'])
     else:
-        result, before = ops.reverted(p['name'])
+        if p['load'] != 'full' and mode != KIND:
+            raise InvalidArgument("load: %s applies to instant snapshots; '%s' is an internal snapshot" % (
+                p['load'], p['name']), hint="nothing was changed; drop load (an internal snapshot loads from its qcow2)")
+        result, before = ops.reverted(p['name'], **({'load': p['load']} if mode == KIND else {}))
     result['mode'] = mode
     return result, before

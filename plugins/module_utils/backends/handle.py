@@ -254,9 +254,14 @@ class VmHandle(object):
         except Exception:  # nothing to cancel, or QEMU gone: the caller reports the first error
             pass
 
-    def revert_to_memory(self, record, name, images, memory_file, state, deadline):
+    def instant_memory_caps(self):
+        """Migration capabilities an instant snapshot's memory file is written with, beyond the stream."""
+        return {}
+
+    def revert_to_memory(self, record, name, images, memory_file, state, deadline, memory_format=None, load='full'):
         """Stop the VM, apply disk snapshot ``name`` to ``images`` and bring the
-        VM back from ``memory_file`` in ``state``; a dict for the module's result."""
+        VM back from ``memory_file`` (written as ``memory_format``) in ``state``,
+        its RAM loaded as ``load`` says; a dict for the module's result."""
         raise NotImplementedError
 
     # -- shared logic --

@@ -333,7 +333,7 @@ class LibvirtVm(VmHandle):
     def finish_memory_write(self, path, fd):
         libvirt_save_image.mark_complete(fd)
 
-    def revert_to_memory(self, record, name, images, memory_file, state, deadline):
+    def revert_to_memory(self, record, name, images, memory_file, state, deadline, memory_format=None, load='full'):
         """Destroy the domain, apply the disk snapshots, and let libvirt restore the memory file."""
         libvirt_save_image.check_complete(memory_file)
         hint = ("libvirt domain '%s' is shut off; memory file %s is intact: revert again, or start the domain"

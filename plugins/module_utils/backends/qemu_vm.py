@@ -14,7 +14,7 @@ import stat
 import tempfile
 import time
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils import capabilities, durable, manifest_store, qemu_img
+from ansible_collections.vmfleet.kvm.plugins.module_utils import capabilities, durable, manifest_store, memory_load, qemu_img
 from ansible_collections.vmfleet.kvm.plugins.module_utils import qemu_migration as migration
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qemu_process as proc
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.handle import Disk, ImageSnapshot, VmHandle
@@ -217,22 +217,31 @@ class QemuVm(VmHandle):
                 os.access(os.path.join(p, argv[0]), os.X_OK) for p in os.environ.get('PATH', '').split(os.pathsep)):
             raise InvalidArgument("the recorded QEMU binary %s is gone" % argv[0], hint="nothing was changed")
 
-    def revert_to_memory(self, record, name, images, memory_file, state, deadline):
+    def instant_memory_caps(self):
+        # page-addressable: such a snapshot can be reverted with its RAM loaded in the background
+        return {memory_load.FORMAT: True} if memory_load.FORMAT in self.migrate_caps() else {}
+
+    def revert_to_memory(self, record, name, images, memory_file, state, deadline, memory_format=None, load='full'):
         """Stop QEMU, apply snapshot ``name`` to each image, relaunch ``record``
         and load ``memory_file``: the VM as it was at the snapshot."""
         self.quit(min(30.0, deadline.remaining(5.0)))
+        exited_at = time.monotonic()
         for f in images:
             qemu_img.snapshot(self.module, '-a', name, f,
                               hint="VM '%s' is stopped; its command line is in %s"
                                    % (self.name, manifest_store.manifest_path(memory_file)))
+        loaded = {}
 
-        def load(vm):
+        def load_file(vm):
+            if memory_format == memory_load.FORMAT:
+                loaded.update(memory_load.load(vm, memory_file, deadline, load == 'background', exited_at))
+                return
             vm.qmp('migrate-incoming', uri='file:%s' % memory_file)
             migration.wait(vm, deadline, "loading memory file %s" % memory_file)
         sock = proc.qmp_socket_of(record['argv'])
         # QEMU's own output, next to its QMP socket: the VM's place, not the snapshot's
-        return dict(self.relaunch(self.module, record['argv'], sock, sock + '.log', deadline, load, state),
-                    route='qemu-relaunch')
+        return dict(self.relaunch(self.module, record['argv'], sock, sock + '.log', deadline, load_file, state),
+                    route='qemu-relaunch', **loaded)
 
     @classmethod
     def relaunch(cls, module, argv, sock, log_path, deadline, load, state):
