@@ -59,7 +59,9 @@ def load(vm, memory_file, deadline, background, exited_at):
     try:
         if background:
             migration.set_capabilities(vm, {'postcopy-ram': True})
-        vm.qmp('migrate-incoming', uri='unix:%s' % sock)
+        # a stream that breaks off before the guest runs must not make QEMU exit: its socket
+        # is what a revert run again finds the VM by
+        vm.qmp('migrate-incoming', uri='unix:%s' % sock, **({'exit-on-error': False} if background else {}))
         helper = subprocess.Popen(_helper_argv([memory_file, sock] + ([] if background else ['precopy'])),
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   close_fds=True)
@@ -75,19 +77,26 @@ def load(vm, memory_file, deadline, background, exited_at):
             if status == 'failed' or status.startswith('postcopy-paused') or helper.poll() not in (None, 0):
                 out = helper.communicate()[0].decode('utf-8', 'replace') if helper.poll() is not None else ''
                 last = (_lines(out) or [{}])[-1]
-                raise JobFailed(
+                e = JobFailed(
                     "the %s load of %s stopped (QEMU's status %s, helper %s%s)%s" % (
                         'background' if background else 'full', memory_file, status,
                         'exit code %s' % helper.returncode if helper.returncode is not None else 'running',
                         ', at %s of %s pages' % (last['pages'], last['total_pages']) if 'pages' in last else '',
                         (': ' + last['error']) if last.get('error') else (': ' + out[-300:].strip()) if out.strip()
                         and not _lines(out) else ''),
-                    hint="the half-loaded guest cannot run on (pages it never got cannot be made up): it was "
-                         "stopped; the snapshot is intact, revert again")
+                    hint=("the guest is paused and cannot run on (QEMU's postcopy: pages it never got cannot be made "
+                          "up); its QEMU is kept on the same QMP socket and the snapshot is intact: revert again")
+                    if background else "the half-loaded QEMU was stopped; the snapshot is intact")
+                e.keep_vm = background
+                raise e
             return None
-        poll_until(done, deadline, lambda: OperationTimeout(
-            "loading %s did not finish within %gs" % (memory_file, deadline.timeout),
-            hint="the half-loaded guest was stopped; raise 'timeout' and revert again"), interval=0.02)
+        def timed_out():
+            e = OperationTimeout("loading %s did not finish within %gs" % (memory_file, deadline.timeout),
+                                 hint="raise 'timeout' and revert again; " + (
+                                     "the guest is paused, its QEMU kept" if background else "the QEMU was stopped"))
+            e.keep_vm = background
+            return e
+        poll_until(done, deadline, timed_out, interval=0.02)
         out = helper.communicate(timeout=max(5.0, deadline.remaining(5.0)))[0].decode('utf-8', 'replace')
         if helper.returncode:
             raise JobFailed("the loader of %s failed (exit code %d): %s" % (memory_file, helper.returncode, out[-500:]))

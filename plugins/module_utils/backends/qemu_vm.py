@@ -247,7 +247,9 @@ class QemuVm(VmHandle):
     def relaunch(cls, module, argv, sock, log_path, deadline, load, state):
         """Start QEMU again from ``argv`` with ``-incoming defer``, let ``load(vm)``
         feed it its state, then ``cont`` if ``state`` is running. On any failure
-        the new QEMU is stopped: a half-loaded QEMU is no VM."""
+        the new QEMU is stopped: a half-loaded QEMU is no VM; unless the error says
+        ``keep_vm`` (a guest frozen by a failed postcopy load stays, so that its QMP
+        socket is there for the revert to run again)."""
         manifest_store.remove([sock])  # stale socket file of the QEMU that quit
         child = proc.launch(proc.incoming_argv(argv), log_path)
         vm = None
@@ -259,7 +261,9 @@ class QemuVm(VmHandle):
             if state == 'running':
                 vm.qmp('cont')
             return dict(pid=vm.pid(), qmp_socket=sock, state=vm.state())
-        except Exception:
+        except Exception as e:
+            if getattr(e, 'keep_vm', False):
+                raise
             if vm is not None:
                 try:
                     vm.qmp('quit')
