@@ -52,6 +52,7 @@ IMAGES = '/var/lib/libvirt/images'  # each host's own directory (not shared): wh
 CASES = (('shared', {}, []),
          ('shared multifd 4', {'parallel_connections': 4}, ['--parallel', '--parallel-connections', '4']),
          ('copy storage', {'storage': 'copy', 'destination_dir': IMAGES}, ['--copy-storage-all']))
+SETTLE_TICKS = 5  # guest counter lines (one a second) before each measured migration
 # vm_migrate's defaults (persistent, undefine_source, abort on error), spelled for virsh
 VIRSH = ['virsh', 'migrate', '--live', '--p2p', '--persistent', '--undefinesource', '--abort-on-error']
 
@@ -242,7 +243,11 @@ class Bench:
     def measure(self, row, fn, *args):
         """Run one migration into ``row``; the guest must count on afterwards. A failure is recorded."""
         vm = args[0]
+        # under TCG a guest fresh from a move runs slow for a while (its translated code stayed with the old QEMU)
+        # and dirties less: the next migration would look faster. Each starts once the guest ticked a few times.
         offset = os.path.getsize(vm.serial_log)
+        for _ in range(SETTLE_TICKS):
+            offset = wait_serial(vm.serial_log, COUNTER, 120, offset).end()
         row['load_avg_1m'] = round(os.getloadavg()[0], 2)
         try:
             out = fn(*args)
@@ -384,7 +389,13 @@ NOTES = (
     'at the destination first (pre-create, not in wall s). downtime ms: libvirt\'s / QEMU\'s downtime of the '
     'switch. MiB moved: memory and disk bytes processed. mode: what vm_migrate reports it ran. Each libvirt '
     'migration goes hv1 -> hv2 over the rig\'s veths and the guest goes back untimed before the next; the raw '
-    'QEMU VM goes hv1 -> hv2 by hand and hv2 -> hv1 with vm_migrate. Guests run under TCG on a 2-core machine '
+    'QEMU VM goes hv1 -> hv2 by hand and hv2 -> hv1 with vm_migrate. Each measured migration starts after the '
+    'guest printed 5 counter lines (~5 s) since the last move: under TCG a guest fresh from a move runs and dirties '
+    'slower (an earlier run without this wait had virsh, started at once after the move back, move a dirtying '
+    'guest in fewer passes than vm_migrate, started after ansible-playbook\'s ~5 s). By hand, a raw QEMU '
+    'migrates at QEMU\'s default max-bandwidth (128 MiB/s); vm_migrate lifts the limit (as libvirt does). The '
+    'raw vm_migrate total is its duration_s, which includes starting the destination QEMU over SSH; by hand, '
+    'wall s includes starting it (locally, in hv2\'s namespaces). Guests run under TCG on a 2-core machine '
     'that other people\'s tests use at the same time (load_avg_1m in each row): figures are noisy.')
 
 
