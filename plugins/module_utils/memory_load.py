@@ -90,6 +90,7 @@ def load(vm, memory_file, deadline, background, exited_at):
                 e.keep_vm = background
                 raise e
             return None
+
         def timed_out():
             e = OperationTimeout("loading %s did not finish within %gs" % (memory_file, deadline.timeout),
                                  hint="raise 'timeout' and revert again; " + (

@@ -154,7 +154,7 @@ class MappedRamImage(object):
                 raise ImageError('%s: configuration subsection %s is not supported' % (self.path, name.decode()))
             count = struct.unpack('>I', head[body:body + 4])[0]
             caps, p = [], body + 4
-            for _ in range(count):
+            for dummy in range(count):
                 caps.append(head[p + 1:p + 1 + head[p]])
                 p += 1 + head[p]
             caps = [c for c in caps if c != b'mapped-ram']
@@ -375,4 +375,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    raise SystemExit(main())

@@ -113,4 +113,3 @@ def test_the_helper_killed_mid_load_fails_clearly_and_a_full_revert_brings_the_v
     r = ok(run_one(_revert(t, load='full'), timeout=900))
     assert r['load']['mode'] == 'full' and r['state'] == 'running', r
     _back_to_the_snapshot(t)
-
