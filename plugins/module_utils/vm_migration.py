@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -50,6 +51,9 @@ except ImportError:
 MIB = 1024 * 1024
 # a progress sample into the result every this many seconds (and the first and last)
 SAMPLE_EVERY = 1.0
+# a raw QEMU's precopy that sends nothing for this long has lost its destination (libvirt's own
+# keepalive, 5 s x 5, finds a lost peer in about as long)
+STALL_S = 30
 
 
 def _require_libvirt():
@@ -98,10 +102,31 @@ def _open(uri, deadline, what):
     t.start()
     t.join(max(1.0, min(60.0, deadline.remaining())))
     if 'conn' in box:
+        try:
+            # a destination lost mid-run (link cut, host down) is noticed in ~20 s: calls on this
+            # connection, and closing it, fail instead of waiting for TCP to give up (many minutes)
+            box['conn'].setKeepAlive(5, 3)
+        except libvirt.libvirtError:
+            pass
         return box['conn']
     raise ConnectionFailed("%s %s is unreachable: %s" % (what, uri, box.get('error', 'no answer within %.0f s' % min(60.0, deadline.timeout))),
                            hint="check that its libvirtd runs and that this host reaches it (for qemu+ssh: "
                                 "root's SSH key and known_hosts on the source host)")
+
+
+def _close(conn):
+    """Close a connection; one whose peer is lost may block in its goodbye until keepalive gives
+    up on it: the run ends anyway (at most 30 s more)."""
+    def target():
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    t = threading.Thread(target=target)
+    t.daemon = True
+    t.start()
+    t.join(30)
 
 
 def _state(dom):
@@ -172,10 +197,7 @@ class LibvirtMigration(object):
             self._drop_pool()
             for c in (self.src, self.dst):
                 if c is not None:
-                    try:
-                        c.close()
-                    except libvirt.libvirtError:
-                        pass
+                    _close(c)
 
     def _base_result(self):
         return dict(changed=False, domain=self.name, source_uri=self.p['uri'], destination=self.dest_uri,
@@ -473,8 +495,9 @@ class LibvirtMigration(object):
                                       hint="give the domain a CPU model both hosts have", **partial)
         if code in (libvirt.VIR_ERR_OPERATION_ABORTED,):
             return JobFailed("migration of '%s' was cancelled: %s" % (self.name, msg), **partial)
+        # VIR_FROM_RPC: the connection to the destination's libvirtd was lost ("client socket is closed")
         if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_SYSTEM_ERROR,
-                    libvirt.VIR_ERR_AUTH_FAILED):
+                    libvirt.VIR_ERR_AUTH_FAILED) or e.get_error_domain() == libvirt.VIR_FROM_RPC:
             return ConnectionFailed("migration of '%s' to %s failed: the destination: %s" % (self.name, self.dest_uri, msg),
                                     hint="the domain runs on at the source; check the destination's libvirtd and the "
                                          "network between the hosts (migration_address %s)" % self.migration_address,
@@ -707,7 +730,7 @@ class QemuMigration(object):
         argv = destination_argv(record['argv'], self.dest_sock,
                                 dict((c['source'], c['destination']) for c in self.copies))
         state = self.remote.alive(self.dest_sock)  # also: reachable over SSH
-        if state is not None:
+        if state is not None and state != 'inmigrate':
             raise DestinationProblem("a QEMU already answers on %s at %s (%s)" % (self.dest_sock, self.remote.host, state),
                                      hint="two copies of one VM: stop the one that should not run, then run again")
         mem = vm.qmp('query-memory-size-summary')['base-memory']
@@ -749,6 +772,7 @@ class QemuMigration(object):
         self.images_made = []
         self.nbd_nodes = []
         try:
+            self._stop_leftover()
             for c in self.copies:
                 self.remote.ssh(self.remote.sudo + ['qemu-img', 'create', '-q', '-f', c['format'], c['destination'],
                                                     str(c['size'])], 'creating %s' % c['destination'])
@@ -817,13 +841,39 @@ class QemuMigration(object):
             vm.name, self.remote.host, elapsed, out['mode'], out['downtime_ms'])
         return out
 
+    def _stop_leftover(self):
+        """A QEMU still waiting for the guest on the destination socket (inmigrate: it never ran it) is
+        what an earlier try left when it could not reach the destination to stop it (a cut link); the
+        guest runs here, under this run's lock: stop it."""
+        if self.remote.alive(self.dest_sock) != 'inmigrate':
+            return
+        self.remote.qmp(self.dest_sock, [{'execute': 'quit'}], 'stopping the destination QEMU an earlier try left')
+        end = time.monotonic() + 30
+        while self.remote.alive(self.dest_sock) is not None:
+            if time.monotonic() > end:
+                raise DestinationProblem("the QEMU an earlier try left waiting on %s at %s does not quit"
+                                         % (self.dest_sock, self.remote.host), hint="stop it there, then run again")
+            time.sleep(0.3)
+        self.remote.ssh(self.remote.sudo + ['rm', '-f', self.dest_sock], 'removing the socket', check=False)
+
     def _watch(self, vm, t0):
         last = 0.0
+        moved = (None, time.monotonic())  # bytes sent, and since when
         while True:
             info = vm.qmp('query-migrate')
             status = info.get('status')
             now = time.monotonic()
             stats = self._stats(info)
+            sent = info.get('ram', {}).get('transferred')
+            if sent != moved[0] or status != 'active':
+                moved = (sent, now)
+            elif now - moved[1] > STALL_S:
+                # a cut link or a vanished host: TCP would wait many minutes before QEMU sees an error
+                raise ConnectionFailed("the migration stream to %s stalled: nothing was sent for %d s (the network "
+                                       "to the destination or the destination host is lost); it was cancelled and the "
+                                       "VM runs on at the source" % (self.remote.host, STALL_S),
+                                       hint="check the destination host and the network to it (migration_address %s)"
+                                       % self.migration_address)
             if now - last >= SAMPLE_EVERY or not self.samples:
                 self.samples.append(_sample(stats, t0))
                 last = now
@@ -1011,6 +1061,10 @@ class QemuMigration(object):
 
 
 def migrate_vm(module):
+    # The controller may go away mid-run (killed, its SSH connection lost): the hangup must not kill
+    # the run halfway (a raw QEMU source left paused after the switch, copies half made); it ends
+    # as it would have, migrated or cancelled within its timeout.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     p = module.params
     if p['storage'] == 'shared' and p.get('destination_dir'):
         raise InvalidArgument("destination_dir is for storage: copy; with shared storage the disks stay where they are")

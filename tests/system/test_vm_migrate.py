@@ -5,6 +5,7 @@ and hv1's libvirtd migrates peer to peer to hv2's libvirtd through qemu+ssh."""
 import json
 import os
 import re
+import subprocess
 import time
 
 import pytest
@@ -417,6 +418,227 @@ def test_a_destination_without_the_space_for_the_copies_is_refused_and_the_vm_ru
     assert t.qmp('query-status')['status'] == 'running'
     last = t.counter()
     t.wait_counter(last + 2, timeout=120)
+
+
+# --- faults mid-migration -----------------------------------------------------------------------
+def _sent_to(host):
+    """Bytes the machine has sent towards ``host`` (its veth's root side)."""
+    with open('/sys/class/net/%s/statistics/tx_bytes' % host.veth) as f:
+        return int(f.read())
+
+
+def _start_moving(fleet, tmp_path, src, dst, task):
+    """Start ansible-playbook migrating with ``task`` on ``src``; return once the migration stream
+    is crossing to ``dst`` (4 MiB went its way): (the Popen, its results path)."""
+    path, out = _write_play(tmp_path, src.name, [task])
+    base = _sent_to(dst)
+    proc = start_playbook(path, inventory=fleet.inventory)
+    end = time.monotonic() + 240
+    while _sent_to(dst) - base < 4 << 20:
+        if proc.poll() is not None or time.monotonic() > end:
+            proc.kill()
+            raise AssertionError('no migration stream towards %s: %s' % (dst.name, proc.communicate()[0][-3000:]))
+        time.sleep(0.2)
+    return proc, out
+
+
+def _finish(proc, out, timeout=600):
+    """Wait for a playbook from _start_moving; what its task registered."""
+    try:
+        text = proc.communicate(timeout=timeout)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert out.exists(), text[-4000:]
+    (r,) = json.loads(out.read_text())
+    assert 'Traceback' not in text
+    return r
+
+
+def _link(host, state):
+    subprocess.run(['ip', 'link', 'set', host.veth, state], check=True)
+
+
+def test_a_link_cut_mid_migration_fails_naming_the_destination_and_the_domain_runs_on(fleet, tmp_path):
+    vm, src = _shared_domain(fleet)
+    dst = next(h for h in fleet.hosts if h is not src)
+    t = Target(vm, 'libvirt')
+    task = {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'bandwidth_mib_s': 4,
+                                       'timeout': 120}}
+    proc, out = _start_moving(fleet, tmp_path, src, dst, task)
+    t0 = time.monotonic()
+    try:
+        _link(dst, 'down')
+        r = _finish(proc, out)
+        took = time.monotonic() - t0
+    finally:
+        _link(dst, 'up')
+    assert r.get('failed') is True and r.get('error') == 'ConnectionFailed', r
+    assert dst.address in r['msg'], r['msg']
+    assert r['source_state'] == 'running' and took < 120, (took, r)
+    assert _domstate(src, vm.name) == 'running'
+    last = t.counter()
+    t.wait_counter(last + 2, timeout=120)
+    # the link back: the destination's libvirtd drops the incoming domain, a re-run moves it
+    end = time.monotonic() + 120
+    while _domstate(dst, vm.name) is not None and time.monotonic() < end:
+        time.sleep(0.5)
+    assert _domstate(dst, vm.name) is None, dst.virsh('list', '--all').stdout
+    start = t.serial_size()
+    before = t.counter()
+    (r,), log = _play(fleet, tmp_path, src.name, [dict(task, **{'vmfleet.kvm.vm_migrate': dict(
+        task['vmfleet.kvm.vm_migrate'], bandwidth_mib_s=0, timeout=300)})])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    assert _domstate(src, vm.name) is None and _domstate(dst, vm.name) == 'running'
+    _counts_on(t, start, before)
+
+
+@pytest.fixture(scope='module')
+def shared_raw(fleet):
+    """A raw QEMU VM on hv1 with its disks on shared storage (the first one's are in hv1's own
+    directory once it moved back with them copied)."""
+    vm = fleet.hosts[0].add_vm('qemu', '%s-raw2' % fleet.hosts[0].ns, 256, detect_accel(), False)
+    vm.wait_booted(300)
+    return vm
+
+
+def test_a_link_cut_mid_migration_of_a_raw_qemu_vm_fails_naming_the_destination_and_it_runs_on(
+        fleet, shared_raw, tmp_path):
+    hv1, hv2 = fleet.hosts
+    vm = shared_raw
+    t = Target(vm, 'qemu')
+    assert t.qmp('query-status')['status'] == 'running'  # at hv1
+    dest_sock = '/var/lib/vmfleet/%s.qmp' % vm.name
+    task = {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': 'ssh://vmfleet@%s' % hv2.address,
+                                       'destination_qmp_socket': dest_sock, 'bandwidth_mib_s': 4, 'timeout': 120}}
+    proc, out = _start_moving(fleet, tmp_path, hv1, hv2, task)
+    t0 = time.monotonic()
+    try:
+        _link(hv2, 'down')
+        r = _finish(proc, out)
+        took = time.monotonic() - t0
+    finally:
+        _link(hv2, 'up')
+    # nothing crossed for STALL_S (30 s): lost, long before TCP would say so
+    assert r.get('failed') is True and r.get('error') == 'ConnectionFailed' and 'stalled' in r['msg'], r
+    assert hv2.address in r['msg'], r['msg']
+    assert r['source_state'] == 'running' and took < 120, (took, r)
+    assert t.qmp('query-status')['status'] == 'running'
+    last = t.counter()
+    t.wait_counter(last + 2, timeout=120)
+    # the link back: a re-run finds no QEMU of an earlier try in its way and moves the VM
+    start = t.serial_size()
+    before = t.counter()
+    (r,), log = _play(fleet, tmp_path, hv1.name, [{'vmfleet.kvm.vm_migrate': dict(
+        task['vmfleet.kvm.vm_migrate'], bandwidth_mib_s=0, timeout=300)}])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    vm.proc.wait(timeout=60)
+    assert qmp(hv2.path('vmfleet', vm.name + '.qmp'), 'query-status')['status'] == 'running'
+    _counts_on(t, start, before)
+
+
+def _netns_procs(host, needle):
+    """Processes of ``host`` (its network namespace) whose command line holds ``needle``."""
+    pids = subprocess.run(['ip', 'netns', 'pids', host.ns], capture_output=True, text=True, check=True).stdout.split()
+    out = []
+    for pid in pids:
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                if needle.encode() in f.read():
+                    out.append(int(pid))
+        except OSError:
+            pass
+    return out
+
+
+def _raw_moves(fleet, vm):
+    """Where the raw VM runs and where it would go: (source host, its socket, destination host, the
+    socket there). At hv1 it has the rig's socket, at hv2 one under hv2's own /var/lib/vmfleet."""
+    hv1, hv2 = fleet.hosts
+    at_hv2 = '/var/lib/vmfleet/%s.qmp' % vm.name
+    try:
+        qmp(hv2.path('vmfleet', vm.name + '.qmp'), 'query-status')
+    except Exception:  # no QEMU answers there
+        return hv1, vm.qmp_socket, hv2, at_hv2
+    return hv2, at_hv2, hv1, vm.qmp_socket
+
+
+def _raw_task(vm, src_sock, dst, dst_sock, **args):
+    return {'vmfleet.kvm.vm_migrate': dict({'qmp_socket': src_sock, 'destination_uri': 'ssh://vmfleet@%s' % dst.address,
+                                            'destination_qmp_socket': dst_sock}, **args)}
+
+
+def _host_sock(host, sock):
+    """A host's socket path as this (root namespace) process reaches it."""
+    return host.path('vmfleet', os.path.basename(sock)) if sock.startswith('/var/lib/vmfleet/') else sock
+
+
+def test_the_controller_killed_mid_migration_the_host_finishes_it(fleet, shared_raw, tmp_path):
+    """ansible-playbook is killed (its process group) while a raw QEMU VM moves: the module on the
+    host is not hung up with it, it ends the migration as it would have; a re-run finds it done."""
+    vm = shared_raw
+    t = Target(vm, 'qemu')
+    src, src_sock, dst, dst_sock = _raw_moves(fleet, vm)
+    task = _raw_task(vm, src_sock, dst, dst_sock, bandwidth_mib_s=8, timeout=300)
+    start = t.serial_size()
+    before = t.counter()
+    proc, out = _start_moving(fleet, tmp_path, src, dst, task)
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    end = time.monotonic() + 330
+    while _netns_procs(src, 'AnsiballZ_vm_migrate'):
+        assert time.monotonic() < end, 'the module runs on past its timeout'
+        time.sleep(0.5)
+    # it ran exactly once, at the destination; nothing of it at the source
+    assert qmp(_host_sock(dst, dst_sock), 'query-status')['status'] == 'running'
+    assert not _netns_procs(src, src_sock), 'a QEMU is left at the source'
+    if vm.proc is not None:
+        vm.proc.wait(timeout=60)
+    _counts_on(t, start, before)
+    (r,), log = _play(fleet, tmp_path, src.name, [task])
+    assert r.get('changed') is False and not r.get('failed') and r['state'] == 'running-at-destination', r
+
+
+def test_the_destination_qemu_killed_mid_migration_leaves_the_raw_vm_running_at_the_source(fleet, shared_raw, tmp_path):
+    vm = shared_raw
+    t = Target(vm, 'qemu')
+    src, src_sock, dst, dst_sock = _raw_moves(fleet, vm)
+    proc, out = _start_moving(fleet, tmp_path, src, dst, _raw_task(vm, src_sock, dst, dst_sock, bandwidth_mib_s=4,
+                                                                   timeout=300))
+    (pid,) = [p for p in _netns_procs(dst, dst_sock) if b'qemu-system' in open('/proc/%d/cmdline' % p, 'rb').read()]
+    os.kill(pid, 9)
+    r = _finish(proc, out)
+    assert r.get('failed') is True and r.get('error') == 'JobFailed', r
+    assert dst.address in r['msg'] and r['source_state'] == 'running', r
+    assert qmp(_host_sock(src, src_sock), 'query-status')['status'] == 'running'
+    assert not _netns_procs(dst, dst_sock) and not os.path.exists(_host_sock(dst, dst_sock))
+    last = t.counter()
+    t.wait_counter(last + 2, timeout=120)
+
+
+def test_a_destination_without_the_memory_is_refused_and_the_raw_vm_runs_on(fleet, shared_raw, tmp_path):
+    """hv2 reports 64 MiB available (a /proc/meminfo of its own, bind-mounted in hv2's mount
+    namespace, what a shell over SSH there reads): a raw QEMU VM of 256 MiB does not go there.
+    (A libvirt domain's check asks the destination's libvirt, which reads the NUMA nodes' memory
+    in sysfs: this override does not reach it.)"""
+    hv1, hv2 = fleet.hosts
+    src, raw_sock, dst, raw_dst_sock = _raw_moves(fleet, shared_raw)
+    assert (src, dst) == (hv1, hv2)
+    small = hv2.path('meminfo')
+    with open('/proc/meminfo') as f:
+        lines = f.read().splitlines()
+    with open(small, 'w') as f:
+        f.write('\n'.join(re.sub(r'^(MemFree|MemAvailable):(\s+)\d+', r'\1:\g<2>65536', line) for line in lines) + '\n')
+    hv2.run(['mount', '--bind', small, '/proc/meminfo'])
+    try:
+        (r,), log = _play(fleet, tmp_path, hv1.name, [_raw_task(shared_raw, raw_sock, hv2, raw_dst_sock, timeout=60)])
+    finally:
+        hv2.run(['umount', '/proc/meminfo'], check=False)
+    assert r.get('failed') is True and r.get('error') == 'DestinationProblem', r
+    assert 'not enough memory' in r['msg'] and hv2.address in r['msg'] and '64 MiB' in r['msg'], r['msg']
+    assert not _netns_procs(hv2, raw_dst_sock), 'a QEMU was started at the destination'
+    assert qmp(raw_sock, 'query-status')['status'] == 'running'
 
 
 # --- a guest that writes memory fast (tests/guest/init vmfleet.dirty) --------------------------
