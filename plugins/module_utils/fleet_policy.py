@@ -152,6 +152,46 @@ def fleet_plan(targets, target_dir, source_dir='', per_vm_dir=False):
     return plan
 
 
+def fleet_spread(vms, destinations, reserve_mib=0):
+    """Where each VM of an evacuated host goes: the largest VM first, each to the
+    destination with the most free memory left (after ``reserve_mib`` kept free
+    there and the VMs already given to it); ties go to the destination named first.
+
+    ``vms``: dicts with ``name`` and ``memory_mib``.
+    ``destinations``: dicts with ``name`` and ``free_mib`` (None: unknown, such as
+    an unreachable host) and optionally ``error`` (why it cannot take VMs).
+    Returns ``placed`` ({vm name: destination name}), ``unplaced`` (each VM no
+    destination can hold, with why) and ``free_mib`` (each destination's memory
+    left after the plan)."""
+    free, order, refused = {}, [], []
+    for d in destinations or []:
+        if d['name'] in free or d['name'] in refused:
+            raise InvalidArgument("destination '%s' is named twice" % d['name'])
+        if d.get('error') or d.get('free_mib') is None:
+            refused.append(d['name'])
+            continue
+        free[d['name']] = int(d['free_mib']) - int(reserve_mib)
+        order.append(d['name'])
+    placed, unplaced = {}, []
+    for vm in sorted(vms or [], key=lambda v: (-int(v['memory_mib']), v['name'])):
+        need = int(vm['memory_mib'])
+        best = None
+        for name in order:
+            if free[name] >= need and (best is None or free[name] > free[best]):
+                best = name
+        if best is None:
+            if not order:
+                why = 'no destination can take VMs (%s)' % (', '.join(refused) or 'none given')
+            else:
+                most = max(order, key=lambda n: free[n])
+                why = 'no destination has %d MiB free (the most: %d MiB at %s)' % (need, max(free[most], 0), most)
+            unplaced.append(dict(vm=vm['name'], reason=why))
+            continue
+        free[best] -= need
+        placed[vm['name']] = best
+    return dict(placed=placed, unplaced=unplaced, free_mib=free)
+
+
 def fleet_record(vm, status, msg=None, extra=None):
     """One VM's line in a role's report."""
     rec = dict(vm=vm.get('name') or vm.get('vm'), backend=vm.get('backend'), status=status, changed=False)

@@ -74,3 +74,38 @@ def test_plan_moves_writable_disks_not_yet_moved_and_refuses_colliding_targets()
     assert not any('error' in p for p in fleet.fleet_plan(clash, '/new', per_vm_dir=True))
     with pytest.raises(InvalidArgument, match='absolute'):
         fleet.fleet_plan(clash, 'relative')
+
+
+# -- host_maintenance evacuate: where each VM goes --
+def _dests(**free):
+    return [dict(name=n, free_mib=f) for n, f in free.items()]
+
+
+def test_spread_puts_the_largest_vm_first_on_the_destination_with_most_memory_left():
+    vms = [dict(name='small', memory_mib=256), dict(name='big', memory_mib=2048), dict(name='mid', memory_mib=1024)]
+    plan = fleet.fleet_spread(vms, _dests(hv2=3000, hv3=2500))
+    # big -> hv2 (3000 -> 952); mid -> hv3 (2500 -> 1476); small -> hv3 (1476 > 952)
+    assert plan['placed'] == {'big': 'hv2', 'mid': 'hv3', 'small': 'hv3'}
+    assert plan['unplaced'] == [] and plan['free_mib'] == {'hv2': 952, 'hv3': 1220}
+
+
+def test_spread_alternates_equal_vms_over_equal_destinations_ties_to_the_first_named():
+    vms = [dict(name='a', memory_mib=256), dict(name='b', memory_mib=256)]
+    plan = fleet.fleet_spread(vms, _dests(hv2=4000, hv3=4000))
+    assert plan['placed'] == {'a': 'hv2', 'b': 'hv3'}
+
+
+def test_spread_leaves_out_what_fits_nowhere_and_destinations_that_cannot_take_vms():
+    vms = [dict(name='huge', memory_mib=8192), dict(name='ok', memory_mib=512)]
+    dests = _dests(hv2=1000, hv3=None) + [dict(name='hv4', free_mib=9000, error='unreachable over SSH')]
+    plan = fleet.fleet_spread(vms, dests, reserve_mib=256)
+    assert plan['placed'] == {'ok': 'hv2'}
+    assert plan['unplaced'] == [dict(vm='huge', reason='no destination has 8192 MiB free (the most: 744 MiB at hv2)')]
+    nothing = fleet.fleet_spread(vms, dests[1:])
+    assert nothing['placed'] == {} and all('no destination can take VMs (hv3, hv4)' == u['reason']
+                                           for u in nothing['unplaced'])
+
+
+def test_spread_refuses_a_destination_named_twice():
+    with pytest.raises(InvalidArgument, match="'hv2' is named twice"):
+        fleet.fleet_spread([], _dests(hv2=1) + _dests(hv2=2))
