@@ -246,7 +246,7 @@ class Bench:
         # under TCG a guest fresh from a move runs slow for a while (its translated code stayed with the old QEMU)
         # and dirties less: the next migration would look faster. Each starts once the guest ticked a few times.
         offset = os.path.getsize(vm.serial_log)
-        for _ in range(SETTLE_TICKS):
+        for tick in range(SETTLE_TICKS):
             offset = wait_serial(vm.serial_log, COUNTER, 120, offset).end()
         row['load_avg_1m'] = round(os.getloadavg()[0], 2)
         try:
@@ -294,9 +294,8 @@ class Bench:
                     h.vms.remove(vm)
             if backend == 'libvirt':
                 vm.stop()
-                return
-            for sock in (vm.qmp_socket, self.hv2.path('vmfleet', 'hand.qmp')):  # the raw QEMU, wherever it runs
-                if os.path.exists(sock):
+            for sock in (vm.qmp_socket, self.hv2.path('vmfleet', 'hand.qmp')) if backend == 'qemu' else ():
+                if os.path.exists(sock):  # the raw QEMU, wherever it runs
                     try:
                         qmp(sock, 'quit')
                     except Exception:  # nothing answers there: it is gone
@@ -446,7 +445,7 @@ def main():
             for load in loads:
                 for backend in backends:
                     bench.guest(backend, size, load, args.repeats)
-    except Exception as e:  # write what was measured, then fail
+    except (Exception, KeyboardInterrupt) as e:  # write what was measured (also when stopped), then fail
         failed = '%s: %s' % (type(e).__name__, e)
         print('FAILED: ' + failed, file=sys.stderr)
     finally:
