@@ -448,7 +448,7 @@ def revert_row(vm, kw, route, snap, memdir, stream_path, started):
     return row
 
 
-def revert_size(root, accel, size_mib, slow):
+def revert_size(root, accel, size_mib, slow, save):
     name = 'vmfleet-bench-rv-%d' % size_mib
     wd = os.path.join(root, 'rv%d' % size_mib)
     memdir = os.path.join(wd, 'mem')
@@ -476,18 +476,19 @@ def revert_size(root, accel, size_mib, slow):
                 for route in REVERT_ROUTES:
                     image = stream_path if route == 'stream' else snap['memory_file']
                     row = dict(size_mib=size_mib, disk=disk, load_avg_1m=round(os.getloadavg()[0], 1),
+                               measured_at=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                                ram_mib=round(snap['ram_bytes'] / 1048576.0),
                                image_mib=round(os.path.getsize(image) / 1048576.0),
                                image_data_mib=round(os.stat(image).st_blocks * 512 / 1048576.0),
                                **dict(dd, **revert_row(vm, kw, route, snap, memdir, stream_path, started)))
                     print('  %s' % row, flush=True)
                     rows.append(row)
+                    save(rows, fill_s)  # a long run stopped later keeps what it measured
                     vm.wait_booted(300)
     finally:
         for v in started:
             v.stop()
         shutil.rmtree(wd, ignore_errors=True)
-    return rows, fill_s
 
 
 def plot_revert(rows, path):
@@ -521,10 +522,9 @@ def plot_revert(rows, path):
         ax.set_xlabel('dirty guest RAM (MiB; guest RAM +512)')
         ax.set_ylabel(unit)
         ax.grid(True, alpha=0.3)
-    axes[2].legend(fontsize=6)
-    axes[0].legend(fontsize=6)
+    fig.legend(*axes[2].get_legend_handles_labels(), loc='lower center', ncol=4, fontsize=7)
     fig.suptitle('instant snapshot revert of a raw QEMU VM, page cache dropped before each revert')
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     return True
 
@@ -563,12 +563,10 @@ def main_revert(sizes):
     try:
         for s in sizes:
             print('revert, size %d MiB' % s, flush=True)
-            rows, fill_s = revert_size(root, accel, s, slow)
-            # written after each size: a long run stopped later keeps what it measured
-            write_revert(rows, {str(s): fill_s}, dict(
+            revert_size(root, accel, s, slow, lambda rows, fill_s, s=s: write_revert(rows, {str(s): fill_s}, dict(
                 benchmark='instant_revert', accel=accel, host=platform.node(), cpus=os.cpu_count(),
                 load_avg_at_end=[round(x, 2) for x in os.getloadavg()], slow_disk=slow.how if slow else why,
-                wall_s=round(time.monotonic() - t0, 1), notes=REVERT_NOTES))
+                wall_s=round(time.monotonic() - t0, 1), notes=REVERT_NOTES)))
     finally:
         if slow:
             os.rmdir(slow.path)
@@ -582,7 +580,7 @@ def write_revert(rows, fills, out):
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        rows = rows + [dict(r, carried_over=True) for r in old['rows'] if r['size_mib'] not in sizes]
+        rows = rows + [r for r in old['rows'] if r['size_mib'] not in sizes]
         fills = dict(old['fill_seconds'], **fills)
     out.update(rows=sorted(rows, key=lambda r: r['size_mib']), fill_seconds=fills,
                sizes_mib=sorted(set(r['size_mib'] for r in rows)))
