@@ -598,13 +598,14 @@ def revert_table(out):
     lines = ['# Instant snapshot revert: load all then run vs run at once (bench/instant_snapshot.py --what revert)',
              '', 'accel %s, %d CPUs, load average at the end %s; slow disk: %s' % (
                  out['accel'], out['cpus'], out['load_avg_at_end'], out['slow_disk']), '',
-             '| dirty MiB | disk | route | exit -> first tick s | exit -> all RAM s | load s | load MiB/s '
-             '| dd MB/s (buffered / direct) | pages requested |', '|' + '---|' * 9]
+             '| dirty MiB | disk | route | exit -> first tick s | running (module) s | exit -> all RAM s | load s '
+             '| load MiB/s | dd MB/s (buffered / direct) | pages requested | load avg |', '|' + '---|' * 11]
     for r in out['rows']:
-        lines.append('| %d | %s | %s | %s | %s | %s | %s | %s / %s | %s |' % (
-            r['size_mib'], r['disk'], r['route'], r['exit_to_tick_s'], r['exit_to_loaded_s'], r['load_s'],
-            r['rate_mib_s'], r['dd_mapped_mb_s'] if r['route'] != 'stream' else r['dd_stream_mb_s'],
-            r['dd_direct_mb_s'], r.get('requested', '')))
+        lines.append('| %d | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s |' % (
+            r['size_mib'], r['disk'], r['route'], r['exit_to_tick_s'], r.get('running_after_s_module') or '',
+            r['exit_to_loaded_s'], r['load_s'], r['rate_mib_s'],
+            r['dd_mapped_mb_s'] if r['route'] != 'stream' else r['dd_stream_mb_s'], r['dd_direct_mb_s'],
+            r.get('requested', ''), r.get('load_avg_1m', '')))
     return '\n'.join(lines + ['', out['notes'], ''])
 
 
