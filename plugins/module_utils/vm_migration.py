@@ -610,7 +610,11 @@ def destination_argv(argv, qmp_socket, moves=None):
             i += 2
             continue
         if a in ('-pidfile', '--pidfile') and nxt and moved:
-            out += [a, os.path.join(os.path.dirname(qmp_socket), os.path.basename(nxt))]
+            pidfile = os.path.join(os.path.dirname(qmp_socket), os.path.basename(nxt))
+            if pidfile == nxt:
+                # the same directory (storage both hosts see): a name of its own, beside its socket
+                pidfile = os.path.splitext(qmp_socket)[0] + '.pid'
+            out += [a, pidfile]
             i += 2
             continue
         if a in ('-serial', '--serial') and nxt and nxt.startswith('file:'):

@@ -48,6 +48,12 @@ def test_the_same_socket_path_keeps_the_pidfile():
     assert argv[argv.index('-pidfile') + 1] == '/srv/vm1/vm1.pid'
 
 
+def test_a_socket_moved_within_the_pidfiles_directory_gets_a_pidfile_of_its_own():
+    # on storage both hosts see, the source QEMU holds /srv/vm1/vm1.pid locked
+    argv = destination_argv(SRC, '/srv/vm1/vm1-hv2.qmp')
+    assert argv[argv.index('-pidfile') + 1] == '/srv/vm1/vm1-hv2.pid'
+
+
 class _Deadline(object):
     def remaining(self, floor=0.0):
         return 60.0
