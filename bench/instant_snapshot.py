@@ -606,7 +606,8 @@ def revert_table(out):
             r['exit_to_loaded_s'], r['load_s'], r['rate_mib_s'],
             r['dd_mapped_mb_s'] if r['route'] != 'stream' else r['dd_stream_mb_s'], r['dd_direct_mb_s'],
             r.get('requested', ''), r.get('load_avg_1m', '')))
-    return '\n'.join(lines + ['', out['notes'], ''])
+    notes = sorted(set('%d MiB: %s' % (r['size_mib'], r['dd_note']) for r in out['rows'] if r.get('dd_note')))
+    return '\n'.join(lines + [''] + notes + ['', out['notes'], ''])
 
 
 def main():
