@@ -58,7 +58,7 @@ def load(vm, memory_file, deadline, background, exited_at):
     t0 = time.monotonic()
     try:
         if background:
-            migration.set_capabilities(vm, {'postcopy-ram': True})
+            migration.set_capabilities(vm, {'postcopy-ram': True, 'postcopy-preempt': True})
         # a stream that breaks off before the guest runs must not make QEMU exit: its socket
         # is what a revert run again finds the VM by
         vm.qmp('migrate-incoming', uri='unix:%s' % sock, **({'exit-on-error': False} if background else {}))

@@ -214,8 +214,11 @@ class PostcopySource(object):
         self.image = image
         self.address = address
         self.progress = progress  # callable(dict), from the sending thread
-        self.requests = []
         self.cond = threading.Condition()
+        self.lock = threading.Lock()  # which pages are out
+        self.preempt_lock = threading.Lock()
+        self.preempt = None
+        self.ponged = threading.Event()
         self.shut = False
         self.rp_error = None
         self.sent_pages = 0
@@ -256,6 +259,14 @@ class PostcopySource(object):
             first = img.blocks[0].name.encode('ascii')
             s.sendall(_cmd(CMD_POSTCOPY_RAM_DISCARD, struct.pack('>BB', 0, len(first)) + first
                            + struct.pack('>BQQ', 0, 0, PAGE)))
+            # the destination took the first connection as the main stream once it answers; the
+            # second is then its preempt channel (capability postcopy-preempt), which it must have
+            # before it loads the device state
+            if not self.ponged.wait(60) or self.rp_error is not None:
+                raise IOError('the destination QEMU did not answer on the return path: %s' % self.rp_error)
+            preempt = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            preempt.connect(self.address)
+            self.preempt = preempt
             package = (_cmd(CMD_POSTCOPY_LISTEN) + img._read(start, end - start)
                        + _cmd(CMD_PING, struct.pack('>I', 3)) + _cmd(CMD_POSTCOPY_RUN))
             s.sendall(_cmd(CMD_PACKAGED, struct.pack('>I', len(package))) + package)
@@ -263,11 +274,12 @@ class PostcopySource(object):
         for b in img.blocks:
             i = 0
             while i < b.pages:
-                self._serve_requests()
+                if self.rp_error is not None:
+                    raise IOError('the destination QEMU failed: %s' % self.rp_error)
                 n = min(CHUNK_PAGES, b.pages - i)
                 self._send(b, i, n)
                 i += n
-        self._serve_requests()
+        self._end_preempt()
         s.sendall(struct.pack('>BIQBI', SECTION_END, img.section_id, FLAG_EOS, FOOTER, img.section_id))
         if self.postcopy:
             s.sendall(struct.pack('>B', EOF))
@@ -293,17 +305,22 @@ class PostcopySource(object):
             self.progress(dict(phase=phase, pages=self.sent_pages, total_pages=self.total_pages,
                                requested=self.requested, elapsed_s=round(time.monotonic() - self.t0, 3)))
 
-    def _send(self, b, first, count):
-        """Pages first..first+count of ``b`` that are not out yet, as one RAM section."""
-        todo = [i for i in range(first, first + count) if not b.was_sent(i)]
+    def _records(self, b, first, count):
+        """The records of pages first..first+count of ``b`` not out yet (marked out now: the
+        destination fails on a page placed twice, whichever channel it came by)."""
+        with self.lock:
+            todo = [i for i in range(first, min(first + count, b.pages)) if not b.was_sent(i)]
+            for i in todo:
+                b.mark_sent(i)
+            self.sent_pages += len(todo)
         if not todo:
-            return
+            return []
         # every page by its place, not by the image's bitmap: QEMU 10 writes that bitmap only when a
         # migration completes its RAM section, which a background snapshot never does (it stays zero).
         # A page the snapshot found zero was never written: a hole, read as zeros.
         data = self.image._read(b.pages_offset + todo[0] * PAGE, (todo[-1] - todo[0] + 1) * PAGE)
         name = b.name.encode('ascii')
-        out = [struct.pack('>BI', SECTION_PART, self.image.section_id)]
+        out = []
         cont = False
         for i in todo:
             o = (i - todo[0]) * PAGE
@@ -313,26 +330,35 @@ class PostcopySource(object):
             if not cont:
                 out.append(struct.pack('>B', len(name)) + name)
                 cont = True
-            if flags == FLAG_PAGE:
-                out.append(page)
-            else:
-                out.append(b'\x00')
-            b.mark_sent(i)
-        out.append(struct.pack('>QBI', FLAG_EOS, FOOTER, self.image.section_id))
-        self.sock.sendall(b''.join(out))
-        self.sent_pages += len(todo)
-        if self.sent_pages % (CHUNK_PAGES * 256) < len(todo):
+            out.append(page if flags == FLAG_PAGE else b'\x00')
+        return out
+
+    def _send(self, b, first, count):
+        """Pages first..first+count of ``b`` that are not out yet, as one RAM section of the main stream."""
+        out = self._records(b, first, count)
+        if not out:
+            return
+        sid = self.image.section_id
+        self.sock.sendall(b''.join([struct.pack('>BI', SECTION_PART, sid)] + out
+                                   + [struct.pack('>QBI', FLAG_EOS, FOOTER, sid)]))
+        if self.sent_pages % (CHUNK_PAGES * 256) < count:
             self._report('loading')
 
-    def _serve_requests(self):
-        with self.cond:
-            reqs, self.requests = self.requests, []
-            if self.rp_error is not None:
-                raise IOError('the destination QEMU failed: %s' % self.rp_error)
-        for b, start, length in reqs:
-            self.requested += 1
-            first = start // PAGE
-            self._send(b, first, max(1, (start + length + PAGE - 1) // PAGE - first))
+    def _send_urgent(self, b, start, length):
+        """A page the guest waits for, at once on the preempt channel (postcopy-preempt): never
+        behind the background stream. Bare page records there; EOS ends QEMU's reader of it."""
+        first = start // PAGE
+        out = self._records(b, first, max(1, (start + length + PAGE - 1) // PAGE - first))
+        with self.preempt_lock:
+            if out and self.preempt is not None:
+                self.preempt.sendall(b''.join(out))
+
+    def _end_preempt(self):
+        with self.preempt_lock:
+            if self.preempt is not None:
+                self.preempt.sendall(struct.pack('>Q', FLAG_EOS))
+                self.preempt.close()
+                self.preempt = None
 
     def _return_path(self):
         f = self.sock.makefile('rb')
@@ -351,18 +377,20 @@ class PostcopySource(object):
                     if struct.unpack('>I', data)[0]:
                         raise IOError('the destination QEMU shut the migration down with an error')
                     return
+                if kind == RP_PONG:
+                    self.ponged.set()
                 if kind in (RP_REQ_PAGES_ID, RP_REQ_PAGES):
                     start, length = struct.unpack('>QI', data[:12])
                     if kind == RP_REQ_PAGES_ID:
                         block = self.image.block(data[13:13 + data[12]].decode('ascii'))
-                    with self.cond:
-                        self.requests.append((block, start, length))
-                        self.cond.notify_all()
+                    self.requested += 1
+                    self._send_urgent(block, start, length)
         except (IOError, OSError, ImageError, struct.error) as e:
             with self.cond:
                 if not self.shut:
                     self.rp_error = str(e)
                 self.cond.notify_all()
+            self.ponged.set()
 
 
 def main(argv=None):

@@ -19,7 +19,7 @@ ACTIVE = ('setup', 'active', 'device', 'pre-switchover', 'wait-unplug', 'postcop
 # Capabilities that change the shape of QEMU's migration stream. A save or a
 # restore leaves them set on the process, and QEMU 10 then crashes in
 # snapshot-save (multifd + mapped-ram): whoever streams next clears them.
-STREAM_CAPS = ('multifd', 'mapped-ram', 'background-snapshot', 'xbzrle', 'postcopy-ram')
+STREAM_CAPS = ('multifd', 'mapped-ram', 'background-snapshot', 'xbzrle', 'postcopy-ram', 'postcopy-preempt')
 
 
 # QEMU throttles a migration to 128 MiB/s unless told otherwise; a save to
