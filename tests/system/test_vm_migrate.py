@@ -460,20 +460,26 @@ def _link(host, state):
     subprocess.run(['ip', 'link', 'set', host.veth, state], check=True)
 
 
+def _cut_link_mid_migration(fleet, tmp_path, src, dst, task):
+    """Run ``task`` on ``src``, bring ``dst``'s link down once the stream crosses, up again once
+    the task ended: (what it registered, seconds from the cut to its end)."""
+    proc, out = _start_moving(fleet, tmp_path, src, dst, task)
+    t0 = time.monotonic()
+    try:
+        _link(dst, 'down')
+        r = _finish(proc, out)
+        return r, time.monotonic() - t0
+    finally:
+        _link(dst, 'up')
+
+
 def test_a_link_cut_mid_migration_fails_naming_the_destination_and_the_domain_runs_on(fleet, tmp_path):
     vm, src = _shared_domain(fleet)
     dst = next(h for h in fleet.hosts if h is not src)
     t = Target(vm, 'libvirt')
     task = {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'bandwidth_mib_s': 4,
                                        'timeout': 120}}
-    proc, out = _start_moving(fleet, tmp_path, src, dst, task)
-    t0 = time.monotonic()
-    try:
-        _link(dst, 'down')
-        r = _finish(proc, out)
-        took = time.monotonic() - t0
-    finally:
-        _link(dst, 'up')
+    r, took = _cut_link_mid_migration(fleet, tmp_path, src, dst, task)
     assert r.get('failed') is True and r.get('error') == 'ConnectionFailed', r
     assert dst.address in r['msg'], r['msg']
     assert r['source_state'] == 'running' and took < 120, (took, r)
@@ -512,14 +518,7 @@ def test_a_link_cut_mid_migration_of_a_raw_qemu_vm_fails_naming_the_destination_
     dest_sock = '/var/lib/vmfleet/%s.qmp' % vm.name
     task = {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': 'ssh://vmfleet@%s' % hv2.address,
                                        'destination_qmp_socket': dest_sock, 'bandwidth_mib_s': 4, 'timeout': 120}}
-    proc, out = _start_moving(fleet, tmp_path, hv1, hv2, task)
-    t0 = time.monotonic()
-    try:
-        _link(hv2, 'down')
-        r = _finish(proc, out)
-        took = time.monotonic() - t0
-    finally:
-        _link(hv2, 'up')
+    r, took = _cut_link_mid_migration(fleet, tmp_path, hv1, hv2, task)
     # nothing crossed for STALL_S (30 s): lost, long before TCP would say so
     assert r.get('failed') is True and r.get('error') == 'ConnectionFailed' and 'stalled' in r['msg'], r
     assert hv2.address in r['msg'], r['msg']
