@@ -7,7 +7,8 @@ background (postcopy: the guest runs at once, its RAM follows) or in full (preco
 
 Not QEMU's own ``file:`` loader: a background snapshot never writes the mapped-ram
 bitmap (QEMU 10 writes it only when a migration completes its RAM section), so that
-loader would find no page in the image and start the guest on zeroed RAM."""
+loader loads no page of such an image (checked here: it then fails in the device state,
+"error while loading state for instance 0x0 of device 'kvm-tpr-opt'")."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
