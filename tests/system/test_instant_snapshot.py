@@ -193,6 +193,12 @@ def test_libvirt_instant_snapshot_revert_and_later_saves(lv_inst, tmp_path):
     assert ok(run_one({'vmfleet.kvm.vm_restore': {'path': img}}))['state'] == 'running'
     ran_to = t.wait_counter(t.counter() + 2)
 
+    # a domain loads its RAM in full: load: background is refused before anything stops
+    last = t.counter()
+    failed(run_one(t.task('snapshot', name=name, state='reverted', load='background', memory_dir=t.memdir)),
+           'cannot be reverted with load: background', 'libvirt', 'nothing was changed')
+    t.wait_counter(last + 2)
+
     # revert without naming the mode: the snapshot is found by its name
     offset, last = t.serial_size(), t.counter()
     r = ok(run_one(t.task('snapshot', name=name, state='reverted', memory_dir=t.memdir)))
