@@ -869,8 +869,16 @@ class QemuMigration(object):
             now = time.monotonic()
             stats = self._stats(info)
             sent = info.get('ram', {}).get('transferred')
-            if sent != moved[0] or status != 'active':
+            if sent != moved[0] or status not in ('active', 'postcopy-paused'):
                 moved = (sent, now)
+            elif status == 'postcopy-paused' and now - moved[1] > STALL_S:
+                # past the switch the destination holds the guest's newest state: nothing may be
+                # cancelled or stopped (see _undo); QEMU's postcopy recovery can resume it
+                raise ConnectionFailed("the postcopy migration of '%s' to %s lost its stream (postcopy-paused for %d s): "
+                                       "the guest's newest state is at the destination, paused; nothing was stopped"
+                                       % (vm.name, self.remote.host, STALL_S),
+                                       hint="once the network is back, resume it with QEMU's postcopy recovery "
+                                            "(migrate-recover at the destination, then migrate with resume: true here)")
             elif now - moved[1] > STALL_S:
                 # a cut link or a vanished host: TCP would wait many minutes before QEMU sees an error
                 raise ConnectionFailed("the migration stream to %s stalled: nothing was sent for %d s (the network "
@@ -924,8 +932,11 @@ class QemuMigration(object):
 
     def _undo(self, vm, started):
         """After a failure before the switch: the source's migration cancelled (its guest runs on),
-        the destination QEMU stopped."""
+        the destination QEMU stopped. Never after the switch to postcopy: the destination then
+        holds the guest's newest state, and stopping it would lose the VM."""
         from ansible_collections.vmfleet.kvm.plugins.module_utils import qemu_migration as migration
+        if self.postcopy_started:
+            return
         try:
             status = vm.qmp('query-migrate').get('status')
             if status in migration.ACTIVE:

@@ -107,3 +107,22 @@ def test_a_destination_python_without_qemu_qmp_fails_clearly(monkeypatch, answer
         r.qmp('/run/vm.qmp', [{'execute': 'query-status'}], 'asking')
     assert '/opt/vmfleet/venv/bin/python' in e.value.message
     assert 'destination_python' in e.value.message and 'vmfleet.kvm.hypervisor' in e.value.message
+
+
+def test_a_failure_after_the_switch_to_postcopy_stops_and_cancels_nothing():
+    """Past the switch the destination holds the guest's newest state: undoing would lose the VM."""
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_migration import QemuMigration
+
+    class Touched(object):
+        calls = []
+
+        def __getattr__(self, name):
+            def record(*args, **kw):
+                self.calls.append(name)
+            return record
+    m = object.__new__(QemuMigration)
+    m.postcopy_started = 'the guest dirtied memory faster than the link carried it'
+    m.remote = Touched()
+    vm = Touched()
+    m._undo(vm, started=True)
+    assert Touched.calls == []
