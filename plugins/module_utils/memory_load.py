@@ -77,14 +77,16 @@ def load(vm, memory_file, deadline, background, exited_at):
                 return info
             if status == 'failed' or status.startswith('postcopy-paused') or helper.poll() not in (None, 0):
                 out = helper.communicate()[0].decode('utf-8', 'replace') if helper.poll() is not None else ''
-                last = (_lines(out) or [{}])[-1]
+                lines = _lines(out)
+                last = lines[-1] if lines else {}
+                # the helper's own words: its last progress line's error, or what it printed instead (a traceback)
+                said = last.get('error') or (out[-300:].strip() if not lines else '')
                 e = JobFailed(
                     "the %s load of %s stopped (QEMU's status %s, helper %s%s)%s" % (
                         'background' if background else 'full', memory_file, status,
                         'exit code %s' % helper.returncode if helper.returncode is not None else 'running',
                         ', at %s of %s pages' % (last['pages'], last['total_pages']) if 'pages' in last else '',
-                        (': ' + last['error']) if last.get('error') else (': ' + out[-300:].strip()) if out.strip()
-                        and not _lines(out) else ''),
+                        ': ' + said if said else ''),
                     hint=("the guest is paused and cannot run on (QEMU's postcopy: pages it never got cannot be made "
                           "up); its QEMU is kept on the same QMP socket and the snapshot is intact: revert again")
                     if background else "the half-loaded QEMU was stopped; the snapshot is intact")

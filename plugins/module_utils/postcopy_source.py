@@ -55,11 +55,10 @@ class ImageError(Exception):
 
 
 class Block(object):
-    def __init__(self, name, length, bitmap_offset, pages_offset):
+    def __init__(self, name, length, pages_offset):
         self.name = name
         self.length = length
         self.pages = length // PAGE
-        self.bitmap_offset = bitmap_offset
         self.pages_offset = pages_offset
         self.sent = bytearray((self.pages + 7) // 8)
 
@@ -120,10 +119,11 @@ class MappedRamImage(object):
             name = self._read(pos + 1, n).decode('ascii')
             length = struct.unpack('>Q', self._read(pos + 1 + n, 8))[0]
             pos += 9 + n
-            hversion, page_size, bitmap_offset, pages_offset = struct.unpack('>IQQQ', self._read(pos, 28))
+            # the header's bitmap offset is not used: see _records
+            hversion, page_size, dummy, pages_offset = struct.unpack('>IQQQ', self._read(pos, 28))
             if hversion != 1 or page_size != PAGE:
                 raise ImageError('%s: block %s is not mapped-ram v1 with 4 KiB pages' % (self.path, name))
-            b = Block(name, length, bitmap_offset, pages_offset)
+            b = Block(name, length, pages_offset)
             self.blocks.append(b)
             left -= length
             pos = pages_offset + length
