@@ -70,11 +70,19 @@ def destination_host(uri):
     return host
 
 
+_EVENT_LOOP_LOCK = threading.Lock()
+
+
 def _event_loop():
     """libvirt's default event loop in a daemon thread (for the job-completed event);
-    registered once per process, before the first connection."""
-    if getattr(_event_loop, 'started', False):
-        return
+    registered once per process (a fleet run migrates from several threads), before
+    the connections that wait for the event."""
+    with _EVENT_LOOP_LOCK:
+        if not getattr(_event_loop, 'started', False):
+            _start_event_loop()
+
+
+def _start_event_loop():
     libvirt.virEventRegisterDefaultImpl()
 
     def run():
@@ -690,6 +698,14 @@ class Remote(object):
                 raise DestinationProblem("%s at %s: QEMU refused %s: %s" % (what, self.host, cmd['execute'], a['error'].get('desc')))
         return [a.get('return') for a in answers]
 
+    def available_memory(self):
+        """Bytes of memory available there (MemAvailable), None when it does not say."""
+        out = self.ssh(['cat', '/proc/meminfo'], 'reading the memory', check=False)
+        for line in out.splitlines():
+            if line.startswith('MemAvailable:'):
+                return int(line.split()[1]) * 1024
+        return None
+
     def alive(self, sock):
         """The state of the QEMU serving ``sock`` there, or None when none does."""
         a = self.qmp(sock, [{'execute': 'query-status'}], 'asking the QEMU on %s' % sock)
@@ -738,7 +754,7 @@ class QemuMigration(object):
             raise DestinationProblem("a QEMU already answers on %s at %s (%s)" % (self.dest_sock, self.remote.host, state),
                                      hint="two copies of one VM: stop the one that should not run, then run again")
         mem = vm.qmp('query-memory-size-summary')['base-memory']
-        avail = self._available_memory()
+        avail = self.remote.available_memory()
         if avail is not None and avail < mem:
             raise DestinationProblem("not enough memory at %s: the VM needs %d MiB, %d MiB are available there"
                                      % (self.remote.host, mem // MIB, avail // MIB),
@@ -755,13 +771,6 @@ class QemuMigration(object):
             result.update(self._migrate(vm, argv))
         result['changed'] = True
         return result
-
-    def _available_memory(self):
-        out = self.remote.ssh(['cat', '/proc/meminfo'], 'reading the memory', check=False)
-        for line in out.splitlines():
-            if line.startswith('MemAvailable:'):
-                return int(line.split()[1]) * 1024
-        return None
 
     def _caps(self):
         n = self.p['parallel_connections']
@@ -1075,12 +1084,8 @@ class QemuMigration(object):
             return 'unknown'
 
 
-def migrate_vm(module):
-    # The controller may go away mid-run (killed, its SSH connection lost): the hangup must not kill
-    # the run halfway (a raw QEMU source left paused after the switch, copies half made); it ends
-    # as it would have, migrated or cancelled within its timeout.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    p = module.params
+def migrate(module, p):
+    """Move the VM ``p`` names (vm_migrate's options) to ``p['destination_uri']``; its result."""
     if p['storage'] == 'shared' and p.get('destination_dir'):
         raise InvalidArgument("destination_dir is for storage: copy; with shared storage the disks stay where they are")
     if p['parallel_connections'] < 1 or p['parallel_connections'] > 64:
@@ -1090,3 +1095,15 @@ def migrate_vm(module):
     if p.get('destination_qmp_socket'):
         raise InvalidArgument("destination_qmp_socket is for a raw QEMU VM (qmp_socket)")
     return LibvirtMigration(module, p).run()
+
+
+def ignore_hangup():
+    """The controller may go away mid-run (killed, its SSH connection lost): the hangup must not kill
+    the run halfway (a raw QEMU source left paused after the switch, copies half made); it ends
+    as it would have, migrated or cancelled within its timeout."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def migrate_vm(module):
+    ignore_hangup()
+    return migrate(module, module.params)
