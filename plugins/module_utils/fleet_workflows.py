@@ -161,10 +161,11 @@ SAVED_VMS = 'saved-vms.json'
 class SavedVms(object):
     """``<save_dir>/saved-vms.json``: the VMs a save phase saved, each written
     durably the moment its save completed, so that a restore finds it
-    whatever happens next. Threads of one run share it."""
+    whatever happens next (``evacuated-vms.json`` likewise: the VMs an evacuation
+    moved, and where). Threads of one run share it."""
 
-    def __init__(self, save_dir, lock):
-        self.path = os.path.join(save_dir, SAVED_VMS)
+    def __init__(self, save_dir, lock, name=SAVED_VMS):
+        self.path = os.path.join(save_dir, name)
         self.lock = lock
         try:
             with open(self.path) as f:
@@ -172,8 +173,8 @@ class SavedVms(object):
         except FileNotFoundError:
             self.vms = []
         except ValueError as e:
-            raise InvalidArgument("the record of saved VMs %s is not valid JSON (%s)" % (self.path, e),
-                                  hint="fix or remove it; the save images next to it are untouched")
+            raise InvalidArgument("the record of VMs %s is not valid JSON (%s)" % (self.path, e),
+                                  hint="fix it, or move it aside; the save images next to it are untouched")
 
     def keys(self):
         return [v['vm'] for v in self.vms] + [v.get('connection', {}).get('qmp_socket') or '' for v in self.vms]
