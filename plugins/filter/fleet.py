@@ -20,6 +20,20 @@ def fleet_list(value):
     return list(value)
 
 
+def fleet_hosts(value, hostvars):
+    """Hosts for fleet_maintenance's destinations and home: each inventory name
+    becomes {name, address, user} from its ansible_host and ansible_user; a
+    dict is kept as it is (a host described in full)."""
+    out = []
+    for h in fleet_list(value):
+        if isinstance(h, dict):
+            out.append(h)
+            continue
+        hv = hostvars[h] if h in hostvars else {}
+        out.append(dict(name=h, address=hv.get('ansible_host') or h, user=hv.get('ansible_user')))
+    return out
+
+
 class FilterModule(object):
     def filters(self):
-        return {'fleet_list': fleet_list}
+        return {'fleet_list': fleet_list, 'fleet_hosts': fleet_hosts}
