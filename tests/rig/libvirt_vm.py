@@ -95,6 +95,9 @@ class LibvirtVM:
         for f in ('vmlinuz', 'initrd.img'):
             shutil.copyfile(os.path.join(guest.GUEST_DIR, f), os.path.join(self.workdir, f))
             os.chmod(os.path.join(self.workdir, f), 0o644)
+        if self.virsh('domstate', self._name, check=False).stdout.strip() in ('running', 'paused'):
+            # left by a test run that was killed before its teardown: it would fail this one's start
+            self.stop()
         if not self.defined():
             path = os.path.join(self.workdir, self._name + '.xml')
             with open(path, 'w') as f:
