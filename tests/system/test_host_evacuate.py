@@ -175,3 +175,37 @@ def test_a_vm_no_destination_has_room_for_is_saved_instead_and_the_return_restor
     # each runs on from where it was saved
     for t in targets:
         t.wait_counter(before[t.vm.name] + 2, timeout=180)
+
+
+def test_a_vm_whose_migration_fails_runs_on_until_it_is_saved_instead(fleet, tmp_path):
+    """hv2's libvirtd is down: the domain's migration to it fails (hv2 answers over SSH, so it was
+    given the VM), the domain still runs at hv1 and is saved instead, the report naming the failure;
+    the return restores it."""
+    hv1, hv2, hv3 = fleet.hosts
+    lv = hv1.vms[0]
+    t = Target(lv, 'libvirt')
+    play = tmp_path / 'play.yml'
+
+    def phase(name):
+        play.write_text(yaml.safe_dump([{
+            'hosts': hv1.name, 'gather_facts': False,
+            'roles': [{'role': 'vmfleet.kvm.host_maintenance', 'vars': {
+                'host_maintenance_phase': name, 'host_maintenance_vms': [lv.name], 'host_maintenance_timeout': 300,
+                'host_maintenance_destinations': [hv2.name]}}]}]))
+        proc = run_playbook(play, inventory=fleet.inventory, timeout=900)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and 'Traceback' not in out, out[-6000:]
+        return dict((r['vm'], r) for r in json.loads(open(hv1.path('vmfleet', 'reports', 'host_maintenance.json')).read())['vms'])
+
+    before = t.wait_counter(1)
+    hv2.stop_libvirtd()
+    try:
+        r = phase('evacuate')[lv.name]
+    finally:
+        hv2.start_libvirtd()
+    assert r['status'] == 'ok' and r['changed'] and r['destination'] is None, r
+    assert r['saved_instead'].startswith('its migration to %s failed' % hv2.name) and 'unreachable' in r['saved_instead'], r
+    assert hv1.virsh('domstate', lv.name).stdout.strip() == 'shut off' and _listed(hv2) == []
+    r = phase('return')[lv.name]
+    assert r['status'] == 'ok' and r['changed'], r
+    t.wait_counter(before + 2, timeout=180)
