@@ -33,6 +33,8 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
 
 # How long selecting may spend on one raw QEMU socket that does not answer.
 SOCKET_TIMEOUT = 30.0
+# the states a VM has while its QEMU runs; one may turn into the other under another run's hands
+LIVE_STATES = ('running', 'paused')
 
 
 class FleetRun(object):
@@ -129,6 +131,11 @@ class FleetRun(object):
                                        hint="nothing was done to it; raise the timeout or lower the number of VMs")
             with changing(self.check_mode, self.conn(target), '%s (%s)' % (self.workflow, getattr(self.module, '_name', 'vmfleet')),
                           self.deadline.remaining(), target['name']):
+                # read again now the lock is ours: another run that held it may have left the VM
+                # otherwise than it was when this run listed it (paused mid-revert, then running again)
+                now = self.state_of(target)
+                if target.get('state') in LIVE_STATES and now in LIVE_STATES:
+                    target = dict(target, state=now)
                 work(self, target, record)
         except VmfleetError as e:
             record.update(status='failed', msg=e.message)

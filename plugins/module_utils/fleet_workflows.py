@@ -128,7 +128,7 @@ def migrate_storage(run, target, record):
         for move in target['moves']:
             tdir = os.path.dirname(move['target'])
             if not run.check_mode and not os.path.isdir(tdir):
-                os.makedirs(tdir)
+                os.makedirs(tdir, exist_ok=True)  # the pool's other VMs may make it meanwhile
                 os.chmod(tdir, 0o755)  # libvirt's QEMU runs as another user and must reach its images
             params = dict(MIRROR_DEFAULTS, disk=move['disk'], target=move['target'], copy_mode=p['copy_mode'],
                           verify=p['verify'], journal_dir=p['journal_dir'], timeout=run.deadline.remaining(1.0))

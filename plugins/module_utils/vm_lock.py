@@ -82,8 +82,8 @@ def vm_locked(params, what, timeout, vm_name=None):
             with _guard:
                 mine[1] -= 1
         return
-    if not os.path.isdir(LOCK_DIR):
-        os.makedirs(LOCK_DIR, 0o700)
+    # exist_ok: a fleet run's threads lock their VMs at once, and may all find the directory missing
+    os.makedirs(LOCK_DIR, 0o700, exist_ok=True)
     fd = os.open(_path(key), os.O_RDWR | os.O_CREAT | getattr(os, 'O_CLOEXEC', 0), 0o600)
     try:
         end = time.monotonic() + max(0.0, timeout)

@@ -108,3 +108,18 @@ def test_check_mode_writes_no_progress_file(tmp_path):
     run = _run(tmp_path, check_mode=True)
     run.run(_targets(1), lambda run, target, record: None)
     assert not (tmp_path / 'p').exists()
+
+
+def test_each_vm_is_worked_in_the_state_it_has_once_its_lock_is_held(tmp_path):
+    """Another run that held the lock may have left the VM otherwise than it was listed:
+    a VM seen paused mid-revert by the other run is running again when this run's turn comes."""
+    seen = {}
+
+    def work(run, target, record):
+        seen[target['name']] = target['state']
+
+    run = _run(tmp_path)
+    targets = [dict(t, state='paused') for t in _targets(2)]
+    records = run.run(targets, work)
+    assert seen == {'vm0': 'running', 'vm1': 'running'}
+    assert [r['state_before'] for r in records] == ['running', 'running']
