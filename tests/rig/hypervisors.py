@@ -243,9 +243,13 @@ class Host:
         it), and the login user allowed on the libvirt socket (a peer's libvirtd comes in through
         ``qemu+ssh://vmfleet@<address>/system``, as virt-ssh-helper run by that user)."""
         uuid = '5eed%04x-0000-4000-8000-%012x' % (sum(self.fleet.prefix.encode()), self.index)
+        # qemu+tcp:// as well, as fleets without SSH between their hypervisors have it: plain TCP
+        # without authentication, which only the rig's private network reaches
         with open(self.path('etc', 'libvirtd.conf'), 'a') as f:
             f.write('\n# vmfleet test rig\nhost_uuid = "%s"\nunix_sock_group = "%s"\n'
-                    'unix_sock_rw_perms = "0770"\nauth_unix_rw = "none"\n' % (uuid, USER))
+                    'unix_sock_rw_perms = "0770"\nauth_unix_rw = "none"\n'
+                    'listen_tls = 0\nlisten_tcp = 1\nauth_tcp = "none"\nlisten_addr = "%s"\n'
+                    % (uuid, USER, self.address))
         with open(self.path('etc', 'qemu.conf'), 'a') as f:
             f.write('\n# vmfleet test rig\nshared_filesystems = [ "%s" ]\n' % self.fleet.root)
 
@@ -266,7 +270,7 @@ class Host:
         _wait('virtlogd of %s' % self.name, lambda: _pid_from(self.path('virtlogd.pid')), 30)
         with open(self.path('libvirtd.log'), 'ab') as log:
             # under tini as child subreaper, as on the machine (scripts/setup-host.sh): an exited QEMU is reaped at once
-            subprocess.Popen(self.nsenter_argv() + ['tini', '-s', '--', 'libvirtd', '-p', self.path('libvirtd.pid')],
+            subprocess.Popen(self.nsenter_argv() + ['tini', '-s', '--', 'libvirtd', '--listen', '-p', self.path('libvirtd.pid')],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
         _wait('libvirtd of %s answering on %s' % (self.name, self.libvirt_socket),

@@ -289,6 +289,27 @@ def test_postcopy_takes_over_when_precopy_does_not_converge(fleet, tmp_path):
     _counts_on(t, start, before)
 
 
+def test_a_libvirt_domain_moves_over_qemu_tcp(fleet, tmp_path):
+    """A fleet whose libvirtds listen on TCP (no SSH between hypervisors): the same move through
+    qemu+tcp://, then a re-run finds it done."""
+    vm, src = _shared_domain(fleet)
+    dst = next(h for h in fleet.hosts if h is not src)
+    t = Target(vm, 'libvirt')
+    start = t.serial_size()
+    before = t.wait_counter(1)
+    task = {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': 'qemu+tcp://%s/system' % dst.address,
+                                       'timeout': 600}}
+    (r,), log = _play(fleet, tmp_path, src.name, [task])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    assert r['route'] == 'libvirt-p2p' and isinstance(r['downtime_ms'], int), r
+    assert _domstate(src, vm.name) is None and _domstate(dst, vm.name) == 'running'
+    assert _persistent(dst, vm.name)
+    last = _counts_on(t, start, before)
+    t.wait_disk_counter('root', last + 1, timeout=120)
+    (r,), log = _play(fleet, tmp_path, src.name, [task])
+    assert r.get('changed') is False and not r.get('failed'), r
+
+
 def _pid_alive_libvirtd(host):
     return host.virsh('version', check=False).returncode == 0
 
