@@ -3,6 +3,7 @@
 import time
 
 from .guest import disk_counter, last_serial_counter, serial_counters
+from .libvirt_vm import LibvirtVM
 from .qmp import qmp
 
 # The backends, as test ids name them: a bare qemu-system-x86_64 (QemuVM) and a libvirt domain (LibvirtVM).
@@ -92,3 +93,14 @@ class Target:
     def disk_counter(self, role):
         fmt = 'raw' if role == 'varstore' else 'qcow2'
         return disk_counter(self.vm.disk_path(role), fmt)
+
+
+def host_targets(host):
+    """A Target for each VM the rig runs on ``host`` (a simulated hypervisor)."""
+    return [Target(vm, 'libvirt' if isinstance(vm, LibvirtVM) else 'qemu') for vm in host.vms]
+
+
+def assert_consecutive(counters):
+    """The guest counted on without a gap or a step back."""
+    steps = [b - a for a, b in zip(counters, counters[1:])]
+    assert steps and all(s == 1 for s in steps), counters

@@ -19,7 +19,7 @@ from rig.ansible_run import run_playbook, start_playbook
 from rig.guest import REPO, disk_counter
 from rig.hypervisors import Fleet
 from rig.libvirt_vm import LibvirtVM
-from rig.targets import Target
+from rig.targets import Target, host_targets
 
 HOSTS = 4
 # each guest's counter must rise this far past where it was when the play ended
@@ -43,10 +43,6 @@ def fleet():
         yield f
     finally:
         f.down()
-
-
-def _targets(host):
-    return [Target(vm, 'libvirt' if isinstance(vm, LibvirtVM) else 'qemu') for vm in host.vms]
 
 
 def _recap(out):
@@ -231,8 +227,8 @@ def _check_faults(fleet, proc, recap, report, summary, failing=('crashed',)):
 def _healthy_targets(fleet):
     """The VMs the faulty runs work: all of hv1 and hv2 but the failing ones, and hv4's raw QEMU VM."""
     hv1, hv2, hv3, hv4 = fleet.hosts
-    ts = [t for h in (hv1, hv2) for t in _targets(h) if not t.vm.name.endswith('-rawonly')]
-    return ts + [t for t in _targets(hv4) if t.backend == 'qemu']
+    ts = [t for h in (hv1, hv2) for t in host_targets(h) if not t.vm.name.endswith('-rawonly')]
+    return ts + [t for t in host_targets(hv4) if t.backend == 'qemu']
 
 
 @pytest.fixture(scope='module')
@@ -259,10 +255,10 @@ def test_pre_upgrade_snapshot_over_the_fleet_with_faults(fleet, snapshotted):
         assert own['host'] == h.name and sorted(r['vm'] for r in own['vms']) == sorted(
             [vm.name for vm in h.vms] + h.dead_sockets), own
     assert not os.path.exists(hv3.path('vmfleet', 'reports', 'pre_upgrade_snapshot.json'))
-    for t in _targets(hv3):
+    for t in host_targets(hv3):
         assert 'vmfleet-' + SNAP not in _snapshots(t.vm.disk_path('root'))
     for h in fleet.hosts:
-        for t in _targets(h):
+        for t in host_targets(h):
             t.wait_counter(t.counter() + RUN_ON, timeout=120)
 
 
@@ -293,7 +289,7 @@ def test_cleanup_over_the_fleet_with_faults(fleet, snapshotted, tmp_path):
 
 def test_storage_migration_over_the_fleet_with_faults(fleet, tmp_path):
     hv1, hv2, hv3, hv4 = fleet.hosts
-    targets = _healthy_targets(fleet) + [t for t in _targets(hv1) if t.vm.name.endswith('-rawonly')]
+    targets = _healthy_targets(fleet) + [t for t in host_targets(hv1) if t.vm.name.endswith('-rawonly')]
     written = dict((t.vm.name, t.disk_counter('root')) for t in targets
                    if t.backend == 'qemu' and not t.vm.name.endswith('-rawonly'))
     proc, recap, report, summary = _faulty_run(fleet, tmp_path, 'storage_migration', {'vmfleet_target_dir': MOVED, 'storage_migration_per_vm_dir': True})
@@ -320,7 +316,7 @@ def test_storage_migration_over_the_fleet_with_faults(fleet, tmp_path):
 
 def test_host_maintenance_rolling_over_the_fleet_with_faults(fleet, tmp_path):
     hv1, hv2, hv3, hv4 = fleet.hosts
-    targets = _healthy_targets(fleet) + [t for t in _targets(hv1) if t.vm.name.endswith('-rawonly')]
+    targets = _healthy_targets(fleet) + [t for t in host_targets(hv1) if t.vm.name.endswith('-rawonly')]
     before = dict((t.vm.name, t.counter()) for t in targets)
     # save, two hosts at a time: hv1+hv2, then hv3 (unreachable) + hv4 (no libvirtd)
     proc, recap, report, summary = _faulty_run(fleet, tmp_path, 'host_maintenance',
@@ -356,7 +352,7 @@ def test_host_maintenance_rolling_over_the_fleet_with_faults(fleet, tmp_path):
     for t in targets:
         t.wait_counter(before[t.vm.name] + RUN_ON, timeout=180)
     for h in fleet.hosts:
-        for t in _targets(h):
+        for t in host_targets(h):
             t.wait_counter(t.counter() + RUN_ON, timeout=180)
 
 
@@ -474,7 +470,7 @@ def _at_once(fleet, host, playbook, extra, module):
 
 def test_pre_upgrade_snapshot_killed_mid_run_then_run_again_converges(fleet):
     host = fleet.hosts[1]
-    targets = _targets(host)
+    targets = host_targets(host)
     before = dict((t.vm.name, t.counter()) for t in targets)
     _killed_then_again(fleet, host, 'pre_upgrade_snapshot', {'vmfleet_snapshot_name': 'killed'})
     _no_half_made(host)
@@ -487,7 +483,7 @@ def test_pre_upgrade_snapshot_killed_mid_run_then_run_again_converges(fleet):
 @pytest.mark.parametrize('playbook', ['snapshot_rollback', 'snapshot_cleanup'])
 def test_two_runs_at_once_on_the_same_vms_take_turns(fleet, playbook):
     host = fleet.hosts[1]
-    targets = _targets(host)
+    targets = host_targets(host)
     _at_once(fleet, host, playbook, {'vmfleet_snapshot_name': 'killed'}, 'fleet_snapshot')
     _no_half_made(host)
     for t in targets:
@@ -499,7 +495,7 @@ def test_two_runs_at_once_on_the_same_vms_take_turns(fleet, playbook):
 
 def test_storage_migration_killed_mid_run_then_run_again_converges(fleet):
     host = fleet.hosts[1]
-    targets = _targets(host)
+    targets = host_targets(host)
     written = dict((t.vm.name, t.disk_counter('root')) for t in targets if t.backend == 'qemu')
     before = dict((t.vm.name, t.counter()) for t in targets)
     _killed_then_again(fleet, host, 'storage_migration', {'vmfleet_target_dir': '/var/lib/libvirt/images/killed', 'storage_migration_per_vm_dir': True})
@@ -518,7 +514,7 @@ def test_storage_migration_killed_mid_run_then_run_again_converges(fleet):
 
 def test_host_maintenance_save_killed_mid_run_then_run_again_converges_and_two_restores_take_turns(fleet):
     host = fleet.hosts[1]
-    targets = _targets(host)
+    targets = host_targets(host)
     extra = {'vmfleet_phase': 'save', 'vmfleet_save_dir': '/var/lib/vmfleet/save-killed'}
     before = dict((t.vm.name, t.counter()) for t in targets)
     _killed_then_again(fleet, host, 'host_maintenance', extra)
@@ -603,5 +599,5 @@ def test_every_playbook_through_ansible_runner_as_awx_runs_a_job(fleet, tmp_path
         report = stats['vmfleet_' + playbook][host.name]
         assert sorted(v['vm'] for v in report['vms']) == sorted(vm.name for vm in host.vms) and not report['failed'], stats
         assert json.loads((pdd / 'artifacts' / ('job%d' % i) / 'rc').read_text()) == 0
-    for t in _targets(host):
+    for t in host_targets(host):
         t.wait_counter(t.counter() + RUN_ON, timeout=180)

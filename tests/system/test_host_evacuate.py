@@ -12,9 +12,8 @@ import yaml
 from rig.accel import detect_accel
 from rig.ansible_run import run_playbook
 from rig.hypervisors import Fleet
-from rig.libvirt_vm import LibvirtVM
 from rig.qmp import qmp
-from rig.targets import Target
+from rig.targets import Target, assert_consecutive, host_targets
 
 # the other fleet tests run their own rigs at the same time
 PREFIX = 'vmfe'
@@ -43,15 +42,6 @@ def fleet():
         f.down()
 
 
-def _targets(host):
-    return [Target(vm, 'libvirt' if isinstance(vm, LibvirtVM) else 'qemu') for vm in host.vms]
-
-
-def _consecutive(counters):
-    steps = [b - a for a, b in zip(counters, counters[1:])]
-    assert steps and all(s == 1 for s in steps), counters
-
-
 def _unix_sockets(host):
     """The paths of the unix sockets bound in the host's network namespace."""
     return host.run(['cat', '/proc/net/unix']).stdout
@@ -64,7 +54,7 @@ def _listed(host):
 def test_the_rolling_evacuation_moves_every_vm_away_and_back_with_no_guest_downtime(fleet, tmp_path):
     hv1, hv2, hv3 = fleet.hosts
     lv, raw = hv1.vms
-    targets = _targets(hv1)
+    targets = host_targets(hv1)
     starts = dict((t.vm.name, t.serial_size()) for t in targets)
     befores = dict((t.vm.name, t.wait_counter(1)) for t in targets)
     # the operator's maintenance: what runs on each host while its VMs are away
@@ -118,7 +108,7 @@ def test_the_rolling_evacuation_moves_every_vm_away_and_back_with_no_guest_downt
         t.wait_counter(last + 3, timeout=180)
         counters = t.counters_after(starts[t.vm.name])
         assert counters[0] <= befores[t.vm.name] + 1, counters[:5]
-        _consecutive(counters)
+        assert_consecutive(counters)
         t.wait_disk_counter('root', last + 1, timeout=120)
 
 
@@ -127,7 +117,7 @@ def test_a_vm_no_destination_has_room_for_is_saved_instead_and_the_return_restor
     saved instead, the report saying why, and the return phase restores them."""
     hv1, hv2, hv3 = fleet.hosts
     lv, raw = hv1.vms
-    targets = _targets(hv1)
+    targets = host_targets(hv1)
     play = tmp_path / 'play.yml'
 
     def phase(name, check=False):

@@ -18,7 +18,7 @@ from rig.hypervisors import Fleet
 from rig.libvirt_vm import LibvirtVM
 from rig.qemu_vm import QemuVM
 from rig.qmp import qmp
-from rig.targets import Target
+from rig.targets import Target, assert_consecutive
 
 # the other fleet test runs the default rig (vmfh, 10.213) at the same time
 PREFIX = 'vmfm'
@@ -84,12 +84,6 @@ def _domain(host):
     return next(vm for vm in host.vms if isinstance(vm, LibvirtVM))
 
 
-def _consecutive(counters):
-    """The guest counted on without a gap or a step back."""
-    steps = [b - a for a, b in zip(counters, counters[1:])]
-    assert steps and all(s == 1 for s in steps), counters
-
-
 def _counts_on(t, start, before):
     """After a move: the guest counts on (3 more), from where it was (``before``, at serial
     offset ``start``), never back, never skipping; the counter it had when the move ended."""
@@ -97,7 +91,7 @@ def _counts_on(t, start, before):
     t.wait_counter(last + 3, timeout=180)
     counters = t.counters_after(start)
     assert counters[0] <= before + 1
-    _consecutive(counters)
+    assert_consecutive(counters)
     return last
 
 
