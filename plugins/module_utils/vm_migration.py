@@ -158,6 +158,14 @@ def _running(dom):
                                                libvirt.VIR_DOMAIN_BLOCKED)
 
 
+def _reclaimable_memory(conn):
+    """Bytes a new guest can have at ``conn``'s host: free memory, buffers and page cache, as its libvirt
+    reads /proc/meminfo. MemFree alone (getFreeMemory) would turn away a host whose idle RAM sits in
+    page cache, as it does on any hypervisor that has run a while."""
+    stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+    return sum(stats.get(k, 0) for k in ('free', 'buffers', 'cached')) * 1024
+
+
 def _sample(stats, t0):
     total = stats.get('memory_total') or 0
     remaining = stats.get('memory_remaining')
@@ -248,9 +256,10 @@ class LibvirtMigration(object):
             raise DestinationProblem("domain '%s' runs on this host and also at %s" % (self.name, self.dest_uri),
                                      hint="two copies of one VM: stop the one that should not run, then run again")
         mem_kib = dom.maxMemory()
-        free = self.dst.getFreeMemory()
+        free = _reclaimable_memory(self.dst)
         if free < mem_kib * 1024:
-            raise DestinationProblem("not enough memory at %s: the domain needs %d MiB, %d MiB are free there"
+            raise DestinationProblem("not enough memory at %s: the domain needs %d MiB, %d MiB are free or "
+                                     "reclaimable there"
                                      % (self.dest_uri, mem_kib // 1024, free // MIB),
                                      hint="free memory at the destination or pick another one")
         flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_ABORT_ON_ERROR

@@ -2,6 +2,7 @@
 real SSH: ansible-playbook reaches hv1 as the rig's login user, the module runs there as root,
 and hv1's libvirtd migrates peer to peer to hv2's libvirtd through qemu+ssh."""
 
+import contextlib
 import json
 import os
 import re
@@ -631,24 +632,46 @@ def test_the_destination_qemu_killed_mid_migration_leaves_the_raw_vm_running_at_
     t.wait_counter(last + 2, timeout=120)
 
 
-def test_a_destination_without_the_memory_is_refused_and_the_raw_vm_runs_on(fleet, shared_raw, tmp_path):
-    """hv2 reports 64 MiB available (a /proc/meminfo of its own, bind-mounted in hv2's mount
-    namespace, what a shell over SSH there reads): a raw QEMU VM of 256 MiB does not go there.
-    (A libvirt domain's check asks the destination's libvirt, which reads the NUMA nodes' memory
-    in sysfs: this override does not reach it.)"""
-    hv1, hv2 = fleet.hosts
-    src, raw_sock, dst, raw_dst_sock = _raw_moves(fleet, shared_raw)
-    assert (src, dst) == (hv1, hv2)
-    small = hv2.path('meminfo')
+@contextlib.contextmanager
+def _short_of_memory(host):
+    """``host`` has 64 MiB free and nothing reclaimable: a /proc/meminfo of its own, bind-mounted in
+    its mount namespace, which a shell over SSH there and its libvirtd both read."""
+    small = host.path('meminfo')
     with open('/proc/meminfo') as f:
         lines = f.read().splitlines()
     with open(small, 'w') as f:
-        f.write('\n'.join(re.sub(r'^(MemFree|MemAvailable):(\s+)\d+', r'\1:\g<2>65536', line) for line in lines) + '\n')
-    hv2.run(['mount', '--bind', small, '/proc/meminfo'])
+        f.write('\n'.join(re.sub(r'^(MemFree|MemAvailable|Buffers|Cached):(\s+)\d+',
+                                 lambda m: '%s:%s%d' % (m.group(1), m.group(2), 65536 if m.group(1).startswith('Mem') else 0),
+                                 line) for line in lines) + '\n')
+    host.run(['mount', '--bind', small, '/proc/meminfo'])
     try:
-        (r,), log = _play(fleet, tmp_path, hv1.name, [_raw_task(shared_raw, raw_sock, hv2, raw_dst_sock, timeout=60)])
+        yield
     finally:
-        hv2.run(['umount', '/proc/meminfo'], check=False)
+        host.run(['umount', '/proc/meminfo'], check=False)
+
+
+def test_a_destination_without_the_memory_is_refused_and_the_domain_runs_on(fleet, tmp_path):
+    vm, src = _shared_domain(fleet)
+    dst = next(h for h in fleet.hosts if h is not src)
+    t = Target(vm, 'libvirt')
+    with _short_of_memory(dst):
+        (r,), log = _play(fleet, tmp_path, src.name, [
+            {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'timeout': 60}}])
+    assert r.get('failed') is True and r.get('error') == 'DestinationProblem', r
+    assert 'not enough memory' in r['msg'] and dst.address in r['msg'] and '64 MiB' in r['msg'], r['msg']
+    assert 'Traceback' not in log
+    assert _domstate(src, vm.name) == 'running' and _domstate(dst, vm.name) is None
+    last = t.counter()
+    t.wait_counter(last + 2, timeout=120)
+
+
+def test_a_destination_without_the_memory_is_refused_and_the_raw_vm_runs_on(fleet, shared_raw, tmp_path):
+    """hv2 has 64 MiB available: a raw QEMU VM of 256 MiB does not go there."""
+    hv1, hv2 = fleet.hosts
+    src, raw_sock, dst, raw_dst_sock = _raw_moves(fleet, shared_raw)
+    assert (src, dst) == (hv1, hv2)
+    with _short_of_memory(hv2):
+        (r,), log = _play(fleet, tmp_path, hv1.name, [_raw_task(shared_raw, raw_sock, hv2, raw_dst_sock, timeout=60)])
     assert r.get('failed') is True and r.get('error') == 'DestinationProblem', r
     assert 'not enough memory' in r['msg'] and hv2.address in r['msg'] and '64 MiB' in r['msg'], r['msg']
     assert not _netns_procs(hv2, raw_dst_sock), 'a QEMU was started at the destination'
