@@ -87,8 +87,9 @@ def load(vm, memory_file, deadline, background, exited_at):
                         'exit code %s' % helper.returncode if helper.returncode is not None else 'running',
                         ', at %s of %s pages' % (last['pages'], last['total_pages']) if 'pages' in last else '',
                         ': ' + said if said else ''),
-                    hint=("the guest is paused and cannot run on (QEMU's postcopy: pages it never got cannot be made "
-                          "up); its QEMU is kept on the same QMP socket and the snapshot is intact: revert again")
+                    hint=("the guest cannot run on (QEMU's postcopy: pages it never got cannot be made up); a QEMU "
+                          "waiting for a load took its place on the same QMP socket and the snapshot is intact: "
+                          "revert again")
                     if background else "the half-loaded QEMU was stopped; the snapshot is intact")
                 e.keep_vm = background
                 raise e
@@ -97,7 +98,8 @@ def load(vm, memory_file, deadline, background, exited_at):
         def timed_out():
             e = OperationTimeout("loading %s did not finish within %gs" % (memory_file, deadline.timeout),
                                  hint="raise 'timeout' and revert again; " + (
-                                     "the guest is paused, its QEMU kept" if background else "the QEMU was stopped"))
+                                     "a QEMU waiting for a load took the guest's place on its QMP socket" if background
+                                     else "the QEMU was stopped"))
             e.keep_vm = background
             return e
         poll_until(done, deadline, timed_out, interval=0.02)

@@ -129,9 +129,10 @@ options:
         (RV(load)). Raw QEMU VMs only, for instant snapshots this collection took with mapped-ram (QEMU >= 9.0),
         and only when the VM is to run after the revert.
       - If the background load fails half-way (its helper process killed, the memory file unreadable), the
-        guest cannot run on, as pages it never got cannot be made up. QEMU's postcopy keeps it paused
-        (C(postcopy-paused)); the module fails saying so and leaves that QEMU on the VM's QMP socket, with the
-        snapshot untouched, so that the same revert can simply run again.
+        guest cannot run on, as pages it never got cannot be made up. The module fails saying so, stops that
+        QEMU (a vCPU waiting for a missing page can hold QEMU's lock, so it may never answer QMP again) and leaves
+        a QEMU waiting for a load (paused) on the VM's QMP socket, with the snapshot untouched, so that the same
+        revert can simply run again.
       - libvirt domains always load fully - libvirt's restore takes its memory file as one stream and has no
         postcopy input.
     type: str

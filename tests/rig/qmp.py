@@ -1,8 +1,10 @@
 """Talk QMP to a test VM's QEMU: one client per call, closed after it.
 (QEMU serves one QMP client at a time: hold none longer than needed.)"""
 
+import asyncio
 import contextlib
 
+from qemu.qmp import QMPClient
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 
@@ -19,7 +21,18 @@ def connect(socket_path, timeout=None):
         q.close()
 
 
-def qmp(socket_path, command, **args):
-    """Run one QMP command; its return value."""
-    with connect(socket_path) as q:
-        return q.cmd(command, **args)
+def qmp(socket_path, command, _timeout=120, **args):
+    """Run one QMP command; its return value. A QEMU that does not answer within ``_timeout``
+    (its greeting included) fails the test instead of hanging it."""
+    async def run():
+        client = QMPClient('vmfleet-test')
+        await client.connect(socket_path)
+        try:
+            return await client.execute(command, args or None)
+        finally:
+            await client.disconnect()
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(run(), _timeout))
+    finally:
+        loop.close()

@@ -267,6 +267,31 @@ def test_the_destination_libvirtd_killed_mid_migration_leaves_the_domain_at_the_
     t.wait_counter(last + 2, timeout=120)
 
 
+def test_the_controller_killed_mid_migration_of_a_domain_the_host_finishes_it(fleet, tmp_path):
+    """ansible-playbook is killed (its process group) while a libvirt domain moves: the module on the
+    host is not hung up with it, the domain ends defined and running at the destination only, and a
+    re-run finds it done."""
+    vm, src = _shared_domain(fleet)
+    dst = next(h for h in fleet.hosts if h is not src)
+    t = Target(vm, 'libvirt')
+    task = {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'bandwidth_mib_s': 8,
+                                       'timeout': 300}}
+    start = t.serial_size()
+    before = t.wait_counter(1)
+    proc, out = _start_moving(fleet, tmp_path, src, dst, task)
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    end = time.monotonic() + 330
+    while _netns_procs(src, 'AnsiballZ_vm_migrate'):
+        assert time.monotonic() < end, 'the module runs on past its timeout'
+        time.sleep(0.5)
+    assert _domstate(src, vm.name) is None, src.virsh('list', '--all').stdout
+    assert _domstate(dst, vm.name) == 'running' and _persistent(dst, vm.name)
+    _counts_on(t, start, before)
+    (r,), log = _play(fleet, tmp_path, src.name, [task])
+    assert r.get('changed') is False and not r.get('failed'), r
+
+
 def test_postcopy_takes_over_when_precopy_does_not_converge(fleet, tmp_path):
     """Held to 1 MiB/s, precopy cannot carry the guest's RAM within half the timeout: the module
     switches to postcopy, the guest runs at the destination at once and the rest follows."""

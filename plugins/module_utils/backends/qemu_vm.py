@@ -10,6 +10,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import signal
 import stat
 import tempfile
 import time
@@ -25,6 +26,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
     CapabilityMissing, ConnectionFailed, InvalidArgument, VmfleetError,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.jobs import mirror_job_id
+from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline
 
 # QMP RunState -> the state names libvirt users know.
 _STATES = {
@@ -247,9 +249,9 @@ class QemuVm(VmHandle):
     def relaunch(cls, module, argv, sock, log_path, deadline, load, state):
         """Start QEMU again from ``argv`` with ``-incoming defer``, let ``load(vm)``
         feed it its state, then ``cont`` if ``state`` is running. On any failure
-        the new QEMU is stopped: a half-loaded QEMU is no VM; unless the error says
-        ``keep_vm`` (a guest frozen by a failed postcopy load stays, so that its QMP
-        socket is there for the revert to run again)."""
+        the new QEMU is stopped: a half-loaded QEMU is no VM. Unless the error says
+        ``keep_vm`` (a failed postcopy load): a QEMU waiting for a load is left on
+        the socket, so that the revert can run again."""
         manifest_store.remove([sock])  # stale socket file of the QEMU that quit
         child = proc.launch(proc.incoming_argv(argv), log_path)
         vm = None
@@ -263,6 +265,7 @@ class QemuVm(VmHandle):
             return dict(pid=vm.pid(), qmp_socket=sock, state=vm.state())
         except Exception as e:
             if getattr(e, 'keep_vm', False):
+                cls._waiting_in_place_of(vm.pid() if vm is not None else None, child, argv, sock, log_path)
                 raise
             if vm is not None:
                 try:
@@ -276,6 +279,25 @@ class QemuVm(VmHandle):
         finally:
             if vm is not None:
                 vm.close()
+
+    @staticmethod
+    def _waiting_in_place_of(pid, child, argv, sock, log_path):
+        """The guest of a failed postcopy load is frozen for good (pages it never got cannot be
+        made up), and its QEMU may never answer QMP again: a vCPU waiting for such a page can
+        hold QEMU's big lock (seen under TCG). A QEMU waiting for a load takes its place on the
+        same socket, where a revert run again finds the VM."""
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass  # gone already
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        proc.wait_exit(pid, 30.0)
+        manifest_store.remove([sock])
+        waiting = proc.launch(proc.incoming_argv(argv), log_path)
+        proc.wait_for_socket(sock, waiting, Deadline(60.0), daemonizes='-daemonize' in argv)
 
     # -- save and restore: QEMU's migration to files --
     def save_route(self, channels, compression):
