@@ -437,8 +437,9 @@ class InstantSnapshots(object):
                 raise InvalidArgument("disk image %s of VM '%s' is not a local file" % (f, vm.name),
                                       hint="nothing was changed; revert needs the image files on this host")
         state = vm.state()
-        if state not in ('running', 'paused'):
-            # a shut-off libvirt domain comes back as it was at the snapshot
+        if state not in ('running', 'paused') or vm.holds_no_guest():
+            # a shut-off libvirt domain, or the QEMU waiting for a load that a failed background
+            # revert left, comes back as it was at the snapshot
             state = manifest.get('state_at_snapshot', 'running')
         memory_format = manifest.get('memory_format', 'stream')
         if load == 'background':

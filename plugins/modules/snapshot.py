@@ -132,7 +132,7 @@ options:
         guest cannot run on, as pages it never got cannot be made up. The module fails saying so, stops that
         QEMU (a vCPU waiting for a missing page can hold QEMU's lock, so it may never answer QMP again) and leaves
         a QEMU waiting for a load (paused) on the VM's QMP socket, with the snapshot untouched, so that the same
-        revert can simply run again.
+        revert can simply run again; it brings the VM back as it was at the snapshot, running if it ran then.
       - libvirt domains always load fully - libvirt's restore takes its memory file as one stream and has no
         postcopy input.
     type: str

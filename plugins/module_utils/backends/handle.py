@@ -225,6 +225,11 @@ class VmHandle(object):
     def resume(self):
         self.qmp('cont')
 
+    def holds_no_guest(self):
+        """A QEMU started to receive a VM's state that never got one (a failed load left it): it
+        has no guest whose state a revert should keep."""
+        return False
+
     def relaunch_record(self):
         """What a revert to a memory file needs to bring this VM back (recorded in the manifest)."""
         raise NotImplementedError

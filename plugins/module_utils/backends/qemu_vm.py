@@ -124,6 +124,9 @@ class QemuVm(VmHandle):
     def state(self):
         return _STATES.get(self.qmp('query-status')['status'], 'unknown')
 
+    def holds_no_guest(self):
+        return self.qmp('query-status')['status'] == 'inmigrate'
+
     def disks(self):
         out = []
         for dev in self.qmp('query-block'):
