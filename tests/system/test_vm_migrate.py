@@ -267,6 +267,18 @@ def test_the_destination_libvirtd_killed_mid_migration_leaves_the_domain_at_the_
     t.wait_counter(last + 2, timeout=120)
 
 
+def _kill_the_controller_mid_migration(fleet, tmp_path, src, dst, task):
+    """Kill ansible-playbook (its process group) once ``task``'s stream crosses to ``dst``; return
+    once the module on ``src`` has ended (within the task's timeout)."""
+    proc, _out = _start_moving(fleet, tmp_path, src, dst, task)
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    end = time.monotonic() + 330
+    while _netns_procs(src, 'AnsiballZ_vm_migrate'):
+        assert time.monotonic() < end, 'the module runs on past its timeout'
+        time.sleep(0.5)
+
+
 def test_the_controller_killed_mid_migration_of_a_domain_the_host_finishes_it(fleet, tmp_path):
     """ansible-playbook is killed (its process group) while a libvirt domain moves: the module on the
     host is not hung up with it, the domain ends defined and running at the destination only, and a
@@ -278,13 +290,7 @@ def test_the_controller_killed_mid_migration_of_a_domain_the_host_finishes_it(fl
                                        'timeout': 300}}
     start = t.serial_size()
     before = t.wait_counter(1)
-    proc, out = _start_moving(fleet, tmp_path, src, dst, task)
-    os.killpg(proc.pid, 9)
-    proc.wait()
-    end = time.monotonic() + 330
-    while _netns_procs(src, 'AnsiballZ_vm_migrate'):
-        assert time.monotonic() < end, 'the module runs on past its timeout'
-        time.sleep(0.5)
+    _kill_the_controller_mid_migration(fleet, tmp_path, src, dst, task)
     assert _domstate(src, vm.name) is None, src.virsh('list', '--all').stdout
     assert _domstate(dst, vm.name) == 'running' and _persistent(dst, vm.name)
     _counts_on(t, start, before)
@@ -623,13 +629,7 @@ def test_the_controller_killed_mid_migration_the_host_finishes_it(fleet, shared_
     task = _raw_task(vm, src_sock, dst, dst_sock, bandwidth_mib_s=8, timeout=300)
     start = t.serial_size()
     before = t.counter()
-    proc, out = _start_moving(fleet, tmp_path, src, dst, task)
-    os.killpg(proc.pid, 9)
-    proc.wait()
-    end = time.monotonic() + 330
-    while _netns_procs(src, 'AnsiballZ_vm_migrate'):
-        assert time.monotonic() < end, 'the module runs on past its timeout'
-        time.sleep(0.5)
+    _kill_the_controller_mid_migration(fleet, tmp_path, src, dst, task)
     # it ran exactly once, at the destination; nothing of it at the source
     assert qmp(_host_sock(dst, dst_sock), 'query-status')['status'] == 'running'
     assert not _netns_procs(src, src_sock), 'a QEMU is left at the source'
