@@ -7,7 +7,7 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    # Paired with CONNECTION_ARGS in plugins/module_utils/args_common.py.
+    # Paired with CONNECTION_ARGS in plugins/module_utils/common/arg_specs.py.
     DOCUMENTATION = r'''
 author:
   - vmfleet.kvm contributors (@vmfleet)

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Filters for the playbooks' extra vars. The fleet policy itself (which
 VMs, which disks, which snapshots may go) runs in the fleet modules, on the
-hypervisor: plugins/module_utils/fleet_policy.py."""
+hypervisor: plugins/module_utils/fleet/policy.py."""
 
 from __future__ import annotations
 

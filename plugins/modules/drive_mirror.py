@@ -286,9 +286,9 @@ error:
 '''
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm
-from ansible_collections.vmfleet.kvm.plugins.module_utils.drive_mirror import drive_mirror
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
-from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_lock import changing
+from ansible_collections.vmfleet.kvm.plugins.module_utils.mirror.drive_mirror import drive_mirror
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import run_module, vmfleet_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.vm_lock import changing
 
 
 def work(module):

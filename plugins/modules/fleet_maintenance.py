@@ -253,12 +253,12 @@ error:
 
 import os
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils import fleet_evacuation as ev
-from ansible_collections.vmfleet.kvm.plugins.module_utils import fleet_workflows as wf
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument
-from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import FleetRun
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import fleet_module, run_module
-from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_migration import ignore_hangup
+from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import evacuation as ev
+from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import workflows as wf
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument
+from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.run import FleetRun
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import fleet_module, run_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.migrate.vm_migration import ignore_hangup
 
 HOST = dict(name=dict(type='str', required=True), address=dict(type='str'), user=dict(type='str'),
             libvirt_uri=dict(type='str'), ssh_uri=dict(type='str'), free_mib=dict(type='int'))

@@ -118,9 +118,9 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmfleetError
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module
-from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline, poll_until
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import VmfleetError
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import run_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline, poll_until
 
 
 def _read(path):

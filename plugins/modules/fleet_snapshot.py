@@ -139,12 +139,12 @@ error:
 
 import os
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils import fleet_workflows as wf
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument
-from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import FleetRun
-from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet_policy import prefixed
-from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import DEFAULT_MEMORY_DIR
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import fleet_module, run_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import workflows as wf
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument
+from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.run import FleetRun
+from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.policy import prefixed
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.instant import DEFAULT_MEMORY_DIR
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import fleet_module, run_module
 
 # state -> (the VM states it acts on, the pipeline of one VM)
 STATES = {

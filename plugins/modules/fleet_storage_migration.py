@@ -122,9 +122,9 @@ error:
   sample: FleetFailed
 '''
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils import fleet_workflows as wf
-from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import FleetRun
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import fleet_module, run_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import workflows as wf
+from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.run import FleetRun
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import fleet_module, run_module
 
 
 def work(module):

@@ -317,10 +317,10 @@ error:
 import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm
-from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import DEFAULT_MEMORY_DIR
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
-from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot_task import snapshot_task
-from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_lock import changing
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.instant import DEFAULT_MEMORY_DIR
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import run_module, vmfleet_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.task import snapshot_task
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.vm_lock import changing
 
 
 def _diff(state, name, before, result):

@@ -130,10 +130,10 @@ error:
 '''
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vms
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmGone
-from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import DEFAULT_MEMORY_DIR
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
-from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot_list import list_snapshots
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import VmGone
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.instant import DEFAULT_MEMORY_DIR
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import run_module, vmfleet_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.listing import list_snapshots
 
 
 def work(module):

@@ -162,8 +162,8 @@ error:
 '''
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vms
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmGone
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import VmGone
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import run_module, vmfleet_module
 
 
 def work(module):

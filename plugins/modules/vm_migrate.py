@@ -229,8 +229,8 @@ error:
   sample: ConnectionFailed
 '''
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
-from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_migration import migrate_vm
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import run_module, vmfleet_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.migrate.vm_migration import migrate_vm
 
 
 def main():

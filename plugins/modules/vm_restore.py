@@ -170,8 +170,8 @@ error:
   sample: ImageCorrupt
 '''
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
-from ansible_collections.vmfleet.kvm.plugins.module_utils.save_restore import restore_image
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import run_module, vmfleet_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.save.save_restore import restore_image
 
 
 def main():

@@ -175,8 +175,8 @@ error:
   sample: CapabilityMissing
 '''
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.runner import run_module, vmfleet_module
-from ansible_collections.vmfleet.kvm.plugins.module_utils.save_restore import save_vm
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import run_module, vmfleet_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.save.save_restore import save_vm
 
 
 def main():

@@ -447,7 +447,7 @@ def _at_once(fleet, host, playbook, extra, module):
     """Two runs launched together (two AWX jobs) over the same VMs. So that they surely
     overlap, the test holds every VM's lock until both runs' jobs are under way on the
     host (both waiting for it), then lets go: the runs take turns VM by VM, both end well."""
-    from ansible_collections.vmfleet.kvm.plugins.module_utils import vm_lock
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.common import vm_lock
     with contextlib.ExitStack() as held:
         for vm in host.vms:
             conn = dict(domain=vm.name, uri='qemu:///system') if isinstance(vm, LibvirtVM) else dict(qmp_socket=vm.qmp_socket)
@@ -529,7 +529,7 @@ def test_host_maintenance_save_killed_mid_run_then_run_again_converges_and_two_r
 
 
 def test_a_run_that_cannot_get_a_vm_in_its_timeout_fails_naming_the_holder(fleet, tmp_path):
-    from ansible_collections.vmfleet.kvm.plugins.module_utils import vm_lock
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.common import vm_lock
     host = fleet.hosts[1]
     raw = next(vm for vm in host.vms if not isinstance(vm, LibvirtVM))
     with vm_lock.vm_locked(dict(qmp_socket=raw.qmp_socket), 'an AWX job (test)', 5, raw.name):

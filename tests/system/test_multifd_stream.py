@@ -1,4 +1,4 @@
-"""The socket-based multifd save helper (module_utils/multifd_stream.py)
+"""The socket-based multifd save helper (module_utils/backends/qemu/multifd_stream.py)
 against a real QEMU: save a running guest's RAM through ChannelSink into one
 file per channel, restore it into a fresh QEMU through ChannelSource, and
 prove the guest went on where it stopped with its filled RAM intact."""
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.multifd_stream import (
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.multifd_stream import (
     MULTIFD_MAGIC, QEMU_VM_FILE_MAGIC, ChannelSink, ChannelSource, MultifdStreamError)
 from rig import guest
 from rig.qemu_vm import QemuVM

@@ -46,7 +46,7 @@ def merged(docs, module):
 
 
 def error_classes():
-    tree = ast.parse((ROOT / 'plugins' / 'module_utils' / 'exceptions.py').read_text())
+    tree = ast.parse((ROOT / 'plugins' / 'module_utils' / 'common' / 'exceptions.py').read_text())
     return sorted(c.name for c in tree.body if isinstance(c, ast.ClassDef) and c.name != 'VmfleetError')
 
 

@@ -13,7 +13,7 @@ WANTED = [
     'meta/runtime.yml', 'meta/execution-environment.yml', 'requirements.txt', 'bindep.txt',
     'docs/docsite/links.yml', 'docs/docsite/extra-docs.yml',
     'plugins/doc_fragments/connection.py', 'plugins/doc_fragments/fleet.py', 'plugins/filter/fleet.py',
-    'plugins/module_utils/runner.py', 'plugins/module_utils/backends/__init__.py',
+    'plugins/module_utils/common/runner.py', 'plugins/module_utils/backends/__init__.py',
 ]
 # developer-only: none of these may be in the tarball, whatever the working tree holds
 UNWANTED = re.compile(r'''^(

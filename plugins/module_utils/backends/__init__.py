@@ -10,16 +10,16 @@ __metaclass__ = type
 
 import contextlib
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument
 
 
 def _libvirt():
-    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt_vm import LibvirtVm
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import LibvirtVm
     return LibvirtVm
 
 
 def _qemu():
-    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu_vm import QemuVm
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.vm import QemuVm
     return QemuVm
 
 

@@ -5,19 +5,19 @@ the polling loop. Behaviour against QEMU and libvirt is proven in tests/system."
 import pytest
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qemu_process as proc
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.handle import Disk, VmHandle, find_disk
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt_vm import (
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as proc
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import Disk, VmHandle, find_disk
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import (
     choose_save_path as libvirt_save_path,
 )
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu_vm import (
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.vm import (
     choose_save_path as qemu_save_path,
 )
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import (
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     CapabilityMissing, DiskNotFound, InvalidArgument, OperationTimeout,
 )
-from ansible_collections.vmfleet.kvm.plugins.module_utils.internal_snapshots import select_disks, validate_name
-from ansible_collections.vmfleet.kvm.plugins.module_utils.waiter import Deadline, poll_until
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.internal import select_disks, validate_name
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline, poll_until
 
 ARGV = ['/usr/bin/qemu-system-x86_64', '-name', 'web01', '-machine', 'q35',
         '-blockdev', 'driver=file,filename=/vm/os.qcow2,node-name=os-file',
@@ -179,8 +179,8 @@ def test_poll_until_raises_what_on_timeout_builds_after_a_last_probe():
 
 
 def test_a_relaunch_follows_the_disks_drive_mirror_moved():
-    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qemu_process as proc
-    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.handle import Disk
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as proc
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import Disk
     argv = ['qemu-system-x86_64', '-blockdev', 'driver=file,filename=/old/root.qcow2,node-name=root-file',
             '-blockdev', 'driver=qcow2,file=root-file,node-name=root',
             '-device', 'virtio-blk-pci,drive=root,id=root', '-drive', 'file=/old/a,,b.raw,format=raw,if=none,id=d2',

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import FleetFailed, InvalidArgument
-from ansible_collections.vmfleet.kvm.plugins.module_utils import vm_lock
-from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import FleetRun
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import FleetFailed, InvalidArgument
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common import vm_lock
+from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.run import FleetRun
 
 
 @pytest.fixture(autouse=True)

@@ -3,8 +3,8 @@ the return reports of a VM its holder did not send back."""
 
 import threading
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils import fleet_evacuation as ev
-from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet_workflows import SavedVms
+from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import evacuation as ev
+from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.workflows import SavedVms
 
 
 def test_a_host_is_reached_over_ssh_and_qemu_ssh_with_its_user_unless_uris_are_given():

@@ -2,8 +2,8 @@
 
 import pytest
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils import fleet_policy as fleet
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument
+from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import policy as fleet
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument
 
 
 def _vm(name, backend='libvirt', state='running', disks=None):

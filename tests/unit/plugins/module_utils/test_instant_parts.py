@@ -8,11 +8,11 @@ import struct
 
 import pytest
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils import manifest_store
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import libvirt_save_image as img
+from ansible_collections.vmfleet.kvm.plugins.module_utils.save import manifest_store
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt import save_image as img
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import ImageCorrupt
-from ansible_collections.vmfleet.kvm.plugins.module_utils.instant_snapshots import remove_stale_partials
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import ImageCorrupt
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.instant import remove_stale_partials
 
 XML = "<domain type='qemu'><name>web01</name></domain>"
 

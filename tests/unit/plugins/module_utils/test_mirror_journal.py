@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils import drive_mirror_journal as mj
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmfleetError
+from ansible_collections.vmfleet.kvm.plugins.module_utils.mirror import journal as mj
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import VmfleetError
 
 
 def test_phases_are_recorded_durably_and_privately(tmp_path):

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils import postcopy_source as pc
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import postcopy_source as pc
 
 PAGE = pc.PAGE
 DEVICES = b'\x04' + struct.pack('>I', 2) + b'\x05timer' + struct.pack('>II', 0, 2) + b'state' \

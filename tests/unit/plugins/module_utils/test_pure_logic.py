@@ -1,8 +1,8 @@
 """Pure logic only; behaviour against QEMU and libvirt is proven in tests/system."""
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import DiskNotFound
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu_vm import qdev_disk_name
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.handle import Disk, ImageSnapshot, summarize_snapshots
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import DiskNotFound
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.vm import qdev_disk_name
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import Disk, ImageSnapshot, summarize_snapshots
 
 
 def _snap(name, state=0, date=1000.0, clock=5.0):
@@ -40,8 +40,8 @@ def test_error_message_joins_hint():
 
 def test_load_channels_reads_mapped_ram_over_at_least_four_but_streams_as_saved():
     import pytest
-    from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument
-    from ansible_collections.vmfleet.kvm.plugins.module_utils.save_restore import load_channels
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.save.save_restore import load_channels
     for path_used in ('mapped-ram', 'libvirt-sparse'):
         assert load_channels({'path_used': path_used, 'channels': 1}) == 4
         assert load_channels({'path_used': path_used, 'channels': 8}) == 8

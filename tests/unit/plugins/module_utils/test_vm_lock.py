@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils import vm_lock
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import VmBusy
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common import vm_lock
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import VmBusy
 
 VM = dict(qmp_socket='/run/vm/db1.qmp')
 

@@ -3,8 +3,8 @@ QEMU's destination starts with."""
 
 import pytest
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import InvalidArgument
-from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_migration import destination_argv, destination_host
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument
+from ansible_collections.vmfleet.kvm.plugins.module_utils.migrate.vm_migration import destination_argv, destination_host
 
 SRC = ['qemu-system-x86_64', '-name', 'vm1', '-m', '256',
        '-serial', 'file:/srv/vm1/serial,log',
@@ -60,7 +60,7 @@ class _Deadline(object):
 
 
 def _remote(monkeypatch, answer):
-    from ansible_collections.vmfleet.kvm.plugins.module_utils import vm_migration
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.migrate import vm_migration
     r = vm_migration.Remote('ssh://vmfleet@hv2.example.com', _Deadline(), '/opt/vmfleet/venv/bin/python')
     calls = []
 
@@ -74,7 +74,7 @@ def _remote(monkeypatch, answer):
 
 
 def test_the_destination_qmp_runs_qemu_qmp_with_the_destination_python_under_sudo(monkeypatch):
-    from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_migration import REMOTE_QMP
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.migrate.vm_migration import REMOTE_QMP
     r, calls = _remote(monkeypatch, '[{"return": {"status": "inmigrate"}}]\n')
     assert r.qmp('/run/vm.qmp', [{'execute': 'query-status'}], 'asking') == [{'status': 'inmigrate'}]
     assert calls[0][:5] == ['sudo', '-n', '--', '/opt/vmfleet/venv/bin/python', '-c']
@@ -82,7 +82,7 @@ def test_the_destination_qmp_runs_qemu_qmp_with_the_destination_python_under_sud
 
 
 def test_a_qemu_error_names_the_command(monkeypatch):
-    from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import DestinationProblem
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import DestinationProblem
     r, _calls = _remote(monkeypatch, '[{"return": {}}, {"error": {"class": "GenericError", "desc": "no"}}]')
     with pytest.raises(DestinationProblem, match='refused migrate-incoming: no'):
         r.qmp('/run/vm.qmp', [{'execute': 'migrate-set-capabilities'}, {'execute': 'migrate-incoming'}], 'preparing')
@@ -99,7 +99,7 @@ def test_a_connect_error_is_handed_back(monkeypatch):
     'DestinationProblem',
 ])
 def test_a_destination_python_without_qemu_qmp_fails_clearly(monkeypatch, answer):
-    from ansible_collections.vmfleet.kvm.plugins.module_utils.exceptions import DestinationProblem
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import DestinationProblem
     if answer == 'DestinationProblem':
         answer = DestinationProblem("asking at hv2.example.com failed (1): sudo: /opt/vmfleet/venv/bin/python: command not found")
     r, _calls = _remote(monkeypatch, answer)
@@ -111,7 +111,7 @@ def test_a_destination_python_without_qemu_qmp_fails_clearly(monkeypatch, answer
 
 def test_a_failure_after_the_switch_to_postcopy_stops_and_cancels_nothing():
     """Past the switch the destination holds the guest's newest state: undoing would lose the VM."""
-    from ansible_collections.vmfleet.kvm.plugins.module_utils.vm_migration import QemuMigration
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.migrate.vm_migration import QemuMigration
 
     class Touched(object):
         calls = []

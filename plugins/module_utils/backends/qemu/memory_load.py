@@ -1,0 +1,125 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vmfleet.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Loading a mapped-ram memory image (an instant snapshot of a raw QEMU VM) into a QEMU
+waiting with ``-incoming defer``, through the postcopy_source helper process: in the
+background (postcopy: the guest runs at once, its RAM follows) or in full (precopy).
+
+Not QEMU's own ``file:`` loader: a background snapshot never writes the mapped-ram
+bitmap (QEMU 10 writes it only when a migration completes its RAM section), so that
+loader loads no page of such an image (checked here: it then fails in the device state,
+"error while loading state for instance 0x0 of device 'kvm-tpr-opt'")."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import ansible_collections
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qmp_migration as migration
+# imported so that Ansible ships it with the module: the helper process runs it from there
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import postcopy_source  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import JobFailed, OperationTimeout
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import poll_until
+
+HELPER = postcopy_source.__name__
+FORMAT = 'mapped-ram'
+
+
+def _helper_argv(args):
+    """The helper, run from wherever this module was imported (AnsiballZ's zip or a collection path)."""
+    roots = [os.path.dirname(p) for p in ansible_collections.__path__]
+    return [sys.executable, '-c', 'import runpy, sys; sys.path[:0] = %r; runpy.run_module(%r, run_name="__main__")'
+            % (roots, HELPER)] + args
+
+
+def _lines(text):
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def load(vm, memory_file, deadline, background, exited_at):
+    """Feed ``memory_file`` to ``vm`` (just launched with -incoming defer). With ``background``
+    return once all RAM is in, with when the guest ran again (``running_after_s``, from
+    ``exited_at``, the monotonic time the old QEMU exited)."""
+    tmp = tempfile.mkdtemp(prefix='vmfleet-load-')  # a short path: a unix socket's is at most 107 bytes
+    sock = os.path.join(tmp, 'stream.sock')
+    helper = None
+    t0 = time.monotonic()
+    try:
+        if background:
+            migration.set_capabilities(vm, {'postcopy-ram': True, 'postcopy-preempt': True})
+        # a stream that breaks off before the guest runs must not make QEMU exit: its socket
+        # is what a revert run again finds the VM by
+        vm.qmp('migrate-incoming', uri='unix:%s' % sock, **({'exit-on-error': False} if background else {}))
+        helper = subprocess.Popen(_helper_argv([memory_file, sock] + ([] if background else ['precopy'])),
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  close_fds=True)
+        seen = dict(running_after_s=None)
+
+        def done():
+            info = vm.qmp('query-migrate', _timeout=deadline.remaining(1.0))
+            status = info.get('status', 'none')
+            if background and seen['running_after_s'] is None and vm.qmp('query-status')['status'] == 'running':
+                seen['running_after_s'] = round(time.monotonic() - exited_at, 3)
+            if status == 'completed':
+                return info
+            if status == 'failed' or status.startswith('postcopy-paused') or helper.poll() not in (None, 0):
+                out = helper.communicate()[0].decode('utf-8', 'replace') if helper.poll() is not None else ''
+                lines = _lines(out)
+                last = lines[-1] if lines else {}
+                # the helper's own words: its last progress line's error, or what it printed instead (a traceback)
+                said = last.get('error') or (out[-300:].strip() if not lines else '')
+                e = JobFailed(
+                    "the %s load of %s stopped (QEMU's status %s, helper %s%s)%s" % (
+                        'background' if background else 'full', memory_file, status,
+                        'exit code %s' % helper.returncode if helper.returncode is not None else 'running',
+                        ', at %s of %s pages' % (last['pages'], last['total_pages']) if 'pages' in last else '',
+                        ': ' + said if said else ''),
+                    hint=("the guest cannot run on (QEMU's postcopy: pages it never got cannot be made up); a QEMU "
+                          "waiting for a load took its place on the same QMP socket and the snapshot is intact: "
+                          "revert again")
+                    if background else "the half-loaded QEMU was stopped; the snapshot is intact")
+                e.keep_vm = background
+                raise e
+            return None
+
+        def timed_out():
+            e = OperationTimeout("loading %s did not finish within %gs" % (memory_file, deadline.timeout),
+                                 hint="raise 'timeout' and revert again; " + (
+                                     "a QEMU waiting for a load took the guest's place on its QMP socket" if background
+                                     else "the QEMU was stopped"))
+            e.keep_vm = background
+            return e
+        poll_until(done, deadline, timed_out, interval=0.02)
+        out = helper.communicate(timeout=max(5.0, deadline.remaining(5.0)))[0].decode('utf-8', 'replace')
+        if helper.returncode:
+            raise JobFailed("the loader of %s failed (exit code %d): %s" % (memory_file, helper.returncode, out[-500:]))
+        progress = _lines(out)
+        last = progress[-1] if progress else {}
+        seconds = round(time.monotonic() - t0, 3)
+        pages = last.get('pages', 0)
+        result = dict(mode='background' if background else 'full', seconds=seconds, pages=pages,
+                      requested=last.get('requested', 0),
+                      rate_mib_s=round(pages * 4096 / 1048576.0 / seconds, 1) if seconds else None,
+                      progress=[p for p in progress if p.get('phase') == 'loading'])
+        out = dict(load=result)
+        if background:
+            out['running_after_s'] = seen['running_after_s']
+        return out
+    finally:
+        if helper is not None and helper.poll() is None:
+            helper.kill()
+            helper.wait()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,214 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vmfleet.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A raw QEMU as a process: its command line (read back, rewritten, started
+again), its QMP socket and its end. A raw QEMU has no manager to restart it,
+so a restore or a revert relaunches the command line the VM was started with."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common import capabilities
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.qmp_client import QmpClient
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import OperationTimeout, VmfleetError
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline, poll_until
+
+
+def peer_pid(socket_path):
+    """PID of the process listening on a UNIX socket, from the kernel's peer
+    credentials: a connection QEMU has not accepted yet still carries them."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(socket_path)
+        creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize('3i'))
+        return struct.unpack('3i', creds)[0]
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+def socket_alive(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def qemu_argv(pid):
+    """The command line of a running QEMU, so restore can start it again."""
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            raw = f.read()
+    except OSError as e:
+        raise VmfleetError("cannot read the command line of QEMU pid %d: %s" % (pid, e.strerror))
+    return [a.decode('utf-8', 'surrogateescape') for a in raw.split(b'\0') if a]
+
+
+def moved_disks(argv, disks):
+    """The disks whose image ``argv`` does not name: after drive_mirror
+    switched a disk, the command line still names the old image."""
+    text = '\0'.join(argv)
+    return [d for d in disks if d.file and d.file.startswith('/') and d.file not in text]
+
+
+def follow_moves(argv, moved):
+    """``argv`` with each disk of ``moved`` on the image it runs on now, or None when
+    the option naming a disk's old image is not found or the format changed: a
+    relaunch must pair the RAM with the disks as they are (drive_mirror switched
+    them). Follows -device drive= to the -blockdev chain (its format node, then
+    the file node's filename=), or to a -drive file=."""
+    argv = list(argv)
+    opts = [(i, argv[i - 1], _keyvals(argv[i])) for i in range(1, len(argv))
+            if argv[i - 1] in ('-blockdev', '--blockdev', '-drive', '--drive', '-device', '--device')]
+    nodes = dict((kv.get('node-name') or kv.get('id'), (i, kind, kv)) for i, kind, kv in opts
+                 if kind.lstrip('-') in ('blockdev', 'drive') and (kv.get('node-name') or kv.get('id')))
+    for d in moved:
+        names = [d.name, d.node_name] + [kv['drive'] for _i, kind, kv in opts
+                                         if kind.lstrip('-') == 'device' and kv.get('id') == d.name and kv.get('drive')]
+        found = next((nodes[n] for n in names if n in nodes), None)
+        if found is None:
+            return None
+        i, kind, kv = found
+        if kind.lstrip('-') == 'blockdev':
+            if kv.get('driver') not in (d.format, 'file'):
+                return None
+            if 'filename' not in kv:
+                i, kind, kv = nodes.get(kv.get('file'), (None, '', {}))
+            key = 'filename'
+        else:
+            if kv.get('format', d.format) != d.format:
+                return None
+            key = 'file'
+        if i is None or argv[i].startswith('{') or not kv.get(key):
+            return None
+        argv[i] = argv[i].replace('%s=%s' % (key, kv[key].replace(',', ',,')), '%s=%s' % (key, d.file.replace(',', ',,')), 1)
+    return argv
+
+
+def qmp_socket_of(argv):
+    """The path of the first ``-qmp unix:PATH,...`` monitor in ``argv``."""
+    for i, a in enumerate(argv[:-1]):
+        if a in ('-qmp', '--qmp') and argv[i + 1].startswith('unix:'):
+            return argv[i + 1][len('unix:'):].split(',')[0]
+    return None
+
+
+def incoming_argv(argv):
+    """``argv`` with any -incoming replaced by ``-incoming defer``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ('-incoming', '--incoming'):
+            skip = True
+            continue
+        out.append(a)
+    return out + ['-incoming', 'defer']
+
+
+def _keyvals(opt):
+    """QEMU's ``key=value,key=value`` option syntax (``,,`` is a literal comma),
+    or the JSON form newer command lines (libvirt's among them) use."""
+    if opt.startswith('{'):
+        try:
+            value = json.loads(opt)
+        except ValueError:
+            return {}
+        return dict((k, v) for k, v in value.items() if isinstance(v, str)) if isinstance(value, dict) else {}
+    out = {}
+    for part in opt.replace(',,', '\0').split(','):
+        k, sep, v = part.partition('=')
+        if sep:
+            out[k] = v.replace('\0', ',')
+    return out
+
+
+def disk_aliases(argv):
+    """{block node or drive id: device id} from a QEMU command line: the names
+    a disk was addressed by when QEMU started. A mirror's switch gives the
+    disk a new node, so its first node name is found only here."""
+    aliases = {}
+    for i, a in enumerate(argv[:-1]):
+        if a in ('-device', '--device'):
+            kv = _keyvals(argv[i + 1])
+            if kv.get('drive') and kv.get('id'):
+                aliases[kv['drive']] = kv['id']
+    return aliases
+
+
+def launch(argv, log_path):
+    """Start QEMU detached from this module: it must outlive the Ansible task."""
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, close_fds=True)
+    finally:
+        os.close(log)
+
+
+def wait_for_socket(path, proc, deadline, daemonizes=False):
+    def listening():
+        # A daemonizing QEMU's first process exits once the daemon runs.
+        if not daemonizes and proc.poll() is not None and not os.path.exists(path):
+            raise VmfleetError("the restored QEMU exited (code %s) before opening %s" % (proc.returncode, path))
+        return True if socket_alive(path) else None
+    poll_until(listening, deadline, interval=0.01,
+               on_timeout=lambda: OperationTimeout("the restored QEMU did not open its QMP socket %s in time" % path))
+
+
+def _gone(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] == 'Z'
+    except (OSError, IndexError):
+        return True
+
+
+def wait_exit(pid, timeout):
+    """Wait for QEMU ``pid`` to exit (it was told to quit); kill it after ``timeout``."""
+    if pid is None:
+        return
+    try:
+        poll_until(lambda: True if _gone(pid) else None, Deadline(timeout), interval=0.05,
+                   on_timeout=lambda: OperationTimeout("QEMU pid %d did not quit" % pid))
+    except OperationTimeout:
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+
+
+def probe_binary(binary, timeout=20.0):
+    """Start ``binary`` with no machine and ask it over QMP, then stop it."""
+    tmp = tempfile.mkdtemp(prefix='vmfleet-probe-')
+    sock = os.path.join(tmp, 'qmp.sock')
+    client = QmpClient('vmfleet-probe')
+    proc = None
+    try:
+        # Listen first, then let QEMU connect to us: no polling for its socket.
+        client.listen(sock, timeout)
+        proc = subprocess.Popen([binary, '-machine', 'none', '-nodefaults', '-display', 'none',
+                                 '-S', '-qmp', 'unix:%s' % sock],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        client.accept(timeout)
+        return capabilities.qmp_facts(client.execute)
+    finally:
+        client.close()
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
