@@ -57,16 +57,22 @@ docs-lint: collection
 	bash scripts/docs.sh lint
 
 # the execution environment's build context in build/ee/context, with the collection tarball in it;
-# ee-image builds the image too (needs podman or docker, and the base image's registry)
-ee:
-	test -x $(PY) || $(MAKE) venv
+# ee-image builds the image too (needs podman or docker, and the base image's registry). An AWX admin's
+# machine is no hypervisor: these use a virtualenv of their own (build/ee/venv: ansible-core and
+# ansible-builder) and install nothing else, whether .venv exists or not.
+EE_VENV := build/ee/venv
+$(EE_VENV)/bin/ansible-builder:
+	python3 -m venv $(EE_VENV)
+	$(EE_VENV)/bin/python -m pip install -q 'ansible-core>=2.18,<2.20' 'ansible-builder>=3.1,<4' pyyaml
+
+ee: $(EE_VENV)/bin/ansible-builder
 	mkdir -p build/ee
-	ansible-galaxy collection build --force --output-path build/ee .
-	cp build/ee/vmfleet-kvm-$$($(PY) -c 'import yaml; print(yaml.safe_load(open("galaxy.yml"))["version"])').tar.gz build/ee/vmfleet-kvm.tar.gz
-	ansible-builder create -f execution-environment.yml -c build/ee/context
+	$(EE_VENV)/bin/ansible-galaxy collection build --force --output-path build/ee .
+	cp build/ee/vmfleet-kvm-$$($(EE_VENV)/bin/python -c 'import yaml; print(yaml.safe_load(open("galaxy.yml"))["version"])').tar.gz build/ee/vmfleet-kvm.tar.gz
+	$(EE_VENV)/bin/ansible-builder create -f execution-environment.yml -c build/ee/context
 
 ee-image: ee
-	ansible-builder build -f execution-environment.yml -c build/ee/context -t vmfleet-ee:latest
+	$(EE_VENV)/bin/ansible-builder build -f execution-environment.yml -c build/ee/context -t vmfleet-ee:latest
 
 test: setup
 	$(PY) -m pytest tests/unit tests/system
