@@ -17,7 +17,8 @@ description:
   - O(state=present) (running VMs) snapshots the disks of each VM that can hold one (writable qcow2; a raw
     varstore-like disk is left out and the record says why), with the RAM state on the first, checks the snapshot
     is on every one of them, then deletes the snapshots carrying O(prefix) beyond the newest O(keep).
-    A snapshot that already exists on those disks is left as it is.
+    A snapshot that already exists on those disks is left as it is, unless it is older than O(max_age),
+    in which case the VM fails, naming its age.
   - O(state=reverted) (running or paused VMs) reverts each VM to the snapshot, whichever O(mode) took it,
     and checks the VM shows the state it had before.
   - O(state=absent) (running, paused or shut-off VMs) deletes the named snapshot and those carrying
@@ -64,6 +65,16 @@ options:
       - Directory of instant snapshots' memory files (created 0700 for O(mode=instant)).
     type: path
     default: /var/lib/vmfleet/snapshots
+  max_age:
+    description:
+      - With O(state=present), how many seconds old a snapshot of the same name may be for this run to take
+        it as its own (and report it unchanged, as a re-run does). An older one is an earlier run's rollback
+        point, so the VM fails, naming its age, and nothing is taken over it. Give each run a name of its own,
+        or delete the old snapshot first.
+      - V(0) takes a snapshot of that name as this run's whatever its age.
+    type: int
+    default: 0
+    version_added: 1.1.0
 seealso:
   - module: vmfleet.kvm.snapshot
   - module: vmfleet.kvm.fleet_progress
@@ -180,6 +191,7 @@ def main():
         mode=dict(type='str', choices=['internal', 'instant'], default='internal'),
         keep=dict(type='int', default=0),
         memory_dir=dict(type='path', default=DEFAULT_MEMORY_DIR),
+        max_age=dict(type='int', default=0),
     ), required_if=[('state', 'present', ['name']), ('state', 'reverted', ['name'])]), work)
 
 

@@ -2,11 +2,14 @@
 asking for exactly the extra vars the playbook reads, and for every one it cannot run without."""
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+
+from rig.packaging import BIN, run
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = sorted(p.stem for p in (ROOT / 'playbooks').glob('*.yml'))
@@ -14,8 +17,9 @@ PLAYBOOKS = sorted(p.stem for p in (ROOT / 'playbooks').glob('*.yml'))
 AWX_TYPES = {'text', 'textarea', 'password', 'integer', 'float', 'multiplechoice', 'multiselect'}
 # the extra vars the playbooks split with vmfleet.kvm.fleet_list: one per line in a textarea
 LISTS = {'vmfleet_vms', 'vmfleet_exclude', 'vmfleet_qmp_sockets'}
-# `vmfleet_x`, and whether the use gives it a real default (`| default(undef(...))` is none: the run fails)
-USE = re.compile(r'\b(vmfleet_[a-z0-9_]+)\b(\s*\|\s*default\((?!\s*undef))?')
+# `vmfleet_x`, and whether the use gives it a real default or asks whether it is defined
+# (`| default(undef(...))` is no default: the run fails)
+USE = re.compile(r'\b(vmfleet_[a-z0-9_]+)\b(\s*\|\s*default\((?!\s*undef)|\s+is\s+(?:not\s+)?defined)?')
 
 
 def _strings(node):
@@ -104,7 +108,9 @@ def test_survey_asks_what_the_playbook_reads_and_all_it_requires(playbook):
     assert not set(asked) - set(reads), 'asked but never read by the playbook'
     required = sorted(v for v, req in reads.items() if req)
     for var in required:
-        assert var in asked and asked[var]['required'], '%s needs %s: the survey must require it' % (playbook, var)
+        # AWX sends a question's default whenever it passes the question's own rules: that supplies the var too
+        supplied = var in asked and (asked[var]['required'] or not awx_errors(asked[var], {var: asked[var]['default']}))
+        assert supplied, '%s needs %s: the survey must require it or always send it' % (playbook, var)
 
 
 @pytest.mark.parametrize('playbook', PLAYBOOKS)
@@ -123,5 +129,85 @@ def test_survey_types_agree_with_the_extra_vars_check(playbook):
 def test_rollback_and_cleanup_require_the_snapshot_name():
     for playbook in ('snapshot_rollback', 'snapshot_cleanup'):
         assert playbook_vars(playbook).get('vmfleet_snapshot_name') is True, playbook
-        q = {q['variable']: q for q in survey(playbook)['spec']}['vmfleet_snapshot_name']
-        assert q['required'] and q['default'] == '', playbook
+    q = {q['variable']: q for q in survey('snapshot_rollback')['spec']}['vmfleet_snapshot_name']
+    assert q['required'] and q['default'] == ''
+
+
+# AWX's rules for an answer (awx/main/models/mixins.py, SurveyJobTemplateMixin._survey_element_validation),
+# restated: a launch whose answers break one is refused with HTTP 400, and a default that breaks one is not sent.
+def awx_errors(q, data):
+    var, kind = q['variable'], q['type']
+    if var not in data:
+        return ['%s missing' % var] if q['required'] else []
+    value = data[var]
+
+    def bound(key):
+        return q.get(key) not in ('', None)
+    if kind in ('text', 'textarea', 'password'):
+        if not isinstance(value, str):
+            return ['%s: not a string' % var]
+        if bound('min') and len(value) < int(q['min']):
+            return ['%s: %r is too small (length at least %s)' % (var, value, q['min'])]
+        if bound('max') and len(value) > int(q['max']):
+            return ['%s: %r is too large' % (var, value)]
+    elif kind == 'integer':
+        if type(value) is not int:  # pylint: disable=unidiomatic-typecheck
+            return ['%s: not an integer' % var]
+        if (bound('min') and value < int(q['min'])) or (bound('max') and value > int(q['max'])):
+            return ['%s: %r out of range' % (var, value)]
+    elif kind == 'multiplechoice':
+        if value not in q['choices']:
+            return ['%s: %r is no choice' % (var, value)]
+    elif kind == 'multiselect':
+        if not isinstance(value, list) or any(v not in q['choices'] for v in value):
+            return ['%s: %r is no list of choices' % (var, value)]
+    return []
+
+
+def awx_launch(playbook, answers):
+    """The errors AWX answers a launch with, and the extra vars the job gets: the defaults that pass their
+    question's rules (AWX drops the others silently), then the answers."""
+    spec = survey(playbook)['spec']
+    extra = {q['variable']: q['default'] for q in spec
+             if q.get('default') is not None and not awx_errors(q, {q['variable']: q['default']})}
+    extra.update(answers)
+    return [e for q in spec for e in awx_errors(q, extra)], extra
+
+
+def _an_answer(q):
+    return {'integer': 1, 'multiplechoice': q.get('choices', [''])[0]}.get(q['type'], 'x')
+
+
+@pytest.mark.parametrize('playbook', PLAYBOOKS)
+def test_awx_accepts_the_defaults_and_every_cleared_optional_answer(playbook):
+    spec = survey(playbook)['spec']
+    for q in spec:
+        if q.get('default') not in (None, ''):
+            assert not awx_errors(q, {q['variable']: q['default']}), '%s: AWX would drop the default of %s' % (
+                playbook, q['variable'])
+    required = {q['variable']: _an_answer(q) for q in spec if q['required']}
+    errors, _ = awx_launch(playbook, required)
+    assert not errors, errors
+    # a field the operator clears in AWX's form is sent as an empty string
+    for q in spec:
+        if not q['required'] and q['type'] in ('text', 'textarea'):
+            errors, _ = awx_launch(playbook, dict(required, **{q['variable']: ''}))
+            assert not errors, '%s: clearing %s is refused: %s' % (playbook, q['variable'], errors)
+
+
+def test_awx_launches_retention_only_cleanup_and_a_dated_pre_upgrade_snapshot():
+    errors, extra = awx_launch('snapshot_cleanup', {'vmfleet_snapshot_name': '', 'vmfleet_snapshot_keep': 3})
+    assert not errors and extra['vmfleet_snapshot_name'] == ''
+    errors, extra = awx_launch('pre_upgrade_snapshot', {})
+    # no name: the role names the snapshot for this job, never a fixed name a later job would find again
+    assert not errors and extra.get('vmfleet_snapshot_name', '') == ''
+
+
+@pytest.mark.parametrize('playbook', PLAYBOOKS)
+def test_a_cleared_hosts_answer_still_means_the_hypervisors_group(playbook, tmp_path):
+    inventory = tmp_path / 'hosts.ini'
+    inventory.write_text('[hypervisors]\nhv-a ansible_connection=local\n[others]\nnot-me ansible_connection=local\n')
+    out = run([BIN / 'ansible-playbook', '--list-hosts', '-i', inventory, '-e', 'vmfleet_hosts=',
+               ROOT / 'playbooks' / ('%s.yml' % playbook)],
+              env=dict(os.environ, ANSIBLE_NOCOLOR='1'))
+    assert 'hv-a' in out and 'not-me' not in out, out

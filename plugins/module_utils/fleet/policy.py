@@ -8,6 +8,8 @@ it on the hypervisor."""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import datetime
+
 import fnmatch
 import re
 
@@ -96,6 +98,31 @@ def prefixed(name, prefix):
     if not name:
         raise InvalidArgument("a snapshot name is required")
     return name if name.startswith(prefix) else prefix + name
+
+
+def stale_snapshot(snapshots, name, max_age, now):
+    """The message for a snapshot ``name`` among ``snapshots`` (snapshot_list entries) older than
+    ``max_age`` seconds at ``now`` (epoch): an earlier run's rollback point, which a run taking that
+    name again must not report as its own. None when there is none, or ``max_age`` < 1."""
+    if int(max_age or 0) < 1:
+        return None
+    for s in snapshots or []:
+        if s.get('name') != name or not s.get('date'):
+            continue
+        taken = datetime.datetime.fromisoformat(s['date']).timestamp()
+        age = now - taken
+        if age > int(max_age):
+            return "snapshot '%s' of VM '%s' was taken at %s, %s ago: an earlier run's rollback point, not this run's" % (
+                name, s.get('vm', '?'), s['date'], _age(age))
+    return None
+
+
+def _age(seconds):
+    seconds = int(seconds)
+    for unit, size in (('days', 86400), ('hours', 3600), ('minutes', 60)):
+        if seconds >= size:
+            return '%d %s' % (seconds // size, unit)
+    return '%d seconds' % seconds
 
 
 def fleet_retention(snapshots, prefix, keep, vm=None):

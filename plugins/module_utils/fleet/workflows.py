@@ -17,7 +17,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_v
 from ansible_collections.vmfleet.kvm.plugins.module_utils.mirror.drive_mirror import drive_mirror
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument, JobFailed, VmfleetError
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.policy import (
-    fleet_plan, fleet_record, fleet_retention, prefixed,
+    fleet_plan, fleet_record, fleet_retention, prefixed, stale_snapshot,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.save.save_restore import restore_image, save_vm
 from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.listing import list_snapshots
@@ -66,6 +66,10 @@ def snapshot_present(run, target, record):
     if not target['disks']:
         raise InvalidArgument('no disk of this VM can hold a snapshot')
     with open_vm(run.module, run.conn(target)) as vm:
+        stale = stale_snapshot(list_snapshots(vm, p['memory_dir'], name=name), name, p.get('max_age'), time.time())
+        if stale:
+            raise InvalidArgument(stale, hint="give this run a snapshot name of its own (the playbook's default is "
+                                  "dated), or delete the old one first (vmfleet.kvm.snapshot_cleanup)")
         t0 = time.monotonic()
         result = _snapshot(run, vm, 'present', name, p['mode'], target['disks'],
                            target['vmstate_disk'] if p['mode'] == 'internal' else None)
