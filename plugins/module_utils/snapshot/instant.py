@@ -21,7 +21,8 @@ The disk snapshots alone look like a disk-only internal snapshot; the manifest
 is what marks them instant.
 
 How the memory file is written and loaded is the VM handle's: a raw QEMU
-writes a plain migration stream (``migrate file:``) and a revert relaunches
+writes a mapped-ram stream where its QEMU has mapped-ram (a plain migration
+stream otherwise; ``migrate file:``) and a revert relaunches
 its recorded command line with ``-incoming defer``; a libvirt domain's file is
 a libvirt save image (backends/libvirt_save_image: header written first,
 the fd handed to QEMU with ``getfd``, ``migrate fd:``, marked complete after
