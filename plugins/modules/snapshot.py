@@ -28,7 +28,7 @@ description:
     written to a memory file under O(memory_dir) by QEMU's C(background-snapshot) migration while
     it runs on. The snapshot's moment is the pause. A manifest next to the memory file (written
     last, after the memory file is fsynced) marks the disk snapshots as instant.
-  - On a raw QEMU VM the memory file is a mapped-ram stream (QEMU 9.0 or later: each page at its own place
+  - On a raw QEMU VM the memory file is a mapped-ram stream (QEMU 9.0 or later, each page at its own place
     in the file, so a revert can load it in the background, O(load=background)), or a plain migration stream on
     an older QEMU; a revert stops QEMU, reverts the
     disks with C(qemu-img snapshot -a), relaunches the recorded QEMU command line with

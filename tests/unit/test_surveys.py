@@ -120,7 +120,9 @@ def test_survey_types_agree_with_the_extra_vars_check(playbook):
         opt = spec.get(q['variable'])
         if opt is None:
             continue
-        if q['type'] == 'multiplechoice':
+        if q['type'] == 'multiplechoice' and opt.get('type') == 'bool':
+            assert sorted(q['choices']) == ['false', 'true'], q['variable']
+        elif q['type'] == 'multiplechoice':
             assert sorted(q['choices']) == sorted(opt.get('choices', [])), q['variable']
         if q['type'] == 'integer':
             assert opt.get('type') == 'int', q['variable']
