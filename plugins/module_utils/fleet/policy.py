@@ -11,7 +11,7 @@ __metaclass__ = type
 import fnmatch
 import re
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import SNAPSHOT_FORMATS
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import SNAPSHOT_FORMATS
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument
 
 

@@ -24,7 +24,8 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt import save_image as libvirt_save_image
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as qemu_process
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import Disk, ImageSnapshot, VmHandle
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk, ImageSnapshot
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import VmHandle
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     CapabilityMissing, ConnectionFailed, InvalidArgument, OperationTimeout, QmpCommandError, VmfleetError,
     VmGone, VmNotFound,

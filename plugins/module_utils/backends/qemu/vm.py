@@ -22,7 +22,8 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import m
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qmp_migration as migration
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as proc
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import Disk, ImageSnapshot, VmHandle
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk, ImageSnapshot
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import VmHandle
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.qmp_client import (
     HAS_QMP, QMP_IMPORT_ERROR, QmpClient,
 )

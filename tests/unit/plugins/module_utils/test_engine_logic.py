@@ -6,7 +6,8 @@ import pytest
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as proc
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import Disk, VmHandle, find_disk
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk, find_disk
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import VmHandle
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import (
     choose_save_path as libvirt_save_path,
 )
@@ -180,7 +181,7 @@ def test_poll_until_raises_what_on_timeout_builds_after_a_last_probe():
 
 def test_a_relaunch_follows_the_disks_drive_mirror_moved():
     from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as proc
-    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import Disk
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk
     argv = ['qemu-system-x86_64', '-blockdev', 'driver=file,filename=/old/root.qcow2,node-name=root-file',
             '-blockdev', 'driver=qcow2,file=root-file,node-name=root',
             '-device', 'virtio-blk-pci,drive=root,id=root', '-drive', 'file=/old/a,,b.raw,format=raw,if=none,id=d2',

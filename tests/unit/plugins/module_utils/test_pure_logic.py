@@ -2,7 +2,7 @@
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import DiskNotFound
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.vm import qdev_disk_name
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import Disk, ImageSnapshot, summarize_snapshots
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk, ImageSnapshot, summarize_snapshots
 
 
 def _snap(name, state=0, date=1000.0, clock=5.0):
