@@ -135,6 +135,12 @@ class VmHandle(object):
         """Migration capabilities an instant snapshot's memory file is written with, beyond the stream."""
         return {}
 
+    def background_load_refusal(self, memory_format):
+        """Why a revert cannot load a memory file written as ``memory_format`` in the
+        background (the guest running while its RAM comes in): (reason, what else the
+        user could do, or None), or None when it can."""
+        return ("this VM's backend loads its RAM in full", None)
+
     def revert_to_memory(self, record, name, images, memory_file, state, deadline, memory_format=None, load='full'):
         """Stop the VM, apply disk snapshot ``name`` to ``images`` and bring the
         VM back from ``memory_file`` (written as ``memory_format``) in ``state``,

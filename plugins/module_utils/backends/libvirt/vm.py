@@ -339,6 +339,10 @@ class LibvirtVm(VmHandle):
     def finish_memory_write(self, path, fd):
         libvirt_save_image.mark_complete(fd)
 
+    def background_load_refusal(self, memory_format):
+        return ("a libvirt domain loads its RAM in full: libvirt's restore takes the memory file as one stream and "
+                "has no postcopy input", None)
+
     def revert_to_memory(self, record, name, images, memory_file, state, deadline, memory_format=None, load='full'):
         """Destroy the domain, apply the disk snapshots, and let libvirt restore the memory file."""
         libvirt_save_image.check_complete(memory_file)

@@ -231,6 +231,13 @@ class QemuVm(VmHandle):
         # page-addressable: such a snapshot can be reverted with its RAM loaded in the background
         return {memory_load.FORMAT: True} if memory_load.FORMAT in self.migrate_caps() else {}
 
+    def background_load_refusal(self, memory_format):
+        if memory_format == memory_load.FORMAT:
+            return None
+        return ("its memory file is one stream, not page-addressable (mapped-ram)%s"
+                % ("" if self.instant_memory_caps() else "; this VM's QEMU lacks mapped-ram (QEMU >= 9.0)"),
+                "take the snapshot again")
+
     def revert_to_memory(self, record, name, images, memory_file, state, deadline, memory_format=None, load='full'):
         """Stop QEMU, apply snapshot ``name`` to each image, relaunch ``record``
         and load ``memory_file``: the VM as it was at the snapshot."""
