@@ -83,6 +83,12 @@ class VmHandle(object):
         """Save the VM's state through ``saver`` (save_restore.Saver); (manifest, seconds, downtime_ms)."""
         raise NotImplementedError
 
+    @classmethod
+    def image_streams(cls, manifest):
+        """How many streams the save image ``manifest`` records holds, each read by one
+        channel; None when it is page-addressable and any number of channels reads it."""
+        raise NotImplementedError
+
     def check_instant_snapshots(self):
         raise CapabilityMissing("VM '%s' (%s) cannot take instant snapshots" % (self.name, self.backend),
                                 hint="use mode: internal")

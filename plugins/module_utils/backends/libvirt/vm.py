@@ -434,6 +434,11 @@ class LibvirtVm(VmHandle):
         return manifest, dt, round(dt * 1000.0, 1)
 
     @classmethod
+    def image_streams(cls, manifest):
+        # the sparse format is mapped-ram; libvirt compresses through a pipe, one stream
+        return None if manifest['path_used'] == 'libvirt-sparse' else 1
+
+    @classmethod
     def saved_and_gone(cls, module, saved_vm, params):
         """True when the task names the domain ``saved_vm`` records and it no longer runs."""
         if params.get('domain') not in (saved_vm.get('name'), saved_vm.get('uuid')):

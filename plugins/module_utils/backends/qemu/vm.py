@@ -399,6 +399,11 @@ class QemuVm(VmHandle):
         return manifest, written_at - t0, downtime
 
     @classmethod
+    def image_streams(cls, manifest):
+        # a multifd stream image has one file per channel
+        return None if manifest['path_used'] == 'mapped-ram' else manifest['channels']
+
+    @classmethod
     def saved_and_gone(cls, module, saved_vm, params):
         """True when the task names the QEMU ``saved_vm`` records and it no longer runs."""
         sock = params.get('qmp_socket')

@@ -38,18 +38,25 @@ def test_error_message_joins_hint():
     assert e.message == "VM 'x' has no disk 'vdz'. Its disks are: vda"
 
 
-def test_load_channels_reads_mapped_ram_over_at_least_four_but_streams_as_saved():
+def test_load_channels_reads_page_addressable_images_over_at_least_four_but_streams_as_saved():
     import pytest
     from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument
     from ansible_collections.vmfleet.kvm.plugins.module_utils.save.save_restore import load_channels
-    for path_used in ('mapped-ram', 'libvirt-sparse'):
-        assert load_channels({'path_used': path_used, 'channels': 1}) == 4
-        assert load_channels({'path_used': path_used, 'channels': 8}) == 8
-        assert load_channels({'path_used': path_used, 'channels': 8}, 2) == 2
-        with pytest.raises(InvalidArgument):
-            load_channels({'path_used': path_used, 'channels': 1}, 0)
+    assert load_channels({'path_used': 'mapped-ram', 'channels': 1}, None) == 4
+    assert load_channels({'path_used': 'mapped-ram', 'channels': 8}, None) == 8
+    assert load_channels({'path_used': 'mapped-ram', 'channels': 8}, None, 2) == 2
+    with pytest.raises(InvalidArgument):
+        load_channels({'path_used': 'mapped-ram', 'channels': 1}, None, 0)
     stream = {'path_used': 'multifd-stream', 'channels': 2}
-    assert load_channels(stream) == 2 and load_channels(stream, 2) == 2
+    assert load_channels(stream, 2) == 2 and load_channels(stream, 2, 2) == 2
     with pytest.raises(InvalidArgument, match='2 stream'):
-        load_channels(stream, 4)
-    assert load_channels({'path_used': 'libvirt-compressed', 'channels': 4}) == 1
+        load_channels(stream, 2, 4)
+
+
+def test_each_backend_says_how_many_streams_its_images_hold():
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import LibvirtVm
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.vm import QemuVm
+    assert QemuVm.image_streams({'path_used': 'mapped-ram', 'channels': 2}) is None
+    assert QemuVm.image_streams({'path_used': 'multifd-stream', 'channels': 2}) == 2
+    assert LibvirtVm.image_streams({'path_used': 'libvirt-sparse', 'channels': 2}) is None
+    assert LibvirtVm.image_streams({'path_used': 'libvirt-compressed', 'channels': 4}) == 1
