@@ -9,6 +9,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import contextlib
+import os
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument
 
@@ -43,6 +44,15 @@ def backend_of(params):
     if params.get('domain'):
         return 'libvirt'
     return None
+
+
+def vm_key(params):
+    """The VM ``params`` name, as one string however they name it: a QMP socket's
+    real path, or the libvirt URI and domain name. ``params`` are connection
+    options, or the identity() of a VM that a manifest records."""
+    if params.get('qmp_socket'):
+        return 'qmp:' + os.path.realpath(params['qmp_socket'])
+    return 'libvirt:%s:%s' % (params.get('uri') or 'qemu:///system', params.get('domain') or params['name'])
 
 
 def open_vm(module, params=None):

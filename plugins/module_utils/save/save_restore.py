@@ -167,7 +167,7 @@ def restore_image(module, params=None):
     manifest_store.check_files(path, manifest, checksum=p['verify'])
     if module.check_mode:
         return dict(base, changed=True, state=p['state'], channels=channels)
-    with vm_locked(dict(vm, domain=vm['name']), 'vm_restore from %s' % path, deadline.remaining(), vm['name']):
+    with vm_locked(vm, 'vm_restore from %s' % path, deadline.remaining(), vm['name']):
         # a run that held the lock before us may have restored it meanwhile
         result = unchanged(manifest_store.read_manifest(path) or manifest)
         if result:
