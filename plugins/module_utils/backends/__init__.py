@@ -55,6 +55,16 @@ def vm_key(params):
     return 'libvirt:%s:%s' % (params.get('uri') or 'qemu:///system', params.get('domain') or params['name'])
 
 
+def reached_alone(name, uri):
+    """The connection options of the VM a fleet's list names ``name`` when no
+    listing of the host finds it: a path is a raw QEMU's QMP socket. None for
+    any other name, a libvirt domain of ``uri`` (or a VM's name), found among
+    the VMs the host lists."""
+    if name.startswith('/'):
+        return dict(qmp_socket=name, domain=None, uri=uri)
+    return None
+
+
 def open_vm(module, params=None):
     """Open the VM the connection options name: a libvirt domain or a raw QEMU's QMP socket."""
     params = params or module.params
