@@ -31,14 +31,23 @@ class VmHandle(object):
         self.module = module
         self.name = name
 
+    @classmethod
+    def open(cls, module, params):
+        """The VM the connection options ``params`` name (backends.open_vm chose
+        this class from them); VmNotFound or ConnectionFailed when it is not there."""
+        raise NotImplementedError
+
     # -- primitives --
     def state(self):
+        """'running', 'paused', 'shutoff', 'shutdown', 'crashed', 'pmsuspended' or 'unknown'."""
         raise NotImplementedError
 
     def disks(self):
+        """The VM's disks (backends.disk.Disk), with the internal snapshots their images hold."""
         raise NotImplementedError
 
     def qmp(self, command, _timeout=60.0, **args):
+        """Run QMP ``command`` on the VM's QEMU: its return value, or QmpCommandError."""
         raise NotImplementedError
 
     def wait_event(self, timeout):
@@ -50,6 +59,7 @@ class VmHandle(object):
         return []
 
     def block_jobs(self):
+        """The block jobs running on the VM's disks, as vm_info reports them."""
         raise NotImplementedError
 
     def identity(self):
@@ -73,6 +83,7 @@ class VmHandle(object):
         return {}
 
     def mirror_driver(self):
+        """The backends.mirror_driver.MirrorDriver that copies this VM's disks live."""
         raise NotImplementedError
 
     def save_route(self, channels, compression):
@@ -90,11 +101,55 @@ class VmHandle(object):
         raise NotImplementedError
 
     def check_instant_snapshots(self):
+        """Before anything is touched: CapabilityMissing when this VM cannot take instant snapshots."""
         raise CapabilityMissing("VM '%s' (%s) cannot take instant snapshots" % (self.name, self.backend),
                                 hint="use mode: internal")
 
     def qemu_version(self):
+        """The version of the QEMU that runs the VM, 'major.minor.micro'."""
         raise NotImplementedError
+
+    # -- save images: a class's, since a restore has no VM to open yet --
+    @classmethod
+    def saved_and_gone(cls, module, saved_vm, params):
+        """True when the task's connection options ``params`` name the VM whose
+        identity() the save image records (``saved_vm``) and that VM no longer runs:
+        the save is done."""
+        raise NotImplementedError
+
+    @classmethod
+    def running_from(cls, module, manifest, params):
+        """``manifest['restored']`` (what restore returned) when the VM still runs
+        from that very restore, else None."""
+        raise NotImplementedError
+
+    @classmethod
+    def restore(cls, module, manifest, path, params, deadline, channels):
+        """Bring the VM saved at ``path`` back, in ``params['state']``, reading its
+        image over ``channels`` (save_restore.load_channels): a dict with ``state``,
+        ``direct_io``, ``channels``, and what running_from needs to find that run again."""
+        raise NotImplementedError
+
+    # -- a snapshot API of the backend's own (when native_snapshots) --
+    def native_snapshot_names(self):
+        """Names of the snapshots the backend keeps metadata of."""
+        return set()
+
+    def native_snapshot_create(self, name, disk_names):
+        """A full internal snapshot ``name`` (RAM and the disks ``disk_names``), recorded by the backend."""
+        raise CapabilityMissing("VM '%s' (%s) has no snapshot API of its own" % (self.name, self.backend))
+
+    def native_snapshot_delete(self, name, metadata_only=False):
+        """Delete snapshot ``name`` (``metadata_only``: only the backend's record of it)."""
+        raise CapabilityMissing("VM '%s' (%s) has no snapshot API of its own" % (self.name, self.backend))
+
+    def native_snapshot_revert(self, name):
+        """Revert the running VM to snapshot ``name`` through the backend's API."""
+        raise CapabilityMissing("VM '%s' (%s) has no snapshot API of its own" % (self.name, self.backend))
+
+    def native_snapshot_can_revert(self):
+        """True when native_snapshot_revert works on this host (else the QMP route reverts)."""
+        return False
 
     def pause(self):
         """Stop the guest's vCPUs."""
@@ -176,9 +231,6 @@ class VmHandle(object):
 
     def snapshots(self, disks=None):
         return summarize_snapshots(self.disks() if disks is None else disks)
-
-    def native_snapshot_names(self):
-        return set()
 
     def describe(self):
         disks = self.disks()
