@@ -65,6 +65,12 @@ def reached_alone(name, uri):
     return None
 
 
+def listed_names(connection):
+    """The names other than its own that a fleet's list may give the VM ``connection``
+    (a VM's connection()) reaches: its QMP socket's path, its libvirt domain."""
+    return [n for n in (connection.get('qmp_socket'), connection.get('domain')) if n]
+
+
 def open_vm(module, params=None):
     """Open the VM the connection options name: a libvirt domain or a raw QEMU's QMP socket."""
     params = params or module.params

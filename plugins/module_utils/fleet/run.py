@@ -60,9 +60,9 @@ class FleetRun(object):
     # -- selection --
     def conn(self, target):
         """Module options that reach ``target``, with what is left of the run's timeout."""
-        return dict(target['connection'], uri=target['connection'].get('uri', self.p['uri']),
-                    domain=target['connection'].get('domain'), qmp_socket=target['connection'].get('qmp_socket'),
-                    timeout=self.deadline.remaining(1.0))
+        conn = dict(uri=self.p['uri'], domain=None, qmp_socket=None)
+        conn.update(target['connection'], timeout=self.deadline.remaining(1.0))
+        return conn
 
     def describe_host(self):
         """Every VM this run may act on, described as vm_info does, and the raw
