@@ -26,6 +26,8 @@ class VmHandle(object):
     # A stopped VM's images are free for qemu-img (a libvirt domain that is shut
     # off; a raw QEMU that is not running still holds them open).
     offline_snapshots = False
+    # what of restore()'s dict vm_restore's result repeats: how to reach the VM again
+    restored_reach = ()
 
     def __init__(self, module, name):
         self.module = module

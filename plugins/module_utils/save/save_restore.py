@@ -155,7 +155,7 @@ def restore_image(module, params=None):
         """The result when the VM already runs from this restore, else None."""
         done = backend.running_from(module, latest, p) if latest.get('restored') else None
         if done:
-            return dict(base, changed=False, state='running', **{k: done[k] for k in ('pid', 'qmp_socket') if k in done})
+            return dict(base, changed=False, state='running', **{k: done[k] for k in backend.restored_reach if k in done})
         return None
 
     result = unchanged(manifest)
@@ -183,5 +183,5 @@ def restore_image(module, params=None):
     result = dict(base, changed=True, state=restored['state'], direct_io=restored['direct_io'], channels=channels,
                   duration_s=round(time.monotonic() - t0, 3),
                   rate_mib_s=round(read / MIB / load_s, 1) if load_s else None)
-    result.update((k, restored[k]) for k in ('pid', 'qmp_socket', 'load_s') if k in restored)
+    result.update((k, restored[k]) for k in backend.restored_reach + ('load_s',) if k in restored)
     return result

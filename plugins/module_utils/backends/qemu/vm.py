@@ -68,6 +68,7 @@ def qdev_disk_name(dev):
 
 class QemuVm(VmHandle):
     backend = 'qemu'
+    restored_reach = ('pid', 'qmp_socket')
 
     def __init__(self, module, socket_path, client):
         super(QemuVm, self).__init__(module, None)
