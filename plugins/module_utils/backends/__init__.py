@@ -56,10 +56,10 @@ def vm_key(params):
 
 
 def reached_alone(name, uri):
-    """The connection options of the VM a fleet's list names ``name`` when no
-    listing of the host finds it: a path is a raw QEMU's QMP socket. None for
-    any other name, a libvirt domain of ``uri`` (or a VM's name), found among
-    the VMs the host lists."""
+    """The connection options of the VM a fleet's list names ``name``, when
+    no listing of the host shows it: a path is a raw QEMU's QMP socket. None
+    for any other name (a libvirt domain of ``uri``, or a VM's name): the
+    listing of the host finds it."""
     if name.startswith('/'):
         return dict(qmp_socket=name, domain=None, uri=uri)
     return None
