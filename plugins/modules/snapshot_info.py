@@ -129,7 +129,7 @@ error:
   sample: VmNotFound
 '''
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vms
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import backend_of, open_vms
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import VmGone
 from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.instant import DEFAULT_MEMORY_DIR
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import run_module, vmfleet_module
@@ -144,7 +144,7 @@ def work(module):
             try:
                 snaps.extend(list_snapshots(vm, p['memory_dir'], p['name'], p['name_prefix']))
             except VmGone:
-                if p['domain'] or p['qmp_socket']:
+                if backend_of(p) is not None:
                     raise
     return dict(changed=False, snapshots=snaps)
 

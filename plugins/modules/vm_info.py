@@ -161,14 +161,14 @@ error:
   sample: ConnectionFailed
 '''
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vms
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import backend_of, open_vms
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import VmGone
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import run_module, vmfleet_module
 
 
 def work(module):
     p = module.params
-    named = p['domain'] or p['qmp_socket']
+    named = backend_of(p) is not None
     descs = []
     with open_vms(module) as (vms, host):
         for vm in vms:

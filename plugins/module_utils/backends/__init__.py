@@ -9,6 +9,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import contextlib
+import os
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument
 
@@ -43,6 +44,31 @@ def backend_of(params):
     if params.get('domain'):
         return 'libvirt'
     return None
+
+
+def vm_key(params):
+    """The VM ``params`` name, as one string however they name it: a QMP socket's
+    real path, or the libvirt URI and domain name. ``params`` are connection
+    options, or the identity() of a VM that a manifest records."""
+    if params.get('qmp_socket'):
+        return 'qmp:' + os.path.realpath(params['qmp_socket'])
+    return 'libvirt:%s:%s' % (params.get('uri') or 'qemu:///system', params.get('domain') or params['name'])
+
+
+def reached_alone(name, uri):
+    """The connection options of the VM a fleet's list names ``name``, when
+    no listing of the host shows it: a path is a raw QEMU's QMP socket. None
+    for any other name (a libvirt domain of ``uri``, or a VM's name): the
+    listing of the host finds it."""
+    if name.startswith('/'):
+        return dict(qmp_socket=name, domain=None, uri=uri)
+    return None
+
+
+def listed_names(connection):
+    """The names other than its own that a fleet's list may give the VM ``connection``
+    (a VM's connection()) reaches: its QMP socket's path, its libvirt domain."""
+    return [n for n in (connection.get('qmp_socket'), connection.get('domain')) if n]
 
 
 def open_vm(module, params=None):

@@ -9,139 +9,11 @@ which backend it has."""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import datetime
 import os
 import time
 
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import find_disk, summarize_snapshots
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import CapabilityMissing, DiskNotFound
-
-# Formats whose images can hold internal snapshots.
-SNAPSHOT_FORMATS = ('qcow2',)
-
-
-class ImageSnapshot(object):
-    """One internal snapshot as one image records it."""
-
-    def __init__(self, name, snap_id, vm_state_size, date_sec, vm_clock_sec):
-        self.name = name
-        self.id = snap_id
-        self.vm_state_size = int(vm_state_size or 0)
-        self.date_sec = float(date_sec or 0)
-        self.vm_clock_sec = float(vm_clock_sec or 0)
-
-    @classmethod
-    def from_qemu(cls, s):
-        # query-block and 'qemu-img info' spell the same fields differently.
-        return cls(s['name'], s.get('id'), s.get('vm-state-size'),
-                   s.get('date-sec', 0) + s.get('date-nsec', 0) / 1e9,
-                   s.get('vm-clock-sec', 0) + s.get('vm-clock-nsec', 0) / 1e9)
-
-
-class Disk(object):
-    def __init__(self, name, node_name, file, fmt, virtual_size, read_only, snapshots=None):
-        self.name = name
-        self.node_name = node_name
-        self.file = file
-        self.format = fmt
-        self.virtual_size = virtual_size
-        self.read_only = read_only
-        self.snapshots = snapshots or []
-
-    @property
-    def can_snapshot(self):
-        return self.format in SNAPSHOT_FORMATS and not self.read_only
-
-    def to_dict(self):
-        return dict(name=self.name, node_name=self.node_name, file=self.file, format=self.format,
-                    virtual_size=self.virtual_size, read_only=self.read_only)
-
-
-def _iso(epoch):
-    return datetime.datetime.fromtimestamp(epoch, tz=datetime.timezone.utc).isoformat()
-
-
-def summarize_snapshots(disks):
-    """Group per-image snapshot records by name into one entry per snapshot."""
-    by_name = {}
-    for disk in disks:
-        for s in disk.snapshots:
-            by_name.setdefault(s.name, []).append((disk, s))
-    out = []
-    for name, entries in by_name.items():
-        snaps = [s for d, s in entries]
-        clocks = [s.vm_clock_sec for s in snaps]
-        dates = [s.date_sec for s in snaps]
-        holders = [d.name for d, s in entries if s.vm_state_size]
-        out.append(dict(
-            name=name,
-            disks=[d.name for d, s in entries],
-            vmstate_disk=holders[0] if len(holders) == 1 else None,
-            vm_state_size=sum(s.vm_state_size for s in snaps),
-            date=_iso(min(dates)),
-            vm_clock_sec=snaps[0].vm_clock_sec,
-            # One moment on every disk, and RAM state in at most one place.
-            # A disk-only snapshot taken in one transaction records each disk's
-            # clock as QEMU reached it: a few ms apart, not seconds.
-            consistent=max(clocks) - min(clocks) < 1.0 and max(dates) - min(dates) < 60 and len(holders) <= 1,
-        ))
-    out.sort(key=lambda e: (e['date'], e['name']))
-    return out
-
-
-def find_disk(vm_name, disks, name, aliases=None):
-    """The disk ``name`` addresses: its device name, its current node name, or
-    any name it was addressed by before (``aliases``: old name -> device name;
-    a raw QEMU's pivoted disk has a new node but keeps its device)."""
-    for d in disks:
-        if name in (d.name, d.node_name):
-            return d
-    alias = (aliases or {}).get(name)
-    for d in disks:
-        if alias is not None and alias == d.name:
-            return d
-    raise DiskNotFound(
-        "VM '%s' has no disk '%s'" % (vm_name, name),
-        hint="its disks are: %s" % (", ".join(d.name for d in disks) or "none"))
-
-
-class MirrorDriver(object):
-    """What drive_mirror's engine asks of a backend to copy one disk live; each
-    backend's ``*_mirror.py`` subclasses it. Required: ``job(disk, job_id)``
-    (a dict with id, len, offset, ready, status, error, speed; None when there
-    is none), ``start``, ``set_speed``, ``complete``, ``cancel``, ``pause``,
-    ``resume``, ``nodes_for_verify``. The rest defaults to a backend without
-    a persistent definition of its VMs."""
-
-    route = None
-    # the backend keeps a persistent definition, pointed at the target after the switch
-    keeps_config = False
-    # what the result says when the job ended without an error message
-    silent_failure = 'the job ended without an error message'
-
-    def __init__(self, vm):
-        self.vm = vm
-
-    def job_target(self, disk):
-        return None  # the backend does not say: the journal does
-
-    def dismiss(self, job):
-        pass
-
-    def cleanup_after_cancel(self, target):
-        pass
-
-    def backing_node(self, disk):
-        return None
-
-    def config_source(self, disk):
-        return None
-
-    def update_config(self, disk, target, fmt):
-        return False
-
-    def stale_definition(self, disk, target, source):
-        """A warning for after the switch, when the VM's definition still names the old image."""
-        return None
 
 
 class VmHandle(object):
@@ -154,19 +26,30 @@ class VmHandle(object):
     # A stopped VM's images are free for qemu-img (a libvirt domain that is shut
     # off; a raw QEMU that is not running still holds them open).
     offline_snapshots = False
+    # what of restore()'s dict vm_restore's result repeats: how to reach the VM again
+    restored_reach = ()
 
     def __init__(self, module, name):
         self.module = module
         self.name = name
 
+    @classmethod
+    def open(cls, module, params):
+        """The VM the connection options ``params`` name (backends.open_vm chose
+        this class from them); VmNotFound or ConnectionFailed when it is not there."""
+        raise NotImplementedError
+
     # -- primitives --
     def state(self):
+        """'running', 'paused', 'shutoff', 'shutdown', 'crashed', 'pmsuspended' or 'unknown'."""
         raise NotImplementedError
 
     def disks(self):
+        """The VM's disks (backends.disk.Disk), with the internal snapshots their images hold."""
         raise NotImplementedError
 
     def qmp(self, command, _timeout=60.0, **args):
+        """Run QMP ``command`` on the VM's QEMU: its return value, or QmpCommandError."""
         raise NotImplementedError
 
     def wait_event(self, timeout):
@@ -178,6 +61,7 @@ class VmHandle(object):
         return []
 
     def block_jobs(self):
+        """The block jobs running on the VM's disks, as vm_info reports them."""
         raise NotImplementedError
 
     def identity(self):
@@ -201,6 +85,7 @@ class VmHandle(object):
         return {}
 
     def mirror_driver(self):
+        """The backends.mirror_driver.MirrorDriver that copies this VM's disks live."""
         raise NotImplementedError
 
     def save_route(self, channels, compression):
@@ -211,12 +96,62 @@ class VmHandle(object):
         """Save the VM's state through ``saver`` (save_restore.Saver); (manifest, seconds, downtime_ms)."""
         raise NotImplementedError
 
+    @classmethod
+    def image_streams(cls, manifest):
+        """How many streams the save image ``manifest`` records holds, each read by one
+        channel; None when it is page-addressable and any number of channels reads it."""
+        raise NotImplementedError
+
     def check_instant_snapshots(self):
+        """Before anything is touched: CapabilityMissing when this VM cannot take instant snapshots."""
         raise CapabilityMissing("VM '%s' (%s) cannot take instant snapshots" % (self.name, self.backend),
                                 hint="use mode: internal")
 
     def qemu_version(self):
+        """The version of the QEMU that runs the VM, 'major.minor.micro'."""
         raise NotImplementedError
+
+    # -- save images: a class's, since a restore has no VM to open yet --
+    @classmethod
+    def saved_and_gone(cls, module, saved_vm, params):
+        """True when the task's connection options ``params`` name the VM whose
+        identity() the save image records (``saved_vm``) and that VM no longer runs:
+        the save is done."""
+        raise NotImplementedError
+
+    @classmethod
+    def running_from(cls, module, manifest, params):
+        """``manifest['restored']`` (what restore returned) when the VM still runs
+        from that very restore, else None."""
+        raise NotImplementedError
+
+    @classmethod
+    def restore(cls, module, manifest, path, params, deadline, channels):
+        """Bring the VM saved at ``path`` back, in ``params['state']``, reading its
+        image over ``channels`` (save_restore.load_channels): a dict with ``state``,
+        ``direct_io``, ``channels``, and what running_from needs to find that run again."""
+        raise NotImplementedError
+
+    # -- a snapshot API of the backend's own (when native_snapshots) --
+    def native_snapshot_names(self):
+        """Names of the snapshots the backend keeps metadata of."""
+        return set()
+
+    def native_snapshot_create(self, name, disk_names):
+        """A full internal snapshot ``name`` (RAM and the disks ``disk_names``), recorded by the backend."""
+        raise CapabilityMissing("VM '%s' (%s) has no snapshot API of its own" % (self.name, self.backend))
+
+    def native_snapshot_delete(self, name, metadata_only=False):
+        """Delete snapshot ``name`` (``metadata_only``: only the backend's record of it)."""
+        raise CapabilityMissing("VM '%s' (%s) has no snapshot API of its own" % (self.name, self.backend))
+
+    def native_snapshot_revert(self, name):
+        """Revert the running VM to snapshot ``name`` through the backend's API."""
+        raise CapabilityMissing("VM '%s' (%s) has no snapshot API of its own" % (self.name, self.backend))
+
+    def native_snapshot_can_revert(self):
+        """True when native_snapshot_revert works on this host (else the QMP route reverts)."""
+        return False
 
     def pause(self):
         """Stop the guest's vCPUs."""
@@ -263,6 +198,12 @@ class VmHandle(object):
         """Migration capabilities an instant snapshot's memory file is written with, beyond the stream."""
         return {}
 
+    def background_load_refusal(self, memory_format):
+        """Why a revert cannot load a memory file written as ``memory_format`` in the
+        background (the guest running while its RAM comes in): (reason, what else the
+        user could do, or None), or None when it can."""
+        return ("this VM's backend loads its RAM in full", None)
+
     def revert_to_memory(self, record, name, images, memory_file, state, deadline, memory_format=None, load='full'):
         """Stop the VM, apply disk snapshot ``name`` to ``images`` and bring the
         VM back from ``memory_file`` (written as ``memory_format``) in ``state``,
@@ -292,9 +233,6 @@ class VmHandle(object):
 
     def snapshots(self, disks=None):
         return summarize_snapshots(self.disks() if disks is None else disks)
-
-    def native_snapshot_names(self):
-        return set()
 
     def describe(self):
         disks = self.disks()

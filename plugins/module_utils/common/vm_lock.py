@@ -23,20 +23,13 @@ import sys
 import threading
 import time
 
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import vm_key
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import VmBusy
 
 LOCK_DIR = '/run/vmfleet/locks'
 
 _held = {}  # key -> [fd, depth], this process's locks
 _guard = threading.Lock()
-
-
-def lock_key(params):
-    """The VM the connection options name, as one string: a QMP socket's real path,
-    or the libvirt URI and domain name."""
-    if params.get('qmp_socket'):
-        return 'qmp:' + os.path.realpath(params['qmp_socket'])
-    return 'libvirt:%s:%s' % (params.get('uri') or 'qemu:///system', params['domain'])
 
 
 def _path(key):
@@ -68,9 +61,10 @@ def changing(check_mode, params, what, timeout, vm_name=None):
 
 @contextlib.contextmanager
 def vm_locked(params, what, timeout, vm_name=None):
-    """Hold the lock of the VM ``params`` name while the block runs, waiting for it
-    at most ``timeout`` seconds; VmBusy names the holder when it does not come."""
-    key = lock_key(params)
+    """Hold the lock of the VM ``params`` name (backends.vm_key) while the block
+    runs, waiting for it at most ``timeout`` seconds; VmBusy names the holder
+    when it does not come."""
+    key = vm_key(params)
     with _guard:
         mine = _held.get(key)
         if mine:

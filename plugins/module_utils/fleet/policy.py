@@ -13,13 +13,13 @@ import datetime
 import fnmatch
 import re
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import SNAPSHOT_FORMATS
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import listed_names
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import SNAPSHOT_FORMATS
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument
 
 
 def _matches(vm, entry):
-    conn = vm.get('connection') or {}
-    return entry in (vm.get('name'), conn.get('qmp_socket'), conn.get('domain'))
+    return entry == vm.get('name') or entry in listed_names(vm.get('connection') or {})
 
 
 def _pattern_ok(name, pattern):

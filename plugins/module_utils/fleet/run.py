@@ -23,7 +23,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import durable
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm, open_vms
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm, open_vms, reached_alone
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     ConnectionFailed, FleetFailed, InvalidArgument, OperationTimeout, VmfleetError, VmGone,
 )
@@ -60,21 +60,27 @@ class FleetRun(object):
     # -- selection --
     def conn(self, target):
         """Module options that reach ``target``, with what is left of the run's timeout."""
-        return dict(target['connection'], uri=target['connection'].get('uri', self.p['uri']),
-                    domain=target['connection'].get('domain'), qmp_socket=target['connection'].get('qmp_socket'),
-                    timeout=self.deadline.remaining(1.0))
+        conn = dict(uri=self.p['uri'], domain=None, qmp_socket=None)
+        conn.update(target['connection'], timeout=self.deadline.remaining(1.0))
+        return conn
 
     def describe_host(self):
         """Every VM this run may act on, described as vm_info does, and the raw
         QEMU sockets that did not answer (each a failed VM, not a failed host)."""
         p = self.p
         asked = p['vms'] or []
-        sockets = []
-        for s in list(p['qmp_sockets'] or []) + [v for v in asked if v.startswith('/')]:
-            if s not in sockets:
-                sockets.append(s)
+        alone = {}
+        for name in p['qmp_sockets'] or []:
+            alone.setdefault(name, dict(qmp_socket=name, domain=None, uri=p['uri']))
+        list_host = not asked
+        for name in asked:
+            conn = reached_alone(name, p['uri'])
+            if conn:
+                alone.setdefault(name, conn)
+            else:
+                list_host = True
         described, unreachable = [], []
-        if p['uri'] and (not asked or any(not v.startswith('/') for v in asked)):
+        if p['uri'] and list_host:
             try:
                 with open_vms(self.module, dict(uri=p['uri'], domain=None, qmp_socket=None,
                                                 timeout=self.deadline.remaining(1.0))) as (vms, host):
@@ -86,13 +92,12 @@ class FleetRun(object):
             except ConnectionFailed as e:
                 # libvirtd down: its domains are reported failed, the raw QEMU VMs are still worked
                 unreachable.append(dict(item=p['uri'], msg=e.message))
-        for sock in sockets:
+        for name, conn in alone.items():
             try:
-                with open_vm(self.module, dict(qmp_socket=sock, domain=None, uri=p['uri'],
-                                               timeout=min(SOCKET_TIMEOUT, self.deadline.remaining(1.0)))) as vm:
+                with open_vm(self.module, dict(conn, timeout=min(SOCKET_TIMEOUT, self.deadline.remaining(1.0)))) as vm:
                     described.append(dict(vm.describe(), connection=vm.connection()))
             except VmfleetError as e:
-                unreachable.append(dict(item=sock, msg=e.message))
+                unreachable.append(dict(item=name, msg=e.message))
         return described, unreachable
 
     def select(self, states=('running',)):

@@ -13,7 +13,7 @@ import os
 import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import durable
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import listed_names, open_vm
 from ansible_collections.vmfleet.kvm.plugins.module_utils.mirror.drive_mirror import drive_mirror
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument, JobFailed, VmfleetError
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.policy import (
@@ -181,7 +181,7 @@ class SavedVms(object):
                                   hint="fix it, or move it aside; the save images next to it are untouched")
 
     def keys(self):
-        return [v['vm'] for v in self.vms] + [v.get('connection', {}).get('qmp_socket') or '' for v in self.vms]
+        return [v['vm'] for v in self.vms] + [n for v in self.vms for n in listed_names(v.get('connection', {}))]
 
     def put(self, entry):
         with self.lock:

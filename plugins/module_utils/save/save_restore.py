@@ -2,17 +2,9 @@
 # Copyright: (c) 2026, vmfleet.kvm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Save a VM's RAM and device state to disk over several channels, and bring
-it back (seed 002). The backend picks the fastest path its host has and
-names it in the manifest:
-
-- ``mapped-ram``: raw QEMU, no compression: QEMU writes RAM at fixed offsets
-  of one sparse file, over ``channels`` multifd threads (``file:`` URI).
-- ``multifd-stream``: raw QEMU with compression: multifd over sockets, one
-  file per channel, written by multifd_stream.ChannelSink.
-- ``libvirt-sparse``: libvirt's saveParams with parallel channels and the
-  sparse (mapped-ram) format.
-- ``libvirt-compressed``: libvirt's saveParams with a compressed image format
-  (one stream: libvirt compresses through a pipe).
+it back (seed 002). The backend picks the fastest route its host has and
+names it (``path_used``) in the manifest; its ``save``, ``restore`` and
+``image_streams`` are the only ones that read that name.
 
 This file holds what both backends share: idempotence, the checks before
 anything is touched, the manifest written last, the results."""
@@ -44,13 +36,11 @@ def _check_channels(n):
         raise InvalidArgument("channels must be between 1 and 64, not %d" % n)
 
 
-def load_channels(manifest, asked=None):
+def load_channels(manifest, streams, asked=None):
     """How many threads read ``manifest``'s image: ``asked``, or the saved
-    count but at least LOAD_CHANNELS. A multifd stream image has one file per
-    channel and is read by exactly that many; libvirt reads its compressed
-    image as one stream."""
-    if manifest['path_used'] not in ('mapped-ram', 'libvirt-sparse'):
-        streams = manifest['channels'] if manifest['path_used'] == 'multifd-stream' else 1
+    count but at least LOAD_CHANNELS. An image of ``streams`` streams (the
+    backend's image_streams) is read by exactly that many."""
+    if streams is not None:
         if asked not in (None, streams):
             raise InvalidArgument("the %s image holds %d stream(s) and is read over as many channels, not %d"
                                   % (manifest['path_used'], streams, asked), hint="leave channels unset")
@@ -165,7 +155,7 @@ def restore_image(module, params=None):
         """The result when the VM already runs from this restore, else None."""
         done = backend.running_from(module, latest, p) if latest.get('restored') else None
         if done:
-            return dict(base, changed=False, state='running', **{k: done[k] for k in ('pid', 'qmp_socket') if k in done})
+            return dict(base, changed=False, state='running', **{k: done[k] for k in backend.restored_reach if k in done})
         return None
 
     result = unchanged(manifest)
@@ -173,11 +163,11 @@ def restore_image(module, params=None):
         return result
     t0 = time.monotonic()
     deadline = Deadline(p['timeout'])
-    channels = load_channels(manifest, p['channels'])
+    channels = load_channels(manifest, backend.image_streams(manifest), p['channels'])
     manifest_store.check_files(path, manifest, checksum=p['verify'])
     if module.check_mode:
         return dict(base, changed=True, state=p['state'], channels=channels)
-    with vm_locked(dict(vm, domain=vm['name']), 'vm_restore from %s' % path, deadline.remaining(), vm['name']):
+    with vm_locked(vm, 'vm_restore from %s' % path, deadline.remaining(), vm['name']):
         # a run that held the lock before us may have restored it meanwhile
         result = unchanged(manifest_store.read_manifest(path) or manifest)
         if result:
@@ -193,5 +183,5 @@ def restore_image(module, params=None):
     result = dict(base, changed=True, state=restored['state'], direct_io=restored['direct_io'], channels=channels,
                   duration_s=round(time.monotonic() - t0, 3),
                   rate_mib_s=round(read / MIB / load_s, 1) if load_s else None)
-    result.update((k, restored[k]) for k in ('pid', 'qmp_socket', 'load_s') if k in restored)
+    result.update((k, restored[k]) for k in backend.restored_reach + ('load_s',) if k in restored)
     return result

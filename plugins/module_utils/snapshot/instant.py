@@ -24,7 +24,7 @@ How the memory file is written and loaded is the VM handle's: a raw QEMU
 writes a mapped-ram stream where its QEMU has mapped-ram (a plain migration
 stream otherwise; ``migrate file:``) and a revert relaunches
 its recorded command line with ``-incoming defer``; a libvirt domain's file is
-a libvirt save image (backends/libvirt_save_image: header written first,
+a libvirt save image (backends/libvirt/save_image: header written first,
 the fd handed to QEMU with ``getfd``, ``migrate fd:``, marked complete after
 fsync) that libvirt's own restore loads. Either way a revert checks
 everything first, then stops the VM, ``qemu-img snapshot -a`` every disk and
@@ -444,20 +444,13 @@ class InstantSnapshots(object):
             state = manifest.get('state_at_snapshot', 'running')
         memory_format = manifest.get('memory_format', 'stream')
         if load == 'background':
-            why = None
-            if vm.backend == 'libvirt':
-                why = ("a libvirt domain loads its RAM in full: libvirt's restore takes the memory file as one "
-                       "stream and has no postcopy input")
-            elif memory_format != 'mapped-ram':
-                why = ("its memory file is one stream, not page-addressable (mapped-ram)%s"
-                       % ("" if vm.instant_memory_caps() else "; this VM's QEMU lacks mapped-ram (QEMU >= 9.0)"))
-            elif state != 'running':
+            why, remedy = vm.background_load_refusal(memory_format) or (None, None)
+            if why is None and state != 'running':
                 why = "the VM is to be paused after the revert: loading in the background gains nothing"
             if why:
                 raise InvalidArgument("instant snapshot '%s' of VM '%s' cannot be reverted with load: background: %s"
                                       % (name, vm.name, why), hint="nothing was changed; use load: full%s" % (
-                                          ", or take the snapshot again" if vm.backend == 'qemu'
-                                          and memory_format != 'mapped-ram' else ""))
+                                          ", or " + remedy if remedy else ""))
         result = dict(changed=True, mode=KIND, route=None, paused_ms=0,
                       snapshot=describe(manifest, path, disks),
                       actions=[dict(action='revert', disks=[r['name'] for r in manifest['disks']],

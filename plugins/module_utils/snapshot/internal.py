@@ -13,7 +13,7 @@ __metaclass__ = type
 import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import SNAPSHOT_FORMATS
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import SNAPSHOT_FORMATS
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     InvalidArgument, OperationTimeout, SnapshotInconsistent, SnapshotNotFound, VmfleetError,
 )

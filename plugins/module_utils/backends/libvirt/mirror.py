@@ -10,7 +10,7 @@ __metaclass__ = type
 
 import xml.etree.ElementTree as ET
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import MirrorDriver
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.mirror_driver import MirrorDriver
 from ansible_collections.vmfleet.kvm.plugins.module_utils.mirror.journal import same_file
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import JobFailed, OperationTimeout
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import poll_until

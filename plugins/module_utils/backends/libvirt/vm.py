@@ -24,7 +24,8 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt import save_image as libvirt_save_image
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as qemu_process
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import Disk, ImageSnapshot, VmHandle
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk, ImageSnapshot
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import VmHandle
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     CapabilityMissing, ConnectionFailed, InvalidArgument, OperationTimeout, QmpCommandError, VmfleetError,
     VmGone, VmNotFound,
@@ -338,6 +339,10 @@ class LibvirtVm(VmHandle):
     def finish_memory_write(self, path, fd):
         libvirt_save_image.mark_complete(fd)
 
+    def background_load_refusal(self, memory_format):
+        return ("a libvirt domain loads its RAM in full: libvirt's restore takes the memory file as one stream and "
+                "has no postcopy input", None)
+
     def revert_to_memory(self, record, name, images, memory_file, state, deadline, memory_format=None, load='full'):
         """Destroy the domain, apply the disk snapshots, and let libvirt restore the memory file."""
         libvirt_save_image.check_complete(memory_file)
@@ -427,6 +432,11 @@ class LibvirtVm(VmHandle):
             manifest_store.remove([tmp])
             raise
         return manifest, dt, round(dt * 1000.0, 1)
+
+    @classmethod
+    def image_streams(cls, manifest):
+        # the sparse format is mapped-ram; libvirt compresses through a pipe, one stream
+        return None if manifest['path_used'] == 'libvirt-sparse' else 1
 
     @classmethod
     def saved_and_gone(cls, module, saved_vm, params):

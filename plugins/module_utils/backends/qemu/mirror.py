@@ -10,7 +10,7 @@ __metaclass__ = type
 import hashlib
 import os
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import MirrorDriver
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.mirror_driver import MirrorDriver
 from ansible_collections.vmfleet.kvm.plugins.module_utils.mirror.journal import same_file
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import OperationTimeout, QmpCommandError
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qmp_jobs import mirror_job_id

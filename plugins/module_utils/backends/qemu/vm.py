@@ -22,7 +22,8 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import m
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qmp_migration as migration
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as proc
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import Disk, ImageSnapshot, VmHandle
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk, ImageSnapshot
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import VmHandle
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.qmp_client import (
     HAS_QMP, QMP_IMPORT_ERROR, QmpClient,
 )
@@ -67,6 +68,7 @@ def qdev_disk_name(dev):
 
 class QemuVm(VmHandle):
     backend = 'qemu'
+    restored_reach = ('pid', 'qmp_socket')
 
     def __init__(self, module, socket_path, client):
         super(QemuVm, self).__init__(module, None)
@@ -230,6 +232,13 @@ class QemuVm(VmHandle):
         # page-addressable: such a snapshot can be reverted with its RAM loaded in the background
         return {memory_load.FORMAT: True} if memory_load.FORMAT in self.migrate_caps() else {}
 
+    def background_load_refusal(self, memory_format):
+        if memory_format == memory_load.FORMAT:
+            return None
+        return ("its memory file is one stream, not page-addressable (mapped-ram)%s"
+                % ("" if self.instant_memory_caps() else "; this VM's QEMU lacks mapped-ram (QEMU >= 9.0)"),
+                "take the snapshot again")
+
     def revert_to_memory(self, record, name, images, memory_file, state, deadline, memory_format=None, load='full'):
         """Stop QEMU, apply snapshot ``name`` to each image, relaunch ``record``
         and load ``memory_file``: the VM as it was at the snapshot."""
@@ -389,6 +398,11 @@ class QemuVm(VmHandle):
             except VmfleetError:
                 pass  # QEMU closes the monitor as it quits
         return manifest, written_at - t0, downtime
+
+    @classmethod
+    def image_streams(cls, manifest):
+        # a multifd stream image has one file per channel
+        return None if manifest['path_used'] == 'mapped-ram' else manifest['channels']
 
     @classmethod
     def saved_and_gone(cls, module, saved_vm, params):

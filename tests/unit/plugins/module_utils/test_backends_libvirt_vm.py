@@ -1,0 +1,19 @@
+"""backends/libvirt/vm.py's pure decisions: where a save goes and how many streams its
+image holds."""
+
+import pytest
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import LibvirtVm, choose_save_path as libvirt_save_path
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import CapabilityMissing
+
+
+def test_libvirt_save_path_needs_parallel_save_only_uncompressed():
+    assert libvirt_save_path(4, 'none', True)[0] == 'libvirt-sparse'
+    assert libvirt_save_path(4, 'zlib', False)[0] == 'libvirt-compressed'
+    with pytest.raises(CapabilityMissing, match='parallel channels'):
+        libvirt_save_path(4, 'none', False)
+
+
+def test_a_sparse_image_is_read_over_any_channels_a_compressed_one_as_one_stream():
+    assert LibvirtVm.image_streams({'path_used': 'libvirt-sparse', 'channels': 2}) is None
+    assert LibvirtVm.image_streams({'path_used': 'libvirt-compressed', 'channels': 4}) == 1
