@@ -65,6 +65,88 @@ def connect(uri):
             hint="check that libvirtd (or virtqemud) runs on this host and that the uri is right")
 
 
+def open_remote(uri, deadline, what):
+    """A connection to another host's libvirt, within the deadline (an SSH that hangs must not hang
+    the task), with keepalive: a peer lost mid-run (link cut, host down) is noticed in ~20 s, and
+    calls on it (and closing it) fail instead of waiting for TCP to give up (many minutes)."""
+    _require_libvirt()
+    _silence_libvirt()
+    box = {}
+
+    def target():
+        try:
+            box['conn'] = libvirt.open(uri)
+        except libvirt.libvirtError as e:
+            box['error'] = e.get_error_message()
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(max(1.0, min(60.0, deadline.remaining())))
+    if 'conn' in box:
+        try:
+            box['conn'].setKeepAlive(5, 3)
+        except libvirt.libvirtError:
+            pass
+        return box['conn']
+    raise ConnectionFailed("%s %s is unreachable: %s" % (what, uri, box.get('error', 'no answer within %.0f s' % min(60.0, deadline.timeout))),
+                           hint="check that its libvirtd runs and that this host reaches it (for qemu+ssh: "
+                                "root's SSH key and known_hosts on the source host)")
+
+
+def close_quietly(conn):
+    """Close a connection; one whose peer is lost may block in its goodbye until keepalive gives
+    up on it: the run ends anyway (at most 30 s more)."""
+    def target():
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(30)
+
+
+_EVENT_LOOP_LOCK = threading.Lock()
+_EVENT_LOOP = []
+
+
+def event_loop():
+    """libvirt's default event loop in a daemon thread (for events such as job-completed);
+    registered once per process (a fleet run migrates from several threads), before the
+    connections that wait for events are opened."""
+    with _EVENT_LOOP_LOCK:
+        if _EVENT_LOOP:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run():
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        t = threading.Thread(target=run, name='libvirt-events', daemon=True)
+        t.start()
+        _EVENT_LOOP.append(t)
+
+
+def find_domain(conn, name):
+    """The domain ``name`` of ``conn``, or None when there is none."""
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def domain_running(dom):
+    try:
+        return dom is not None and dom.state()[0] in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED,
+                                                      libvirt.VIR_DOMAIN_BLOCKED)
+    except libvirt.libvirtError:
+        return False
+
+
 def list_domain_names(conn):
     return sorted(d.name() for d in conn.listAllDomains(0))
 
@@ -207,6 +289,14 @@ class LibvirtVm(VmHandle):
 
     def connection(self):
         return dict(domain=self.name, uri=self.uri)
+
+    def memory_bytes(self):
+        return self._call('reading the memory size', self.dom.maxMemory) * 1024
+
+    @classmethod
+    def migrator_class(cls):
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.migrator import LibvirtMigrator
+        return LibvirtMigrator
 
     def identity(self):
         return dict(name=self.name, backend=self.backend, uuid=self.dom.UUIDString(), uri=self.uri,
