@@ -19,7 +19,7 @@ import time
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import (
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.connection import (
     close_quietly, connect, domain_running, event_loop, find_domain, open_remote,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.migrator import Migrator

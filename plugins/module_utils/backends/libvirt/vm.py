@@ -14,7 +14,6 @@ import os
 import re
 import threading
 import time
-import traceback
 import xml.etree.ElementTree as ET
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import capabilities
@@ -23,6 +22,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.save import manifest_s
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt import save_image as libvirt_save_image
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.connection import HAS_LIBVIRT, connect
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as qemu_process
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import Disk, ImageSnapshot, VmHandle
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
@@ -34,117 +34,10 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.common.qemu_img import
 try:
     import libvirt
     import libvirt_qemu
-    HAS_LIBVIRT = True
-    LIBVIRT_IMPORT_ERROR = None
-except ImportError:
-    HAS_LIBVIRT = False
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+except ImportError:  # connection.py keeps the error for missing_required_lib
+    pass
 
 _UUID = re.compile(r'^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$')
-
-
-def _require_libvirt():
-    if not HAS_LIBVIRT:
-        from ansible.module_utils.basic import missing_required_lib
-        raise CapabilityMissing(missing_required_lib('libvirt-python'), exception=LIBVIRT_IMPORT_ERROR)
-
-
-def _silence_libvirt():
-    # libvirt prints every error to stderr by default; we report them ourselves.
-    libvirt.registerErrorHandler(lambda *a: None, None)
-
-
-def connect(uri):
-    _require_libvirt()
-    _silence_libvirt()
-    try:
-        return libvirt.open(uri)
-    except libvirt.libvirtError as e:
-        raise ConnectionFailed(
-            "cannot connect to libvirt at %s: %s" % (uri, e.get_error_message()),
-            hint="check that libvirtd (or virtqemud) runs on this host and that the uri is right")
-
-
-def open_remote(uri, deadline, what):
-    """A connection to another host's libvirt, within the deadline (an SSH that hangs must not hang
-    the task), with keepalive: a peer lost mid-run (link cut, host down) is noticed in ~20 s, and
-    calls on it (and closing it) fail instead of waiting for TCP to give up (many minutes)."""
-    _require_libvirt()
-    _silence_libvirt()
-    box = {}
-
-    def target():
-        try:
-            box['conn'] = libvirt.open(uri)
-        except libvirt.libvirtError as e:
-            box['error'] = e.get_error_message()
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(max(1.0, min(60.0, deadline.remaining())))
-    if 'conn' in box:
-        try:
-            box['conn'].setKeepAlive(5, 3)
-        except libvirt.libvirtError:
-            pass
-        return box['conn']
-    raise ConnectionFailed("%s %s is unreachable: %s" % (what, uri, box.get('error', 'no answer within %.0f s' % min(60.0, deadline.timeout))),
-                           hint="check that its libvirtd runs and that this host reaches it (for qemu+ssh: "
-                                "root's SSH key and known_hosts on the source host)")
-
-
-def close_quietly(conn):
-    """Close a connection; one whose peer is lost may block in its goodbye until keepalive gives
-    up on it: the run ends anyway (at most 30 s more)."""
-    def target():
-        try:
-            conn.close()
-        except libvirt.libvirtError:
-            pass
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(30)
-
-
-_EVENT_LOOP_LOCK = threading.Lock()
-_EVENT_LOOP = []
-
-
-def event_loop():
-    """libvirt's default event loop in a daemon thread (for events such as job-completed);
-    registered once per process (a fleet run migrates from several threads), before the
-    connections that wait for events are opened."""
-    with _EVENT_LOOP_LOCK:
-        if _EVENT_LOOP:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-
-        def run():
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        t = threading.Thread(target=run, name='libvirt-events', daemon=True)
-        t.start()
-        _EVENT_LOOP.append(t)
-
-
-def find_domain(conn, name):
-    """The domain ``name`` of ``conn``, or None when there is none."""
-    try:
-        return conn.lookupByName(name)
-    except libvirt.libvirtError as e:
-        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return None
-        raise
-
-
-def domain_running(dom):
-    try:
-        return dom is not None and dom.state()[0] in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED,
-                                                      libvirt.VIR_DOMAIN_BLOCKED)
-    except libvirt.libvirtError:
-        return False
 
 
 def list_domain_names(conn):

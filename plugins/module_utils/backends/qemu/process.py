@@ -271,31 +271,58 @@ REDACTED = '********'
 # rbd's key= (in its filename, ':'-separated); the data= of a secret object
 _SECRET_KEYS = ('password', 'passwd', 'key')
 SECRET_TOKEN = '@vmfleet-secret-%d@'
+# a switch (-vnc password=on: the password is set over QMP), not a secret
+_NOT_SECRET = ('on', 'off', 'true', 'false', 'yes', 'no')
 
 
 def _is_secret_object(opt):
     return opt.split(',', 1)[0] == 'secret' or _keyvals(opt).get('qom-type') == 'secret'
 
 
-def _secret_values(prev, opt):
-    """The secrets option ``opt`` (after ``prev``) carries, as they appear in it."""
-    keys = _SECRET_KEYS + (('data',) if prev.lstrip('-') == 'object' and _is_secret_object(opt) else ())
-    if opt.startswith('{'):
-        return [v for k, v in _keyvals(opt).items() if k in keys and v]
+def _secret_keys(prev, opt):
+    return _SECRET_KEYS + (('data',) if prev.lstrip('-') == 'object' and _is_secret_object(opt) else ())
+
+
+def _secret_spans(keys, opt):
+    """(start, end) of each secret value in the key=value option ``opt``."""
     out = []
     for k in keys:
-        sep = ',:' if k == 'key' else ','
-        for m in re.finditer(r'(?:^|[,:])%s=((?:,,|[^%s])*)' % (re.escape(k), sep), opt):
-            if m.group(1):
-                out.append(m.group(1))
+        stop = ',:' if k == 'key' else ','
+        for m in re.finditer(r'(?:^|[,:])%s=((?:,,|[^%s])*)' % (re.escape(k), stop), opt):
+            if m.group(1) and m.group(1).lower() not in _NOT_SECRET:
+                out.append(m.span(1))
     return out
 
 
+def _redact_opt(prev, opt):
+    keys = _secret_keys(prev, opt)
+    if opt.startswith('{'):
+        try:
+            obj = json.loads(opt)
+        except ValueError:
+            return opt
+        if isinstance(obj, dict) and any(k in obj for k in keys):
+            return json.dumps(dict((k, REDACTED if k in keys else v) for k, v in obj.items()))
+        return opt
+    for start, end in sorted(_secret_spans(keys, opt), reverse=True):
+        opt = opt[:start] + REDACTED + opt[end:]
+    return opt
+
+
+def redact_argv(argv):
+    """``argv`` with each secret value replaced by ********, for results and logs."""
+    return [_redact_opt(argv[i - 1] if i else '', a) for i, a in enumerate(argv)]
+
+
 def secret_values(argv):
-    """Every secret ``argv`` carries (as written in it, so it can be replaced), longest first."""
+    """Every secret ``argv`` carries, as written in it, longest first: what no message may show."""
     found = set()
     for i, a in enumerate(argv):
-        found.update(_secret_values(argv[i - 1] if i else '', a))
+        keys = _secret_keys(argv[i - 1] if i else '', a)
+        if a.startswith('{'):
+            found.update(v for k, v in _keyvals(a).items() if k in keys and v and v.lower() not in _NOT_SECRET)
+        else:
+            found.update(a[start:end] for start, end in _secret_spans(keys, a))
     return sorted(found, key=len, reverse=True)
 
 
@@ -303,12 +330,6 @@ def redact(text, secrets):
     for s in secrets:
         text = text.replace(s, REDACTED)
     return text
-
-
-def redact_argv(argv):
-    """``argv`` with each secret value replaced by ********, for results and logs."""
-    secrets = secret_values(argv)
-    return [redact(a, secrets) for a in argv]
 
 
 def secrets_to_files(argv):

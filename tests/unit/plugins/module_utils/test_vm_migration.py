@@ -229,3 +229,9 @@ def test_uris_from_the_inventory_take_no_query_fragment_or_odd_user(uri):
     from ansible_collections.vmfleet.kvm.plugins.module_utils.common import addresses
     with pytest.raises(InvalidArgument):
         addresses.parse(uri, plain=True)
+
+
+def test_a_password_switch_is_no_secret():
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.process import redact_argv, secret_values
+    argv = ['qemu', '-vnc', ':0,password=on', '-qmp', 'unix:/run/x.qmp,server=on,wait=off']
+    assert redact_argv(argv) == argv and secret_values(argv) == []
