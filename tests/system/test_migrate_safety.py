@@ -62,9 +62,8 @@ def test_an_ssh_user_that_is_an_ssh_option_is_refused_and_nothing_runs(fleet):
     if os.path.exists(PWNED):
         os.unlink(PWNED)
     uri = 'ssh://-oProxyCommand=touch${IFS}%s@%s' % (PWNED, hv2.address)
-    (r,), proc = run_tasks([{'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': uri,
-                                                         'timeout': 60}}],
-                           inventory=fleet.inventory, hosts=hv1.name)
+    task = {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': uri, 'timeout': 60}}
+    (r,), proc = run_tasks([task], inventory=fleet.inventory, hosts=hv1.name)
     log = proc.stdout + proc.stderr
     assert r.get('failed') is True and r.get('error') == 'InvalidArgument', r
     # urlsplit reads the host up to the first '/': the refusal names the user or the host it found

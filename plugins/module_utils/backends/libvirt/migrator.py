@@ -248,7 +248,6 @@ class LibvirtMigrator(Migrator):
                 pass
         self.pool = None
 
-
     def _on_job_completed(self, conn, dom, stats, opaque):
         if dom.name() == self.name:
             self.completed_stats = dict(stats)
@@ -341,7 +340,6 @@ class LibvirtMigrator(Migrator):
                                     **partial)
         return JobFailed("migration of '%s' to %s failed: %s" % (self.name, self.dest_uri, msg),
                          hint="the domain runs on at the source when source_state says running", **partial)
-
 
     def _done(self, elapsed, plan, progress):
         stats = self.completed_stats
