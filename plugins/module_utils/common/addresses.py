@@ -60,8 +60,8 @@ def parse(uri, what='destination_uri', plain=False):
     if plain and (u.query or u.fragment or '?' in uri or '#' in uri):
         raise InvalidArgument("%s %r carries a query string or a fragment" % (what, uri),
                               hint="give the URI without '?...' or '#...'")
-    check_user(u.username, "the user of %s %r" % (what, uri))
-    check_host(u.hostname, "the host of %s %r" % (what, uri))
+    check_user(u.username, "%s %r: its user" % (what, uri))
+    check_host(u.hostname, "%s %r: its host" % (what, uri))
     return u
 
 
