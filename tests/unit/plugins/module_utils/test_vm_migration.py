@@ -235,3 +235,22 @@ def test_a_password_switch_is_no_secret():
     from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.process import redact_argv, secret_values
     argv = ['qemu', '-vnc', ':0,password=on', '-qmp', 'unix:/run/x.qmp,server=on,wait=off']
     assert redact_argv(argv) == argv and secret_values(argv) == []
+
+
+@pytest.mark.parametrize('host', [
+    {'name': 'hv2', 'address': '10.0.0.2', 'user': '-oProxyCommand=touch /tmp/x'},
+    {'name': 'hv2', 'address': '-oProxyCommand=x'},
+    {'name': 'hv2', 'ssh_uri': 'ssh://hv2?x=1'},
+    {'name': 'hv2', 'libvirt_uri': 'qemu+ssh://hv2/system?command=/bin/evil'},
+])
+def test_an_evacuation_destination_from_the_inventory_is_checked(host):
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import evacuation as ev
+    with pytest.raises(InvalidArgument):
+        ev.host_address(host)
+
+
+def test_an_ipv6_destination_is_bracketed_in_its_uris():
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import evacuation as ev
+    h = ev.host_address({'name': 'hv2', 'address': 'fd00::2', 'user': 'vmfleet'})
+    assert h['ssh_uri'] == 'ssh://vmfleet@[fd00::2]' and h['libvirt_uri'] == 'qemu+ssh://vmfleet@[fd00::2]/system'
+    assert destination_host(h['ssh_uri']) == 'fd00::2'
