@@ -80,16 +80,22 @@ options:
         type: str
         required: true
       address:
-        description: Its address as this host reaches it. Default - O(destinations[].name).
+        description:
+          - Its address as this host reaches it, a DNS name or an IPv4/IPv6 address. Default - O(destinations[].name).
         type: str
       user:
-        description: The SSH user this host's root reaches it as (see M(vmfleet.kvm.vm_migrate)).
+        description:
+          - The SSH user this host's root reaches it as (see M(vmfleet.kvm.vm_migrate)); a plain user name
+            (letters, digits, V(.), V(_), V(-), not starting with V(-)).
         type: str
       libvirt_uri:
-        description: Its libvirt URI, for domains. Default - C(qemu+ssh://USER@ADDRESS/system).
+        description:
+          - Its libvirt URI, for domains, with no query string or fragment. Default - C(qemu+ssh://USER@ADDRESS/system).
         type: str
       ssh_uri:
-        description: Its SSH address, for raw QEMU VMs and reading its free memory. Default - C(ssh://USER@ADDRESS).
+        description:
+          - Its SSH address, for raw QEMU VMs and reading its free memory, with no query string or fragment.
+            Default - C(ssh://USER@ADDRESS).
         type: str
       free_mib:
         description: Memory it has free for VMs, in MiB. Default - C(MemAvailable) of its C(/proc/meminfo), over SSH.

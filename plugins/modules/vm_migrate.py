@@ -46,6 +46,11 @@ options:
         V(qemu+ssh://vmfleet@hv2.example.com/system) or V(qemu+tcp://hv2.example.com/system).
       - For a raw QEMU VM, the SSH address of the destination host, V(ssh://vmfleet@hv2.example.com)
         (only the user, host and port count).
+      - The user must be a plain name (letters, digits, V(.), V(_), V(-), not starting with V(-)) and the host a
+        DNS name or an IPv4/IPv6 address; anything else fails before any command runs.
+      - The destination QEMU's command line goes to it on stdin, not on ssh's or sudo's command line; the C(data)
+        of a C(-object secret) reaches it in a file only root reads, removed once QEMU has read it. Secrets
+        (C(data) of a secret object, C(password=), rbd's C(key=)) show as C(********) in the result.
     type: str
     required: true
   destination_qmp_socket:

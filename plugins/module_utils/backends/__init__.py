@@ -81,6 +81,31 @@ def open_vm(module, params=None):
     return backend_class(backend).open(module, params)
 
 
+def migrator_for(module, params, deadline):
+    """The migrator of the VM the connection options name when that VM does not run on this host
+    (it may run at the destination already): it asks the destination only."""
+    return backend_class(backend_of(params)).migrator_class()(module, params, deadline, None)
+
+
+def destination_uris(host, user=None):
+    """How the source's root reaches ``host`` (``user``: the login there), per backend, by the keys a
+    fleet record keeps them under: libvirt's ``libvirt_uri``, SSH's ``ssh_uri`` (raw QEMU)."""
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt import migrator as libvirt_migrator
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import remote
+    return dict(libvirt_uri=libvirt_migrator.destination_uri(host, user), ssh_uri=remote.destination_uri(host, user))
+
+
+def destination_key(backend):
+    """The key of a fleet record's destination that reaches a VM of ``backend`` there."""
+    return 'ssh_uri' if backend == 'qemu' else 'libvirt_uri'
+
+
+def available_memory(ssh_uri, deadline):
+    """Bytes of memory available (MemAvailable) at the host of ``ssh_uri``, read over SSH; None when it does not say."""
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.remote import Remote
+    return Remote(ssh_uri, deadline).available_memory()
+
+
 @contextlib.contextmanager
 def open_vms(module, params=None):
     """The VM the options name, or, when they name none, every domain of the

@@ -79,6 +79,14 @@ class VmHandle(object):
     def close(self):
         pass
 
+    def quit(self, timeout=30.0):
+        """Make QEMU exit (a raw QEMU whose guest runs elsewhere now), and wait until it has."""
+        raise NotImplementedError
+
+    def memory_bytes(self):
+        """The guest's memory size (what a destination must have free)."""
+        raise NotImplementedError
+
     # -- backend-specific steps --
     def disk_aliases(self):
         """{name the disk was addressed by before: its device name}."""
@@ -87,6 +95,15 @@ class VmHandle(object):
     def mirror_driver(self):
         """The backends.mirror_driver.MirrorDriver that copies this VM's disks live."""
         raise NotImplementedError
+
+    @classmethod
+    def migrator_class(cls):
+        """This backend's backends.migrator.Migrator subclass (it moves a VM to another host)."""
+        raise NotImplementedError
+
+    def migrator(self, params, deadline):
+        """What moves this VM to ``params['destination_uri']`` (vm_migrate's options) within ``deadline``."""
+        return self.migrator_class()(self.module, params, deadline, self)
 
     def save_route(self, channels, compression):
         """(path_used, why): how this VM's RAM would be saved, or CapabilityMissing."""

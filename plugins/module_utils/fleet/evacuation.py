@@ -20,13 +20,16 @@ __metaclass__ = type
 
 import os
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import (
+    available_memory, destination_key, destination_uris, open_vm,
+)
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common import addresses
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     ConnectionFailed, JobFailed, VmfleetError,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.policy import fleet_record, fleet_spread
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.workflows import save_vm_state
-from ansible_collections.vmfleet.kvm.plugins.module_utils.migrate.vm_migration import Remote, migrate
+from ansible_collections.vmfleet.kvm.plugins.module_utils.migrate.vm_migration import migrate
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline
 
 EVACUATED_VMS = 'evacuated-vms.json'
@@ -39,12 +42,14 @@ MIGRATION_KEYS = ('route', 'mode', 'why', 'downtime_ms', 'bytes', 'duration_s', 
 
 def host_address(h):
     """A destination (or home) with both its URIs: libvirt's for domains, SSH's for raw QEMU VMs.
-    ``h``: name, and optionally address, user, libvirt_uri, ssh_uri, free_mib."""
-    at = h.get('address') or h['name']
-    if h.get('user'):
-        at = '%s@%s' % (h['user'], at)
-    return dict(name=h['name'], libvirt_uri=h.get('libvirt_uri') or 'qemu+ssh://%s/system' % at,
-                ssh_uri=h.get('ssh_uri') or 'ssh://%s' % at, free_mib=h.get('free_mib'))
+    ``h``: name, and optionally address, user, libvirt_uri, ssh_uri, free_mib. Inventory values:
+    checked (plain user and host, no query string), as root acts on them."""
+    uris = destination_uris(h.get('address') or h['name'], h.get('user'))
+    for key in uris:
+        if h.get(key):
+            addresses.parse(h[key], '%s of host %s' % (key, h['name']), plain=True)
+            uris[key] = h[key]
+    return dict(uris, name=h['name'], free_mib=h.get('free_mib'))
 
 
 def measure_destinations(destinations, check_mode=False):
@@ -54,7 +59,7 @@ def measure_destinations(destinations, check_mode=False):
     for d in (host_address(d) for d in destinations or []):
         if d['free_mib'] is None:
             try:
-                avail = Remote(d['ssh_uri'], Deadline(MEMINFO_TIMEOUT)).available_memory()
+                avail = available_memory(d['ssh_uri'], Deadline(MEMINFO_TIMEOUT))
             except VmfleetError as e:
                 d['error'] = e.message
             else:
@@ -68,9 +73,7 @@ def measure_destinations(destinations, check_mode=False):
 def memory_mib(run, target):
     """The VM's memory size in MiB."""
     with open_vm(run.module, run.conn(target)) as vm:
-        if vm.backend == 'libvirt':
-            return vm.dom.maxMemory() // 1024
-        return vm.qmp('query-memory-size-summary')['base-memory'] // MIB
+        return vm.memory_bytes() // MIB
 
 
 def plan_evacuation(run, targets, destinations):
@@ -116,13 +119,10 @@ def evacuate_vm(run, target, record):
     else:
         record['destination'] = dest['name']
         conn = target['connection']
-        if target['backend'] == 'qemu':
-            sock = conn['qmp_socket']
-            dest_sock = os.path.join(run.p['destination_qmp_dir'], os.path.basename(sock)) \
-                if run.p['destination_qmp_dir'] else sock
-            params = _migration_params(run, conn, dest['ssh_uri'], dest_sock)
-        else:
-            params = _migration_params(run, conn, dest['libvirt_uri'])
+        sock = conn.get('qmp_socket')  # a raw QEMU's moves to the same path, or into destination_qmp_dir
+        dest_sock = os.path.join(run.p['destination_qmp_dir'], os.path.basename(sock)) \
+            if sock and run.p['destination_qmp_dir'] else sock
+        params = _migration_params(run, conn, dest[destination_key(target['backend'])], dest_sock)
         try:
             r = migrate(run.module, params)
         except VmfleetError as e:
@@ -161,7 +161,7 @@ def evacuated_as_targets(entries):
     where they run now."""
     out = []
     for e in entries:
-        if e.get('backend') == 'qemu':
+        if e.get('destination_qmp_socket'):
             conn = dict(qmp_socket=e['destination_qmp_socket'])
         else:
             conn = dict(domain=e['connection']['domain'])
@@ -174,10 +174,8 @@ def send_back_vm(run, target, record):
     e = target['entry']
     home = host_address(e['home'])
     record['destination'] = home['name']
-    if e.get('backend') == 'qemu':
-        params = _migration_params(run, target['connection'], home['ssh_uri'], e['connection']['qmp_socket'])
-    else:
-        params = _migration_params(run, target['connection'], home['libvirt_uri'])
+    params = _migration_params(run, target['connection'], home[destination_key(e.get('backend'))],
+                               e['connection'].get('qmp_socket'))
     r = migrate(run.module, params)
     record.update(_kept(r), changed=r['changed'], msg=r.get('msg') or 'sent back to %s' % home['name'])
 

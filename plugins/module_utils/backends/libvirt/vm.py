@@ -14,7 +14,6 @@ import os
 import re
 import threading
 import time
-import traceback
 import xml.etree.ElementTree as ET
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import capabilities
@@ -23,6 +22,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.save import manifest_s
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt import save_image as libvirt_save_image
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.connection import HAS_LIBVIRT, connect
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as qemu_process
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk, ImageSnapshot
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import VmHandle
@@ -35,35 +35,10 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.common.qemu_img import
 try:
     import libvirt
     import libvirt_qemu
-    HAS_LIBVIRT = True
-    LIBVIRT_IMPORT_ERROR = None
-except ImportError:
-    HAS_LIBVIRT = False
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+except ImportError:  # connection.py keeps the error for missing_required_lib
+    pass
 
 _UUID = re.compile(r'^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$')
-
-
-def _require_libvirt():
-    if not HAS_LIBVIRT:
-        from ansible.module_utils.basic import missing_required_lib
-        raise CapabilityMissing(missing_required_lib('libvirt-python'), exception=LIBVIRT_IMPORT_ERROR)
-
-
-def _silence_libvirt():
-    # libvirt prints every error to stderr by default; we report them ourselves.
-    libvirt.registerErrorHandler(lambda *a: None, None)
-
-
-def connect(uri):
-    _require_libvirt()
-    _silence_libvirt()
-    try:
-        return libvirt.open(uri)
-    except libvirt.libvirtError as e:
-        raise ConnectionFailed(
-            "cannot connect to libvirt at %s: %s" % (uri, e.get_error_message()),
-            hint="check that libvirtd (or virtqemud) runs on this host and that the uri is right")
 
 
 def list_domain_names(conn):
@@ -208,6 +183,14 @@ class LibvirtVm(VmHandle):
 
     def connection(self):
         return dict(domain=self.name, uri=self.uri)
+
+    def memory_bytes(self):
+        return self._call('reading the memory size', self.dom.maxMemory) * 1024
+
+    @classmethod
+    def migrator_class(cls):
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.migrator import LibvirtMigrator
+        return LibvirtMigrator
 
     def identity(self):
         return dict(name=self.name, backend=self.backend, uuid=self.dom.UUIDString(), uri=self.uri,

@@ -88,6 +88,15 @@ class QemuMirrorDriver(MirrorDriver):
             raise
         return self.job_id(disk)
 
+    def mirror_to_nbd(self, device, job_id, export, host, port):
+        """Mirror node ``device`` into NBD ``export`` at ``host``:``port`` (a migration's copy at its
+        destination), as job ``job_id`` that dismisses itself once ended; the target node's name."""
+        self.vm.qmp('blockdev-add', **{'driver': 'nbd', 'node-name': job_id, 'export': export,
+                                       'server': {'type': 'inet', 'host': host, 'port': str(port)}})
+        self.vm.qmp('blockdev-mirror', **{'job-id': job_id, 'device': device, 'target': job_id, 'sync': 'full',
+                                          'auto-dismiss': True})
+        return job_id
+
     def set_speed(self, job, speed):
         self.vm.qmp('block-job-set-speed', device=job['id'], speed=int(speed or 0))
 

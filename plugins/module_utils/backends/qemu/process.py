@@ -10,6 +10,7 @@ __metaclass__ = type
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -212,3 +213,144 @@ def probe_binary(binary, timeout=20.0):
             proc.kill()
             proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def destination_argv(argv, qmp_socket, moved=None):
+    """The source QEMU's command line as a migration's destination starts it: its QMP socket at
+    ``qmp_socket``, ``-incoming defer``, daemonized (it outlives the SSH session), and a
+    ``-serial file:`` log appended to instead of truncated (a chardev with append=on). When the
+    socket moves, the ``-pidfile`` moves beside it (the source QEMU holds its own locked).
+    ``moved``: Disks whose copy (``file``) the destination opens instead of the source's image."""
+    if moved:
+        followed = follow_moves(argv, moved)
+        if followed is None:
+            raise VmfleetError("the command line of the QEMU on %s does not name the images of disks %s in a way "
+                               "this module can rewrite for their copies" % (qmp_socket, ', '.join(d.name for d in moved)),
+                               hint="nothing was changed; start the VM with -blockdev filename= or -drive file=")
+        argv = followed
+    moved_sock = qmp_socket_of(argv) != qmp_socket
+    out = []
+    i = 0
+    serial = 0
+    qmp_done = False
+    while i < len(argv):
+        a = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if a in ('-qmp', '--qmp') and nxt and nxt.startswith('unix:') and not qmp_done:
+            qmp_done = True
+            rest = nxt[len('unix:'):].split(',', 1)
+            out += [a, 'unix:' + qmp_socket + (',' + rest[1] if len(rest) > 1 else '')]
+            i += 2
+            continue
+        if a in ('-pidfile', '--pidfile') and nxt and moved_sock:
+            pidfile = os.path.join(os.path.dirname(qmp_socket), os.path.basename(nxt))
+            if pidfile == nxt:
+                # the same directory (storage both hosts see): a name of its own, beside its socket
+                pidfile = os.path.splitext(qmp_socket)[0] + '.pid'
+            out += [a, pidfile]
+            i += 2
+            continue
+        if a in ('-serial', '--serial') and nxt and nxt.startswith('file:'):
+            cid = 'vmfleet-serial%d' % serial
+            serial += 1
+            out += ['-chardev', 'file,id=%s,path=%s,append=on' % (cid, nxt[len('file:'):].replace(',', ',,')),
+                    '-serial', 'chardev:' + cid]
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    out = incoming_argv(out)
+    if '-daemonize' not in out and '--daemonize' not in out:
+        out.append('-daemonize')
+    return out
+
+
+# -- secrets on a command line (issue #34): what a result, a log, ssh's or sudo's command line must not show --
+REDACTED = '********'
+# option keys whose value is a secret: -iscsi/-spice password=, a curl/ssh/iscsi driver's password=,
+# rbd's key= (in its filename, ':'-separated); the data= of a secret object
+_SECRET_KEYS = ('password', 'passwd', 'key')
+SECRET_TOKEN = '@vmfleet-secret-%d@'
+# a switch (-vnc password=on: the password is set over QMP), not a secret
+_NOT_SECRET = ('on', 'off', 'true', 'false', 'yes', 'no')
+
+
+def _is_secret_object(opt):
+    return opt.split(',', 1)[0] == 'secret' or _keyvals(opt).get('qom-type') == 'secret'
+
+
+def _secret_keys(prev, opt):
+    return _SECRET_KEYS + (('data',) if prev.lstrip('-') == 'object' and _is_secret_object(opt) else ())
+
+
+def _secret_spans(keys, opt):
+    """(start, end) of each secret value in the key=value option ``opt``."""
+    out = []
+    for k in keys:
+        stop = ',:' if k == 'key' else ','
+        for m in re.finditer(r'(?:^|[,:])%s=((?:,,|[^%s])*)' % (re.escape(k), stop), opt):
+            if m.group(1) and m.group(1).lower() not in _NOT_SECRET:
+                out.append(m.span(1))
+    return out
+
+
+def _redact_opt(prev, opt):
+    keys = _secret_keys(prev, opt)
+    if opt.startswith('{'):
+        try:
+            obj = json.loads(opt)
+        except ValueError:
+            return opt
+        if isinstance(obj, dict) and any(k in obj for k in keys):
+            return json.dumps(dict((k, REDACTED if k in keys else v) for k, v in obj.items()))
+        return opt
+    for start, end in sorted(_secret_spans(keys, opt), reverse=True):
+        opt = opt[:start] + REDACTED + opt[end:]
+    return opt
+
+
+def redact_argv(argv):
+    """``argv`` with each secret value replaced by ********, for results and logs."""
+    return [_redact_opt(argv[i - 1] if i else '', a) for i, a in enumerate(argv)]
+
+
+def secret_values(argv):
+    """Every secret ``argv`` carries, as written in it, longest first: what no message may show."""
+    found = set()
+    for i, a in enumerate(argv):
+        keys = _secret_keys(argv[i - 1] if i else '', a)
+        if a.startswith('{'):
+            found.update(v for k, v in _keyvals(a).items() if k in keys and v and v.lower() not in _NOT_SECRET)
+        else:
+            found.update(a[start:end] for start, end in _secret_spans(keys, a))
+    return sorted(found, key=len, reverse=True)
+
+
+def redact(text, secrets):
+    for s in secrets:
+        text = text.replace(s, REDACTED)
+    return text
+
+
+def secrets_to_files(argv):
+    """(argv, data): ``argv`` with each secret object's ``data=`` turned into ``file=`` a placeholder
+    (SECRET_TOKEN % i) names, and the data, in order; whoever starts it writes each to a private
+    file and puts its path in (so the secret is in no process's command line)."""
+    out, data = [], []
+    for i, a in enumerate(argv):
+        if i and argv[i - 1].lstrip('-') == 'object' and _is_secret_object(a):
+            if a.startswith('{'):
+                obj = json.loads(a)
+                if 'data' in obj:
+                    data.append(obj.pop('data'))
+                    obj['file'] = SECRET_TOKEN % (len(data) - 1)
+                    a = json.dumps(obj)
+            else:
+                parts = a.replace(',,', '\0').split(',')
+                for j, part in enumerate(parts):
+                    if part.startswith('data='):
+                        data.append(part[len('data='):].replace('\0', ','))
+                        parts[j] = 'file=' + SECRET_TOKEN % (len(data) - 1)
+                a = ','.join(parts).replace('\0', ',,')
+        out.append(a)
+    return out, data

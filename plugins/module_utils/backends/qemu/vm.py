@@ -120,6 +120,14 @@ class QemuVm(VmHandle):
     def identity(self):
         return dict(name=self.name, backend=self.backend, qmp_socket=self.socket_path, uuid=None, uri=None)
 
+    def memory_bytes(self):
+        return self.qmp('query-memory-size-summary')['base-memory']
+
+    @classmethod
+    def migrator_class(cls):
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.migrator import QemuMigrator
+        return QemuMigrator
+
     def connection(self):
         return dict(qmp_socket=self.socket_path)
 

@@ -1,0 +1,125 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vmfleet.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Connections to libvirt: this host's, another host's (within a deadline, with keepalive), and
+libvirt's event loop; the libvirt backend's VM handle and migrator open theirs here."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import threading
+import traceback
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import CapabilityMissing, ConnectionFailed
+
+try:
+    import libvirt
+    HAS_LIBVIRT = True
+    LIBVIRT_IMPORT_ERROR = None
+except ImportError:
+    HAS_LIBVIRT = False
+    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+
+
+def _require_libvirt():
+    if not HAS_LIBVIRT:
+        from ansible.module_utils.basic import missing_required_lib
+        raise CapabilityMissing(missing_required_lib('libvirt-python'), exception=LIBVIRT_IMPORT_ERROR)
+
+
+def _silence_libvirt():
+    # libvirt prints every error to stderr by default; we report them ourselves.
+    libvirt.registerErrorHandler(lambda *a: None, None)
+
+
+def connect(uri):
+    _require_libvirt()
+    _silence_libvirt()
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as e:
+        raise ConnectionFailed(
+            "cannot connect to libvirt at %s: %s" % (uri, e.get_error_message()),
+            hint="check that libvirtd (or virtqemud) runs on this host and that the uri is right")
+
+
+def open_remote(uri, deadline, what):
+    """A connection to another host's libvirt, within the deadline (an SSH that hangs must not hang
+    the task), with keepalive: a peer lost mid-run (link cut, host down) is noticed in ~20 s, and
+    calls on it (and closing it) fail instead of waiting for TCP to give up (many minutes)."""
+    _require_libvirt()
+    _silence_libvirt()
+    box = {}
+
+    def target():
+        try:
+            box['conn'] = libvirt.open(uri)
+        except libvirt.libvirtError as e:
+            box['error'] = e.get_error_message()
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(max(1.0, min(60.0, deadline.remaining())))
+    if 'conn' in box:
+        try:
+            box['conn'].setKeepAlive(5, 3)
+        except libvirt.libvirtError:
+            pass
+        return box['conn']
+    raise ConnectionFailed("%s %s is unreachable: %s" % (what, uri, box.get('error', 'no answer within %.0f s' % min(60.0, deadline.timeout))),
+                           hint="check that its libvirtd runs and that this host reaches it (for qemu+ssh: "
+                                "root's SSH key and known_hosts on the source host)")
+
+
+def close_quietly(conn):
+    """Close a connection; one whose peer is lost may block in its goodbye until keepalive gives
+    up on it: the run ends anyway (at most 30 s more)."""
+    def target():
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(30)
+
+
+_EVENT_LOOP_LOCK = threading.Lock()
+_EVENT_LOOP = []
+
+
+def event_loop():
+    """libvirt's default event loop in a daemon thread (for events such as job-completed);
+    registered once per process (a fleet run migrates from several threads), before the
+    connections that wait for events are opened."""
+    with _EVENT_LOOP_LOCK:
+        if _EVENT_LOOP:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run():
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        t = threading.Thread(target=run, name='libvirt-events', daemon=True)
+        t.start()
+        _EVENT_LOOP.append(t)
+
+
+def find_domain(conn, name):
+    """The domain ``name`` of ``conn``, or None when there is none."""
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def domain_running(dom):
+    try:
+        return dom is not None and dom.state()[0] in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED,
+                                                      libvirt.VIR_DOMAIN_BLOCKED)
+    except libvirt.libvirtError:
+        return False
