@@ -16,7 +16,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qmp_mi
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.migrator import Migrator
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as proc
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.remote import Remote
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import Disk
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.addresses import bracketed
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     ConnectionFailed, DestinationProblem, InvalidArgument, JobFailed, OperationTimeout, SpaceTooSmall, TargetProblem,

@@ -7,7 +7,7 @@ import pytest
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.process import destination_argv
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.remote import Remote
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import Disk
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.addresses import destination_host
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument
 
