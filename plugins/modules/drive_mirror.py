@@ -288,12 +288,12 @@ error:
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm
 from ansible_collections.vmfleet.kvm.plugins.module_utils.mirror.drive_mirror import drive_mirror
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import run_module, vmfleet_module
-from ansible_collections.vmfleet.kvm.plugins.module_utils.common.vm_lock import changing
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.vm_lock import held_for_change
 
 
 def work(module):
     p = module.params
-    with changing(module.check_mode, p, 'drive_mirror %s %s' % (p['disk'], p['state']), p['timeout']), \
+    with held_for_change(module.check_mode, p, 'drive_mirror %s %s' % (p['disk'], p['state']), p['timeout']), \
             open_vm(module) as vm:
         before = vm.disk(module.params['disk']).file if module._diff else None
         result = drive_mirror(module, vm, module.params, check_mode=module.check_mode)

@@ -285,11 +285,11 @@ def work(module):
     run = FleetRun(module, 'maintenance ' + phase, p)
     if phase == 'save':
         _save_dir(module)
-        run.saved = wf.SavedVms(p['save_dir'], run.lock)
+        run.saved = wf.VmsAway(p['save_dir'], run.lock)
         targets, records = run.select()
         run.run(targets, wf.save_vm_state, wf.earlier_saves(run.saved, targets, records))
     elif phase == 'restore':
-        saved = wf.SavedVms(p['save_dir'], run.lock)
+        saved = wf.VmsAway(p['save_dir'], run.lock)
         run.run(wf.saved_entries_as_targets(saved), wf.restore_vm_state)
         if not module.check_mode:
             saved.keep_only(_not_ok(run.records))
@@ -299,8 +299,8 @@ def work(module):
                                   "(this host as they reach it)")
         ignore_hangup()
         _save_dir(module)
-        run.saved = wf.SavedVms(p['save_dir'], run.lock)
-        run.evacuated = wf.SavedVms(p['save_dir'], run.lock, ev.EVACUATED_VMS)
+        run.saved = wf.VmsAway(p['save_dir'], run.lock)
+        run.evacuated = wf.VmsAway(p['save_dir'], run.lock, ev.EVACUATED_VMS)
         targets, records = run.select()
         run.placed, run.unplaced, measured = ev.plan_evacuation(run, targets, p['destinations'])
         run.run(targets, ev.evacuate_vm, ev.earlier_evacuations(run.evacuated, run.saved, targets, records))
@@ -309,8 +309,8 @@ def work(module):
         ignore_hangup()
         run.run(ev.evacuated_as_targets(p['evacuated']), ev.send_back_vm)
     else:
-        run.evacuated = wf.SavedVms(p['save_dir'], run.lock, ev.EVACUATED_VMS)
-        saved = wf.SavedVms(p['save_dir'], run.lock)
+        run.evacuated = wf.VmsAway(p['save_dir'], run.lock, ev.EVACUATED_VMS)
+        saved = wf.VmsAway(p['save_dir'], run.lock)
         run.sent_back = ev.sent_back_outcomes(p['sent_back'])
         back = run.run(ev.evacuated_entries_as_targets(run.evacuated), ev.returned_vm)
         run.run(wf.saved_entries_as_targets(saved), wf.restore_vm_state, back)

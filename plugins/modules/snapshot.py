@@ -322,7 +322,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_v
 from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.instant import DEFAULT_MEMORY_DIR
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import run_module, vmfleet_module
 from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.task import snapshot_task
-from ansible_collections.vmfleet.kvm.plugins.module_utils.common.vm_lock import changing
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.vm_lock import held_for_change
 
 
 def _diff(state, name, before, result):
@@ -339,7 +339,7 @@ def _diff(state, name, before, result):
 def work(module):
     p = module.params
     t0 = time.monotonic()
-    with changing(module.check_mode, p, 'snapshot %s %s' % (p['state'], p['name']), p['timeout']), open_vm(module) as vm:
+    with held_for_change(module.check_mode, p, 'snapshot %s %s' % (p['state'], p['name']), p['timeout']), open_vm(module) as vm:
         result, before = snapshot_task(vm, p, module.check_mode)
     result['duration_s'] = round(time.monotonic() - t0, 3)
     if module._diff and result['changed']:

@@ -52,7 +52,7 @@ def _describe(holder):
     return 'pid %s on this host (%s, for %.0f s)' % (holder['pid'], holder.get('what', 'vmfleet'), time.time() - since)
 
 
-def changing(check_mode, params, what, timeout, vm_name=None):
+def held_for_change(check_mode, params, what, timeout, vm_name=None):
     """The VM's lock for a change; none for check mode, which changes nothing."""
     if check_mode:
         return contextlib.nullcontext()

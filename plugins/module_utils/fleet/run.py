@@ -28,7 +28,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions impo
     ConnectionFailed, FleetFailed, InvalidArgument, OperationTimeout, VmfleetError, VmGone,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.policy import fleet_record, fleet_select
-from ansible_collections.vmfleet.kvm.plugins.module_utils.common.vm_lock import changing
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.vm_lock import held_for_change
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline
 
 # How long selecting may spend on one raw QEMU socket that does not answer.
@@ -134,7 +134,7 @@ class FleetRun(object):
                 raise OperationTimeout("the run's timeout of %gs ran out before VM '%s' was started"
                                        % (self.deadline.timeout, target['name']),
                                        hint="nothing was done to it; raise the timeout or lower the number of VMs")
-            with changing(self.check_mode, self.conn(target), '%s (%s)' % (self.workflow, getattr(self.module, '_name', 'vmfleet')),
+            with held_for_change(self.check_mode, self.conn(target), '%s (%s)' % (self.workflow, getattr(self.module, '_name', 'vmfleet')),
                           self.deadline.remaining(), target['name']):
                 # read again now the lock is ours: another run that held it may have left the VM
                 # otherwise than it was when this run listed it (paused mid-revert, then running again)

@@ -162,8 +162,9 @@ def migrate_storage(run, target, record):
 SAVED_VMS = 'saved-vms.json'
 
 
-class SavedVms(object):
-    """``<save_dir>/saved-vms.json``: the VMs a save phase saved, each written
+class VmsAway(object):
+    """The VMs a maintenance took off this host, one record file each way:
+    ``<save_dir>/saved-vms.json``, the VMs a save phase saved, each written
     durably the moment its save completed, so that a restore finds it
     whatever happens next (``evacuated-vms.json`` likewise: the VMs an evacuation
     moved, and where). Threads of one run share it."""

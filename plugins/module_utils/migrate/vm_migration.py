@@ -22,7 +22,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import migrat
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     ConnectionFailed, DestinationProblem, InvalidArgument, VmNotFound,
 )
-from ansible_collections.vmfleet.kvm.plugins.module_utils.common.vm_lock import changing
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.vm_lock import held_for_change
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline
 
 MIB = 1024 * 1024
@@ -167,7 +167,7 @@ def _migrate(module, p, vm, m, deadline):
     if module.check_mode:
         result.update(changed=True, msg="would migrate %s to %s" % (m.what, m.where))
         return result
-    with changing(False, p, 'migrate', deadline.remaining(), vm.name):
+    with held_for_change(False, p, 'migrate', deadline.remaining(), vm.name):
         result.update(m.migrate(Progress(p, deadline)))
     result['changed'] = True
     return result

@@ -18,7 +18,7 @@ import time
 from ansible_collections.vmfleet.kvm.plugins.module_utils.save import manifest_store
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import backend_class, open_vm
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument, VmfleetError
-from ansible_collections.vmfleet.kvm.plugins.module_utils.common.vm_lock import changing, vm_locked
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.vm_lock import held_for_change, vm_locked
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline
 
 MIB = 1024.0 * 1024.0
@@ -115,7 +115,7 @@ def save_vm(module, params=None):
     if existing and not p['overwrite']:
         raise VmfleetError("save image %s already exists (%s)" % (path, ", ".join(os.path.basename(f) for f in existing)),
                            hint="nothing was touched; set overwrite: true to replace it, or pick another path")
-    with changing(module.check_mode, p, 'vm_save to %s' % path, p['timeout']), open_vm(module, p) as vm:
+    with held_for_change(module.check_mode, p, 'vm_save to %s' % path, p['timeout']), open_vm(module, p) as vm:
         path_used, why = vm.save_route(p['channels'], p['compression'])
         if not vm.is_running():
             raise InvalidArgument("VM '%s' is %s, there is no running state to save" % (vm.name, vm.state()),

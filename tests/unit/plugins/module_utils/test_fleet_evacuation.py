@@ -4,7 +4,7 @@ the return reports of a VM its holder did not send back."""
 import threading
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import evacuation as ev
-from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.workflows import SavedVms
+from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.workflows import VmsAway
 
 
 def test_a_host_is_reached_over_ssh_and_qemu_ssh_with_its_user_unless_uris_are_given():
@@ -20,7 +20,7 @@ def test_given_free_memory_is_not_read_over_ssh():
 
 
 def _record(tmp_path, name, vms):
-    r = SavedVms(str(tmp_path), threading.Lock(), name)
+    r = VmsAway(str(tmp_path), threading.Lock(), name)
     for v in vms:
         r.put(v)
     return r
