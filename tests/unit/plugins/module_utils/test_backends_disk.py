@@ -4,8 +4,8 @@ disk found by any name it has had."""
 import pytest
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk, ImageSnapshot, find_disk, summarize_snapshots
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import VmHandle
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import DiskNotFound
+from rig.fake_vm import FakeVm
 
 
 def _snap(name, state=0, date=1000.0, clock=5.0):
@@ -29,27 +29,12 @@ def test_snapshot_from_different_moments_is_inconsistent():
     assert summarize_snapshots(disks)[0]['consistent'] is False
 
 
-class _Vm(VmHandle):
-    backend = 'test'
-
-    def __init__(self, disks, aliases=None):
-        super(_Vm, self).__init__(None, 'vm1')
-        self._disks = disks
-        self._aliases = aliases or {}
-
-    def disks(self):
-        return self._disks
-
-    def disk_aliases(self):
-        return self._aliases
-
-
 ROOT = Disk('vda', 'libvirt-1-format', '/v/root.qcow2', 'qcow2', 1, False)
 
 
 def test_a_disk_is_found_by_any_name_it_had():
     pivoted = Disk('vdb', 'vmfleet-t0123', '/fast/data.qcow2', 'qcow2', 1, False)
-    vm = _Vm([ROOT, pivoted], aliases={'data': 'vdb'})
+    vm = FakeVm([ROOT, pivoted], aliases={'data': 'vdb'})
     assert vm.disk('vdb') is pivoted
     assert vm.disk('vmfleet-t0123') is pivoted
     assert vm.disk('data') is pivoted  # the node name it had before the switch

@@ -4,9 +4,9 @@ disks a snapshot covers. Behaviour against QEMU and libvirt is proven in tests/s
 import pytest
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import VmHandle
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument
 from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.internal import select_disks, validate_name
+from rig.fake_vm import FakeVm
 
 
 @pytest.mark.parametrize('name', ['', '   ', ' lead', 'trail ', 'x' * 129, 'tab\tname', '42'])
@@ -20,21 +20,6 @@ def test_valid_snapshot_names_pass():
         validate_name(name)
 
 
-class _Vm(VmHandle):
-    backend = 'test'
-
-    def __init__(self, disks, aliases=None):
-        super(_Vm, self).__init__(None, 'vm1')
-        self._disks = disks
-        self._aliases = aliases or {}
-
-    def disks(self):
-        return self._disks
-
-    def disk_aliases(self):
-        return self._aliases
-
-
 ROOT = Disk('vda', 'libvirt-1-format', '/v/root.qcow2', 'qcow2', 1, False)
 DATA = Disk('vdb', 'data', '/v/data.qcow2', 'qcow2', 1, False)
 VARS = Disk('vdc', 'vars', '/v/vars.raw', 'raw', 1, False)
@@ -42,14 +27,14 @@ ISO = Disk('sda', 'cd', '/v/boot.iso', 'raw', 1, True)
 
 
 def test_select_disks_defaults_to_every_writable_qcow2_and_vmstate_on_the_first():
-    vm = _Vm([ROOT, DATA, VARS, ISO])
+    vm = FakeVm([ROOT, DATA, VARS, ISO])
     selected, vmstate = select_disks(vm, vm.disks(), None, None, True)
     assert selected == [ROOT, DATA] and vmstate is ROOT
     assert select_disks(vm, vm.disks(), None, None, False)[1] is None
 
 
 def test_select_disks_checks_each_named_disk_before_anything_is_touched():
-    vm = _Vm([ROOT, DATA, VARS, ISO])
+    vm = FakeVm([ROOT, DATA, VARS, ISO])
     assert select_disks(vm, vm.disks(), ['data', 'vda', 'vdb'], 'vdb', True) == ([DATA, ROOT], DATA)
     with pytest.raises(InvalidArgument, match="'vdc' .* raw"):
         select_disks(vm, vm.disks(), ['vdc'], None, True)
@@ -60,4 +45,4 @@ def test_select_disks_checks_each_named_disk_before_anything_is_touched():
     with pytest.raises(InvalidArgument, match='memory is false'):
         select_disks(vm, vm.disks(), None, 'vda', False)
     with pytest.raises(InvalidArgument, match='no writable qcow2'):
-        select_disks(_Vm([VARS]), [VARS], None, None, True)
+        select_disks(FakeVm([VARS]), [VARS], None, None, True)
