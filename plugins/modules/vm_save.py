@@ -40,6 +40,17 @@ attributes:
     support: none
     description: Nothing to compare.
 options:
+  allow_exec_options:
+    description:
+      - A raw QEMU VM (O(qmp_socket)) is saved with its command line, which M(vmfleet.kvm.vm_restore) relaunches; it is checked here, before the VM stops from its recorded command line, as the user its QEMU ran as.
+        A command line with an option that makes QEMU run another program (C(-netdev tap) without
+        C(script=no,downscript=no), C(helper=), C(-netdev bridge), C(-run-with), C(-plugin), C(-readconfig))
+        is refused, naming the option, unless this is V(true).
+      - Set it only for a VM you started with such an option yourself; the relaunch runs that program again.
+      - Whatever its value, the command line is used only when its program is the QEMU process's own
+        C(qemu-system-*) binary, owned by root (or by the user QEMU runs as) and writable by no one else.
+    type: bool
+    default: false
   path:
     description:
       - Absolute path of the save image. Its directory must exist.
@@ -188,6 +199,7 @@ def main():
         keep_running=dict(type='bool', default=False),
         verify=dict(type='bool', default=True),
         overwrite=dict(type='bool', default=False),
+        allow_exec_options=dict(type='bool', default=False),
     )), save_vm)
 
 

@@ -17,7 +17,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_v
 from ansible_collections.vmfleet.kvm.plugins.module_utils.mirror.drive_mirror import drive_mirror
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument, JobFailed, VmfleetError
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.policy import (
-    fleet_plan, fleet_record, fleet_retention, prefixed,
+    fleet_plan, fleet_record, fleet_retention, prefixed, vm_path,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.save.save_restore import restore_image, save_vm
 from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.listing import list_snapshots
@@ -199,7 +199,7 @@ class SavedVms(object):
 
 def save_vm_state(run, target, record):
     p = run.p
-    image = os.path.join(p['save_dir'], '%s.vmstate' % target['name'])
+    image = vm_path(p['save_dir'], target['name'], '.vmstate')
     record['image'] = image
     # the VM runs, so an image left by an earlier maintenance is older than what it holds: overwrite
     r = save_vm(run.module, dict(run.conn(target), path=image, channels=p['channels'], compression=p['compression'],
