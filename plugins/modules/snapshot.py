@@ -62,7 +62,8 @@ attributes:
 options:
   allow_exec_options:
     description:
-      - A raw QEMU VM (O(qmp_socket)) is relaunched by the revert of an instant snapshot (its command line is checked when the snapshot is taken) from its recorded command line, as the user its QEMU ran as.
+      - A raw QEMU VM (O(qmp_socket)) is relaunched by the revert of an instant snapshot from its recorded command line, as
+        the user its QEMU ran as (the command line is checked when the snapshot is taken too).
         A command line with an option that makes QEMU run another program (C(-netdev tap) without
         C(script=no,downscript=no), C(helper=), C(-netdev bridge), C(-run-with), C(-plugin), C(-readconfig))
         is refused, naming the option, unless this is V(true).

@@ -42,7 +42,8 @@ attributes:
 options:
   allow_exec_options:
     description:
-      - A raw QEMU VM (O(qmp_socket)) is saved with its command line, which M(vmfleet.kvm.vm_restore) relaunches; it is checked here, before the VM stops from its recorded command line, as the user its QEMU ran as.
+      - A raw QEMU VM (O(qmp_socket)) is saved with its command line, which M(vmfleet.kvm.vm_restore) relaunches
+        as the user its QEMU ran as; the command line is checked here, before the VM stops.
         A command line with an option that makes QEMU run another program (C(-netdev tap) without
         C(script=no,downscript=no), C(helper=), C(-netdev bridge), C(-run-with), C(-plugin), C(-readconfig))
         is refused, naming the option, unless this is V(true).

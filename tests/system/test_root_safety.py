@@ -115,15 +115,29 @@ s.listen(1)
 log = open(sys.argv[2], 'a', buffering=1)
 while True:
     c, _ = s.accept()
-    f = c.makefile('rwb', buffering=0)
-    f.write(b'{"QMP": {"version": {"qemu": {"major": 10, "minor": 0, "micro": 0}, "package": ""}, "capabilities": []}}\r\n')
-    for line in f:
-        msg = json.loads(line)
-        log.write(msg['execute'] + '\n')
-        reply = {'return': REPLIES.get(msg['execute'], {})}
-        if 'id' in msg:
-            reply['id'] = msg['id']
-        f.write(json.dumps(reply).encode() + b'\r\n')
+    try:  # a client that only looks (connects and closes) must not end the stand-in
+        f = c.makefile('rwb', buffering=0)
+        f.write(b'{"QMP": {"version": {"qemu": {"major": 10, "minor": 0, "micro": 0}, "package": ""}, '
+                b'"capabilities": []}}\r\n')
+        buf, dec = '', json.JSONDecoder()
+        while True:  # QMP clients need not end a command with a newline: parse as a stream
+            data = c.recv(65536)
+            if not data:
+                break
+            buf += data.decode()
+            while buf.strip():
+                try:
+                    msg, end = dec.raw_decode(buf.lstrip())
+                except ValueError:
+                    break
+                buf = buf.lstrip()[end:]
+                log.write(msg['execute'] + '\n')
+                reply = {'return': REPLIES.get(msg['execute'], {})}
+                if 'id' in msg:
+                    reply['id'] = msg['id']
+                f.write(json.dumps(reply).encode() + b'\r\n')
+    except OSError:
+        pass
     c.close()
 '''
 

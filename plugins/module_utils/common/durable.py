@@ -57,8 +57,8 @@ def check_trusted(st, path, what):
     process's user can have written it: owned by it, not group- or other-writable."""
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
         raise Untrusted("%s %s is owned by uid %d with mode %04o: only one owned by uid %d (this module's user) and "
-                        "writable by no one else is trusted" % (what, path, st.st_uid, stat.S_IMODE(st.st_mode),
-                                                                  os.geteuid()),
+                        "writable by no one else is trusted"
+                        % (what, path, st.st_uid, stat.S_IMODE(st.st_mode), os.geteuid()),
                         hint="nothing was touched; check who changed it, then fix its owner and mode (chown root, "
                              "chmod go-w) or remove it")
 

@@ -104,9 +104,11 @@ def exec_options(argv):
                 found.append('%s bridge' % opt)
             elif kind == 'tap':
                 for key in ('script', 'downscript'):
-                    if kv.get(key, '' if 'fd' in kv or 'fds' in kv else None) not in ('no', ''):
-                        found.append('%s tap,%s=%s' % (opt, key, kv.get(key, '(default /etc/qemu-if%s)'
-                                                                      % ('up' if key == 'script' else 'down'))))
+                    # no script= runs /etc/qemu-ifup (-ifdown), unless QEMU was handed the tap's fd
+                    default = '' if 'fd' in kv or 'fds' in kv else \
+                        '(default /etc/qemu-if%s)' % ('up' if key == 'script' else 'down')
+                    if kv.get(key, default) not in ('no', ''):
+                        found.append('%s tap,%s=%s' % (opt, key, kv.get(key, default)))
                 if 'helper' in kv:
                     found.append('%s tap,helper=%s' % (opt, kv['helper']))
     return found
