@@ -261,8 +261,10 @@ class QemuVm(VmHandle):
         pid = self.pid()
         if not pid:
             raise InvalidArgument("no process serves %s" % self.socket_path, hint="nothing was changed")
-        proc.relaunch_record(pid, self.allow_exec_options())
-        # ... and the recorded command line may still be run
+        now = proc.relaunch_record(pid, self.allow_exec_options())
+        # ... and the recorded command line may still be run, as the user of the QEMU it replaces
+        # (not the one recorded: never with more privilege than the VM has now)
+        record.update((k, now[k]) for k in ('uid', 'gid', 'groups'))
         check_record(record, self.allow_exec_options())
 
     def instant_memory_caps(self):
