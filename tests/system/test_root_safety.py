@@ -95,6 +95,14 @@ def test_qemu_of_an_unprivileged_user_is_saved_restored_and_reverted_as_that_use
     c = t.counter()
     t.wait_counter(c + 2)
 
+    # compressed: QEMU sends its channels to sockets of this module's
+    img = os.path.join(save_dir, 'nobody-zstd.vmstate')
+    ok(run_one(t.task('vm_save', path=img, channels=2, compression='zstd')))
+    r = ok(run_one({'vmfleet.kvm.vm_restore': {'path': img}}))
+    assert _uid(r['pid']) == NOBODY.pw_uid, 'the restored QEMU runs as root'
+    c = t.counter()
+    t.wait_counter(c + 2)
+
 
 # -- hole 2: a QMP socket served by something that is not QEMU --
 

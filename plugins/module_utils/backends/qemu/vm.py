@@ -396,6 +396,7 @@ class QemuVm(VmHandle):
                 # QEMU opens the main channel plus one per multifd channel.
                 sink = ChannelSink(sock, os.path.dirname(saver.path),
                                    os.path.basename(saver.path) + manifest_store.PARTIAL, 1 + saver.channels)
+                proc.give_to(sock, uid)  # connecting to a socket takes write permission on it
                 self.qmp('migrate', uri='unix:%s' % sock)
                 info = migration.wait(self, saver.deadline, what, saver.progress)
                 written = sink.finish(saver.deadline.remaining(30.0))
