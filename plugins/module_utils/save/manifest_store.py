@@ -48,15 +48,14 @@ def validate_path(path):
 
 def create_private(path):
     """Create ``path`` empty, 0600, failing if it exists."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    os.close(fd)
+    os.close(durable.create_exclusive(path))
 
 
 def create_locked(path):
     """Create ``path`` empty, 0600 (failing if it exists), open read-write and
     flock'ed: the fd (the caller closes it). A partial file whose lock no one
     holds was left by a writer that died (remove_unlocked)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = durable.create_exclusive(path, flags=os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if os.fstat(fd).st_ino != os.stat(path).st_ino:
