@@ -62,6 +62,18 @@ attributes:
     support: full
     description: Shows the disks holding the snapshot before and after.
 options:
+  allow_exec_options:
+    description:
+      - A raw QEMU VM (O(qmp_socket)) is relaunched by the revert of an instant snapshot from its recorded command line, as
+        the user its QEMU ran as (the command line is checked when the snapshot is taken too).
+        A command line with an option that makes QEMU run another program (C(-netdev tap) without
+        C(script=no,downscript=no), C(helper=), C(-netdev bridge), C(-run-with), C(-plugin), C(-readconfig))
+        is refused, naming the option, unless this is V(true).
+      - Set it only for a VM you started with such an option yourself; the relaunch runs that program again.
+      - Whatever its value, the command line is used only when its program is the QEMU process's own
+        C(qemu-system-*) binary, owned by root (or by the user QEMU runs as) and writable by no one else.
+    type: bool
+    default: false
   name:
     description:
       - Name (tag) of the snapshot.
@@ -309,6 +321,7 @@ error:
       (C(msg) says what happened and what to do). One of C(InvalidArgument), C(ConnectionFailed), C(VmNotFound),
       C(DiskNotFound), C(SnapshotNotFound), C(CapabilityMissing), C(QmpCommandError), C(JobFailed),
       C(OperationTimeout), C(VmGone), C(SnapshotInconsistent), C(ImageCorrupt), C(TargetProblem),
+      C(Untrusted) (a manifest, journal or QEMU process that others than root could have changed),
       C(SpaceTooSmall), C(MultifdStreamError), C(VmBusy) (another run held the VM for all of O(timeout)).
     - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
   returned: failed
@@ -358,6 +371,7 @@ def main():
         mode=dict(type='str', choices=['internal', 'instant'], default='internal'),
         memory_dir=dict(type='path', default=DEFAULT_MEMORY_DIR),
         load=dict(type='str', choices=['full', 'background'], default='full'),
+        allow_exec_options=dict(type='bool', default=False),
     )), work)
 
 

@@ -122,6 +122,7 @@ error:
       (C(msg) says what happened and what to do). One of C(InvalidArgument), C(ConnectionFailed), C(VmNotFound),
       C(DiskNotFound), C(SnapshotNotFound), C(CapabilityMissing), C(QmpCommandError), C(JobFailed),
       C(OperationTimeout), C(VmGone), C(SnapshotInconsistent), C(ImageCorrupt), C(TargetProblem),
+      C(Untrusted) (a manifest, journal or QEMU process that others than root could have changed),
       C(SpaceTooSmall), C(MultifdStreamError).
     - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
   returned: failed

@@ -40,6 +40,18 @@ attributes:
     support: none
     description: Nothing to compare.
 options:
+  allow_exec_options:
+    description:
+      - A raw QEMU VM (O(qmp_socket)) is saved with its command line, which M(vmfleet.kvm.vm_restore) relaunches
+        as the user its QEMU ran as; the command line is checked here, before the VM stops.
+        A command line with an option that makes QEMU run another program (C(-netdev tap) without
+        C(script=no,downscript=no), C(helper=), C(-netdev bridge), C(-run-with), C(-plugin), C(-readconfig))
+        is refused, naming the option, unless this is V(true).
+      - Set it only for a VM you started with such an option yourself; the relaunch runs that program again.
+      - Whatever its value, the command line is used only when its program is the QEMU process's own
+        C(qemu-system-*) binary, owned by root (or by the user QEMU runs as) and writable by no one else.
+    type: bool
+    default: false
   path:
     description:
       - Absolute path of the save image. Its directory must exist.
@@ -168,6 +180,7 @@ error:
       (C(msg) says what happened and what to do). One of C(InvalidArgument), C(ConnectionFailed), C(VmNotFound),
       C(DiskNotFound), C(SnapshotNotFound), C(CapabilityMissing), C(QmpCommandError), C(JobFailed),
       C(OperationTimeout), C(VmGone), C(SnapshotInconsistent), C(ImageCorrupt), C(TargetProblem),
+      C(Untrusted) (a manifest, journal or QEMU process that others than root could have changed),
       C(SpaceTooSmall), C(MultifdStreamError), C(VmBusy) (another run held the VM for all of O(timeout)).
     - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
   returned: failed
@@ -187,6 +200,7 @@ def main():
         keep_running=dict(type='bool', default=False),
         verify=dict(type='bool', default=True),
         overwrite=dict(type='bool', default=False),
+        allow_exec_options=dict(type='bool', default=False),
     )), save_vm)
 
 

@@ -2,6 +2,7 @@
 
 import ctypes
 import os
+import pwd
 import signal
 import subprocess
 import threading
@@ -36,7 +37,7 @@ def _die_with_parent():
 
 class QemuVM:
     def __init__(self, workdir, name='rawvm', memory_mib=256, disks=None, cmdline_extra='', accel=None,
-                 incoming=None, detach=False, device_ids=None):
+                 incoming=None, detach=False, device_ids=None, runas=None, qemu_name=None):
         self.workdir = os.path.abspath(workdir)
         self.detach = detach  # outlive this process (molecule, demo): stopped later through the pidfile
         self.incoming = incoming  # e.g. 'defer': start as a migration target
@@ -48,6 +49,8 @@ class QemuVM:
         self.disks = create_disks(self.workdir, disks or DEFAULT_DISKS)
         # a disk's block node is named for it; its device (what QEMU lists it by) too, unless renamed here
         self.device_ids = dict(device_ids or {})
+        self.runas = runas  # a user QEMU runs as (its directory and disks become that user's)
+        self.qemu_name = qemu_name or name  # QEMU's -name, when it is not the file names' (such as '../../x')
         self.proc = None
         self._argv = None
 
@@ -99,7 +102,7 @@ class QemuVM:
 
     def _build_argv(self):
         accel = self.accel or detect_accel()
-        argv = ['qemu-system-x86_64', '-name', self.name, '-machine', 'q35', '-accel', accel]
+        argv = ['qemu-system-x86_64', '-name', self.qemu_name, '-machine', 'q35', '-accel', accel]
         if accel == 'kvm':
             argv += ['-cpu', 'host']
         argv += ['-m', str(self.memory_mib), '-smp', '1', '-display', 'none', '-nodefaults',
@@ -128,10 +131,16 @@ class QemuVM:
         for f in (self.qmp_socket, self.pidfile):
             if os.path.exists(f):
                 os.unlink(f)
+        ids = {}
+        if self.runas:
+            pw = pwd.getpwnam(self.runas)
+            for path in [self.workdir] + [p for p, _fmt in self.disks.values()]:
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+            ids = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
         with open(self.qemu_log, 'ab') as log:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT,
-                                         preexec_fn=os.setsid if self.detach else _die_with_parent)
+                                         preexec_fn=os.setsid if self.detach else _die_with_parent, **ids)
         # callers talk QMP right after start(): wait for the socket
         end = time.monotonic() + 30
         while not os.path.exists(self.qmp_socket):

@@ -7,8 +7,12 @@ and a file is either the old one or the new one, never half of each."""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import errno
 import os
+import stat
 import tempfile
+
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import Untrusted
 
 
 def fsync_path(path):
@@ -46,3 +50,47 @@ def atomic_write(path, data, mode=0o600):
             pass
         raise
     fsync_dir(d)
+
+
+def check_trusted(st, path, what):
+    """Refuse ``path`` (its ``os.lstat``/``os.fstat`` result ``st``) unless only this
+    process's user can have written it: owned by it, not group- or other-writable."""
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise Untrusted("%s %s is owned by uid %d with mode %04o: only one owned by uid %d (this module's user) and "
+                        "writable by no one else is trusted"
+                        % (what, path, st.st_uid, stat.S_IMODE(st.st_mode), os.geteuid()),
+                        hint="nothing was touched; check who changed it, then fix its owner and mode (chown root, "
+                             "chmod go-w) or remove it")
+
+
+def open_trusted(path, what):
+    """Open ``path`` for reading only when it, and the directory holding it, are
+    trusted (check_trusted), and it is a regular file reached by no symlink:
+    what it says is acted on as root."""
+    d = os.path.dirname(path) or '.'
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise Untrusted("%s %s is a symbolic link" % (what, path), hint="nothing was touched; give the file itself")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Untrusted("%s %s is not a regular file" % (what, path), hint="nothing was touched")
+        check_trusted(st, path, what)
+        check_trusted(os.stat(d), d, "the directory of %s" % what)
+        return os.fdopen(fd, 'rb')
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def create_exclusive(path, mode=0o600, flags=os.O_WRONLY):
+    """A new file at ``path`` (none may exist, a symlink neither), private from its
+    first byte whatever the umask: its fd."""
+    old = os.umask(0o077)
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    finally:
+        os.umask(old)

@@ -112,3 +112,9 @@ class VmBusy(VmfleetError):
 class DestinationProblem(VmfleetError):
     """A migration's destination cannot take the VM (memory, CPU, a copy already running there)."""
     pass
+
+
+class Untrusted(VmfleetError):
+    """A file, directory or process the collection did not make, or that others
+    could have changed: root does not act on what it says."""
+    pass

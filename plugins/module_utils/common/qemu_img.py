@@ -24,12 +24,12 @@ def _run(module, args):
     return module.run_command([qemu_img_path(module)] + list(args))
 
 
-def image_info(module, path, fmt=None, chain=False):
+def image_info(module, path, fmt, chain=False):
     """``qemu-img info`` of an image, shared-locked so it works while QEMU runs.
-    With ``chain``, a list: the image and every backing file below it."""
-    args = ['info', '-U', '--output=json']
-    if fmt:
-        args += ['-f', fmt]
+    With ``chain``, a list: the image and every backing file below it. ``fmt`` is
+    the format QEMU or libvirt says the disk has, never probed: a guest that wrote
+    a qcow2 header on its raw disk would name a backing file root's qemu-img opens."""
+    args = ['info', '-U', '--output=json', '-f', fmt]
     if chain:
         args.append('--backing-chain')
     rc, out, err = _run(module, args + [path])
@@ -42,8 +42,9 @@ def image_info(module, path, fmt=None, chain=False):
 
 
 def snapshot(module, action, name, path, hint="the image may be in use by another process"):
-    """``qemu-img snapshot`` with ``action`` one of -c (create), -d (delete), -a (apply)."""
-    rc, out, err = _run(module, ['snapshot', action, name, path])
+    """``qemu-img snapshot`` with ``action`` one of -c (create), -d (delete), -a (apply).
+    Internal snapshots live in qcow2 images only (vm_handle.SNAPSHOT_FORMATS): never probed."""
+    rc, out, err = _run(module, ['snapshot', '-f', 'qcow2', action, name, path])
     if rc != 0:
         raise VmfleetError("qemu-img snapshot %s %s on %s failed: %s" % (action, name, path, err.strip()), hint=hint)
 

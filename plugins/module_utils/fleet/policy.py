@@ -11,7 +11,9 @@ __metaclass__ = type
 import datetime
 
 import fnmatch
+import posixpath
 import re
+from urllib.parse import quote
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import listed_names
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import SNAPSHOT_FORMATS
@@ -143,6 +145,18 @@ def fleet_retention(snapshots, prefix, keep, vm=None):
     return newest_first[keep:]
 
 
+def vm_path(directory, vm_name, suffix=''):
+    """``directory/<vm_name><suffix>`` with the name quoted as instant snapshots' memory
+    files are (a raw QEMU's ``-name`` is anything its starter chose: ``../../x`` too);
+    a path that would still leave ``directory`` is refused."""
+    name = quote(vm_name or '', safe='') + suffix
+    path = posixpath.join(directory, name)
+    if name in ('', '.', '..') or posixpath.dirname(posixpath.normpath(path)) != posixpath.normpath(directory):
+        raise InvalidArgument("VM name %r gives the path %s, outside %s" % (vm_name, path, directory),
+                              hint="rename the VM (QEMU's -name, libvirt's domain name)")
+    return path
+
+
 def _moves(vm, target_dir, source_dir='', per_vm_dir=False):
     """The disks of ``vm`` to move to ``target_dir``: writable file-backed
     disks not already there (and under ``source_dir`` when given), each with
@@ -157,8 +171,8 @@ def _moves(vm, target_dir, source_dir='', per_vm_dir=False):
         if not isinstance(d, dict) or d.get('read_only') or not src.startswith('/') \
                 or src.startswith(target_dir + '/') or (under and not src.startswith(under)):
             continue
-        dest_dir = target_dir + '/' + vm['name'] if per_vm_dir else target_dir
-        moves.append(dict(disk=d['name'], source=src, target=dest_dir + '/' + src.rsplit('/', 1)[1],
+        dest_dir = vm_path(target_dir, vm['name']) if per_vm_dir else target_dir
+        moves.append(dict(disk=d['name'], source=src, target=vm_path(dest_dir, src.rsplit('/', 1)[1]),
                           format=d.get('format')))
     return moves
 
@@ -166,7 +180,14 @@ def _moves(vm, target_dir, source_dir='', per_vm_dir=False):
 def fleet_plan(targets, target_dir, source_dir='', per_vm_dir=False):
     """Each target VM with the ``moves`` of its disks; a VM whose target path
     would collide with another disk's gets an ``error`` instead."""
-    plan = [dict(t, moves=_moves(t, target_dir, source_dir, per_vm_dir)) for t in targets or []]
+    if not target_dir or not target_dir.startswith('/'):
+        raise InvalidArgument("the target directory must be an absolute path, not %r" % target_dir)
+    plan = []
+    for t in targets or []:
+        try:
+            plan.append(dict(t, moves=_moves(t, target_dir, source_dir, per_vm_dir)))
+        except InvalidArgument as e:  # this VM's name: the others move on
+            plan.append(dict(t, moves=[], error=e.message))
     seen = {}
     for p in plan:
         for m in p['moves']:

@@ -134,8 +134,8 @@ class FleetRun(object):
                 raise OperationTimeout("the run's timeout of %gs ran out before VM '%s' was started"
                                        % (self.deadline.timeout, target['name']),
                                        hint="nothing was done to it; raise the timeout or lower the number of VMs")
-            with held_for_change(self.check_mode, self.conn(target), '%s (%s)' % (self.workflow, getattr(self.module, '_name', 'vmfleet')),
-                          self.deadline.remaining(), target['name']):
+            what = '%s (%s)' % (self.workflow, getattr(self.module, '_name', 'vmfleet'))
+            with held_for_change(self.check_mode, self.conn(target), what, self.deadline.remaining(), target['name']):
                 # read again now the lock is ours: another run that held it may have left the VM
                 # otherwise than it was when this run listed it (paused mid-revert, then running again)
                 now = self.state_of(target)

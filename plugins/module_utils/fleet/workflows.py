@@ -17,7 +17,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import listed
 from ansible_collections.vmfleet.kvm.plugins.module_utils.mirror.drive_mirror import drive_mirror
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument, JobFailed, VmfleetError
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.policy import (
-    fleet_plan, fleet_record, fleet_retention, prefixed, stale_snapshot,
+    fleet_plan, fleet_record, fleet_retention, prefixed, stale_snapshot, vm_path,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.save.save_restore import restore_image, save_vm
 from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.listing import list_snapshots
@@ -204,7 +204,7 @@ class VmsAway(object):
 
 def save_vm_state(run, target, record):
     p = run.p
-    image = os.path.join(p['save_dir'], '%s.vmstate' % target['name'])
+    image = vm_path(p['save_dir'], target['name'], '.vmstate')
     record['image'] = image
     # the VM runs, so an image left by an earlier maintenance is older than what it holds: overwrite
     r = save_vm(run.module, dict(run.conn(target), path=image, channels=p['channels'], compression=p['compression'],

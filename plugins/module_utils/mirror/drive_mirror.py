@@ -63,8 +63,8 @@ class DriveMirror(object):
         if getattr(self.module, '_verbosity', 0) >= 3:
             self.module.log('vmfleet.kvm.drive_mirror: %s' % msg)
 
-    def _img_info(self, path, chain=False):
-        return qemu_img.image_info(self.module, path, chain=chain)
+    def _img_info(self, path, fmt, chain=False):
+        return qemu_img.image_info(self.module, path, fmt, chain=chain)
 
     def _result(self, disk_now, journal, target_live):
         dur = time.monotonic() - self.t0
@@ -119,7 +119,7 @@ class DriveMirror(object):
 
     def _space(self, exists):
         """Bytes the copy needs on the target filesystem vs what is free there."""
-        chain = self._img_info(self.disk.file, chain=True)
+        chain = self._img_info(self.disk.file, self.disk.format, chain=True)
         vsize = chain[0].get('virtual-size') or self.disk.virtual_size or 0
         layers = chain[:1] if self.p['sync'] == 'top' else chain
         data = min(sum(int(i.get('actual-size') or 0) for i in layers), vsize)
@@ -297,10 +297,11 @@ class DriveMirror(object):
                 hint="free space there or choose a target on a larger filesystem; nothing was started",
                 space_needed=need, space_free=free)
         if not p['create_target']:
-            info = self._img_info(self.target)
-            if info.get('format') != fmt:
-                raise TargetProblem("mirror target %s is %s, not %s" % (self.target, info.get('format'), fmt),
-                                    hint="set target_format: %s or create the image in that format" % info.get('format'))
+            try:
+                info = self._img_info(self.target, fmt)
+            except VmfleetError as e:
+                raise TargetProblem("mirror target %s is not a %s image (%s)" % (self.target, fmt, e.msg),
+                                    hint="set target_format to its format, or create the image in that format")
             if (info.get('virtual-size') or 0) < vsize:
                 raise TargetProblem("mirror target %s holds %d bytes, less than disk '%s' (%d)"
                                     % (self.target, info.get('virtual-size') or 0, self.disk.name, vsize),
@@ -344,11 +345,12 @@ class DriveMirror(object):
         if os.path.lexists(self.target):
             os.unlink(self.target)  # ours, or overwrite: true
         try:
+            # private from its first byte: qemu-img then formats the file that is there, keeping its mode
+            os.close(durable.create_exclusive(self.target))
             qemu_img.create(self.module, self.target, fmt, vsize, backing, backing_fmt)
-        except VmfleetError as e:
-            raise TargetProblem("cannot create mirror target %s: %s" % (self.target, e.msg),
+        except (OSError, VmfleetError) as e:
+            raise TargetProblem("cannot create mirror target %s: %s" % (self.target, getattr(e, 'msg', None) or e),
                                 hint="check the target filesystem; nothing was started")
-        os.chmod(self.target, 0o600)
         durable.fsync_dir(os.path.dirname(self.target))
 
     def _wait_ready(self, job, journal):

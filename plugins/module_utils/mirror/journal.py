@@ -87,7 +87,8 @@ class Journal(object):
 
     def load(self):
         try:
-            with open(self.path, 'rb') as f:
+            # it says which image is live and which may be removed: only one root alone could write counts
+            with durable.open_trusted(self.path, 'mirror journal') as f:
                 raw = f.read()
         except IOError as e:
             if e.errno == errno.ENOENT:

@@ -13,10 +13,14 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import stat
 import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import durable
-from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import ImageCorrupt, InvalidArgument
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
+    ImageCorrupt, InvalidArgument, Untrusted,
+)
 
 PARTIAL = '.partial'
 MANIFEST_SUFFIX = '.manifest.json'
@@ -44,15 +48,14 @@ def validate_path(path):
 
 def create_private(path):
     """Create ``path`` empty, 0600, failing if it exists."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    os.close(fd)
+    os.close(durable.create_exclusive(path))
 
 
 def create_locked(path):
     """Create ``path`` empty, 0600 (failing if it exists), open read-write and
     flock'ed: the fd (the caller closes it). A partial file whose lock no one
     holds was left by a writer that died (remove_unlocked)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = durable.create_exclusive(path, flags=os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if os.fstat(fd).st_ino != os.stat(path).st_ino:
@@ -115,6 +118,8 @@ def commit(partials, manifest, path):
     """Make the image complete: fsync and rename every data file, then the manifest."""
     for p in partials:
         durable.fsync_path(p)
+        # a QEMU running as another user wrote it; from now on only root may change it
+        os.chown(p, os.geteuid(), os.getegid())
         os.chmod(p, 0o600)
     for p in partials:
         os.rename(p, p[:-len(PARTIAL)])
@@ -129,9 +134,10 @@ def write_manifest(path, manifest):
 
 
 def read_manifest(path):
-    """The manifest of a complete image, or None when there is none."""
+    """The manifest of a complete image, or None when there is none. Only one
+    that root alone could have written is read: its command line is run again."""
     try:
-        with open(manifest_path(path)) as f:
+        with durable.open_trusted(manifest_path(path), 'manifest') as f:
             m = json.load(f)
     except FileNotFoundError:
         return None
@@ -164,10 +170,51 @@ def check_files(path, manifest, checksum):
                                hint="the file is corrupt; save the VM again")
 
 
-def existing_files(path):
-    """Anything at ``path`` that a save would overwrite."""
+def _partial_name(base, name):
+    """Whether ``name`` is a partial file a save of ``base`` writes (``.partial``,
+    ``.chN.partial``, and the channel sink's ``.partial.chN``)."""
+    return re.match(r'%s(\.ch\d+)?\.partial(\.ch\d+)?$' % re.escape(base), name) is not None
+
+
+def foreign_files(path, manifest):
+    """The files beside ``path`` that share its name (``<base>`` or ``<base>.*``) but belong
+    to no save image: ``manifest`` does not list them and they are not a save's partial
+    files, manifest or restore log. A disk ``web01.qcow2`` beside ``path: .../web01`` is one."""
     d, base = os.path.split(path)
-    return sorted(os.path.join(d, n) for n in os.listdir(d) if n == base or n.startswith(base + '.'))
+    ours = set(f['file'] for f in (manifest or {}).get('files', []))
+    ours.update((base + MANIFEST_SUFFIX, base + '.restore.log'))
+    return sorted(os.path.join(d, n) for n in os.listdir(d)
+                  if (n == base or n.startswith(base + '.')) and n not in ours and not _partial_name(base, n))
+
+
+def stale_partials(path):
+    """The partial files an interrupted save of ``path`` left (regular files only: a
+    symlink or a device of that name is not one this collection wrote)."""
+    d, base = os.path.split(path)
+    return sorted(os.path.join(d, n) for n in os.listdir(d)
+                  if _partial_name(base, n) and stat.S_ISREG(os.lstat(os.path.join(d, n)).st_mode))
+
+
+def listed_files(path, manifest):
+    """The data files ``manifest`` lists, each checked to be a plain file name in
+    ``path``'s directory and a regular file there: what an overwrite may remove."""
+    d = os.path.dirname(path)
+    out = []
+    for f in (manifest or {}).get('files', []):
+        name = f.get('file')
+        if not isinstance(name, str) or name in ('', '.', '..') or '/' in name:
+            raise Untrusted("manifest %s lists %r, which is not a file of its directory" % (manifest_path(path), name),
+                            hint="nothing was touched; remove that save image by hand")
+        p = os.path.join(d, name)
+        try:
+            mode = os.lstat(p).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise Untrusted("%s, listed in manifest %s, is not a regular file" % (p, manifest_path(path)),
+                            hint="nothing was touched; remove that save image by hand")
+        out.append(p)
+    return out
 
 
 def opens_direct(path, create=False):

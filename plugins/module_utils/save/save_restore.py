@@ -86,8 +86,9 @@ class Saver(object):
         manifest['files'] = manifest_store.describe_files(partials, kinds, self.verify)
         for f in manifest['files']:
             f['file'] = f['file'][:-len(manifest_store.PARTIAL)]
-        old = [p for p in manifest_store.existing_files(self.path)
-               if p not in finals and p not in partials and p != manifest_store.manifest_path(self.path)]
+        # only what the replaced image's manifest lists: never a file that merely shares the name
+        old = [p for p in manifest_store.listed_files(self.path, manifest_store.read_manifest(self.path))
+               if p not in finals]
         manifest = manifest_store.commit(partials, manifest, self.path)
         manifest_store.remove(old)
         return manifest
@@ -111,9 +112,17 @@ def save_vm(module, params=None):
             backend_class(manifest['vm']['backend']).saved_and_gone(module, manifest['vm'], p):
         manifest_store.check_files(path, manifest, checksum=False)
         return _save_result(path, manifest, False)
-    existing = [f for f in manifest_store.existing_files(path) if not f.endswith(manifest_store.PARTIAL)]
-    if existing and not p['overwrite']:
-        raise VmfleetError("save image %s already exists (%s)" % (path, ", ".join(os.path.basename(f) for f in existing)),
+    foreign = manifest_store.foreign_files(path, manifest)
+    if foreign:
+        raise VmfleetError("save image path %s shares its name with %s, which belong to no save image"
+                           % (path, ", ".join(os.path.basename(f) for f in foreign)),
+                           hint="nothing was touched (overwrite replaces only a save image's own files); "
+                                "pick another path, such as one ending in .vmstate")
+    manifest_store.listed_files(path, manifest)  # an image the overwrite could not remove safely fails here
+    if manifest and not p['overwrite']:
+        raise VmfleetError("save image %s already exists (%s)"
+                           % (path, ", ".join([os.path.basename(manifest_store.manifest_path(path))] +
+                                              [f['file'] for f in manifest['files']])),
                            hint="nothing was touched; set overwrite: true to replace it, or pick another path")
     with held_for_change(module.check_mode, p, 'vm_save to %s' % path, p['timeout']), open_vm(module, p) as vm:
         path_used, why = vm.save_route(p['channels'], p['compression'])
@@ -124,7 +133,7 @@ def save_vm(module, params=None):
             return dict(changed=True, image=path, manifest=manifest_store.manifest_path(path), path_used=path_used,
                         why=why, channels=p['channels'], files=[], bytes=0, bytes_written=0)
         # A save that died before its manifest leaves only partial files: never an image.
-        manifest_store.remove([f for f in manifest_store.existing_files(path) if f.endswith(manifest_store.PARTIAL)])
+        manifest_store.remove(manifest_store.stale_partials(path))
         saver = Saver(module, vm, path, p['channels'], p['compression'], p['keep_running'], p['verify'],
                       p['timeout'], why=why)
         t0 = time.monotonic()

@@ -218,7 +218,7 @@ class LibvirtVm(VmHandle):
                 index = src.get('index')
             drv = el.find('driver')
             fmt = drv.get('type') if drv is not None else None
-            info = image_info(self.module, path, fmt) if path else {}
+            info = image_info(self.module, path, fmt) if path and fmt else {}
             out.append(Disk(
                 name=target,
                 # libvirt names the format node of source index N 'libvirt-N-format'.

@@ -24,6 +24,7 @@ import time
 import ansible_collections
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qmp_migration as migration
 # imported so that Ansible ships it with the module: the helper process runs it from there
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import postcopy_source  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import JobFailed, OperationTimeout
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import poll_until
@@ -54,6 +55,7 @@ def load(vm, memory_file, deadline, background, exited_at):
     return once all RAM is in, with when the guest ran again (``running_after_s``, from
     ``exited_at``, the monotonic time the old QEMU exited)."""
     tmp = tempfile.mkdtemp(prefix='vmfleet-load-')  # a short path: a unix socket's is at most 107 bytes
+    process.give_to(tmp, vm.owner_uid())  # QEMU listens there as its own user
     sock = os.path.join(tmp, 'stream.sock')
     helper = None
     t0 = time.monotonic()

@@ -111,6 +111,10 @@ class MappedRamImage(object):
         if not total & FLAG_MEM_SIZE:
             raise ImageError('%s: the RAM section does not start with its size' % self.path)
         total &= ~(PAGE - 1)
+        # root reads what a QEMU of another user may have written: every length and offset is
+        # checked against the file before it is used (a sparse image is as long as its RAM)
+        if not 0 < total <= size:
+            raise ImageError('%s: its RAM size %d does not fit its %d bytes' % (self.path, total, size))
         pos += 8
         self.blocks = []
         left = total
@@ -123,6 +127,10 @@ class MappedRamImage(object):
             hversion, page_size, dummy, pages_offset = struct.unpack('>IQQQ', self._read(pos, 28))
             if hversion != 1 or page_size != PAGE:
                 raise ImageError('%s: block %s is not mapped-ram v1 with 4 KiB pages' % (self.path, name))
+            if not (0 < length <= left and length % PAGE == 0 and pages_offset % PAGE == 0
+                    and pos + 28 <= pages_offset <= size - length):
+                raise ImageError('%s: block %s (%d bytes at offset %d) does not fit the image (%d bytes, %d of RAM '
+                                 'left to place)' % (self.path, name, length, pages_offset, size, left))
             b = Block(name, length, pages_offset)
             self.blocks.append(b)
             left -= length
@@ -382,7 +390,10 @@ class PostcopySource(object):
                 if kind in (RP_REQ_PAGES_ID, RP_REQ_PAGES):
                     start, length = struct.unpack('>QI', data[:12])
                     if kind == RP_REQ_PAGES_ID:
-                        block = self.image.block(data[13:13 + data[12]].decode('ascii'))
+                        block = self.image.block(data[13:13 + data[12]].decode('ascii', 'replace'))
+                    if block is None or start % PAGE or start + length > block.length:
+                        raise ImageError('the destination asked for %d bytes at %d of block %s, which is not in it'
+                                         % (length, start, block.name if block else '(none named)'))
                     self.requested += 1
                     self._send_urgent(block, start, length)
         except (IOError, OSError, ImageError, struct.error) as e:

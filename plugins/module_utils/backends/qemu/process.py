@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import tempfile
@@ -21,7 +22,9 @@ import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import capabilities
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.qmp_client import QmpClient
-from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import OperationTimeout, VmfleetError
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
+    OperationTimeout, Untrusted, VmfleetError,
+)
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline, poll_until
 
 
@@ -58,6 +61,110 @@ def qemu_argv(pid):
     except OSError as e:
         raise VmfleetError("cannot read the command line of QEMU pid %d: %s" % (pid, e.strerror))
     return [a.decode('utf-8', 'surrogateescape') for a in raw.split(b'\0') if a]
+
+
+QEMU_BINARY = re.compile(r'qemu-system-[a-z0-9_]+$')
+
+# Options that make QEMU run another program (or load code): a relaunch would run it.
+# tap/nic without script=no runs /etc/qemu-ifup; bridge always runs qemu-bridge-helper.
+_EXEC_OPTIONS = ('-run-with', '-plugin', '-readconfig')
+_NET_OPTIONS = ('-netdev', '-net', '-nic')
+
+
+def process_owner(pid):
+    """(uid, gid, supplementary gids) of process ``pid``; refused when its real,
+    effective, saved and file-system ids differ (a process changing identity)."""
+    ids = {}
+    try:
+        with open('/proc/%d/status' % pid) as f:
+            for line in f:
+                key, _sep, value = line.partition(':')
+                if key in ('Uid', 'Gid', 'Groups'):
+                    ids[key] = [int(v) for v in value.split()]
+    except (OSError, ValueError) as e:
+        raise VmfleetError("cannot read the owner of QEMU pid %d: %s" % (pid, getattr(e, 'strerror', e)))
+    if len(set(ids.get('Uid', []))) != 1 or len(set(ids.get('Gid', []))) != 1:
+        raise Untrusted("process %d has mixed user or group ids (%s / %s)" % (pid, ids.get('Uid'), ids.get('Gid')),
+                        hint="nothing was touched; a QEMU that is relaunched must run as one user")
+    return ids['Uid'][0], ids['Gid'][0], ids.get('Groups', [])
+
+
+def exec_options(argv):
+    """The options of ``argv`` that make QEMU run a program, each as written."""
+    found = []
+    for i, a in enumerate(argv[1:], 1):
+        opt = '-' + a.lstrip('-') if a.startswith('-') else None
+        if opt in _EXEC_OPTIONS:
+            found.append(opt)
+        elif opt in _NET_OPTIONS and i + 1 < len(argv):
+            value = argv[i + 1]
+            kv = _keyvals(value)
+            kind = kv.get('type') or value.split(',', 1)[0]
+            if kind == 'bridge':
+                found.append('%s bridge' % opt)
+            elif kind == 'tap':
+                for key in ('script', 'downscript'):
+                    # no script= runs /etc/qemu-ifup (-ifdown), unless QEMU was handed the tap's fd
+                    default = '' if 'fd' in kv or 'fds' in kv else \
+                        '(default /etc/qemu-if%s)' % ('up' if key == 'script' else 'down')
+                    if kv.get(key, default) not in ('no', ''):
+                        found.append('%s tap,%s=%s' % (opt, key, kv.get(key, default)))
+                if 'helper' in kv:
+                    found.append('%s tap,helper=%s' % (opt, kv['helper']))
+    return found
+
+
+def check_binary(exe, uid):
+    """``exe`` must be a QEMU system emulator that only root or ``uid`` (the user
+    its QEMU runs as) can have written."""
+    if not QEMU_BINARY.match(os.path.basename(exe)):
+        raise Untrusted("%s is not a QEMU system emulator (qemu-system-*)" % exe,
+                        hint="nothing was touched; the collection relaunches only QEMU")
+    try:
+        st = os.stat(exe)
+    except OSError as e:
+        raise Untrusted("the QEMU binary %s is gone (%s)" % (exe, e.strerror),
+                        hint="nothing was touched; QEMU was upgraded or removed since the VM started")
+    if st.st_uid not in (0, uid) or st.st_mode & 0o022:
+        raise Untrusted("the QEMU binary %s is owned by uid %d with mode %04o" % (exe, st.st_uid, st.st_mode & 0o7777),
+                        hint="nothing was touched; only a binary of root (or of the user QEMU runs as) that no one "
+                             "else can write is run")
+
+
+def check_argv(argv, exe, uid, allow_exec_options=False):
+    """Refuse a command line the collection would not run again: its ``argv[0]``
+    is not ``exe`` (the binary checked by check_binary), or it carries an option
+    that runs a program (unless ``allow_exec_options``). Migration calls this too."""
+    if not argv:
+        raise Untrusted("no QEMU command line", hint="nothing was touched")
+    check_binary(exe, uid)
+    first = argv[0] if '/' in argv[0] else (shutil.which(argv[0]) or argv[0])
+    if os.path.realpath(first) != os.path.realpath(exe):
+        raise Untrusted("the command line's program %s is not the QEMU binary %s the process runs"
+                        % (argv[0], exe), hint="nothing was touched")
+    found = exec_options(argv)
+    if found and not allow_exec_options:
+        raise Untrusted("the QEMU command line carries %s, which makes QEMU run another program"
+                        % ", ".join(found),
+                        hint="nothing was touched; if you started that VM with it yourself, set "
+                             "allow_exec_options: true to relaunch it as it is")
+
+
+def relaunch_record(pid, allow_exec_options=False):
+    """The checked command line of the QEMU ``pid``, and who and what runs it:
+    dict(argv, exe, uid, gid, groups). A relaunch runs ``exe`` with that argv as
+    that user, never with more privilege than this QEMU had."""
+    uid, gid, groups = process_owner(pid)
+    try:
+        exe = os.readlink('/proc/%d/exe' % pid)
+    except OSError as e:
+        raise VmfleetError("cannot read the program of QEMU pid %d: %s" % (pid, e.strerror))
+    if exe.endswith(' (deleted)'):
+        raise Untrusted("QEMU pid %d runs %s, which was replaced or removed since it started" % (pid, exe),
+                        hint="nothing was touched; restart the VM on the installed QEMU first")
+    argv = qemu_argv(pid)
+    check_argv(argv, exe, uid, allow_exec_options)
+    return dict(argv=argv, exe=exe, uid=uid, gid=gid, groups=groups)
 
 
 def moved_disks(argv, disks):
@@ -153,14 +260,49 @@ def disk_aliases(argv):
     return aliases
 
 
-def launch(argv, log_path):
-    """Start QEMU detached from this module: it must outlive the Ansible task."""
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+def open_log(path, uid):
+    """``path`` opened to append QEMU's output, as root in a directory its QEMU's
+    user may write: never through a symlink, never a file with other names (a
+    hard link to a file of root's) or of another owner."""
+    old = os.umask(0o077)
     try:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, close_fds=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     0o600)
+    except OSError as e:
+        raise Untrusted("cannot open QEMU's log %s: %s" % (path, e.strerror),
+                        hint="nothing was touched; remove what is at that path (a symlink is refused)")
+    finally:
+        os.umask(old)
+    st = os.fstat(fd)
+    if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid in (os.geteuid(), uid)):
+        os.close(fd)
+        raise Untrusted("QEMU's log %s is not a regular file of its own (uid %d, %d links)"
+                        % (path, st.st_uid, st.st_nlink), hint="nothing was touched; remove it and run again")
+    return fd
+
+
+def launch(argv, log_path, record=None):
+    """Start QEMU detached from this module: it must outlive the Ansible task.
+    ``record`` (relaunch_record): run its binary as its user and groups."""
+    record = record or {}
+    uid = record.get('uid', os.geteuid())
+    log = open_log(log_path, uid)
+    ids = {}
+    if uid != os.geteuid():
+        ids = dict(user=uid, group=record.get('gid'), extra_groups=record.get('groups') or [])
+    try:
+        return subprocess.Popen(argv, executable=record.get('exe'), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, start_new_session=True, close_fds=True, **ids)
     finally:
         os.close(log)
+
+
+def give_to(path, vm_or_record):
+    """Let the QEMU that runs as another user open ``path`` (a file or socket
+    directory made for it, or the image it loads): chown it to that user."""
+    uid = vm_or_record.get('uid') if isinstance(vm_or_record, dict) else vm_or_record
+    if uid is not None and uid != os.geteuid():
+        os.chown(path, uid, -1)
 
 
 def wait_for_socket(path, proc, deadline, daemonizes=False):

@@ -9,7 +9,9 @@ relaunching the recorded command line, the mirror driver."""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import contextlib
 import os
+import shutil
 import signal
 import stat
 import tempfile
@@ -54,6 +56,15 @@ def choose_save_path(caps, channels, compression):
     return 'multifd-stream', why + "; multifd over sockets, one file per channel"
 
 
+def check_record(record, allow_exec_options):
+    """A recorded relaunch (process.relaunch_record, from a trusted manifest) may still run:
+    its binary is a QEMU of root's or of its user's, its options run no program. A record
+    from before the collection noted the binary and user names the binary by argv[0] and ran as root."""
+    argv = record.get('argv') or []
+    exe = record.get('exe') or (argv and shutil.which(argv[0])) or (argv and argv[0]) or ''
+    proc.check_argv(argv, exe, record.get('uid', 0), allow_exec_options)
+
+
 def qdev_disk_name(dev):
     """qdev id of the device (``/machine/peripheral/<id>/...``), else the legacy
     drive id, else the node name: the name an operator gave the disk."""
@@ -64,6 +75,18 @@ def qdev_disk_name(dev):
     if qdev and not qdev.startswith('/'):
         return qdev
     return dev.get('device') or dev['inserted'].get('node-name')
+
+
+@contextlib.contextmanager
+def lent(path, uid):
+    """``path`` (root's image or memory file) readable by the QEMU running as
+    ``uid`` while it loads it; root's alone again afterwards."""
+    proc.give_to(path, uid)
+    try:
+        yield
+    finally:
+        if uid not in (None, os.geteuid()):
+            os.chown(path, os.geteuid(), -1)
 
 
 class QemuVm(VmHandle):
@@ -183,16 +206,28 @@ class QemuVm(VmHandle):
     def check_instant_snapshots(self):
         pass
 
+    def owner_uid(self):
+        pid = self.pid()
+        return proc.process_owner(pid)[0] if pid else None
+
+    def allow_exec_options(self):
+        return bool(self.module.params.get('allow_exec_options'))
+
     def start_memory_write(self, path, fd, was_running):
-        # QEMU opens the file itself (the same inode: the caller's lock holds)
+        # QEMU opens the file itself (the same inode: the caller's lock holds), as its own user
+        proc.give_to(path, self.owner_uid())
         self.qmp('migrate', uri='file:%s' % path)
 
-    def relaunchable_argv(self):
-        """The command line a restore or revert starts again: it must name every
-        image the VM runs on now, or the relaunch would pair this RAM with an old disk."""
+    def relaunchable(self):
+        """What a restore or revert starts again (process.relaunch_record: the checked
+        command line, binary and user): it must name every image the VM runs on now,
+        or the relaunch would pair this RAM with an old disk. None without a process."""
         pid = self.pid()
-        argv = proc.qemu_argv(pid) if pid else None
-        moved = proc.moved_disks(argv, self.disks()) if argv else None
+        if not pid:
+            return None
+        record = proc.relaunch_record(pid, self.allow_exec_options())
+        argv = record['argv']
+        moved = proc.moved_disks(argv, self.disks())
         if moved:
             followed = proc.follow_moves(argv, moved)
             if followed is None:
@@ -203,8 +238,8 @@ class QemuVm(VmHandle):
                     % (d.name, self.name, d.file),
                     hint="nothing was touched; restart the VM from a command line that names its current images first")
             # drive_mirror switched these disks: the relaunch names the images they run on now
-            argv = followed
-        return argv
+            record['argv'] = followed
+        return record
 
     def quit(self, timeout=30.0):
         """Make QEMU exit, and wait until it has (killed if it will not)."""
@@ -218,12 +253,12 @@ class QemuVm(VmHandle):
 
     def relaunch_record(self):
         """What a revert needs to start this QEMU again: its command line (with a QMP socket) and version."""
-        argv = self.relaunchable_argv()
-        if not argv or not proc.qmp_socket_of(argv):
+        record = self.relaunchable()
+        if not record or not proc.qmp_socket_of(record['argv']):
             raise InvalidArgument("cannot read the command line and QMP socket of VM '%s' (pid %s)"
                                   % (self.name, self.pid()),
                                   hint="a revert relaunches QEMU with it; run the module on the VM's host")
-        return dict(argv=argv, version=self.qemu_version())
+        return dict(record, version=self.qemu_version())
 
     def check_relaunch(self, record, what):
         """Before anything stops: ``record`` (relaunch_record) can start this VM again."""
@@ -232,9 +267,15 @@ class QemuVm(VmHandle):
         if sock != self.socket_path:
             raise InvalidArgument("%s was taken of the QEMU on %s, not %s" % (what, sock, self.socket_path),
                                   hint="nothing was changed")
-        if not os.path.exists(argv[0]) and not any(
-                os.access(os.path.join(p, argv[0]), os.X_OK) for p in os.environ.get('PATH', '').split(os.pathsep)):
-            raise InvalidArgument("the recorded QEMU binary %s is gone" % argv[0], hint="nothing was changed")
+        # the process on the socket now is the QEMU it replaces (not a stand-in) ...
+        pid = self.pid()
+        if not pid:
+            raise InvalidArgument("no process serves %s" % self.socket_path, hint="nothing was changed")
+        now = proc.relaunch_record(pid, self.allow_exec_options())
+        # ... and the recorded command line may still be run, as the user of the QEMU it replaces
+        # (not the one recorded: never with more privilege than the VM has now)
+        record.update((k, now[k]) for k in ('uid', 'gid', 'groups'))
+        check_record(record, self.allow_exec_options())
 
     def instant_memory_caps(self):
         # page-addressable: such a snapshot can be reverted with its RAM loaded in the background
@@ -262,22 +303,24 @@ class QemuVm(VmHandle):
             if memory_format == memory_load.FORMAT:
                 loaded.update(memory_load.load(vm, memory_file, deadline, load == 'background', exited_at))
                 return
-            vm.qmp('migrate-incoming', uri='file:%s' % memory_file)
-            migration.wait(vm, deadline, "loading memory file %s" % memory_file)
+            with lent(memory_file, vm.owner_uid()):
+                vm.qmp('migrate-incoming', uri='file:%s' % memory_file)
+                migration.wait(vm, deadline, "loading memory file %s" % memory_file)
         sock = proc.qmp_socket_of(record['argv'])
         # QEMU's own output, next to its QMP socket: the VM's place, not the snapshot's
-        return dict(self.relaunch(self.module, record['argv'], sock, sock + '.log', deadline, load_file, state),
+        return dict(self.relaunch(self.module, record, sock, sock + '.log', deadline, load_file, state),
                     route='qemu-relaunch', **loaded)
 
     @classmethod
-    def relaunch(cls, module, argv, sock, log_path, deadline, load, state):
-        """Start QEMU again from ``argv`` with ``-incoming defer``, let ``load(vm)``
+    def relaunch(cls, module, record, sock, log_path, deadline, load, state):
+        """Start QEMU again from ``record`` (its argv, binary and user) with ``-incoming defer``, let ``load(vm)``
         feed it its state, then ``cont`` if ``state`` is running. On any failure
         the new QEMU is stopped: a half-loaded QEMU is no VM. Unless the error says
         ``keep_vm`` (a failed postcopy load): a QEMU waiting for a load is left on
         the socket, so that the revert can run again."""
+        argv = record['argv']
         manifest_store.remove([sock])  # stale socket file of the QEMU that quit
-        child = proc.launch(proc.incoming_argv(argv), log_path)
+        child = proc.launch(proc.incoming_argv(argv), log_path, record)
         vm = None
         try:
             proc.wait_for_socket(sock, child, deadline, daemonizes='-daemonize' in argv)
@@ -289,7 +332,7 @@ class QemuVm(VmHandle):
             return dict(pid=vm.pid(), qmp_socket=sock, state=vm.state())
         except Exception as e:
             if getattr(e, 'keep_vm', False):
-                cls._waiting_in_place_of(vm.pid() if vm is not None else None, child, argv, sock, log_path)
+                cls._waiting_in_place_of(vm.pid() if vm is not None else None, child, record, sock, log_path)
                 raise
             if vm is not None:
                 try:
@@ -305,7 +348,7 @@ class QemuVm(VmHandle):
                 vm.close()
 
     @staticmethod
-    def _waiting_in_place_of(pid, child, argv, sock, log_path):
+    def _waiting_in_place_of(pid, child, record, sock, log_path):
         """The guest of a failed postcopy load is frozen for good (pages it never got cannot be
         made up), and its QEMU may never answer QMP again: a vCPU waiting for such a page can
         hold QEMU's big lock (seen under TCG). A QEMU waiting for a load takes its place on the
@@ -320,15 +363,16 @@ class QemuVm(VmHandle):
         child.wait()
         proc.wait_exit(pid, 30.0)
         manifest_store.remove([sock])
-        waiting = proc.launch(proc.incoming_argv(argv), log_path)
-        proc.wait_for_socket(sock, waiting, Deadline(60.0), daemonizes='-daemonize' in argv)
+        waiting = proc.launch(proc.incoming_argv(record['argv']), log_path, record)
+        proc.wait_for_socket(sock, waiting, Deadline(60.0), daemonizes='-daemonize' in record['argv'])
 
     # -- save and restore: QEMU's migration to files --
     def save_route(self, channels, compression):
         return choose_save_path(self.migrate_caps(), channels, compression)
 
     def save(self, saver, path_used):
-        argv = self.relaunchable_argv()
+        record = self.relaunchable()
+        uid = record['uid'] if record else None
         state = self.state()
         was_running = state == 'running'
         t0 = time.monotonic()
@@ -351,6 +395,7 @@ class QemuVm(VmHandle):
                 tmp = saver.path + manifest_store.PARTIAL
                 manifest_store.create_private(tmp)
                 partials.append(tmp)
+                proc.give_to(tmp, uid)  # QEMU opens it as its own user
                 # A 4 GiB guest saved in 1.8 s with O_DIRECT and in 4 to 6.5 s through the page cache, where
                 # the kernel throttles the writers once dirty pages pile up (1 GiB: no difference).
                 direct = multifd and manifest_store.opens_direct(tmp)
@@ -363,10 +408,12 @@ class QemuVm(VmHandle):
             else:
                 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.multifd_stream import ChannelSink
                 sockdir = tempfile.mkdtemp(prefix='vmfleet-save-')
+                proc.give_to(sockdir, uid)  # QEMU connects as its own user
                 sock = os.path.join(sockdir, 'sink.sock')
                 # QEMU opens the main channel plus one per multifd channel.
                 sink = ChannelSink(sock, os.path.dirname(saver.path),
                                    os.path.basename(saver.path) + manifest_store.PARTIAL, 1 + saver.channels)
+                proc.give_to(sock, uid)  # connecting to a socket takes write permission on it
                 self.qmp('migrate', uri='unix:%s' % sock)
                 info = migration.wait(self, saver.deadline, what, saver.progress)
                 written = sink.finish(saver.deadline.remaining(30.0))
@@ -381,7 +428,8 @@ class QemuVm(VmHandle):
             for p in partials:
                 durable.fsync_path(p)
             written_at = time.monotonic()
-            manifest = saver.manifest(path_used, state, info, qemu=dict(argv=argv, version=self.qemu_version()))
+            manifest = saver.manifest(path_used, state, info,
+                                      qemu=dict(record or dict(argv=None), version=self.qemu_version()))
             manifest = saver.commit(partials, kinds, manifest)
             partials = []
         except Exception:
@@ -430,13 +478,15 @@ class QemuVm(VmHandle):
     @classmethod
     def restore(cls, module, manifest, path, params, deadline, channels):
         """Relaunch the recorded command line and load the image; ``channels`` as load_channels() decided."""
-        argv = manifest['qemu']['argv']
+        record = dict(manifest['qemu'])
+        argv = record['argv']
         if not argv:
             raise VmfleetError("the save image %s records no QEMU command line" % path)
+        check_record(record, params.get('allow_exec_options'))
         sock = proc.qmp_socket_of(argv)
         if params.get('qmp_socket') and params['qmp_socket'] != sock:
             sock = params['qmp_socket']
-            argv = argv + ['-qmp', 'unix:%s,server=on,wait=off' % sock]
+            argv = record['argv'] = argv + ['-qmp', 'unix:%s,server=on,wait=off' % sock]
         if not sock:
             raise InvalidArgument("the saved QEMU had no QMP UNIX socket", hint="give qmp_socket for the restored VM")
         if proc.socket_alive(sock):
@@ -460,11 +510,13 @@ class QemuVm(VmHandle):
             used['direct_io'] = migration.configure(vm, caps, mparams, direct_io=direct)
             t0 = time.monotonic()
             if manifest['path_used'] == 'mapped-ram':
-                vm.qmp('migrate-incoming', uri='file:%s' % files[0])
-                migration.wait(vm, deadline, "restoring from %s" % path)
+                with lent(files[0], record.get('uid')):
+                    vm.qmp('migrate-incoming', uri='file:%s' % files[0])
+                    migration.wait(vm, deadline, "restoring from %s" % path)
             else:
                 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.multifd_stream import ChannelSource
                 sockdir = tempfile.mkdtemp(prefix='vmfleet-restore-')
+                proc.give_to(sockdir, record.get('uid'))  # QEMU listens there as its own user
                 insock = os.path.join(sockdir, 'in.sock')
                 try:
                     vm.qmp('migrate-incoming', uri='unix:%s' % insock)
@@ -476,5 +528,5 @@ class QemuVm(VmHandle):
                     os.rmdir(sockdir)
             used['load_s'] = round(time.monotonic() - t0, 3)
 
-        restored = cls.relaunch(module, argv, sock, path + '.restore.log', deadline, load, params['state'])
+        restored = cls.relaunch(module, record, sock, path + '.restore.log', deadline, load, params['state'])
         return dict(restored, direct_io=used['direct_io'], load_s=used['load_s'], channels=channels)
