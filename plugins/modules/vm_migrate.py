@@ -40,6 +40,17 @@ attributes:
     support: none
     description: Nothing to compare.
 options:
+  allow_exec_options:
+    description:
+      - A raw QEMU VM (O(qmp_socket)) is started at the destination from its command line here. A command line
+        with an option that makes QEMU run another program (C(-netdev tap) without C(script=no,downscript=no),
+        C(helper=), C(-netdev bridge), C(-run-with), C(-plugin), C(-readconfig)) is refused, naming the option,
+        before anything starts, unless this is V(true).
+      - Whatever its value, the command line is used only when its program is the QEMU process's own
+        C(qemu-system-*) binary, owned by root (or by the user QEMU runs as) and writable by no one else.
+    type: bool
+    default: false
+    version_added: 1.1.0
   destination_uri:
     description:
       - libvirt URI of the destination hypervisor as the source host reaches it, such as
@@ -240,6 +251,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.migrate.vm_migration i
 
 def main():
     run_module(vmfleet_module(dict(
+        allow_exec_options=dict(type='bool', default=False),
         destination_uri=dict(type='str', required=True),
         migration_address=dict(type='str'),
         destination_qmp_socket=dict(type='path'),

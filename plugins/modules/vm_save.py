@@ -52,6 +52,7 @@ options:
         C(qemu-system-*) binary, owned by root (or by the user QEMU runs as) and writable by no one else.
     type: bool
     default: false
+    version_added: 1.1.0
   path:
     description:
       - Absolute path of the save image. Its directory must exist.
