@@ -48,8 +48,8 @@ import time
 
 from .accel import detect_accel
 from .guest import REPO
-from .libvirt_vm import LibvirtVM, virsh
-from .qemu_vm import QemuVM
+from .libvirt_guest import LibvirtGuest, virsh
+from .qemu_guest import QemuGuest
 
 PREFIX = 'vmfh'
 SUBNET = '10.213'  # the default; two rigs up at once take different ones (Fleet(subnet=...))
@@ -128,7 +128,7 @@ def _netns_pids(ns):
     return [int(p) for p in r.stdout.split()] if r.returncode == 0 else []
 
 
-class RigQemuVM(QemuVM):
+class HostQemuGuest(QemuGuest):
     """A raw QEMU VM started inside a host's network and mount namespaces, so that
     its QMP socket is the one the host's modules see."""
 
@@ -154,7 +154,7 @@ class Host:
         self.address = '%s.%d.2' % (fleet.subnet, index)
         self.dir = os.path.join(fleet.root, self.name)
         self.holder = None
-        self.vms = []  # LibvirtVM / RigQemuVM
+        self.vms = []  # LibvirtGuest / HostQemuGuest
         self.dead_sockets = []
         self.python = VENV_PYTHON  # this host's ansible_python_interpreter
 
@@ -329,9 +329,9 @@ class Host:
         workdir = self.path('vms', name)
         kw = dict(memory_mib=memory_mib, accel=accel, disks=disks, cmdline_extra=cmdline_extra)
         if backend == 'libvirt':
-            vm = LibvirtVM(workdir, name, uri=self.uri, **kw)
+            vm = LibvirtGuest(workdir, name, uri=self.uri, **kw)
         else:
-            vm = RigQemuVM(self, workdir, name, detach=detach, **kw)
+            vm = HostQemuGuest(self, workdir, name, detach=detach, **kw)
         os.chmod(self.path('vms'), 0o755)
         self.vms.append(vm)
         vm.start()
@@ -339,7 +339,7 @@ class Host:
 
     @property
     def qmp_sockets(self):
-        return [vm.qmp_socket for vm in self.vms if isinstance(vm, QemuVM)] + self.dead_sockets
+        return [vm.qmp_socket for vm in self.vms if isinstance(vm, QemuGuest)] + self.dead_sockets
 
     def add_dead_socket(self, name):
         """A fault: the socket a raw QEMU left behind when it died (a path no QEMU answers on)."""
@@ -353,12 +353,12 @@ class Host:
 
     @property
     def domains(self):
-        return [vm.name for vm in self.vms if isinstance(vm, LibvirtVM)]
+        return [vm.name for vm in self.vms if isinstance(vm, LibvirtGuest)]
 
     def state(self):
         return dict(name=self.name, ns=self.ns, address=self.address, dir=self.dir, uri=self.uri,
                     python=self.python, domains=self.domains, qmp_sockets=self.qmp_sockets,
-                    vms=[dict(name=vm.name, backend='libvirt' if isinstance(vm, LibvirtVM) else 'qemu',
+                    vms=[dict(name=vm.name, backend='libvirt' if isinstance(vm, LibvirtGuest) else 'qemu',
                               serial_log=vm.serial_log,
                               disks=dict((n, list(v)) for n, v in vm.disks.items()))
                          for vm in self.vms])
@@ -489,7 +489,7 @@ class Fleet:
             # raw QEMUs: a clean quit, and their Popen reaped
             for h in self.all_hosts:
                 for vm in h.vms:
-                    if isinstance(vm, QemuVM):
+                    if isinstance(vm, QemuGuest):
                         try:
                             vm.stop()
                         except Exception as e:  # the namespace sweep below kills it anyway

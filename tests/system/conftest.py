@@ -10,15 +10,15 @@ import tempfile
 import pytest
 
 from rig.accel import detect_accel
-from rig.libvirt_vm import LibvirtVM, virsh
-from rig.qemu_vm import QemuVM
+from rig.libvirt_guest import LibvirtGuest, virsh
+from rig.qemu_guest import QemuGuest
 from rig.targets import Target
 
 PREFIX = 'vmfleet-test-'
 # libvirt domain names are host-wide: two test sessions at once must not share one
 SESSION = os.getpid() % 100000
 # backend -> the VM class, and the tag of its default names
-_KINDS = {'qemu': (QemuVM, 'raw'), 'libvirt': (LibvirtVM, 'lv')}
+_KINDS = {'qemu': (QemuGuest, 'raw'), 'libvirt': (LibvirtGuest, 'lv')}
 
 
 def _sweep_leftovers():

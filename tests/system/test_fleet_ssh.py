@@ -18,7 +18,7 @@ from rig.accel import detect_accel
 from rig.ansible_run import run_playbook, start_playbook
 from rig.guest import REPO, disk_counter
 from rig.hypervisors import Fleet
-from rig.libvirt_vm import LibvirtVM
+from rig.libvirt_guest import LibvirtGuest
 from rig.targets import Target, host_targets
 
 HOSTS = 4
@@ -450,7 +450,7 @@ def _at_once(fleet, host, playbook, extra, module):
     from ansible_collections.vmfleet.kvm.plugins.module_utils.common import vm_lock
     with contextlib.ExitStack() as held:
         for vm in host.vms:
-            conn = dict(domain=vm.name, uri='qemu:///system') if isinstance(vm, LibvirtVM) else dict(qmp_socket=vm.qmp_socket)
+            conn = dict(domain=vm.name, uri='qemu:///system') if isinstance(vm, LibvirtGuest) else dict(qmp_socket=vm.qmp_socket)
             held.enter_context(vm_lock.vm_locked(conn, 'the test, until both runs wait', 5, vm.name))
         before = _module_processes(module)
         runs = [start_playbook('vmfleet.kvm.' + playbook, inventory=fleet.inventory,
@@ -531,7 +531,7 @@ def test_host_maintenance_save_killed_mid_run_then_run_again_converges_and_two_r
 def test_a_run_that_cannot_get_a_vm_in_its_timeout_fails_naming_the_holder(fleet, tmp_path):
     from ansible_collections.vmfleet.kvm.plugins.module_utils.common import vm_lock
     host = fleet.hosts[1]
-    raw = next(vm for vm in host.vms if not isinstance(vm, LibvirtVM))
+    raw = next(vm for vm in host.vms if not isinstance(vm, LibvirtGuest))
     with vm_lock.vm_locked(dict(qmp_socket=raw.qmp_socket), 'an AWX job (test)', 5, raw.name):
         proc = run_playbook('vmfleet.kvm.pre_upgrade_snapshot', inventory=fleet.inventory, timeout=900,
                             extra_vars=dict(vmfleet_snapshot_name='busy', vmfleet_hosts=host.name,

@@ -17,7 +17,7 @@ import pytest
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.multifd_stream import (
     MULTIFD_MAGIC, QEMU_VM_FILE_MAGIC, ChannelSink, ChannelSource, MultifdStreamError)
 from rig import guest
-from rig.qemu_vm import QemuVM
+from rig.qemu_guest import QemuGuest
 from rig.qmp import connect
 
 FILL_MIB = 64
@@ -108,7 +108,7 @@ def test_save_restore_through_channel_files(vms, compression, channels, main_fir
             'RAM pages went over every multifd channel: %s' % files
 
     # restore into a fresh QEMU with the same machine and disks
-    vm2 = QemuVM(vm.workdir, name=vm.name + '-in', memory_mib=vm.memory_mib,
+    vm2 = QemuGuest(vm.workdir, name=vm.name + '-in', memory_mib=vm.memory_mib,
                  cmdline_extra=vm.cmdline_extra, accel=vm.accel, incoming='defer')
     sock2 = os.path.join(vm.workdir, 'load.sock')
     try:

@@ -16,8 +16,8 @@ from rig.accel import detect_accel
 from rig.ansible_run import run_playbook, start_playbook
 from rig.guest import disk_counter, wait_serial
 from rig.hypervisors import Fleet
-from rig.libvirt_vm import LibvirtVM
-from rig.qemu_vm import QemuVM
+from rig.libvirt_guest import LibvirtGuest
+from rig.qemu_guest import QemuGuest
 from rig.qmp import qmp
 from rig.targets import Target, assert_consecutive
 
@@ -82,7 +82,7 @@ def _persistent(host, name):
 
 
 def _domain(host):
-    return next(vm for vm in host.vms if isinstance(vm, LibvirtVM))
+    return next(vm for vm in host.vms if isinstance(vm, LibvirtGuest))
 
 
 def _counts_on(t, start, before):
@@ -206,7 +206,7 @@ def _home(fleet, vm):
 
 def _shared_domain(fleet):
     """The domain whose disks are under the rig's directory (both hosts see them), and the host it runs on."""
-    vm = next(vm for h in fleet.hosts for vm in h.vms if isinstance(vm, LibvirtVM) and vm.name == '%s1-lv1' % PREFIX)
+    vm = next(vm for h in fleet.hosts for vm in h.vms if isinstance(vm, LibvirtGuest) and vm.name == '%s1-lv1' % PREFIX)
     return vm, _home(fleet, vm)
 
 
@@ -341,7 +341,7 @@ def _pid_alive_libvirtd(host):
 
 
 def _raw(fleet):
-    return next(v for v in fleet.hosts[0].vms if isinstance(v, QemuVM))
+    return next(v for v in fleet.hosts[0].vms if isinstance(v, QemuGuest))
 
 
 def test_a_raw_qemu_vm_with_an_unreachable_destination_runs_on(fleet, tmp_path):
