@@ -64,11 +64,13 @@ def _log_size(path):
         return 0
 
 
+# zstd over 4 channels is vm_save's own route for a compressed raw QEMU save (path_used
+# multifd-stream): test_save_restore.py's [qemu-4ch-zstd] case takes it through these same
+# ChannelSink/ChannelSource end to end (the counter runs on, the filled RAM's checksum).
 @pytest.mark.parametrize('compression,channels,main_first', [
-    ('zstd', 4, True),
     ('none', 1, False),   # multifd channel connected before the main one: QEMU sorts them by magic
     ('none', 4, True),    # the throughput case
-], ids=['zstd-4ch', 'none-1ch-reversed', 'none-4ch'])
+], ids=['none-1ch-reversed', 'none-4ch'])
 def test_save_restore_through_channel_files(vms, compression, channels, main_first):
     vm = vms.boot('qemu', cmdline_extra='vmfleet.fill=%d' % FILL_MIB).vm
     fill = guest.wait_serial(vm.serial_log, r'VMFLEET-FILL %d ([0-9a-f]{64})' % FILL_MIB, 60)
