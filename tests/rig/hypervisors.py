@@ -352,16 +352,10 @@ class Host:
         return path
 
     def clear(self):
-        """Back to a host with no VM and its daemons up, as the next test file expects it: the
-        rig's VMs stopped, then whatever the tests' runs started or moved here that the rig does
-        not know (libvirt domains, storage pools, raw QEMUs), dead sockets, and the per-host
-        state (/var/lib/vmfleet, libvirt's images, the VMs' directories) emptied."""
-        for vm in reversed(self.vms):
-            try:
-                vm.stop()
-            except Exception as e:  # the sweep below gets it anyway
-                print('rig: stopping %s: %s' % (vm.name, e), file=sys.stderr)
-        self.vms = []
+        """Back to a host with no VM and its daemons up, as the next test file expects it: every
+        libvirt domain destroyed and undefined, every storage pool and raw QEMU gone (the rig's
+        own and whatever the tests' runs started or moved here), dead sockets forgotten, and the
+        per-host state (/var/lib/vmfleet, libvirt's images, the VMs' directories) emptied."""
         if self.virsh('version', check=False).returncode:
             self.start_libvirtd()
         if not _pid_from(self.path('sshd.pid')):
@@ -382,6 +376,14 @@ class Host:
             except OSError:
                 pass
         _kill_pids(qemus)
+        # the rig's own records last: its QEMUs are gone by now (no clean quit to wait for, these
+        # are test guests), what is left is reaping them and forgetting them
+        for vm in reversed(self.vms):
+            try:
+                vm.stop()
+            except Exception as e:  # keep clearing
+                print('rig: stopping %s: %s' % (vm.name, e), file=sys.stderr)
+        self.vms = []
         self.dead_sockets = []
         for sub in ('vmfleet', os.path.join('lib', 'images'), 'vms'):
             d = self.path(sub)
@@ -505,9 +507,10 @@ class Fleet:
     def _boot_vms(self):
         self.boot_vms(self.hosts, self.vms_per_host)
 
-    def boot_vms(self, hosts, per_host):
+    def boot_vms(self, hosts, per_host, wait=True):
         """``per_host`` VMs on each of ``hosts`` (libvirt and raw QEMU alternating, libvirt first:
-        ``<ns>-lv1``, ``<ns>-raw2``, ...), all booting at once; back once every guest counts."""
+        ``<ns>-lv1``, ``<ns>-raw2``, ...), all booting at once; back once every guest counts
+        (``wait``), or at once: add more, then wait_booted for all of them together."""
         if not per_host:
             return
         accel = detect_accel()
@@ -516,8 +519,13 @@ class Fleet:
                 backend = 'libvirt' if j % 2 else 'qemu'
                 h.add_vm(backend, '%s-%s%d' % (h.ns, 'lv' if backend == 'libvirt' else 'raw', j),
                          self.memory_mib, accel, self.detach)
+        if wait:
+            self.wait_booted(hosts)
+
+    def wait_booted(self, hosts=None):
+        """Back once every guest of ``hosts`` (all hosts) counts."""
         # eight TCG guests boot together on two busy cores: be generous
-        for h in hosts:
+        for h in (self.hosts if hosts is None else hosts):
             for vm in h.vms:
                 vm.wait_booted(300)
 

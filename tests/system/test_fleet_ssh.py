@@ -32,12 +32,13 @@ def fleet(session_fleet):
     plus its host with no VM whose python lacks libvirt-python and qemu.qmp ("not prepared").
     hv1 holds two failing VMs besides."""
     with FleetView(session_fleet, 'ssh', HOSTS, bare=True) as f:
-        f.boot_vms(f.hosts, 2)
+        f.boot_vms(f.hosts, 2, wait=False)
         # faults that live on hv1 for every run: a VM whose only disk is raw (nothing can hold a
         # snapshot of it) and a raw QEMU VM that died leaving its socket (listed, never answering)
         h = f.hosts[0]
-        h.add_vm('qemu', '%s-rawonly' % h.ns, 256, detect_accel(), False, disks=(('root', 'raw', 16),)).wait_booted(300)
+        h.add_vm('qemu', '%s-rawonly' % h.ns, 256, detect_accel(), False, disks=(('root', 'raw', 16),))
         h.add_dead_socket('%s-crashed' % h.ns)
+        f.wait_booted(f.hosts)  # all nine booting at once
         f.write_inventory()
         yield f
 

@@ -25,9 +25,12 @@ def fleet(session_fleet):
     """Two hypervisors of the session fleet with one libvirt domain each, and a raw QEMU VM on
     hv1; their disks are under the rig's directory, which both hosts see (shared storage)."""
     with FleetView(session_fleet, 'migrate', 2) as f:
-        f.boot_vms(f.hosts, 1)
+        f.boot_vms(f.hosts, 1, wait=False)
         h = f.hosts[0]
-        h.add_vm('qemu', '%s-raw1' % h.ns, 256, detect_accel(), False).wait_booted(300)
+        h.add_vm('qemu', '%s-raw1' % h.ns, 256, detect_accel(), False)
+        # shared_raw's, booting with the others (hv1 lists it after raw1: _raw() is raw1 still)
+        h.add_vm('qemu', '%s-raw2' % h.ns, 256, detect_accel(), False)
+        f.wait_booted(f.hosts)
         f.write_inventory()
         yield f
 
@@ -518,10 +521,8 @@ def test_a_link_cut_mid_migration_fails_naming_the_destination_and_the_domain_ru
 @pytest.fixture(scope='module')
 def shared_raw(fleet):
     """A raw QEMU VM on hv1 with its disks on shared storage (the first one's are in hv1's own
-    directory once it moved back with them copied)."""
-    vm = fleet.hosts[0].add_vm('qemu', '%s-raw2' % fleet.hosts[0].ns, 256, detect_accel(), False)
-    vm.wait_booted(300)
-    return vm
+    directory once it moved back with them copied); booted with the file's other VMs."""
+    return next(vm for vm in fleet.hosts[0].vms if vm.name == '%s-raw2' % fleet.hosts[0].ns)
 
 
 def test_a_link_cut_mid_migration_of_a_raw_qemu_vm_fails_naming_the_destination_and_it_runs_on(
