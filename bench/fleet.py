@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from rig import fleet
+from rig import detached_guests
 from rig.accel import detect_accel
 from rig.ansible_run import run_playbook, write_inventory, write_play
 from rig.qmp import qmp
@@ -160,7 +160,7 @@ def main():
         print('booting %d VMs...' % n, flush=True)
         # four at a time: sixteen TCG guests booting at once on two cores take minutes each
         for i in range(0, n_lv, 2):
-            vms = fleet.up(fleet_dir, ['vmfleet-bench-lv%d' % j for j in range(min(i + 2, n_lv))],
+            vms = detached_guests.up(fleet_dir, ['vmfleet-bench-lv%d' % j for j in range(min(i + 2, n_lv))],
                            ['vmfleet-bench-raw%d' % j for j in range(min(i + 2, n_raw))], 256, disks=DISKS)
         lv = [vm for vm in vms if vm['backend'] == 'libvirt']
         raw = [vm for vm in vms if vm['backend'] == 'qemu']
@@ -177,7 +177,7 @@ def main():
                 runs.append(row)
                 print(json.dumps(row), flush=True)
     finally:
-        fleet.down(fleet_dir)
+        detached_guests.down(fleet_dir)
         shutil.rmtree(root, ignore_errors=True)
     out = dict(benchmark='fleet', accel=detect_accel(), host=platform.node(), cpus=os.cpu_count(), memory_mib=256,
                modes=modes, sizes=sizes, playbook_start_s=start, runs=runs, wall_s=round(time.monotonic() - t_start, 1),

@@ -51,8 +51,8 @@ REPO = os.path.dirname(HERE)
 from rig.accel import detect_accel
 from rig.ansible_run import run_tasks
 from rig.guest import counters_in, wait_serial
-from rig.libvirt_vm import LibvirtVM
-from rig.qemu_vm import QemuVM
+from rig.libvirt_guest import LibvirtGuest
+from rig.qemu_guest import QemuGuest
 from rig.qmp import qmp
 
 RESULTS = os.path.join(HERE, 'results')
@@ -180,7 +180,7 @@ def one_size(root, accel, size_mib, backend):
     memdir = os.path.join(wd, 'mem')
     os.makedirs(memdir)
     kw = dict(name=name, accel=accel, memory_mib=size_mib + 512, cmdline_extra='vmfleet.fill=%d' % size_mib)
-    vm = QemuVM(wd, **kw) if backend == 'qemu' else LibvirtVM(wd, disks=LV_DISKS, **kw)
+    vm = QemuGuest(wd, **kw) if backend == 'qemu' else LibvirtGuest(wd, disks=LV_DISKS, **kw)
     rows = []
     relaunched = []
     vm.start()
@@ -409,7 +409,7 @@ def stream_revert(vm, kw, path, watch, started):
         time.sleep(0.002)
     for d in QCOW2_DISKS:
         subprocess.run(['qemu-img', 'snapshot', '-a', 'bench-stream', vm.disk_path(d)], check=True)
-    new = QemuVM(vm.workdir, incoming='defer', **kw)
+    new = QemuGuest(vm.workdir, incoming='defer', **kw)
     started.append(new)
     new.start()
     t_in = time.monotonic()
@@ -455,7 +455,7 @@ def revert_size(root, accel, size_mib, slow, save):
     os.makedirs(memdir)
     os.chmod(wd, 0o755)
     kw = dict(name=name, accel=accel, memory_mib=size_mib + 512, cmdline_extra='vmfleet.fillrep=%d' % size_mib)
-    vm = QemuVM(wd, **kw)
+    vm = QemuGuest(wd, **kw)
     started, rows = [vm], []
     vm.start()
     try:

@@ -41,7 +41,7 @@ from rig.accel import detect_accel
 from rig.ansible_run import run_one
 from rig.guest import COUNTER, wait_serial
 from rig.hypervisors import Fleet
-from rig.qemu_vm import QemuVM
+from rig.qemu_guest import QemuGuest
 from rig.qmp import qmp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -187,7 +187,7 @@ class Bench:
         # its socket and pidfile in hv2's own directory: the VM's directory is shared, and the source holds
         # its pidfile locked
         argv, i = [], 0
-        src = QemuVM._build_argv(vm)
+        src = QemuGuest._build_argv(vm)
         while i < len(src):
             a, nxt = src[i], (src[i + 1] if i + 1 < len(src) else '')
             if a == '-qmp':

@@ -29,8 +29,8 @@ REPO = os.path.dirname(HERE)
 from rig.accel import detect_accel
 from rig.ansible_run import run_tasks
 from rig.guest import wait_serial
-from rig.libvirt_vm import URI, LibvirtVM
-from rig.qemu_vm import QemuVM
+from rig.libvirt_guest import URI, LibvirtGuest
+from rig.qemu_guest import QemuGuest
 
 SIZE_MIB = int(os.environ.get('VMFLEET_BENCH_MIRROR_MIB', '2048'))
 RESULTS = os.path.join(HERE, 'results')
@@ -146,9 +146,9 @@ def main():
     res = dict(bench='mirror', disk_mib=SIZE_MIB, accel=accel, host=platform.node(),
                cpus=os.cpu_count(), load_avg_start=os.getloadavg(), when=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
     try:
-        qv = QemuVM(os.path.join(root, 'q'), name='vmfleet-bench-raw', accel=accel,
+        qv = QemuGuest(os.path.join(root, 'q'), name='vmfleet-bench-raw', accel=accel,
                     disks=(('root', 'qcow2', 64), ('data', 'qcow2', SIZE_MIB)))
-        lv = LibvirtVM(os.path.join(root, 'l'), name='vmfleet-bench-lv', accel=accel,
+        lv = LibvirtGuest(os.path.join(root, 'l'), name='vmfleet-bench-lv', accel=accel,
                        disks=(('root', 'qcow2', 64), ('data', 'qcow2', SIZE_MIB)))
         t0 = time.monotonic()
         make_data_disk(qv.disk_path('data'))
@@ -192,7 +192,7 @@ def main():
         # the guest writes its records the whole time: do the two copy modes converge?
         busy = {}
         for mode in ('background', 'write-blocking'):
-            vm = QemuVM(os.path.join(root, 'q'), name='vmfleet-bench-raw', accel=accel, cmdline_extra='vmfleet.writer=vdb',
+            vm = QemuGuest(os.path.join(root, 'q'), name='vmfleet-bench-raw', accel=accel, cmdline_extra='vmfleet.writer=vdb',
                         disks=(('root', 'qcow2', 64), ('data', 'qcow2', SIZE_MIB)))
             vms.append(vm)
             vm.start()

@@ -55,8 +55,8 @@ REPO = os.path.dirname(HERE)
 from rig.accel import detect_accel
 from rig.ansible_run import run_one
 from rig.guest import COUNTER, wait_serial
-from rig.libvirt_vm import URI, LibvirtVM, virsh
-from rig.qemu_vm import QemuVM
+from rig.libvirt_guest import URI, LibvirtGuest, virsh
+from rig.qemu_guest import QemuGuest
 from rig.targets import Target
 
 RESULTS = os.path.join(HERE, 'results')
@@ -495,7 +495,7 @@ def main(argv=None):
     save_dir = os.path.join(work, 'saves')
     os.makedirs(save_dir)
     os.chmod(save_dir, 0o755)
-    vm = LibvirtVM(os.path.join(work, 'vm'), 'vmfleet-bench-save', memory_mib=args.memory_mib,
+    vm = LibvirtGuest(os.path.join(work, 'vm'), 'vmfleet-bench-save', memory_mib=args.memory_mib,
                    cmdline_extra='vmfleet.fill=%d' % args.fill_mib)
     bench = Bench(vm, save_dir, caches, args.verify)
     failed = None
@@ -515,7 +515,7 @@ def main(argv=None):
                 print('stopping after %d round(s): another would pass --max-seconds' % rnd, flush=True)
                 break
         vm.stop()
-        raw = QemuVM(os.path.join(work, 'raw'), 'vmfleet-bench-save-raw', memory_mib=args.memory_mib,
+        raw = QemuGuest(os.path.join(work, 'raw'), 'vmfleet-bench-save-raw', memory_mib=args.memory_mib,
                      cmdline_extra='vmfleet.fill=%d' % args.fill_mib)
         raw_bench = RawBench(raw, save_dir, caches, args.verify)
         raw_bench.runs = bench.runs

@@ -13,7 +13,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from rig import fleet
+from rig import detached_guests
 from rig.accel import detect_accel
 from rig.ansible_run import run_playbook, write_inventory
 
@@ -41,7 +41,7 @@ def main():
     ok = True
     try:
         print('Booting a libvirt domain and a raw QEMU VM (accel: %s)...' % detect_accel(), flush=True)
-        vms = fleet.up(os.path.join(root, 'vms'), ['vmfleet-demo-lv'], ['vmfleet-demo-raw'], 256)
+        vms = detached_guests.up(os.path.join(root, 'vms'), ['vmfleet-demo-lv'], ['vmfleet-demo-raw'], 256)
         fleet_dir = os.path.join(root, 'vms')
         extra = dict(vmfleet_vms=[vm['connection'].get('qmp_socket') or vm['name'] for vm in vms],
                      vmfleet_snapshot_name=SNAPSHOT,
@@ -52,10 +52,10 @@ def main():
         taken = playbook('pre_upgrade_snapshot', extra, root)
         print('  ...the guests run on, as during an upgrade', flush=True)
         time.sleep(6)
-        before = fleet.counters(fleet_dir)
+        before = detached_guests.counters(fleet_dir)
         rolled = playbook('snapshot_rollback', extra, root)
         time.sleep(3)
-        after = fleet.counters(fleet_dir)
+        after = detached_guests.counters(fleet_dir)
         cleaned = playbook('snapshot_cleanup', extra, root)
 
         print('\n== Report')
@@ -80,7 +80,7 @@ def main():
               ' and wrote it as JSON on the host (here in a scratch directory removed with the demo VMs).')
         print('Demo %s.' % ('succeeded: both guests went back in time' if ok else 'FAILED'))
     finally:
-        fleet.down(os.path.join(root, 'vms'))
+        detached_guests.down(os.path.join(root, 'vms'))
         subprocess.run(['rm', '-rf', root], check=False)
     return 0 if ok else 1
 

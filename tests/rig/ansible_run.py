@@ -78,33 +78,58 @@ def start_playbook(playbook, cwd=REPO, env=None, **kw):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def write_task_play(tasks, directory, hosts='localhost'):
+    """A play of ``tasks`` (list of task dicts) on ``hosts`` that registers what each task
+    returns (with ignore_errors, so that a test asserts on failures) and hands the list to
+    the controller in a file: (the play's path, the results' path) under ``directory``.
+    Read the results with read_results once the play ended."""
+    out = os.path.join(str(directory), 'results.json')
+    if os.path.exists(out):
+        os.unlink(out)
+    body = []
+    for i, t in enumerate(tasks):
+        t = dict(t)
+        t.setdefault('name', 'task %d' % i)
+        t['register'] = 'r%d' % i
+        t['ignore_errors'] = True
+        body.append(t)
+    collect = '{{ [%s] | to_json }}' % ', '.join('r%d' % i for i in range(len(tasks)))
+    body.append({'name': 'collect results', 'ansible.builtin.copy': {'content': collect, 'dest': out, 'mode': '0600'},
+                 'check_mode': False, 'diff': False})
+    remote = hosts != 'localhost'
+    if remote:  # the results file is the controller's
+        body[-1].update(delegate_to='localhost', become=False, vars={'ansible_connection': 'local'})
+    path = write_play(body, os.path.join(str(directory), 'play.yml'), hosts=hosts,
+                      connection=None if remote else 'local')
+    return path, out
+
+
+def read_results(out, log=''):
+    """What each task of a write_task_play play registered, in order (``log``: the run's
+    output, shown if the play never got to hand them over)."""
+    if not os.path.exists(out):
+        raise AssertionError('ansible-playbook did not finish:\n%s' % log[-8000:])
+    with open(out) as f:
+        return json.load(f)
+
+
 def run_tasks(tasks, check=False, diff=False, extra_args=(), timeout=900, inventory='localhost,', hosts='localhost'):
     """Run ``tasks`` (list of task dicts) on localhost, or on ``hosts`` of ``inventory`` as it
-    connects to them; return (results, proc).
+    connects to them; return (results, proc). The one way the tests run a play of tasks.
 
     ``results`` is a list: what each task registered, in order."""
     with tempfile.TemporaryDirectory(prefix='vmfleet-play-') as tmp:
-        out = os.path.join(tmp, 'results.json')
-        body = []
-        for i, t in enumerate(tasks):
-            t = dict(t)
-            t.setdefault('name', 'task %d' % i)
-            t['register'] = 'r%d' % i
-            t['ignore_errors'] = True
-            body.append(t)
-        collect = '{{ [%s] | to_json }}' % ', '.join('r%d' % i for i in range(len(tasks)))
-        body.append({'name': 'collect results', 'ansible.builtin.copy': {'content': collect, 'dest': out},
-                     'check_mode': False, 'diff': False})
-        remote = hosts != 'localhost'
-        if remote:  # the results file is the controller's
-            body[-1].update(delegate_to='localhost', become=False, vars={'ansible_connection': 'local'})
-        path = write_play(body, os.path.join(tmp, 'play.yml'), hosts=hosts, connection=None if remote else 'local')
+        path, out = write_task_play(tasks, tmp, hosts)
         proc = run_playbook(path, inventory=inventory, check=check, diff=diff, extra_args=extra_args,
                             timeout=timeout)
-        if not os.path.exists(out):
-            raise AssertionError('ansible-playbook did not finish:\n%s\n%s' % (proc.stdout[-4000:], proc.stderr[-4000:]))
-        with open(out) as f:
-            return json.load(f), proc
+        return read_results(out, proc.stdout + proc.stderr), proc
+
+
+def start_tasks(tasks, directory, inventory='localhost,', hosts='localhost', **kw):
+    """run_tasks started in the background (start_playbook): (the Popen, the results' path for
+    read_results once it ended). The play lives in ``directory``."""
+    path, out = write_task_play(tasks, directory, hosts)
+    return start_playbook(path, inventory=inventory, **kw), out
 
 
 def run_one(task, **kw):

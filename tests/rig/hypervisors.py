@@ -48,8 +48,8 @@ import time
 
 from .accel import detect_accel
 from .guest import REPO
-from .libvirt_vm import LibvirtVM, virsh
-from .qemu_vm import QemuVM
+from .libvirt_guest import LibvirtGuest, virsh
+from .qemu_guest import QemuGuest
 
 PREFIX = 'vmfh'
 SUBNET = '10.213'  # the default; two rigs up at once take different ones (Fleet(subnet=...))
@@ -128,7 +128,7 @@ def _netns_pids(ns):
     return [int(p) for p in r.stdout.split()] if r.returncode == 0 else []
 
 
-class RigQemuVM(QemuVM):
+class HostQemuGuest(QemuGuest):
     """A raw QEMU VM started inside a host's network and mount namespaces, so that
     its QMP socket is the one the host's modules see."""
 
@@ -154,7 +154,7 @@ class Host:
         self.address = '%s.%d.2' % (fleet.subnet, index)
         self.dir = os.path.join(fleet.root, self.name)
         self.holder = None
-        self.vms = []  # LibvirtVM / RigQemuVM
+        self.vms = []  # LibvirtGuest / HostQemuGuest
         self.dead_sockets = []
         self.python = VENV_PYTHON  # this host's ansible_python_interpreter
 
@@ -329,9 +329,9 @@ class Host:
         workdir = self.path('vms', name)
         kw = dict(memory_mib=memory_mib, accel=accel, disks=disks, cmdline_extra=cmdline_extra)
         if backend == 'libvirt':
-            vm = LibvirtVM(workdir, name, uri=self.uri, **kw)
+            vm = LibvirtGuest(workdir, name, uri=self.uri, **kw)
         else:
-            vm = RigQemuVM(self, workdir, name, detach=detach, **kw)
+            vm = HostQemuGuest(self, workdir, name, detach=detach, **kw)
         os.chmod(self.path('vms'), 0o755)
         self.vms.append(vm)
         vm.start()
@@ -339,7 +339,7 @@ class Host:
 
     @property
     def qmp_sockets(self):
-        return [vm.qmp_socket for vm in self.vms if isinstance(vm, QemuVM)] + self.dead_sockets
+        return [vm.qmp_socket for vm in self.vms if isinstance(vm, QemuGuest)] + self.dead_sockets
 
     def add_dead_socket(self, name):
         """A fault: the socket a raw QEMU left behind when it died (a path no QEMU answers on)."""
@@ -351,14 +351,60 @@ class Host:
         self.dead_sockets.append(path)
         return path
 
+    def clear(self):
+        """Back to a host with no VM and its daemons up, as the next test file expects it: every
+        libvirt domain destroyed and undefined, every storage pool and raw QEMU gone (the rig's
+        own and whatever the tests' runs started or moved here), dead sockets forgotten, and the
+        per-host state (/var/lib/vmfleet, libvirt's images, the VMs' directories) emptied."""
+        if self.virsh('version', check=False).returncode:
+            self.start_libvirtd()
+        if not _pid_from(self.path('sshd.pid')):
+            self.start_sshd()
+        for name in self.virsh('list', '--all', '--name').stdout.split():
+            self.virsh('destroy', name, check=False)
+            if self.virsh('undefine', name, '--snapshots-metadata', '--nvram', check=False).returncode:
+                self.virsh('undefine', name, check=False)
+        for pool in self.virsh('pool-list', '--all', '--name').stdout.split():
+            self.virsh('pool-destroy', pool, check=False)
+            self.virsh('pool-undefine', pool, check=False)
+        qemus = []
+        for pid in _netns_pids(self.ns):
+            try:
+                with open('/proc/%d/cmdline' % pid, 'rb') as f:
+                    if b'qemu-system' in f.read().split(b'\0')[0]:
+                        qemus.append(pid)
+            except OSError:
+                pass
+        _kill_pids(qemus)
+        # the rig's own records last: its QEMUs are gone by now (no clean quit to wait for, these
+        # are test guests), what is left is reaping them and forgetting them
+        for vm in reversed(self.vms):
+            try:
+                vm.stop()
+            except Exception as e:  # keep clearing
+                print('rig: stopping %s: %s' % (vm.name, e), file=sys.stderr)
+        self.vms = []
+        self.dead_sockets = []
+        for sub in ('vmfleet', os.path.join('lib', 'images'), 'vms'):
+            d = self.path(sub)
+            for name in (os.listdir(d) if os.path.isdir(d) else ()):
+                p = os.path.join(d, name)
+                if os.path.isdir(p) and not os.path.islink(p):
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    os.unlink(p)
+        leftovers = self.virsh('list', '--all', '--name').stdout.split()
+        if leftovers:
+            raise RuntimeError('%s: domains left after clearing: %s' % (self.name, leftovers))
+
     @property
     def domains(self):
-        return [vm.name for vm in self.vms if isinstance(vm, LibvirtVM)]
+        return [vm.name for vm in self.vms if isinstance(vm, LibvirtGuest)]
 
     def state(self):
         return dict(name=self.name, ns=self.ns, address=self.address, dir=self.dir, uri=self.uri,
                     python=self.python, domains=self.domains, qmp_sockets=self.qmp_sockets,
-                    vms=[dict(name=vm.name, backend='libvirt' if isinstance(vm, LibvirtVM) else 'qemu',
+                    vms=[dict(name=vm.name, backend='libvirt' if isinstance(vm, LibvirtGuest) else 'qemu',
                               serial_log=vm.serial_log,
                               disks=dict((n, list(v)) for n, v in vm.disks.items()))
                          for vm in self.vms])
@@ -459,18 +505,35 @@ class Fleet:
         return self
 
     def _boot_vms(self):
-        if not self.vms_per_host:
+        self.boot_vms(self.hosts, self.vms_per_host)
+
+    def boot_vms(self, hosts, per_host, wait=True):
+        """``per_host`` VMs on each of ``hosts`` (libvirt and raw QEMU alternating, libvirt first:
+        ``<ns>-lv1``, ``<ns>-raw2``, ...), all booting at once; back once every guest counts
+        (``wait``), or at once: add more, then wait_booted for all of them together."""
+        if not per_host:
             return
         accel = detect_accel()
-        for h in self.hosts:
-            for j in range(1, self.vms_per_host + 1):
+        for h in hosts:
+            for j in range(1, per_host + 1):
                 backend = 'libvirt' if j % 2 else 'qemu'
                 h.add_vm(backend, '%s-%s%d' % (h.ns, 'lv' if backend == 'libvirt' else 'raw', j),
                          self.memory_mib, accel, self.detach)
+        if wait:
+            self.wait_booted(hosts)
+
+    def wait_booted(self, hosts=None):
+        """Back once every guest of ``hosts`` (all hosts) counts."""
         # eight TCG guests boot together on two busy cores: be generous
-        for h in self.hosts:
+        for h in (self.hosts if hosts is None else hosts):
             for vm in h.vms:
                 vm.wait_booted(300)
+
+    def reset_bare_venv(self):
+        """The bare hosts' python as up() made it: a plain venv (a test may have prepared it)."""
+        if self.bare_hosts:
+            shutil.rmtree(self.bare_venv, ignore_errors=True)
+            _run(['python3', '-m', 'venv', self.bare_venv])
 
     def _wait_ssh(self):
         for h in self.all_hosts:
@@ -489,7 +552,7 @@ class Fleet:
             # raw QEMUs: a clean quit, and their Popen reaped
             for h in self.all_hosts:
                 for vm in h.vms:
-                    if isinstance(vm, QemuVM):
+                    if isinstance(vm, QemuGuest):
                         try:
                             vm.stop()
                         except Exception as e:  # the namespace sweep below kills it anyway
@@ -710,6 +773,54 @@ class Fleet:
 
     def __exit__(self, *exc):
         self.down()
+
+
+class FleetView:
+    """One test file's share of a fleet that is up for the whole session: the first ``hosts``
+    hosts (hv1, hv2, ...), the bare ones if ``bare``, and an inventory of its own (only those
+    hosts, with ``host_vars``). Everything else is the fleet's. Used as a context manager: on
+    the way out every host it used is cleared (Host.clear) and the bare venv made plain again,
+    so that the next file finds the hosts as this one did."""
+
+    def __init__(self, fleet, name, hosts, bare=False, host_vars=None):
+        if hosts > len(fleet.hosts) or (bare and not fleet.bare_hosts):
+            raise ValueError('the session fleet has %d hosts and %d bare ones' % (len(fleet.hosts), len(fleet.bare_hosts)))
+        self.fleet = fleet
+        self.hosts = fleet.hosts[:hosts]
+        self.bare_hosts = list(fleet.bare_hosts) if bare else []
+        self.inventory = os.path.join(fleet.root, 'inventory-%s.yml' % name)
+        self.host_vars = host_vars or {}
+
+    @property
+    def all_hosts(self):
+        return self.hosts + self.bare_hosts
+
+    def write_inventory(self):
+        return self.fleet.write_inventory(self.inventory, self.host_vars, self.all_hosts)
+
+    def __getattr__(self, name):
+        return getattr(self.fleet, name)
+
+    def __enter__(self):
+        for h in self.hosts:
+            if h.vms or h.dead_sockets:
+                raise RuntimeError('%s is not empty: %s' % (h.name, [vm.name for vm in h.vms] + h.dead_sockets))
+        self.write_inventory()
+        return self
+
+    def __exit__(self, *exc):
+        errors = []
+        for h in self.all_hosts:
+            try:
+                h.clear()
+            except Exception as e:  # clear the others still
+                errors.append('%s: %s' % (h.name, e))
+        if self.bare_hosts:
+            self.fleet.reset_bare_venv()
+        if os.path.exists(self.inventory):
+            os.unlink(self.inventory)
+        if errors:
+            raise RuntimeError('clearing the hosts: ' + '; '.join(errors))
 
 
 def main(argv=None):

@@ -3,10 +3,10 @@
 import time
 
 from .guest import disk_counter, last_serial_counter, serial_counters
-from .libvirt_vm import LibvirtVM
+from .libvirt_guest import LibvirtGuest
 from .qmp import qmp
 
-# The backends, as test ids name them: a bare qemu-system-x86_64 (QemuVM) and a libvirt domain (LibvirtVM).
+# The backends, as test ids name them: a bare qemu-system-x86_64 (QemuGuest) and a libvirt domain (LibvirtGuest).
 BACKENDS = ('qemu', 'libvirt')
 
 # The rig's disks: role -> libvirt target. Raw QEMU names disks by device id (= role).
@@ -97,7 +97,7 @@ class Target:
 
 def host_targets(host):
     """A Target for each VM the rig runs on ``host`` (a simulated hypervisor)."""
-    return [Target(vm, 'libvirt' if isinstance(vm, LibvirtVM) else 'qemu') for vm in host.vms]
+    return [Target(vm, 'libvirt' if isinstance(vm, LibvirtGuest) else 'qemu') for vm in host.vms]
 
 
 def assert_consecutive(counters):

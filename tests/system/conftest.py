@@ -10,15 +10,16 @@ import tempfile
 import pytest
 
 from rig.accel import detect_accel
-from rig.libvirt_vm import LibvirtVM, virsh
-from rig.qemu_vm import QemuVM
+from rig.hypervisors import Fleet
+from rig.libvirt_guest import LibvirtGuest, virsh
+from rig.qemu_guest import QemuGuest
 from rig.targets import Target
 
 PREFIX = 'vmfleet-test-'
 # libvirt domain names are host-wide: two test sessions at once must not share one
 SESSION = os.getpid() % 100000
 # backend -> the VM class, and the tag of its default names
-_KINDS = {'qemu': (QemuVM, 'raw'), 'libvirt': (LibvirtVM, 'lv')}
+_KINDS = {'qemu': (QemuGuest, 'raw'), 'libvirt': (LibvirtGuest, 'lv')}
 
 
 def _sweep_leftovers():
@@ -129,3 +130,24 @@ def shared_qemu(session_vms):
 def shared_libvirt(session_vms):
     """A libvirt domain that no test changes (a Target)."""
     return session_vms.boot('libvirt', name='%sshared-lv-%d' % (PREFIX, SESSION))
+
+
+# The simulated hypervisors (rig/hypervisors.py) of every multi-host test file, brought up once:
+# test_fleet_ssh.py uses hv1-hv4 and the bare hv5, test_host_evacuate.py hv1-hv3,
+# test_vm_migrate.py hv1-hv2. No VM runs on them between files: each file's ``fleet`` fixture
+# boots its own through a FleetView of it (rig/hypervisors.py), which leaves the hosts empty again.
+FLEET_HOSTS = 4
+FLEET_BARE_HOSTS = 1
+
+
+@pytest.fixture(scope='session')
+def session_fleet():
+    """4 hypervisors and one bare host ("not prepared": its python lacks libvirt-python and
+    qemu.qmp), no VM on any; down at the end of the session."""
+    f = Fleet(hosts=FLEET_HOSTS, vms_per_host=0, memory_mib=256, bare_hosts=FLEET_BARE_HOSTS)
+    f.up()
+    try:
+        yield f
+    finally:
+        f.down()
+

@@ -28,6 +28,27 @@ def _boot(vms, backend, **kw):
     return t
 
 
+@pytest.fixture(scope='module')
+def writer(module_vms):
+    """The writing VM of a backend, booted once for this file: each test that leaves it running
+    on its copy mirrors the data disk from wherever it runs now to a target of its own
+    (_newdir with the test's name), and says where it runs then (_moved)."""
+    booted = {}
+
+    def get(backend):
+        if backend not in booted:
+            booted[backend] = _boot(module_vms, backend)
+        return booted[backend]
+    return get
+
+
+def _moved(t, target, role='data'):
+    """The VM runs disk ``role`` on ``target`` now: the rig's record of it says so (the next
+    test mirrors from there, and checks that a failed or cancelled copy left it there)."""
+    assert _live_file(t, role) == target
+    t.vm.disks[role] = (target, t.vm.disks[role][1])
+
+
 def _newdir(t, name='new'):
     # libvirt's QEMU runs as another user: the target's directory must be reachable
     d = os.path.join(t.vm.workdir, name)
@@ -86,12 +107,13 @@ def _assert_no_record_lost(t, target, fmt='qcow2'):
 
 
 @pytest.mark.parametrize('backend,copy_mode', [('qemu', 'background'), ('libvirt', 'write-blocking')])
-def test_mirror_and_pivot_lose_no_write(vms, tmp_path, backend, copy_mode):
+def test_mirror_and_pivot_lose_no_write(vms, writer, tmp_path, backend, copy_mode):
     # raw QEMU: the data disk's device is vdb and the task names it by its block node, 'data',
-    # which the switch replaces: the re-run below must still find the disk by that name
-    t = _boot(vms, backend, **({'device_ids': {'data': 'vdb'}} if backend == 'qemu' else {}))
+    # which the switch replaces: the re-run below must still find the disk by that name (a VM
+    # of its own: the shared one names its disks by device as well). libvirt: the shared VM.
+    t = _boot(vms, backend, device_ids={'data': 'vdb'}) if backend == 'qemu' else writer(backend)
     jdir = str(tmp_path / 'journal')
-    target = os.path.join(_newdir(t), 'data-moved.qcow2')
+    target = os.path.join(_newdir(t, 'pivot'), 'data-moved.qcow2')
     source = t.vm.disk_path('data')
     task = t.task('drive_mirror', disk=t.disk('data'), target=target, copy_mode=copy_mode, journal_dir=jdir)
 
@@ -162,7 +184,7 @@ def test_mirror_and_pivot_lose_no_write(vms, tmp_path, backend, copy_mode):
         assert fix['changed'] is True
         assert [a['action'] for a in fix['actions']] == ['update_config'], fix['actions']
         assert "file='%s'" % target in t.vm.virsh('dumpxml', '--inactive', t.vm.name).stdout
-        assert _live_file(t, 'data') == target
+    _moved(t, target)
 
 
 def _start_play(tasks, tmp_path, name):
@@ -219,13 +241,13 @@ def _wait_phase(jdir, phase, timeout=60, proc=None):
 
 
 @pytest.mark.parametrize('backend', BACKENDS)
-def test_killed_mid_copy_rerun_ends_pivoted(vms, tmp_path, backend):
+def test_killed_mid_copy_rerun_ends_pivoted(writer, tmp_path, backend):
     """The module is killed while copying (slowly: speed-limited). A re-run
     adopts the job QEMU/libvirt kept running, or (raw QEMU, job cancelled
     behind our back) starts over; either way it ends pivoted, and says so."""
-    t = _boot(vms, backend)
+    t = writer(backend)
     jdir = str(tmp_path / 'journal')
-    target = os.path.join(_newdir(t), 'data-moved.qcow2')
+    target = os.path.join(_newdir(t, 'killed'), 'data-moved.qcow2')
     args = dict(disk=t.disk('data'), target=target, journal_dir=jdir)
     proc = _start_play([t.task('drive_mirror', speed=64 * 1024, **args)], tmp_path, 'slow.yml')
     try:
@@ -252,16 +274,16 @@ def test_killed_mid_copy_rerun_ends_pivoted(vms, tmp_path, backend):
     else:
         assert phases[:3] == ['planned', 'target_created', 'copying'] and 'adopted' in notes, r['journal']
     assert phases[-3:] in (['switching', 'switched', 'done'], ['switched', 'config_updated', 'done']), phases
-    assert _live_file(t, 'data') == target
+    _moved(t, target)
     _assert_no_record_lost(t, target)
     assert ok(run_one(t.task('drive_mirror', **args)))['changed'] is False
 
 
 @pytest.mark.parametrize('backend', BACKENDS)
-def test_ready_cancel_then_verified_pivot(vms, tmp_path, backend):
-    t = _boot(vms, backend)
+def test_ready_cancel_then_verified_pivot(writer, tmp_path, backend):
+    t = writer(backend)
     jdir = str(tmp_path / 'journal')
-    target = os.path.join(_newdir(t), 'data-moved.qcow2')
+    target = os.path.join(_newdir(t, 'ready'), 'data-moved.qcow2')
     args = dict(disk=t.disk('data'), target=target, journal_dir=jdir)
 
     r = ok(run_one(t.task('drive_mirror', state='ready', **args)))
@@ -285,15 +307,16 @@ def test_ready_cancel_then_verified_pivot(vms, tmp_path, backend):
     assert v['verified'] is True and v['paused_ms'] > 0
     assert 'verify' in [a['action'] for a in v['actions']]
     assert v['journal']['previous']['phase'] == 'cancelled'
+    _moved(t, target)
     t.wait_counter(t.counter() + 2)  # it runs again
     _assert_no_record_lost(t, target)
 
 
 @pytest.mark.parametrize('backend', BACKENDS)
-def test_timeout_names_the_running_job_or_cancels_it(vms, tmp_path, backend):
-    t = _boot(vms, backend)
+def test_timeout_names_the_running_job_or_cancels_it(writer, tmp_path, backend):
+    t = writer(backend)
     jdir = str(tmp_path / 'journal')
-    target = os.path.join(_newdir(t), 'data-moved.qcow2')
+    target = os.path.join(_newdir(t, 'timeout'), 'data-moved.qcow2')
     slow = dict(disk=t.disk('data'), target=target, journal_dir=jdir, speed=1 << 20, timeout=4)
 
     r = failed(run_one(t.task('drive_mirror', **slow)), 'not in sync within 4s', 'left running')
@@ -310,14 +333,16 @@ def test_timeout_names_the_running_job_or_cancels_it(vms, tmp_path, backend):
 
     # and nothing stands in the way of a copy at full speed
     done = ok(run_one(t.task('drive_mirror', disk=t.disk('data'), target=target, journal_dir=jdir)))
-    assert done['on_target'] is True and _live_file(t, 'data') == target
+    assert done['on_target'] is True
+    _moved(t, target)
     _assert_no_record_lost(t, target)
 
 
-def test_target_errors_fail_before_anything_starts(vms, tmp_path):
-    t = _boot(vms, 'qemu')
+def test_target_errors_fail_before_anything_starts(shared_qemu, tmp_path):
+    # every run fails before anything starts (what the test proves): the session's shared VM
+    t = shared_qemu
     jdir = str(tmp_path / 'journal')
-    d = _newdir(t)
+    d = _newdir(t, 'mirror-errors')
     taken = os.path.join(d, 'taken.qcow2')
     subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', taken, '64M'], check=True)
     taken_sha = _sha(taken)
@@ -339,7 +364,7 @@ def test_target_errors_fail_before_anything_starts(vms, tmp_path):
     assert t.qmp('query-block-jobs') == []
 
     # a filesystem too small: refused before anything starts
-    small = os.path.join(t.vm.workdir, 'small')
+    small = os.path.join(t.vm.workdir, 'mirror-errors-small')
     os.makedirs(small)
     subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m,mode=0755', 'tmpfs', small], check=True)
     try:

@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from rig.accel import detect_accel
-from rig.ansible_run import run_playbook, start_playbook
+from rig.ansible_run import run_playbook, run_tasks, start_playbook
 from rig.guest import REPO, disk_counter
-from rig.hypervisors import Fleet
-from rig.libvirt_vm import LibvirtVM
+from rig.hypervisors import FleetView
+from rig.libvirt_guest import LibvirtGuest
 from rig.targets import Target, host_targets
 
 HOSTS = 4
@@ -27,22 +27,20 @@ RUN_ON = 2
 
 
 @pytest.fixture(scope='module')
-def fleet():
-    """4 hypervisors with 2 VMs each (a libvirt domain and a raw QEMU VM), plus one host
-    with no VM whose python lacks libvirt-python and qemu.qmp ("not prepared"). hv1 holds
-    two failing VMs besides."""
-    f = Fleet(hosts=HOSTS, vms_per_host=2, memory_mib=256, bare_hosts=1)
-    f.up()
-    try:
+def fleet(session_fleet):
+    """4 hypervisors of the session fleet with 2 VMs each (a libvirt domain and a raw QEMU VM),
+    plus its host with no VM whose python lacks libvirt-python and qemu.qmp ("not prepared").
+    hv1 holds two failing VMs besides."""
+    with FleetView(session_fleet, 'ssh', HOSTS, bare=True) as f:
+        f.boot_vms(f.hosts, 2, wait=False)
         # faults that live on hv1 for every run: a VM whose only disk is raw (nothing can hold a
         # snapshot of it) and a raw QEMU VM that died leaving its socket (listed, never answering)
         h = f.hosts[0]
-        h.add_vm('qemu', '%s-rawonly' % h.ns, 256, detect_accel(), False, disks=(('root', 'raw', 16),)).wait_booted(300)
+        h.add_vm('qemu', '%s-rawonly' % h.ns, 256, detect_accel(), False, disks=(('root', 'raw', 16),))
         h.add_dead_socket('%s-crashed' % h.ns)
+        f.wait_booted(f.hosts)  # all nine booting at once
         f.write_inventory()
         yield f
-    finally:
-        f.down()
 
 
 def _recap(out):
@@ -60,32 +58,13 @@ def _snapshots(path):
     return [s['name'] for s in info.get('snapshots', [])]
 
 
-def _play(tmp_path, hosts, tasks):
-    """A play on ``hosts`` whose tasks' results land in a file on the controller."""
-    out = tmp_path / 'results.json'
-    body = []
-    for i, t in enumerate(tasks):
-        body.append(dict(t, register='r%d' % i, ignore_errors=True))
-    body.append({'name': 'hand the results to the test',
-                 'ansible.builtin.copy': {'content': '{{ [%s] | to_json }}' % ', '.join('r%d' % i for i in range(len(tasks))),
-                                          'dest': str(out), 'mode': '0600'},
-                 'delegate_to': 'localhost', 'become': False,
-                 'vars': {'ansible_connection': 'local'}})
-    path = tmp_path / 'play.yml'
-    path.write_text(yaml.safe_dump([{'hosts': hosts, 'gather_facts': False, 'tasks': body}]))
-    return path, out
-
-
 def test_a_module_on_a_host_without_the_libraries_says_which_to_install(fleet, tmp_path):
     bare = fleet.bare_hosts[0]
-    play, out = _play(tmp_path, bare.name, [
+    (libvirt_r, qmp_r), proc = run_tasks([
         {'name': 'a libvirt VM', 'vmfleet.kvm.vm_info': {}},
         {'name': 'a raw QEMU VM', 'vmfleet.kvm.snapshot_info': {'qmp_socket': fleet.hosts[0].qmp_sockets[0]}},
-    ])
-    proc = run_playbook(play, inventory=fleet.inventory, timeout=300)
+    ], inventory=fleet.inventory, hosts=bare.name, timeout=300)
     log = proc.stdout + proc.stderr
-    assert os.path.exists(out), log[-4000:]
-    libvirt_r, qmp_r = json.loads(out.read_text())
     for r, lib in ((libvirt_r, 'libvirt-python'), (qmp_r, 'qemu.qmp')):
         assert r.get('failed') is True, r
         # Ansible's missing_required_lib message: the library, the host's python, what to do
@@ -128,13 +107,10 @@ def test_the_hypervisor_role_prepares_a_host_then_the_modules_work_there(fleet, 
         recap, out = prepare(check=check)
         assert recap['changed'] == 0, (check, out[-3000:])
 
-    play, out = _play(tmp_path, bare.name, [
+    (libvirt_r, qmp_r), proc = run_tasks([
         {'name': 'libvirt', 'vmfleet.kvm.vm_info': {}},
         {'name': 'a raw QEMU VM', 'vmfleet.kvm.snapshot_info': {'qmp_socket': fleet.hosts[0].qmp_sockets[0]}},
-    ])
-    proc = run_playbook(play, inventory=fleet.inventory, timeout=300)
-    assert os.path.exists(out), (proc.stdout + proc.stderr)[-4000:]
-    libvirt_r, qmp_r = json.loads(out.read_text())
+    ], inventory=fleet.inventory, hosts=bare.name, timeout=300)
     assert not libvirt_r.get('failed') and libvirt_r['vms'] == [], libvirt_r
     assert not qmp_r.get('failed'), qmp_r
 
@@ -450,7 +426,7 @@ def _at_once(fleet, host, playbook, extra, module):
     from ansible_collections.vmfleet.kvm.plugins.module_utils.common import vm_lock
     with contextlib.ExitStack() as held:
         for vm in host.vms:
-            conn = dict(domain=vm.name, uri='qemu:///system') if isinstance(vm, LibvirtVM) else dict(qmp_socket=vm.qmp_socket)
+            conn = dict(domain=vm.name, uri='qemu:///system') if isinstance(vm, LibvirtGuest) else dict(qmp_socket=vm.qmp_socket)
             held.enter_context(vm_lock.vm_locked(conn, 'the test, until both runs wait', 5, vm.name))
         before = _module_processes(module)
         runs = [start_playbook('vmfleet.kvm.' + playbook, inventory=fleet.inventory,
@@ -531,7 +507,7 @@ def test_host_maintenance_save_killed_mid_run_then_run_again_converges_and_two_r
 def test_a_run_that_cannot_get_a_vm_in_its_timeout_fails_naming_the_holder(fleet, tmp_path):
     from ansible_collections.vmfleet.kvm.plugins.module_utils.common import vm_lock
     host = fleet.hosts[1]
-    raw = next(vm for vm in host.vms if not isinstance(vm, LibvirtVM))
+    raw = next(vm for vm in host.vms if not isinstance(vm, LibvirtGuest))
     with vm_lock.vm_locked(dict(qmp_socket=raw.qmp_socket), 'an AWX job (test)', 5, raw.name):
         proc = run_playbook('vmfleet.kvm.pre_upgrade_snapshot', inventory=fleet.inventory, timeout=900,
                             extra_vars=dict(vmfleet_snapshot_name='busy', vmfleet_hosts=host.name,

@@ -11,35 +11,29 @@ import yaml
 
 from rig.accel import detect_accel
 from rig.ansible_run import run_playbook
-from rig.hypervisors import Fleet
+from rig.hypervisors import FleetView
 from rig.qmp import qmp
 from rig.targets import Target, assert_consecutive, host_targets
 
-# the other fleet tests run their own rigs at the same time
-PREFIX = 'vmfe'
-SUBNET = '10.215'
 # a moved raw QEMU's QMP socket at its destination: each host's own directory (the rig's
 # directory, where the sockets are at home, is shared by all hosts)
 DEST_QMP_DIR = '/var/lib/vmfleet'
 
 
 @pytest.fixture(scope='module')
-def fleet():
-    """Three hypervisors; hv1 runs a libvirt domain and a raw QEMU VM (disks on the rig's shared
-    storage), hv2 and hv3 are where they go."""
-    f = Fleet(hosts=3, vms_per_host=0, memory_mib=256, prefix=PREFIX, subnet=SUBNET)
-    f.up()
-    try:
+def fleet(session_fleet):
+    """Three hypervisors of the session fleet (its inventory names only them); hv1 runs a libvirt
+    domain and a raw QEMU VM (disks on the rig's shared storage), hv2 and hv3 are where they go."""
+    with FleetView(session_fleet, 'evacuate', 3,
+                   host_vars=dict((h.name, {'host_maintenance_destination_qmp_dir': DEST_QMP_DIR})
+                                  for h in session_fleet.hosts[:3])) as f:
         h = f.hosts[0]
         for backend, name in (('libvirt', 'lv1'), ('qemu', 'raw2')):
             h.add_vm(backend, '%s-%s' % (h.ns, name), 256, detect_accel(), False)
         for vm in h.vms:
             vm.wait_booted(300)
-        f.write_inventory(host_vars=dict((x.name, {'host_maintenance_destination_qmp_dir': DEST_QMP_DIR})
-                                         for x in f.hosts))
+        f.write_inventory()
         yield f
-    finally:
-        f.down()
 
 
 def _unix_sockets(host):

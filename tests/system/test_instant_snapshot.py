@@ -17,9 +17,11 @@ from rig.guest import wait_serial
 from rig.targets import BACKENDS
 
 
-@pytest.fixture
-def inst(vms):
-    t = vms.boot('qemu', cmdline_extra='vmfleet.fill=32')
+@pytest.fixture(scope='module')
+def inst(module_vms):
+    """A raw QEMU VM for the two tests below: each leaves it running with no snapshot and its
+    memory directory empty (what each checks at its end), so the second needs no VM of its own."""
+    t = module_vms.boot('qemu', cmdline_extra='vmfleet.fill=32')
     t.memdir = os.path.join(os.path.dirname(t.vm.serial_log), 'mem')
     os.makedirs(t.memdir)
     t.relaunched = []

@@ -17,7 +17,7 @@ import pytest
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.multifd_stream import (
     MULTIFD_MAGIC, QEMU_VM_FILE_MAGIC, ChannelSink, ChannelSource, MultifdStreamError)
 from rig import guest
-from rig.qemu_vm import QemuVM
+from rig.qemu_guest import QemuGuest
 from rig.qmp import connect
 
 FILL_MIB = 64
@@ -64,11 +64,13 @@ def _log_size(path):
         return 0
 
 
+# zstd over 4 channels is vm_save's own route for a compressed raw QEMU save (path_used
+# multifd-stream): test_save_restore.py's [qemu-4ch-zstd] case takes it through these same
+# ChannelSink/ChannelSource end to end (the counter runs on, the filled RAM's checksum).
 @pytest.mark.parametrize('compression,channels,main_first', [
-    ('zstd', 4, True),
     ('none', 1, False),   # multifd channel connected before the main one: QEMU sorts them by magic
     ('none', 4, True),    # the throughput case
-], ids=['zstd-4ch', 'none-1ch-reversed', 'none-4ch'])
+], ids=['none-1ch-reversed', 'none-4ch'])
 def test_save_restore_through_channel_files(vms, compression, channels, main_first):
     vm = vms.boot('qemu', cmdline_extra='vmfleet.fill=%d' % FILL_MIB).vm
     fill = guest.wait_serial(vm.serial_log, r'VMFLEET-FILL %d ([0-9a-f]{64})' % FILL_MIB, 60)
@@ -108,7 +110,7 @@ def test_save_restore_through_channel_files(vms, compression, channels, main_fir
             'RAM pages went over every multifd channel: %s' % files
 
     # restore into a fresh QEMU with the same machine and disks
-    vm2 = QemuVM(vm.workdir, name=vm.name + '-in', memory_mib=vm.memory_mib,
+    vm2 = QemuGuest(vm.workdir, name=vm.name + '-in', memory_mib=vm.memory_mib,
                  cmdline_extra=vm.cmdline_extra, accel=vm.accel, incoming='defer')
     sock2 = os.path.join(vm.workdir, 'load.sock')
     try:

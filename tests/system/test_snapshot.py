@@ -15,7 +15,7 @@ from rig.targets import BACKENDS
 def target(request, module_vms):
     """One VM per backend for this module's tests; each test cleans up its snapshots."""
     # some random RAM makes the RAM state a real amount of work to save and load
-    return module_vms.boot(request.param, name='vmfleet-test-snap-%s' % request.param, cmdline_extra='vmfleet.fill=32')
+    return module_vms.boot(request.param, cmdline_extra='vmfleet.fill=32')
 
 
 def _snapshots(t, name=None):

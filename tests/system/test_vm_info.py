@@ -5,7 +5,7 @@ import socket
 import subprocess
 
 from rig.ansible_run import failed, run_one, run_tasks
-from rig.libvirt_vm import virsh
+from rig.libvirt_guest import virsh
 from rig.qmp import connect
 
 MIB = 1024 * 1024

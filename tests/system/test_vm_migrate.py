@@ -3,67 +3,42 @@ real SSH: ansible-playbook reaches hv1 as the rig's login user, the module runs 
 and hv1's libvirtd migrates peer to peer to hv2's libvirtd through qemu+ssh."""
 
 import contextlib
-import json
 import os
 import re
 import subprocess
 import time
 
 import pytest
-import yaml
 
 from rig.accel import detect_accel
-from rig.ansible_run import run_playbook, start_playbook
+from rig.ansible_run import read_results, run_tasks, start_tasks
 from rig.guest import disk_counter, wait_serial
-from rig.hypervisors import Fleet
-from rig.libvirt_vm import LibvirtVM
-from rig.qemu_vm import QemuVM
+from rig.hypervisors import FleetView
+from rig.libvirt_guest import LibvirtGuest
+from rig.qemu_guest import QemuGuest
 from rig.qmp import qmp
 from rig.targets import Target, assert_consecutive
 
-# the other fleet test runs the default rig (vmfh, 10.213) at the same time
-PREFIX = 'vmfm'
-SUBNET = '10.214'
-
 
 @pytest.fixture(scope='module')
-def fleet():
-    """Two hypervisors with one libvirt domain each, and a raw QEMU VM on hv1; their disks are
-    under the rig's directory, which both hosts see (shared storage)."""
-    f = Fleet(hosts=2, vms_per_host=1, memory_mib=256, prefix=PREFIX, subnet=SUBNET)
-    f.up()
-    try:
+def fleet(session_fleet):
+    """Two hypervisors of the session fleet with one libvirt domain each, and a raw QEMU VM on
+    hv1; their disks are under the rig's directory, which both hosts see (shared storage)."""
+    with FleetView(session_fleet, 'migrate', 2) as f:
+        f.boot_vms(f.hosts, 1, wait=False)
         h = f.hosts[0]
-        h.add_vm('qemu', '%s-raw1' % h.ns, 256, detect_accel(), False).wait_booted(300)
+        h.add_vm('qemu', '%s-raw1' % h.ns, 256, detect_accel(), False)
+        # shared_raw's, booting with the others (hv1 lists it after raw1: _raw() is raw1 still)
+        h.add_vm('qemu', '%s-raw2' % h.ns, 256, detect_accel(), False)
+        f.wait_booted(f.hosts)
         f.write_inventory()
         yield f
-    finally:
-        f.down()
 
 
-def _write_play(tmp_path, host, tasks):
-    """A play of ``tasks`` on ``host`` whose results land in a file; (play path, results path)."""
-    out = tmp_path / 'results.json'
-    if out.exists():
-        out.unlink()
-    body = [dict(t, register='r%d' % i, ignore_errors=True) for i, t in enumerate(tasks)]
-    body.append({'name': 'hand the results to the test',
-                 'ansible.builtin.copy': {'content': '{{ [%s] | to_json }}' % ', '.join('r%d' % i for i in range(len(tasks))),
-                                          'dest': str(out), 'mode': '0600'},
-                 'delegate_to': 'localhost', 'become': False, 'check_mode': False,
-                 'vars': {'ansible_connection': 'local'}})
-    path = tmp_path / 'play.yml'
-    path.write_text(yaml.safe_dump([{'hosts': host, 'gather_facts': False, 'tasks': body}]))
-    return path, out
-
-
-def _play(fleet, tmp_path, host, tasks, check=False):
+def _play(fleet, host, tasks, check=False):
     """Run ``tasks`` on ``host``; what each registered, and the run's output."""
-    path, out = _write_play(tmp_path, host, tasks)
-    proc = run_playbook(path, inventory=fleet.inventory, check=check, timeout=900, extra_args=['-v'])
-    log = proc.stdout + proc.stderr
-    assert out.exists(), log[-4000:]
-    return json.loads(out.read_text()), log
+    results, proc = run_tasks(tasks, check=check, inventory=fleet.inventory, hosts=host, extra_args=['-v'])
+    return results, proc.stdout + proc.stderr
 
 
 def _dest_uri(host):
@@ -82,7 +57,7 @@ def _persistent(host, name):
 
 
 def _domain(host):
-    return next(vm for vm in host.vms if isinstance(vm, LibvirtVM))
+    return next(vm for vm in host.vms if isinstance(vm, LibvirtGuest))
 
 
 def _counts_on(t, start, before):
@@ -102,8 +77,8 @@ def test_an_unreachable_destination_fails_and_the_domain_runs_on(fleet, tmp_path
     t = Target(vm, 'libvirt')
     before = t.counter()
     # an address of the fleet's network where no host answers
-    bad = 'qemu+ssh://vmfleet@%s.%d.2/system' % (SUBNET, 99)
-    (r,), log = _play(fleet, tmp_path, hv1.name, [
+    bad = 'qemu+ssh://vmfleet@%s.%d.2/system' % (fleet.subnet, 99)
+    (r,), log = _play(fleet, hv1.name, [
         {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': bad, 'timeout': 60}}])
     assert r.get('failed') is True and r.get('error') == 'ConnectionFailed', r
     assert 'unreachable' in r['msg'] and bad in r['msg'], r['msg']
@@ -119,13 +94,13 @@ def test_a_libvirt_domain_moves_with_shared_storage(fleet, tmp_path):
     task = {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(hv2),
                                        'parallel_connections': 2, 'max_downtime_ms': 500, 'timeout': 600}}
     # check mode: the destination is checked, nothing moves
-    (r,), log = _play(fleet, tmp_path, hv1.name, [task], check=True)
+    (r,), log = _play(fleet, hv1.name, [task], check=True)
     assert r.get('changed') is True and not r.get('failed'), r
     assert _domstate(hv1, vm.name) == 'running' and _domstate(hv2, vm.name) is None
 
     start = t.serial_size()
     before = t.wait_counter(1)
-    (r,), log = _play(fleet, tmp_path, hv1.name, [task])
+    (r,), log = _play(fleet, hv1.name, [task])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert r['route'] == 'libvirt-p2p' and r['mode'] == 'precopy', r
     assert isinstance(r['downtime_ms'], int) and r['downtime_ms'] >= 0, r
@@ -140,7 +115,7 @@ def test_a_libvirt_domain_moves_with_shared_storage(fleet, tmp_path):
     t.wait_disk_counter('root', last + 1, timeout=120)
 
     # idempotent: it runs at the destination already
-    (r,), log = _play(fleet, tmp_path, hv1.name, [task])
+    (r,), log = _play(fleet, hv1.name, [task])
     assert r.get('changed') is False and not r.get('failed'), r
     assert _domstate(hv2, vm.name) == 'running'
     # the rig tears down what it knows on each host: hv2 holds the domain now
@@ -154,7 +129,7 @@ def test_copy_storage_onto_the_same_files_is_refused_and_the_domain_runs_on(flee
     a disk onto itself. The module finds the image at the destination and touches nothing."""
     hv1, hv2 = fleet.hosts
     vm = _domain(hv2)
-    (r,), log = _play(fleet, tmp_path, hv2.name, [
+    (r,), log = _play(fleet, hv2.name, [
         {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(hv1), 'storage': 'copy',
                                     'timeout': 120}}])
     assert r.get('failed') is True and r.get('error') == 'TargetProblem', r
@@ -173,7 +148,7 @@ def test_a_libvirt_domain_moves_with_its_disks_copied(fleet, tmp_path):
     start = t.serial_size()
     before = t.wait_counter(1)
     dest_dir = '/var/lib/libvirt/images'  # on hv1: hv1.path('lib', 'images')
-    (r,), log = _play(fleet, tmp_path, hv2.name, [
+    (r,), log = _play(fleet, hv2.name, [
         {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(hv1), 'storage': 'copy',
                                     'destination_dir': dest_dir, 'timeout': 600}}])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
@@ -206,7 +181,7 @@ def _home(fleet, vm):
 
 def _shared_domain(fleet):
     """The domain whose disks are under the rig's directory (both hosts see them), and the host it runs on."""
-    vm = next(vm for h in fleet.hosts for vm in h.vms if isinstance(vm, LibvirtVM) and vm.name == '%s1-lv1' % PREFIX)
+    vm = next(vm for h in fleet.hosts for vm in h.vms if isinstance(vm, LibvirtGuest) and vm.name == '%s1-lv1' % fleet.prefix)
     return vm, _home(fleet, vm)
 
 
@@ -215,7 +190,7 @@ def test_the_timeout_cancels_the_migration_and_the_domain_runs_on_at_the_source(
     dst = next(h for h in fleet.hosts if h is not src)
     t = Target(vm, 'libvirt')
     # 1 MiB/s: the guest's RAM cannot cross within the timeout
-    (r,), log = _play(fleet, tmp_path, src.name, [
+    (r,), log = _play(fleet, src.name, [
         {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'bandwidth_mib_s': 1,
                                     'timeout': 25}}])
     assert r.get('failed') is True and r.get('error') == 'OperationTimeout', r
@@ -235,10 +210,9 @@ def test_the_destination_libvirtd_killed_mid_migration_leaves_the_domain_at_the_
     vm, src = _shared_domain(fleet)
     dst = next(h for h in fleet.hosts if h is not src)
     t = Target(vm, 'libvirt')
-    path, out = _write_play(tmp_path, src.name, [
+    proc, out = start_tasks([
         {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'bandwidth_mib_s': 1,
-                                    'timeout': 300}}])
-    proc = start_playbook(path, inventory=fleet.inventory)
+                                    'timeout': 300}}], str(tmp_path), inventory=fleet.inventory, hosts=src.name)
     try:
         # the incoming domain appears at the destination: the migration runs
         end = time.monotonic() + 180
@@ -253,8 +227,7 @@ def test_the_destination_libvirtd_killed_mid_migration_leaves_the_domain_at_the_
             proc.wait()
         if not _pid_alive_libvirtd(dst):
             dst.start_libvirtd()
-    assert out.exists(), text[-4000:]
-    (r,) = json.loads(out.read_text())
+    (r,) = read_results(out, text)
     assert r.get('failed') is True and r.get('error') in ('ConnectionFailed', 'JobFailed'), r
     assert r['source_state'] == 'running', r
     assert _domstate(src, vm.name) == 'running'
@@ -294,7 +267,7 @@ def test_the_controller_killed_mid_migration_of_a_domain_the_host_finishes_it(fl
     assert _domstate(src, vm.name) is None, src.virsh('list', '--all').stdout
     assert _domstate(dst, vm.name) == 'running' and _persistent(dst, vm.name)
     _counts_on(t, start, before)
-    (r,), log = _play(fleet, tmp_path, src.name, [task])
+    (r,), log = _play(fleet, src.name, [task])
     assert r.get('changed') is False and not r.get('failed'), r
 
 
@@ -306,7 +279,7 @@ def test_postcopy_takes_over_when_precopy_does_not_converge(fleet, tmp_path):
     t = Target(vm, 'libvirt')
     start = t.serial_size()
     before = t.wait_counter(1)
-    (r,), log = _play(fleet, tmp_path, src.name, [
+    (r,), log = _play(fleet, src.name, [
         {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'bandwidth_mib_s': 1,
                                     'postcopy': True, 'timeout': 40}}])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
@@ -325,14 +298,14 @@ def test_a_libvirt_domain_moves_over_qemu_tcp(fleet, tmp_path):
     before = t.wait_counter(1)
     task = {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': 'qemu+tcp://%s/system' % dst.address,
                                        'timeout': 600}}
-    (r,), log = _play(fleet, tmp_path, src.name, [task])
+    (r,), log = _play(fleet, src.name, [task])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert r['route'] == 'libvirt-p2p' and isinstance(r['downtime_ms'], int), r
     assert _domstate(src, vm.name) is None and _domstate(dst, vm.name) == 'running'
     assert _persistent(dst, vm.name)
     last = _counts_on(t, start, before)
     t.wait_disk_counter('root', last + 1, timeout=120)
-    (r,), log = _play(fleet, tmp_path, src.name, [task])
+    (r,), log = _play(fleet, src.name, [task])
     assert r.get('changed') is False and not r.get('failed'), r
 
 
@@ -341,15 +314,15 @@ def _pid_alive_libvirtd(host):
 
 
 def _raw(fleet):
-    return next(v for v in fleet.hosts[0].vms if isinstance(v, QemuVM))
+    return next(v for v in fleet.hosts[0].vms if isinstance(v, QemuGuest))
 
 
 def test_a_raw_qemu_vm_with_an_unreachable_destination_runs_on(fleet, tmp_path):
     hv1, hv2 = fleet.hosts
     vm = _raw(fleet)
     t = Target(vm, 'qemu')
-    bad = 'ssh://vmfleet@%s.%d.2' % (SUBNET, 99)
-    (r,), log = _play(fleet, tmp_path, hv1.name, [
+    bad = 'ssh://vmfleet@%s.%d.2' % (fleet.subnet, 99)
+    (r,), log = _play(fleet, hv1.name, [
         {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': bad, 'timeout': 60}}])
     assert r.get('failed') is True and r.get('error') == 'ConnectionFailed', r
     assert 'unreachable' in r['msg'], r['msg']
@@ -364,7 +337,7 @@ def test_a_raw_qemu_vm_whose_migration_times_out_runs_on_and_nothing_is_left_at_
     vm = _raw(fleet)
     t = Target(vm, 'qemu')
     dest_sock = '/var/lib/vmfleet/%s.qmp' % vm.name
-    (r,), log = _play(fleet, tmp_path, hv1.name, [
+    (r,), log = _play(fleet, hv1.name, [
         {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': 'ssh://vmfleet@%s' % hv2.address,
                                     'destination_qmp_socket': dest_sock, 'bandwidth_mib_s': 1, 'timeout': 30}}])
     assert r.get('failed') is True and r.get('error') == 'OperationTimeout', r
@@ -388,13 +361,13 @@ def test_a_raw_qemu_vm_moves_with_shared_storage(fleet, tmp_path):
     task = {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': 'ssh://vmfleet@%s' % hv2.address,
                                        'destination_qmp_socket': dest_sock, 'parallel_connections': 2,
                                        'timeout': 600}}
-    (r,), log = _play(fleet, tmp_path, hv1.name, [task], check=True)
+    (r,), log = _play(fleet, hv1.name, [task], check=True)
     assert r.get('changed') is True and not r.get('failed'), r
     assert '-incoming' in r['destination_argv'] and not os.path.exists(hv2.path('vmfleet', vm.name + '.qmp'))
 
     start = t.serial_size()
     before = t.wait_counter(1)
-    (r,), log = _play(fleet, tmp_path, hv1.name, [task])
+    (r,), log = _play(fleet, hv1.name, [task])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert r['route'] == 'qemu-incoming' and r['mode'] == 'precopy', r
     assert isinstance(r['downtime_ms'], int) and r['bytes'] > 0, r
@@ -404,7 +377,7 @@ def test_a_raw_qemu_vm_moves_with_shared_storage(fleet, tmp_path):
     last = _counts_on(t, start, before)
     t.wait_disk_counter('root', last + 1, timeout=120)
     # idempotent
-    (r,), log = _play(fleet, tmp_path, hv1.name, [task])
+    (r,), log = _play(fleet, hv1.name, [task])
     assert r.get('changed') is False and not r.get('failed'), r
 
 
@@ -424,7 +397,7 @@ def test_a_raw_qemu_vm_moves_back_with_its_disks_copied(fleet, tmp_path):
                                        'destination_dir': dest_dir, 'timeout': 600}}
     start = t.serial_size()
     before = t.wait_counter(1)
-    (r,), log = _play(fleet, tmp_path, hv2.name, [task])
+    (r,), log = _play(fleet, hv2.name, [task])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert sorted(d['target'] for d in r['disks']) == ['data', 'root', 'varstore'], r['disks']
     assert r['disk_bytes'] > 0 and isinstance(r['downtime_ms'], int), r
@@ -452,7 +425,7 @@ def test_a_destination_without_the_space_for_the_copies_is_refused_and_the_vm_ru
     os.makedirs(small)
     hv2.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'vmfleet-small', '/var/lib/vmfleet/small'])
     try:
-        (r,), log = _play(fleet, tmp_path, hv1.name, [
+        (r,), log = _play(fleet, hv1.name, [
             {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': 'ssh://vmfleet@%s' % hv2.address,
                                         'destination_qmp_socket': '/var/lib/vmfleet/%s.qmp' % vm.name, 'storage': 'copy',
                                         'destination_dir': '/var/lib/vmfleet/small', 'timeout': 120}}])
@@ -477,9 +450,8 @@ def _sent_to(host):
 def _start_moving(fleet, tmp_path, src, dst, task):
     """Start ansible-playbook migrating with ``task`` on ``src``; return once the migration stream
     is crossing to ``dst`` (4 MiB went its way): (the Popen, its results path)."""
-    path, out = _write_play(tmp_path, src.name, [task])
     base = _sent_to(dst)
-    proc = start_playbook(path, inventory=fleet.inventory)
+    proc, out = start_tasks([task], str(tmp_path), inventory=fleet.inventory, hosts=src.name)
     end = time.monotonic() + 240
     while _sent_to(dst) - base < 4 << 20:
         if proc.poll() is not None or time.monotonic() > end:
@@ -497,8 +469,7 @@ def _finish(proc, out, timeout=600):
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
             proc.wait()
-    assert out.exists(), text[-4000:]
-    (r,) = json.loads(out.read_text())
+    (r,) = read_results(out, text)
     assert 'Traceback' not in text
     return r
 
@@ -540,7 +511,7 @@ def test_a_link_cut_mid_migration_fails_naming_the_destination_and_the_domain_ru
     assert _domstate(dst, vm.name) is None, dst.virsh('list', '--all').stdout
     start = t.serial_size()
     before = t.counter()
-    (r,), log = _play(fleet, tmp_path, src.name, [dict(task, **{'vmfleet.kvm.vm_migrate': dict(
+    (r,), log = _play(fleet, src.name, [dict(task, **{'vmfleet.kvm.vm_migrate': dict(
         task['vmfleet.kvm.vm_migrate'], bandwidth_mib_s=0, timeout=300)})])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert _domstate(src, vm.name) is None and _domstate(dst, vm.name) == 'running'
@@ -550,10 +521,8 @@ def test_a_link_cut_mid_migration_fails_naming_the_destination_and_the_domain_ru
 @pytest.fixture(scope='module')
 def shared_raw(fleet):
     """A raw QEMU VM on hv1 with its disks on shared storage (the first one's are in hv1's own
-    directory once it moved back with them copied)."""
-    vm = fleet.hosts[0].add_vm('qemu', '%s-raw2' % fleet.hosts[0].ns, 256, detect_accel(), False)
-    vm.wait_booted(300)
-    return vm
+    directory once it moved back with them copied); booted with the file's other VMs."""
+    return next(vm for vm in fleet.hosts[0].vms if vm.name == '%s-raw2' % fleet.hosts[0].ns)
 
 
 def test_a_link_cut_mid_migration_of_a_raw_qemu_vm_fails_naming_the_destination_and_it_runs_on(
@@ -576,7 +545,7 @@ def test_a_link_cut_mid_migration_of_a_raw_qemu_vm_fails_naming_the_destination_
     # the link back: a re-run finds no QEMU of an earlier try in its way and moves the VM
     start = t.serial_size()
     before = t.counter()
-    (r,), log = _play(fleet, tmp_path, hv1.name, [{'vmfleet.kvm.vm_migrate': dict(
+    (r,), log = _play(fleet, hv1.name, [{'vmfleet.kvm.vm_migrate': dict(
         task['vmfleet.kvm.vm_migrate'], bandwidth_mib_s=0, timeout=300)}])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     vm.proc.wait(timeout=60)
@@ -636,7 +605,7 @@ def test_the_controller_killed_mid_migration_the_host_finishes_it(fleet, shared_
     if vm.proc is not None:
         vm.proc.wait(timeout=60)
     _counts_on(t, start, before)
-    (r,), log = _play(fleet, tmp_path, src.name, [task])
+    (r,), log = _play(fleet, src.name, [task])
     assert r.get('changed') is False and not r.get('failed') and r['state'] == 'running-at-destination', r
 
 
@@ -680,7 +649,7 @@ def test_a_destination_without_the_memory_is_refused_and_the_domain_runs_on(flee
     dst = next(h for h in fleet.hosts if h is not src)
     t = Target(vm, 'libvirt')
     with _short_of_memory(dst):
-        (r,), log = _play(fleet, tmp_path, src.name, [
+        (r,), log = _play(fleet, src.name, [
             {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'timeout': 60}}])
     assert r.get('failed') is True and r.get('error') == 'DestinationProblem', r
     assert 'not enough memory' in r['msg'] and dst.address in r['msg'] and '64 MiB' in r['msg'], r['msg']
@@ -696,7 +665,7 @@ def test_a_destination_without_the_memory_is_refused_and_the_raw_vm_runs_on(flee
     src, raw_sock, dst, raw_dst_sock = _raw_moves(fleet, shared_raw)
     assert (src, dst) == (hv1, hv2)
     with _short_of_memory(hv2):
-        (r,), log = _play(fleet, tmp_path, hv1.name, [_raw_task(shared_raw, raw_sock, hv2, raw_dst_sock, timeout=60)])
+        (r,), log = _play(fleet, hv1.name, [_raw_task(shared_raw, raw_sock, hv2, raw_dst_sock, timeout=60)])
     assert r.get('failed') is True and r.get('error') == 'DestinationProblem', r
     assert 'not enough memory' in r['msg'] and hv2.address in r['msg'] and '64 MiB' in r['msg'], r['msg']
     assert not _netns_procs(hv2, raw_dst_sock), 'a QEMU was started at the destination'
@@ -733,7 +702,7 @@ def test_auto_converge_moves_a_domain_that_dirties_memory_faster_than_the_link(f
     t = Target(vm, 'libvirt')
     start = t.serial_size()
     before = t.wait_counter(1)
-    (r,), log = _play(fleet, tmp_path, hv1.name, [
+    (r,), log = _play(fleet, hv1.name, [
         {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(hv2),
                                     'bandwidth_mib_s': DIRTY_BANDWIDTH, 'auto_converge': True, 'timeout': 600}}])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
@@ -764,7 +733,7 @@ def test_postcopy_moves_a_raw_qemu_vm_that_dirties_memory_faster_than_the_link(f
     dest_sock = '/var/lib/vmfleet/%s.qmp' % vm.name
     start = t.serial_size()
     before = t.wait_counter(1)
-    (r,), log = _play(fleet, tmp_path, hv1.name, [
+    (r,), log = _play(fleet, hv1.name, [
         {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': 'ssh://vmfleet@%s' % hv2.address,
                                     'destination_qmp_socket': dest_sock, 'bandwidth_mib_s': DIRTY_BANDWIDTH,
                                     'postcopy': True, 'timeout': 300}}])

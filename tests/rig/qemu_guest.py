@@ -35,7 +35,7 @@ def _die_with_parent():
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-class QemuVM:
+class QemuGuest:
     def __init__(self, workdir, name='rawvm', memory_mib=256, disks=None, cmdline_extra='', accel=None,
                  incoming=None, detach=False, device_ids=None, runas=None, qemu_name=None):
         self.workdir = os.path.abspath(workdir)

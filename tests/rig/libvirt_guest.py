@@ -7,7 +7,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from . import guest
 from .accel import detect_accel
-from .qemu_vm import CMDLINE, DEFAULT_DISKS, create_disks
+from .qemu_guest import CMDLINE, DEFAULT_DISKS, create_disks
 
 URI = 'qemu:///system'  # the libvirt every test, benchmark and demo VM lives in
 
@@ -20,7 +20,7 @@ def virsh(*args, uri=URI, check=True):
     return subprocess.run(['virsh', '-c', uri] + list(args), capture_output=True, text=True, check=check)
 
 
-class LibvirtVM:
+class LibvirtGuest:
     def __init__(self, workdir, name, memory_mib=256, disks=None, cmdline_extra='', accel=None,
                  uri=URI):
         self.workdir = os.path.abspath(workdir)

@@ -1,10 +1,10 @@
 """Boot and tear down a set of test guests that outlive this process, for
 molecule scenarios, the demo and the fleet benchmark.
 
-  python -m rig.fleet up DIR [--libvirt NAME]... [--qemu NAME]... [--memory MIB]
-  python -m rig.fleet down DIR
-  python -m rig.fleet counters DIR
-  python -m rig.fleet disk IMAGE FORMAT
+  python -m rig.detached_guests up DIR [--libvirt NAME]... [--qemu NAME]... [--memory MIB]
+  python -m rig.detached_guests down DIR
+  python -m rig.detached_guests counters DIR
+  python -m rig.detached_guests disk IMAGE FORMAT
 
 ``up`` writes DIR/vms.json (each VM's connection, serial log and disks);
 ``down`` stops every VM listed there (relaunched QEMUs included) and removes DIR;
@@ -19,8 +19,8 @@ import sys
 
 from .accel import detect_accel
 from .guest import disk_counter, serial_counters
-from .libvirt_vm import URI, LibvirtVM
-from .qemu_vm import QemuVM
+from .libvirt_guest import URI, LibvirtGuest
+from .qemu_guest import QemuGuest
 
 
 def _state(root):
@@ -37,8 +37,8 @@ def _load(root):
 
 def _vm(entry):
     if entry['backend'] == 'libvirt':
-        return LibvirtVM(entry['workdir'], entry['name'], uri=URI)
-    return QemuVM(entry['workdir'], entry['name'], detach=True)
+        return LibvirtGuest(entry['workdir'], entry['name'], uri=URI)
+    return QemuGuest(entry['workdir'], entry['name'], detach=True)
 
 
 def up(root, libvirt_names, qemu_names, memory_mib, cmdline_extra='', disks=None):
@@ -54,10 +54,10 @@ def up(root, libvirt_names, qemu_names, memory_mib, cmdline_extra='', disks=None
                     continue
                 workdir = os.path.join(root, name)
                 if backend == 'libvirt':
-                    vm = LibvirtVM(workdir, name, memory_mib=memory_mib, accel=accel, uri=URI,
+                    vm = LibvirtGuest(workdir, name, memory_mib=memory_mib, accel=accel, uri=URI,
                                    cmdline_extra=cmdline_extra, disks=disks)
                 else:
-                    vm = QemuVM(workdir, name, memory_mib=memory_mib, accel=accel, detach=True,
+                    vm = QemuGuest(workdir, name, memory_mib=memory_mib, accel=accel, detach=True,
                                 cmdline_extra=cmdline_extra, disks=disks)
                 vm.start()
                 started.append(vm)
