@@ -1,7 +1,7 @@
 """vm_migrate's root-safety on real raw QEMU VMs (issue #34, holes 4 and 5), through
 ansible-playbook: an SSH user that would be an option of ssh is refused before any command runs,
 and a secret on the source QEMU's command line reaches neither the result, the output, nor the
-destination's process list. Two simulated hypervisors of their own (run under the fleet lock)."""
+destination's process list. Two hypervisors of the session's simulated fleet."""
 
 import os
 import subprocess
@@ -10,30 +10,24 @@ import pytest
 
 from rig.accel import detect_accel
 from rig.ansible_run import run_tasks
-from rig.hypervisors import Fleet, RigQemuVM
+from rig.hypervisors import FleetView, HostQemuGuest
 from rig.qmp import qmp
 
-PREFIX = 'vmfs'
-SUBNET = '10.215'
 PWNED = '/tmp/vmfleet-pwned-by-migrate'
 MARKER = 'vmfleet-secret-marker-5f3a9c'
 
 
 @pytest.fixture(scope='module')
-def fleet():
-    """Two hypervisors, no VMs of the rig's own; the tests add theirs."""
-    f = Fleet(hosts=2, vms_per_host=0, memory_mib=256, prefix=PREFIX, subnet=SUBNET)
-    f.up()
-    try:
+def fleet(session_fleet):
+    """Two hypervisors of the session fleet, no VMs of the rig's own; the tests add theirs."""
+    with FleetView(session_fleet, 'safety', 2) as f:
         f.write_inventory()
         yield f
-    finally:
-        f.down()
 
 
 def _raw_vm(host, name, extra=()):
     """A raw QEMU VM of ``host`` whose command line ends with ``extra``, booted."""
-    vm = RigQemuVM(host, host.path('vms', name), name, detach=False, memory_mib=256, accel=detect_accel())
+    vm = HostQemuGuest(host, host.path('vms', name), name, detach=False, memory_mib=256, accel=detect_accel())
     vm._argv = vm._build_argv() + list(extra)
     os.makedirs(host.path('vms'), exist_ok=True)
     os.chmod(host.path('vms'), 0o755)
