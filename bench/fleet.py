@@ -161,7 +161,7 @@ def main():
         # four at a time: sixteen TCG guests booting at once on two cores take minutes each
         for i in range(0, n_lv, 2):
             vms = detached_guests.up(fleet_dir, ['vmfleet-bench-lv%d' % j for j in range(min(i + 2, n_lv))],
-                           ['vmfleet-bench-raw%d' % j for j in range(min(i + 2, n_raw))], 256, disks=DISKS)
+                                     ['vmfleet-bench-raw%d' % j for j in range(min(i + 2, n_raw))], 256, disks=DISKS)
         lv = [vm for vm in vms if vm['backend'] == 'libvirt']
         raw = [vm for vm in vms if vm['backend'] == 'qemu']
         mixed = [vm for pair in itertools.zip_longest(lv, raw) for vm in pair if vm is not None]

@@ -147,9 +147,9 @@ def main():
                cpus=os.cpu_count(), load_avg_start=os.getloadavg(), when=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
     try:
         qv = QemuGuest(os.path.join(root, 'q'), name='vmfleet-bench-raw', accel=accel,
-                    disks=(('root', 'qcow2', 64), ('data', 'qcow2', SIZE_MIB)))
-        lv = LibvirtGuest(os.path.join(root, 'l'), name='vmfleet-bench-lv', accel=accel,
                        disks=(('root', 'qcow2', 64), ('data', 'qcow2', SIZE_MIB)))
+        lv = LibvirtGuest(os.path.join(root, 'l'), name='vmfleet-bench-lv', accel=accel,
+                          disks=(('root', 'qcow2', 64), ('data', 'qcow2', SIZE_MIB)))
         t0 = time.monotonic()
         make_data_disk(qv.disk_path('data'))
         shutil.copyfile(qv.disk_path('data'), lv.disk_path('data'))
@@ -193,7 +193,7 @@ def main():
         busy = {}
         for mode in ('background', 'write-blocking'):
             vm = QemuGuest(os.path.join(root, 'q'), name='vmfleet-bench-raw', accel=accel, cmdline_extra='vmfleet.writer=vdb',
-                        disks=(('root', 'qcow2', 64), ('data', 'qcow2', SIZE_MIB)))
+                           disks=(('root', 'qcow2', 64), ('data', 'qcow2', SIZE_MIB)))
             vms.append(vm)
             vm.start()
             vm.wait_booted(180)

@@ -496,7 +496,7 @@ def main(argv=None):
     os.makedirs(save_dir)
     os.chmod(save_dir, 0o755)
     vm = LibvirtGuest(os.path.join(work, 'vm'), 'vmfleet-bench-save', memory_mib=args.memory_mib,
-                   cmdline_extra='vmfleet.fill=%d' % args.fill_mib)
+                      cmdline_extra='vmfleet.fill=%d' % args.fill_mib)
     bench = Bench(vm, save_dir, caches, args.verify)
     failed = None
     try:
@@ -516,7 +516,7 @@ def main(argv=None):
                 break
         vm.stop()
         raw = QemuGuest(os.path.join(work, 'raw'), 'vmfleet-bench-save-raw', memory_mib=args.memory_mib,
-                     cmdline_extra='vmfleet.fill=%d' % args.fill_mib)
+                        cmdline_extra='vmfleet.fill=%d' % args.fill_mib)
         raw_bench = RawBench(raw, save_dir, caches, args.verify)
         raw_bench.runs = bench.runs
         raw.start()

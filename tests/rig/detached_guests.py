@@ -55,10 +55,10 @@ def up(root, libvirt_names, qemu_names, memory_mib, cmdline_extra='', disks=None
                 workdir = os.path.join(root, name)
                 if backend == 'libvirt':
                     vm = LibvirtGuest(workdir, name, memory_mib=memory_mib, accel=accel, uri=URI,
-                                   cmdline_extra=cmdline_extra, disks=disks)
+                                      cmdline_extra=cmdline_extra, disks=disks)
                 else:
                     vm = QemuGuest(workdir, name, memory_mib=memory_mib, accel=accel, detach=True,
-                                cmdline_extra=cmdline_extra, disks=disks)
+                                   cmdline_extra=cmdline_extra, disks=disks)
                 vm.start()
                 started.append(vm)
                 entry = dict(name=name, backend=backend, workdir=workdir, serial_log=vm.serial_log,

@@ -150,4 +150,3 @@ def session_fleet():
         yield f
     finally:
         f.down()
-

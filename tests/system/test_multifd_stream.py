@@ -111,7 +111,7 @@ def test_save_restore_through_channel_files(vms, compression, channels, main_fir
 
     # restore into a fresh QEMU with the same machine and disks
     vm2 = QemuGuest(vm.workdir, name=vm.name + '-in', memory_mib=vm.memory_mib,
-                 cmdline_extra=vm.cmdline_extra, accel=vm.accel, incoming='defer')
+                    cmdline_extra=vm.cmdline_extra, accel=vm.accel, incoming='defer')
     sock2 = os.path.join(vm.workdir, 'load.sock')
     try:
         vm2.start()
