@@ -34,6 +34,7 @@ from rig import detached_guests
 from rig.accel import detect_accel
 from rig.ansible_run import run_playbook, write_inventory, write_play
 from rig.qmp import qmp
+import _plot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, 'results')
@@ -114,9 +115,9 @@ def playbook_start(workdir):
 
 
 def plot(out, path):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = _plot.pyplot()
+    if plt is None:
+        return
     fig, axes = plt.subplots(1, len(out['modes']), figsize=(6 * len(out['modes']), 4.5), squeeze=False)
     for ax, mode in zip(axes[0], out['modes']):
         rows = [r for r in out['runs'] if r['mode'] == mode]
@@ -135,8 +136,7 @@ def plot(out, path):
         ax.set_ylabel('seconds')
         ax.set_xticks(sizes)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _plot.save(fig, path)
 
 
 def main():

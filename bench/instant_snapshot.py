@@ -54,6 +54,7 @@ from rig.guest import counters_in, wait_serial
 from rig.libvirt_guest import LibvirtGuest
 from rig.qemu_guest import QemuGuest
 from rig.qmp import qmp
+import _plot
 
 RESULTS = os.path.join(HERE, 'results')
 
@@ -210,11 +211,8 @@ def one_size(root, accel, size_mib, backend):
 
 
 def plot(rows, path):
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _plot.pyplot()
+    if plt is None:
         return False
     sizes = sorted(set(r['size_mib'] for r in rows))
     runs = [(b, m) for b in RUNS for m in RUNS[b] if any(r['backend'] == b and r['mode'] == m for r in rows)]
@@ -243,10 +241,7 @@ def plot(rows, path):
     for a in (ax, ax2):
         a.grid(True, which='both', alpha=0.3)
         a.legend(fontsize=7)
-    fig.suptitle('vmfleet.kvm.snapshot: internal vs instant, raw QEMU and libvirt (virsh = libvirt\'s own)')
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return True
+    return _plot.save(fig, path, 'vmfleet.kvm.snapshot: internal vs instant, raw QEMU and libvirt (virsh = libvirt\'s own)')
 
 
 NOTES = (
@@ -492,11 +487,8 @@ def revert_size(root, accel, size_mib, slow, save):
 
 
 def plot_revert(rows, path):
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _plot.pyplot()
+    if plt is None:
         return False
     sizes = sorted(set(r['size_mib'] for r in rows))
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
@@ -523,10 +515,8 @@ def plot_revert(rows, path):
         ax.set_ylabel(unit)
         ax.grid(True, alpha=0.3)
     fig.legend(*axes[2].get_legend_handles_labels(), loc='lower center', ncol=4, fontsize=7)
-    fig.suptitle('instant snapshot revert of a raw QEMU VM, page cache dropped before each revert')
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.savefig(path, dpi=110)
-    return True
+    return _plot.save(fig, path, 'instant snapshot revert of a raw QEMU VM, page cache dropped before each revert',
+                      rect=(0, 0.12, 1, 1))
 
 
 REVERT_NOTES = (

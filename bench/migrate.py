@@ -43,6 +43,7 @@ from rig.guest import COUNTER, wait_serial
 from rig.hypervisors import Fleet
 from rig.qemu_guest import QemuGuest
 from rig.qmp import qmp
+import _plot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, 'results')
@@ -349,11 +350,8 @@ def markdown(result):
 
 
 def plot(summary, path):
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _plot.pyplot()
+    if plt is None:
         return False
     groups = []
     for s in summary:
@@ -379,10 +377,8 @@ def plot(summary, path):
         ax.set_title(title)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle('live migration between two simulated hypervisors (TCG guests, shared 2-core machine)')
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return True
+    return _plot.save(fig, path, 'live migration between two simulated hypervisors (TCG guests, shared 2-core machine)',
+                      dpi=100)
 
 
 NOTES = (

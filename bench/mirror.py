@@ -31,6 +31,7 @@ from rig.ansible_run import run_tasks
 from rig.guest import wait_serial
 from rig.libvirt_guest import URI, LibvirtGuest
 from rig.qemu_guest import QemuGuest
+import _plot
 
 SIZE_MIB = int(os.environ.get('VMFLEET_BENCH_MIRROR_MIB', '2048'))
 RESULTS = os.path.join(HERE, 'results')
@@ -245,12 +246,8 @@ def summary(res):
 
 
 def plot(res):
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print('matplotlib not installed: no plot')
+    plt = _plot.pyplot()
+    if plt is None:
         return
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     idle = res['idle']
@@ -269,8 +266,7 @@ def plot(res):
     b.set_ylabel('% copied')
     b.set_title('guest writing continuously')
     b.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, 'mirror.png'), dpi=100)
+    _plot.save(fig, os.path.join(RESULTS, 'mirror.png'), dpi=100)
 
 
 if __name__ == '__main__':

@@ -12,7 +12,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main(names):
-    scripts = sorted(p for p in glob.glob(os.path.join(HERE, '*.py')) if os.path.basename(p) != 'run.py')
+    scripts = sorted(p for p in glob.glob(os.path.join(HERE, '*.py')) if os.path.basename(p) != 'run.py' and not os.path.basename(p).startswith('_'))
     if names:
         scripts = [p for p in scripts if os.path.splitext(os.path.basename(p))[0] in names]
     failed = []

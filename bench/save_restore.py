@@ -58,6 +58,7 @@ from rig.guest import COUNTER, wait_serial
 from rig.libvirt_guest import URI, LibvirtGuest, virsh
 from rig.qemu_guest import QemuGuest
 from rig.targets import Target
+import _plot
 
 RESULTS = os.path.join(HERE, 'results')
 MIB = 1024.0 * 1024.0
@@ -430,12 +431,8 @@ def machine_facts(save_dir, caches):
 
 
 def plot(summary, path):
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print('matplotlib missing: no plot')
+    plt = _plot.pyplot()
+    if plt is None:
         return False
     saves = ['dd write (fdatasync)', 'vm_save c1', 'vm_save c2', 'vm_save c4', 'vm_save c4 zstd', 'virsh save',
              'virsh save sparse p4', 'raw vm_save c1', 'raw vm_save c2', 'raw vm_save c4', 'raw vm_save c4 zstd']
@@ -469,10 +466,7 @@ def plot(summary, path):
         ax.set_title(title)
         ax.set_ylabel('MiB/s (median)')
         ax.margins(y=0.2)
-    fig.suptitle('vmfleet.kvm save/restore vs virsh vs dd (same VM, same fs; noisy shared host)')
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return True
+    return _plot.save(fig, path, 'vmfleet.kvm save/restore vs virsh vs dd (same VM, same fs; noisy shared host)', dpi=100)
 
 
 def main(argv=None):

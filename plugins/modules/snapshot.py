@@ -55,6 +55,7 @@ description:
     it; O(mode) matters only when a snapshot is created.
 extends_documentation_fragment:
   - vmfleet.kvm.connection
+  - vmfleet.kvm.relaunch
 attributes:
   check_mode:
     description: Predicts what would be created, deleted or reverted; touches nothing.
@@ -62,19 +63,6 @@ attributes:
     support: full
     description: Shows the disks holding the snapshot before and after.
 options:
-  allow_exec_options:
-    description:
-      - A raw QEMU VM (O(qmp_socket)) is relaunched by the revert of an instant snapshot from its recorded command line, as
-        the user its QEMU ran as (the command line is checked when the snapshot is taken too).
-        A command line with an option that makes QEMU run another program (C(-netdev tap) without
-        C(script=no,downscript=no), C(helper=), C(-netdev bridge), C(-run-with), C(-plugin), C(-readconfig))
-        is refused, naming the option, unless this is V(true).
-      - Set it only for a VM you started with such an option yourself; the relaunch runs that program again.
-      - Whatever its value, the command line is used only when its program is the QEMU process's own
-        C(qemu-system-*) binary, owned by root (or by the user QEMU runs as) and writable by no one else.
-    type: bool
-    default: false
-    version_added: 1.1.0
   name:
     description:
       - Name (tag) of the snapshot.
@@ -372,8 +360,7 @@ def main():
         mode=dict(type='str', choices=['internal', 'instant'], default='internal'),
         memory_dir=dict(type='path', default=DEFAULT_MEMORY_DIR),
         load=dict(type='str', choices=['full', 'background'], default='full'),
-        allow_exec_options=dict(type='bool', default=False),
-    )), work)
+    ), relaunches=True), work)
 
 
 if __name__ == '__main__':

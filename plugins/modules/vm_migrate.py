@@ -33,6 +33,7 @@ description:
     before the destination takes over.
 extends_documentation_fragment:
   - vmfleet.kvm.connection
+  - vmfleet.kvm.relaunch
 attributes:
   check_mode:
     description: Checks the destination (reachable, enough memory, no copy running) and says what would happen.
@@ -40,17 +41,6 @@ attributes:
     support: none
     description: Nothing to compare.
 options:
-  allow_exec_options:
-    description:
-      - A raw QEMU VM (O(qmp_socket)) is started at the destination from its command line here. A command line
-        with an option that makes QEMU run another program (C(-netdev tap) without C(script=no,downscript=no),
-        C(helper=), C(-netdev bridge), C(-run-with), C(-plugin), C(-readconfig)) is refused, naming the option,
-        before anything starts, unless this is V(true).
-      - Whatever its value, the command line is used only when its program is the QEMU process's own
-        C(qemu-system-*) binary, owned by root (or by the user QEMU runs as) and writable by no one else.
-    type: bool
-    default: false
-    version_added: 1.1.0
   destination_uri:
     description:
       - libvirt URI of the destination hypervisor as the source host reaches it, such as
@@ -251,7 +241,6 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.migrate.vm_migration i
 
 def main():
     run_module(vmfleet_module(dict(
-        allow_exec_options=dict(type='bool', default=False),
         destination_uri=dict(type='str', required=True),
         migration_address=dict(type='str'),
         destination_qmp_socket=dict(type='path'),
@@ -265,7 +254,7 @@ def main():
         parallel_connections=dict(type='int', default=1),
         auto_converge=dict(type='bool', default=False),
         postcopy=dict(type='bool', default=False),
-    )), migrate_vm)
+    ), relaunches=True), migrate_vm)
 
 
 if __name__ == '__main__':

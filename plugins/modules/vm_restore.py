@@ -20,6 +20,7 @@ description:
   - A failed restore stops the half-restored QEMU and leaves the image untouched.
 extends_documentation_fragment:
   - vmfleet.kvm.connection
+  - vmfleet.kvm.relaunch
 attributes:
   check_mode:
     description: Checks the image and says whether a restore would run; starts nothing.
@@ -27,18 +28,6 @@ attributes:
     support: none
     description: Nothing to compare.
 options:
-  allow_exec_options:
-    description:
-      - A raw QEMU VM (O(qmp_socket)) is relaunched by the restore from its recorded command line, as the user its QEMU ran as.
-        A command line with an option that makes QEMU run another program (C(-netdev tap) without
-        C(script=no,downscript=no), C(helper=), C(-netdev bridge), C(-run-with), C(-plugin), C(-readconfig))
-        is refused, naming the option, unless this is V(true).
-      - Set it only for a VM you started with such an option yourself; the relaunch runs that program again.
-      - Whatever its value, the command line is used only when its program is the QEMU process's own
-        C(qemu-system-*) binary, owned by root (or by the user QEMU runs as) and writable by no one else.
-    type: bool
-    default: false
-    version_added: 1.1.0
   path:
     description: The save image (as given to M(vmfleet.kvm.vm_save)).
     type: path
@@ -194,8 +183,7 @@ def main():
         verify=dict(type='bool', default=True),
         channels=dict(type='int'),
         direct_io=dict(type='bool'),
-        allow_exec_options=dict(type='bool', default=False),
-    ), needs_vm=False), restore_image)
+    ), needs_vm=False, relaunches=True), restore_image)
 
 
 if __name__ == '__main__':

@@ -33,6 +33,7 @@ description:
   - A failure part-way removes the partial files and leaves the VM running as it was.
 extends_documentation_fragment:
   - vmfleet.kvm.connection
+  - vmfleet.kvm.relaunch
 attributes:
   check_mode:
     description: Says whether a save would happen and which path it would use; touches nothing.
@@ -40,19 +41,6 @@ attributes:
     support: none
     description: Nothing to compare.
 options:
-  allow_exec_options:
-    description:
-      - A raw QEMU VM (O(qmp_socket)) is saved with its command line, which M(vmfleet.kvm.vm_restore) relaunches
-        as the user its QEMU ran as; the command line is checked here, before the VM stops.
-        A command line with an option that makes QEMU run another program (C(-netdev tap) without
-        C(script=no,downscript=no), C(helper=), C(-netdev bridge), C(-run-with), C(-plugin), C(-readconfig))
-        is refused, naming the option, unless this is V(true).
-      - Set it only for a VM you started with such an option yourself; the relaunch runs that program again.
-      - Whatever its value, the command line is used only when its program is the QEMU process's own
-        C(qemu-system-*) binary, owned by root (or by the user QEMU runs as) and writable by no one else.
-    type: bool
-    default: false
-    version_added: 1.1.0
   path:
     description:
       - Absolute path of the save image. Its directory must exist.
@@ -201,8 +189,7 @@ def main():
         keep_running=dict(type='bool', default=False),
         verify=dict(type='bool', default=True),
         overwrite=dict(type='bool', default=False),
-        allow_exec_options=dict(type='bool', default=False),
-    )), save_vm)
+    ), relaunches=True), save_vm)
 
 
 if __name__ == '__main__':

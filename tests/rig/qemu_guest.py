@@ -54,21 +54,13 @@ class QemuGuest:
         self.proc = None
         self._argv = None
 
-    @property
-    def qmp_socket(self):
-        return os.path.join(self.workdir, self.name + '.qmp')
+    def _file(self, suffix):
+        return os.path.join(self.workdir, self.name + suffix)
 
-    @property
-    def serial_log(self):
-        return os.path.join(self.workdir, self.name + '.serial.log')
-
-    @property
-    def qemu_log(self):
-        return os.path.join(self.workdir, self.name + '.qemu.log')
-
-    @property
-    def pidfile(self):
-        return os.path.join(self.workdir, self.name + '.pid')
+    qmp_socket = property(lambda self: self._file('.qmp'))
+    serial_log = property(lambda self: self._file('.serial.log'))
+    qemu_log = property(lambda self: self._file('.qemu.log'))
+    pidfile = property(lambda self: self._file('.pid'))
 
     def disk_path(self, name):
         return self.disks[name][0]

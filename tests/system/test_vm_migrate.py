@@ -56,6 +56,17 @@ def _persistent(host, name):
     return m and m.group(1) == 'yes'
 
 
+def _runs_at_source_only(src, dst, t, wait_s):
+    """The domain of Target ``t`` runs at ``src`` and counts on; within ``wait_s`` nothing of it is left at ``dst``."""
+    name = t.vm.name
+    assert _domstate(src, name) == 'running'
+    end = time.monotonic() + wait_s
+    while _domstate(dst, name) is not None and time.monotonic() < end:
+        time.sleep(0.5)
+    assert _domstate(dst, name) is None, dst.virsh('list', '--all').stdout
+    t.wait_counter(t.counter() + 2, timeout=120)
+
+
 def _domain(host):
     return next(vm for vm in host.vms if isinstance(vm, LibvirtGuest))
 
@@ -196,14 +207,8 @@ def test_the_timeout_cancels_the_migration_and_the_domain_runs_on_at_the_source(
     assert r.get('failed') is True and r.get('error') == 'OperationTimeout', r
     assert 'cancelled' in r['msg'] and r['source_state'] == 'running', r
     assert r['progress']['samples'], r
-    assert _domstate(src, vm.name) == 'running'
     # nothing half-made at the destination (libvirt removes the incoming domain once the job is gone)
-    end = time.monotonic() + 60
-    while _domstate(dst, vm.name) is not None and time.monotonic() < end:
-        time.sleep(0.5)
-    assert _domstate(dst, vm.name) is None, dst.virsh('list', '--all').stdout
-    last = t.counter()
-    t.wait_counter(last + 2, timeout=120)
+    _runs_at_source_only(src, dst, t, 60)
 
 
 def test_the_destination_libvirtd_killed_mid_migration_leaves_the_domain_at_the_source(fleet, tmp_path):
@@ -230,14 +235,8 @@ def test_the_destination_libvirtd_killed_mid_migration_leaves_the_domain_at_the_
     (r,) = read_results(out, text)
     assert r.get('failed') is True and r.get('error') in ('ConnectionFailed', 'JobFailed'), r
     assert r['source_state'] == 'running', r
-    assert _domstate(src, vm.name) == 'running'
     # the restarted libvirtd at the destination drops the half-migrated domain
-    end = time.monotonic() + 120
-    while _domstate(dst, vm.name) is not None and time.monotonic() < end:
-        time.sleep(0.5)
-    assert _domstate(dst, vm.name) is None, dst.virsh('list', '--all').stdout
-    last = t.counter()
-    t.wait_counter(last + 2, timeout=120)
+    _runs_at_source_only(src, dst, t, 120)
 
 
 def _kill_the_controller_mid_migration(fleet, tmp_path, src, dst, task):

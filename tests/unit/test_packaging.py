@@ -53,3 +53,12 @@ def test_tarball_holds_nothing_developer_only(collection_tarball):
     files = names(collection_tarball)[0]
     leaked = sorted(f for f in files if UNWANTED.match(f))
     assert not leaked, 'developer files in the tarball: %s' % leaked
+
+
+def test_every_test_file_has_a_name_of_its_own():
+    """pytest imports test files by their base name: two of one name (a unit and a system test of one feature)
+    stop the whole run at collection."""
+    names = {}
+    for path in sorted((ROOT / 'tests').rglob('test_*.py')):
+        names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert not {n: p for n, p in names.items() if len(p) > 1}

@@ -17,6 +17,11 @@ CONNECTION_ARGS = dict(
     timeout=dict(type='float', default=300.0),
 )
 
+# Paired with doc fragment vmfleet.kvm.relaunch: the modules that start a raw QEMU again from its command line.
+RELAUNCH_ARGS = dict(
+    allow_exec_options=dict(type='bool', default=False),
+)
+
 CONNECTION_MUTUALLY_EXCLUSIVE = [('domain', 'qmp_socket')]
 CONNECTION_REQUIRED_ONE_OF = [('domain', 'qmp_socket')]
 

@@ -13,17 +13,21 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.arg_specs import (
-    CONNECTION_MUTUALLY_EXCLUSIVE, CONNECTION_REQUIRED_ONE_OF, argument_spec, fleet_argument_spec,
+    CONNECTION_MUTUALLY_EXCLUSIVE, CONNECTION_REQUIRED_ONE_OF, RELAUNCH_ARGS, argument_spec, fleet_argument_spec,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import VmfleetError
 
 
-def vmfleet_module(options=None, mutually_exclusive=(), needs_vm=True):
+def vmfleet_module(options=None, mutually_exclusive=(), needs_vm=True, relaunches=False):
     """An AnsibleModule with the shared connection options and ``options``.
     ``needs_vm``: one of domain/qmp_socket is required (modules that can list
-    every VM of the host, or restore one that does not run, need none)."""
+    every VM of the host, or restore one that does not run, need none).
+    ``relaunches``: the module starts a raw QEMU again from its command line (RELAUNCH_ARGS)."""
+    options = dict(options or {})
+    if relaunches:
+        options.update(RELAUNCH_ARGS)
     return AnsibleModule(
-        argument_spec=argument_spec(**(options or {})),
+        argument_spec=argument_spec(**options),
         mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE + list(mutually_exclusive),
         required_one_of=CONNECTION_REQUIRED_ONE_OF if needs_vm else None,
         supports_check_mode=True,
