@@ -19,7 +19,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.remote i
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.addresses import bracketed
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
-    ConnectionFailed, DestinationProblem, InvalidArgument, JobFailed, OperationTimeout, SpaceTooSmall, TargetProblem,
+    CapabilityMissing, ConnectionFailed, DestinationProblem, InvalidArgument, JobFailed, OperationTimeout, SpaceTooSmall, TargetProblem,
     VmfleetError,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline
@@ -76,6 +76,13 @@ class QemuMigrator(Migrator):
     def plan(self):
         vm = self.vm
         record = vm.relaunch_record()
+        if record.get('uid', 0) != 0:
+            # the destination's QEMU is started through sudo: it would run as root, more than the one it replaces
+            raise CapabilityMissing(
+                "VM '%s' runs as uid %s, and vm_migrate would start its QEMU at the destination as root"
+                % (vm.name, record['uid']),
+                hint="nothing was changed; save it with vm_save to storage the destination sees and restore it there "
+                     "with vm_restore, which relaunches QEMU as its own user, or run its QEMU as root")
         self.copies = self._copy_plan(vm) if self.p['storage'] == 'copy' else []
         self.moved = [Disk(c['target'], c['node'], c['destination'], c['format'], c['size'], False) for c in self.copies]
         self.argv = proc.destination_argv(record['argv'], self.dest_sock, self.moved)

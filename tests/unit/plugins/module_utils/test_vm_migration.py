@@ -254,3 +254,21 @@ def test_an_ipv6_destination_is_bracketed_in_its_uris():
     h = ev.host_address({'name': 'hv2', 'address': 'fd00::2', 'user': 'vmfleet'})
     assert h['ssh_uri'] == 'ssh://vmfleet@[fd00::2]' and h['libvirt_uri'] == 'qemu+ssh://vmfleet@[fd00::2]/system'
     assert destination_host(h['ssh_uri']) == 'fd00::2'
+
+
+def test_a_raw_qemu_of_another_user_is_not_moved_to_run_as_root_at_the_destination():
+    """The destination's QEMU starts through sudo: a QEMU of an unprivileged user would gain root there."""
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.migrator import QemuMigrator
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import CapabilityMissing
+
+    class Vm(object):
+        name = 'web01'
+
+        @staticmethod
+        def relaunch_record():
+            return dict(argv=['/usr/bin/qemu-system-x86_64', '-name', 'web01'], uid=65534, gid=65534)
+    m = object.__new__(QemuMigrator)
+    m.vm = Vm()
+    with pytest.raises(CapabilityMissing) as e:
+        m.plan()
+    assert 'uid 65534' in e.value.message and 'as root' in e.value.message
