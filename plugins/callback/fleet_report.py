@@ -19,7 +19,10 @@ description:
     and shows the summary.
   - Each hypervisor keeps its own report as well (the roles' C(report_dir)); this one is the fleet's.
   - Enable it with C(ANSIBLE_CALLBACKS_ENABLED=vmfleet.kvm.fleet_report) (or C(callbacks_enabled) in
-    C(ansible.cfg)); under AWX, set that variable in the job template's environment or the execution environment.
+    C(ansible.cfg)). AWX job templates have no environment field, so under AWX put C(callbacks_enabled) in the
+    project's C(ansible.cfg), or the variable in AWX's global "Extra Environment Variables" setting. Its files are
+    written inside the job's execution environment and go with it; under AWX read the summary in the job's output
+    and each VM's record in the job's artifacts (C(set_stats)).
 author:
   - vmfleet.kvm contributors (@vmfleet)
 requirements:
