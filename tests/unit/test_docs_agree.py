@@ -43,7 +43,7 @@ def test_readme_lists_every_shared_extra_var_and_no_other():
 
 @pytest.mark.parametrize('var', sorted(extra_vars_spec()))
 def test_readme_says_which_playbooks_read_each_extra_var_and_its_choices(var):
-    what, column = readme_extra_vars()[var][0], readme_extra_vars()[var][2]
+    what, _default, column = readme_extra_vars()[var]
     named, refused = playbooks_named(column)
     assert named <= set(PLAYBOOKS), named - set(PLAYBOOKS)
     reads = {p for p in PLAYBOOKS if var in playbook_vars(p)}
