@@ -38,6 +38,9 @@ try:
 except ImportError:  # connection.py keeps the error for missing_required_lib
     pass
 
+# What a call fails with when QEMU dies under it ("End of file from qemu monitor").
+_DIED_CODES = (1, 38, 9)  # VIR_ERR_INTERNAL_ERROR, VIR_ERR_SYSTEM_ERROR, VIR_ERR_OPERATION_FAILED
+
 _UUID = re.compile(r'^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$')
 
 
@@ -179,7 +182,18 @@ class LibvirtVm(VmHandle):
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 raise VmGone("libvirt domain '%s' disappeared during %s" % (self.name, what))
+            if e.get_error_code() in _DIED_CODES and not self._still_running():
+                raise VmGone("libvirt domain '%s' is not running any more: it went away during %s (%s)"
+                             % (self.name, what, e.get_error_message()))
             raise VmfleetError("libvirt refused %s on domain '%s': %s" % (what, self.name, e.get_error_message()))
+
+    def _still_running(self):
+        # A QEMU killed mid-command reaches us as a generic internal error
+        # ("End of file from qemu monitor"): only the domain's state tells.
+        try:
+            return bool(self.dom.isActive())
+        except libvirt.libvirtError:
+            return False
 
     def connection(self):
         return dict(domain=self.name, uri=self.uri)
@@ -250,7 +264,8 @@ class LibvirtVm(VmHandle):
             else:
                 reply = json.loads(libvirt_qemu.qemuMonitorCommand(self.dom, msg, 0))
         except libvirt.libvirtError as e:
-            if e.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+            if (e.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID)
+                    or e.get_error_code() in _DIED_CODES and not self._still_running()):
                 raise VmGone("libvirt domain '%s' is not running (%s)" % (self.name, e.get_error_message()))
             raise VmfleetError("libvirt QMP passthrough '%s' on '%s' failed: %s"
                                % (command, self.name, e.get_error_message()))
