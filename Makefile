@@ -34,7 +34,7 @@ unit: venv collection
 	$(PY) -m pytest tests/unit
 
 system: setup
-	$(PY) -m pytest tests/system
+	$(PY) -m pytest -n 2 --dist loadgroup tests/system
 
 # every role's scenario on real VMs booted once by the default scenario (shared_state)
 molecule: setup
@@ -74,8 +74,10 @@ ee: $(EE_VENV)/bin/ansible-builder
 ee-image: ee
 	$(EE_VENV)/bin/ansible-builder build -f execution-environment.yml -c build/ee/context -t vmfleet-ee:latest
 
+# Two workers: the simulated fleet's files in one, the single-host files spread over both
+# (tests/system/conftest.py groups them); the static checks after, on a quiet host.
 test: setup
-	$(PY) -m pytest tests/unit tests/system
+	$(PY) -m pytest -n 2 --dist loadgroup tests/unit tests/system
 	molecule test --all
 	bash scripts/sanity.sh
 	bash scripts/docs.sh lint
