@@ -1,18 +1,26 @@
 """A libvirt domain with a snapshot moves between two simulated hypervisors (shared storage) with
 vm_migrate, through ansible-playbook over SSH: its snapshot is listed at the destination and the
 revert there goes back in time; copied storage is refused naming the snapshot; the destination's
-libvirtd killed mid-migration leaves the domain at the source with its snapshot listed."""
+libvirtd killed mid-migration leaves the domain at the source with its snapshot listed. Then the
+operator's chain: pre_upgrade_snapshot, host_evacuate (the VMs move live, none is saved, and come
+back), snapshot_rollback (both guests go back), snapshot_cleanup."""
 
+import json
 import time
+
+import yaml
 
 import pytest
 
 from rig.accel import detect_accel
-from rig.ansible_run import read_results, run_tasks, start_tasks
+from rig.ansible_run import read_results, run_playbook, run_tasks, start_tasks
 from rig.hypervisors import FleetView
-from rig.targets import Target
+from rig.targets import Target, assert_consecutive, host_targets
 
 SNAP = 's-mig'
+# a moved raw QEMU's QMP socket at its destination: each host's own directory (the rig's directory,
+# where the sockets are at home, is shared by all hosts)
+DEST_QMP_DIR = '/var/lib/vmfleet'
 
 
 @pytest.fixture(scope='module')
@@ -20,7 +28,9 @@ def fleet(session_fleet):
     """hv1 and hv2 of the session fleet, with one all-qcow2 libvirt domain on hv1 (so libvirt's own
     snapshot API takes the snapshot, and libvirt holds its metadata); its disks are under the rig's
     directory, which both hosts see."""
-    with FleetView(session_fleet, 'snapmig', 2) as f:
+    with FleetView(session_fleet, 'snapmig', 2,
+                   host_vars=dict((h.name, {'host_maintenance_destination_qmp_dir': DEST_QMP_DIR})
+                                  for h in session_fleet.hosts[:2])) as f:
         h = f.hosts[0]
         h.add_vm('libvirt', '%s-snap1' % h.ns, 256, detect_accel(), False,
                  disks=(('root', 'qcow2', 64), ('data', 'qcow2', 64)))
@@ -44,7 +54,7 @@ def _domstate(host, name):
 
 
 def _listed(host, name):
-    return host.virsh('snapshot-list', name, '--name').stdout.split()
+    return sorted(host.virsh('snapshot-list', name, '--name').stdout.split())
 
 
 def _moved(vm, src, dst):
@@ -126,3 +136,72 @@ def test_the_destination_libvirtd_killed_leaves_the_domain_at_the_source_with_it
     assert _domstate(hv2, vm.name) == 'running'
     assert _listed(hv2, vm.name) == [SNAP]
     t.wait_counter(t.counter() + 2, timeout=120)
+
+
+def _playbook(fleet, name, **extra_vars):
+    proc = run_playbook(name, inventory=fleet.inventory, timeout=1800, extra_vars=extra_vars, extra_args=['-v'])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and 'Traceback' not in out, out[-6000:]
+    return out
+
+
+def test_the_fleet_chain_snapshot_evacuate_return_rollback_cleanup(fleet, tmp_path):
+    """hv2 holds the domain (with its earlier snapshot) and a raw QEMU VM: pre_upgrade_snapshot, then
+    host_evacuate moves both live to hv1 (none saved) and back, snapshot_rollback takes both guests
+    back to the snapshot, snapshot_cleanup deletes it."""
+    hv1, hv2 = fleet.hosts
+    raw = hv2.add_vm('qemu', '%s-raw1' % hv2.ns, 256, detect_accel(), False)
+    raw.wait_booted(300)
+    fleet.write_inventory()
+    lv = next(vm for vm in hv2.vms if vm is not raw)
+    targets = host_targets(hv2)
+    for t in targets:
+        t.wait_counter(3)
+
+    marks = {}
+    for t in targets:
+        marks[t.vm.name] = [t.counter()]
+    _playbook(fleet, 'vmfleet.kvm.pre_upgrade_snapshot', vmfleet_snapshot_name='chain')
+    for t in targets:
+        marks[t.vm.name].append(t.counter())
+    assert _listed(hv2, lv.name) == sorted([SNAP, 'vmfleet-chain'])
+
+    # the evacuation report, read on hv2 while its VMs are away (the return phase writes its own)
+    during = tmp_path / 'during'
+    during.mkdir()
+    tasks = tmp_path / 'maintenance.yml'
+    tasks.write_text(yaml.safe_dump([
+        {'name': 'the evacuation report', 'ansible.builtin.slurp': {'src': '/var/lib/vmfleet/reports/host_maintenance.json'},
+         'register': 'report'},
+        {'name': 'hand it to the test', 'delegate_to': 'localhost', 'become': False,
+         'vars': {'ansible_connection': 'local'},
+         'ansible.builtin.copy': {'dest': str(during) + '/{{ inventory_hostname }}.json', 'mode': '0600',
+                                  'content': '{{ report.content | b64decode }}'}}]))
+    starts = dict((t.vm.name, (t.serial_size(), t.wait_counter(marks[t.vm.name][1] + 2))) for t in targets)
+    _playbook(fleet, 'vmfleet.kvm.host_evacuate', vmfleet_maintenance_tasks=str(tasks))
+    moved = dict((r['vm'], r) for r in json.loads((during / (hv2.name + '.json')).read_text())['vms'])
+    assert set(moved) == {lv.name, raw.name}, moved
+    for r in moved.values():
+        # moved live: neither saved instead
+        assert r['status'] == 'ok' and r['destination'] == hv1.name and not r.get('saved_instead'), r
+    # both back on hv2, the domain with its snapshots; the guests counted on, never back, never skipping
+    assert _domstate(hv2, lv.name) == 'running' and _domstate(hv1, lv.name) is None
+    assert _listed(hv2, lv.name) == sorted([SNAP, 'vmfleet-chain'])
+    assert hv2.virsh('snapshot-current', lv.name, '--name').stdout.strip() == 'vmfleet-chain'
+    for t in targets:
+        start, before = starts[t.vm.name]
+        t.wait_counter(t.counter() + 2, timeout=180)
+        counters = t.counters_after(start)
+        assert counters[0] <= before + 1, counters[:5]
+        assert_consecutive(counters)
+
+    last = dict((t.vm.name, (t.serial_size(), t.counter())) for t in targets)
+    _playbook(fleet, 'vmfleet.kvm.snapshot_rollback', vmfleet_snapshot_name='chain')
+    for t in targets:
+        offset, was = last[t.vm.name]
+        resumed = t.counters_after_going_back(offset, was)
+        lo, hi = marks[t.vm.name]
+        assert lo <= resumed[0] - 1 <= hi + 1, (t.vm.name, marks[t.vm.name], resumed)
+
+    _playbook(fleet, 'vmfleet.kvm.snapshot_cleanup', vmfleet_snapshot_name='chain')
+    assert _listed(hv2, lv.name) == [SNAP]
