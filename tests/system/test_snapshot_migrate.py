@@ -6,6 +6,9 @@ operator's chain: pre_upgrade_snapshot, host_evacuate (the VMs move live, none i
 back), snapshot_rollback (both guests go back), snapshot_cleanup."""
 
 import json
+import os
+import signal
+import subprocess
 import time
 
 import yaml
@@ -205,3 +208,59 @@ def test_the_fleet_chain_snapshot_evacuate_return_rollback_cleanup(fleet, tmp_pa
 
     _playbook(fleet, 'vmfleet.kvm.snapshot_cleanup', vmfleet_snapshot_name='chain')
     assert _listed(hv2, lv.name) == [SNAP]
+
+
+def _netns_procs(host, needle):
+    """Processes of ``host`` (its network namespace) whose command line holds ``needle``."""
+    pids = subprocess.run(['ip', 'netns', 'pids', host.ns], capture_output=True, text=True, check=True).stdout.split()
+    out = []
+    for pid in pids:
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                if needle.encode() in f.read():
+                    out.append(int(pid))
+        except OSError:
+            pass
+    return out
+
+
+def test_the_module_killed_after_the_metadata_moved_a_re_run_defines_it_where_the_domain_runs(fleet, tmp_path):
+    """The module itself is killed (SIGKILL) while the domain migrates, its snapshot metadata off the
+    source and only in the journal: whether libvirt finished the move or not, a re-run of the task
+    defines the snapshot where the domain runs and ends with the domain at the destination."""
+    hv1, hv2 = fleet.hosts
+    lv = next(vm for vm in hv2.vms if not vm.name.endswith('-raw1'))
+    t = Target(lv, 'libvirt')
+    task = {'vmfleet.kvm.vm_migrate': {'domain': lv.name, 'destination_uri': _dest_uri(hv1), 'bandwidth_mib_s': 8,
+                                       'timeout': 300}}
+    proc, _out = start_tasks([task], str(tmp_path), inventory=fleet.inventory, hosts=hv2.name)
+    try:
+        end = time.monotonic() + 180
+        while _domstate(hv1, lv.name) is None:
+            assert proc.poll() is None and time.monotonic() < end, 'no incoming domain'
+            time.sleep(0.2)
+        assert _listed(hv2, lv.name) == []
+        killed = 0
+        for pid in _netns_procs(hv2, 'AnsiballZ_vm_migrate'):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass  # a wrapper shell that ended
+        assert killed, 'no module process to kill'
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # libvirt's job ends on its own (done, or given up with its client): then the re-run
+    end = time.monotonic() + 240
+    while 'None' not in (hv2.virsh('domjobinfo', lv.name, check=False).stdout or 'None') and time.monotonic() < end:
+        time.sleep(0.5)
+    (r,), log = _play(fleet, hv2, [task])
+    assert not r.get('failed'), (r, log[-3000:])
+    assert r.get('snapshots_defined') == [SNAP], r
+    assert _domstate(hv1, lv.name) == 'running' and _domstate(hv2, lv.name) is None
+    _moved(lv, hv2, hv1)
+    assert _listed(hv1, lv.name) == [SNAP]
+    t.wait_counter(t.counter() + 2, timeout=120)
