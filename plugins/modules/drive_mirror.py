@@ -123,6 +123,26 @@ options:
         persistent storage and the same across runs.
     type: path
     default: /var/lib/vmfleet/journal
+  snapshots:
+    description:
+      - What happens to the snapshots the disk's image holds (internal snapshots, and the disk part of instant
+        snapshots), which a live copy cannot carry (qcow2 internal snapshots stay in the source image).
+      - V(keep) refuses the move before anything changes, naming each snapshot (checked again just before the
+        switch, for one taken while the copy ran).
+      - V(drop) deletes each of them from the VM before the switch (from every disk, from libvirt's metadata, and an
+        instant snapshot's memory file in O(memory_dir)), so no snapshot is left missing one of its disks; the
+        result's RV(snapshots_dropped) names them.
+    type: str
+    choices: [keep, drop]
+    default: keep
+    version_added: 1.2.0
+  memory_dir:
+    description:
+      - Directory of the instant snapshots' memory files and manifests (see M(vmfleet.kvm.snapshot)), for
+        O(snapshots=drop).
+    type: path
+    default: /var/lib/vmfleet/snapshots
+    version_added: 1.2.0
 notes:
   - A raw QEMU has no persistent definition. After the switch its command line still names the old
     image; the module warns, and the journal records the switch. Change the command line before you next
@@ -130,6 +150,9 @@ notes:
     reverts of instant snapshots) follow the switch and start QEMU on the new image.
   - The old source is left in place (and, for a raw QEMU, open) after the switch. Delete it yourself
     once the VM runs well on the target.
+  - A disk whose image holds snapshots is not moved unless O(snapshots=drop), because a live copy carries the active
+    data only. To keep a rollback point across a storage move, revert or delete it first, or take a new one on
+    the target after the move.
 seealso:
   - module: vmfleet.kvm.vm_info
   - module: vmfleet.kvm.fleet_storage_migration
@@ -251,6 +274,12 @@ progress:
   returned: with -vvv
   type: list
   elements: dict
+snapshots_dropped:
+  description: The snapshots O(snapshots=drop) deleted (or in check mode would delete) before the move.
+  returned: always
+  type: list
+  elements: str
+  sample: [pre-upgrade]
 journal:
   description: The journal of this disk's mirror (phase, history with timestamps, source, target, path).
   returned: when a journal exists
@@ -290,6 +319,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_v
 from ansible_collections.vmfleet.kvm.plugins.module_utils.mirror.drive_mirror import drive_mirror
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import run_module, vmfleet_module
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.vm_lock import held_for_change
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.instant import DEFAULT_MEMORY_DIR
 
 
 def work(module):
@@ -322,6 +352,8 @@ def main():
         remove_target=dict(type='bool', default=False),
         cancel_on_timeout=dict(type='bool', default=False),
         journal_dir=dict(type='path', default='/var/lib/vmfleet/journal'),
+        snapshots=dict(type='str', choices=['keep', 'drop'], default='keep'),
+        memory_dir=dict(type='path', default=DEFAULT_MEMORY_DIR),
     )), work)
 
 

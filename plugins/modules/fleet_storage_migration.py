@@ -18,7 +18,8 @@ description:
   - Every disk's copy is journaled in O(journal_dir), so a re-run after an interruption carries on.
   - After its copies, each VM's disks are read back and each moved disk is checked to run on its target.
   - Old images are removed only with O(remove_sources=true), and then only the disks whose switch was verified
-    (O(verify=true)) and checked to run on the target.
+    (O(verify=true)) and checked to run on the target, and never one that still holds a snapshot (it is kept and
+    the VM's record says why).
   - The role C(vmfleet.kvm.storage_migration) is built on it.
 extends_documentation_fragment:
   - vmfleet.kvm.fleet
@@ -64,6 +65,22 @@ options:
       - Directory of the per-disk journals; keep it the same across runs.
     type: path
     default: /var/lib/vmfleet/journal
+  snapshots:
+    description:
+      - What happens to snapshots the moved disks hold, which a live copy cannot carry (see
+        O(vmfleet.kvm.drive_mirror#module:snapshots)).
+      - V(keep) fails the VM before anything of it changes, naming each snapshot; V(drop) deletes them from the VM
+        before its disk switches.
+    type: str
+    choices: [keep, drop]
+    default: keep
+    version_added: 1.2.0
+  memory_dir:
+    description:
+      - Directory of the instant snapshots' memory files and manifests, for O(snapshots=drop).
+    type: path
+    default: /var/lib/vmfleet/snapshots
+    version_added: 1.2.0
 seealso:
   - module: vmfleet.kvm.drive_mirror
   - module: vmfleet.kvm.fleet_progress
@@ -85,7 +102,9 @@ RETURN = r'''
 vms:
   description:
     - One record per VM; C(moved) lists each disk copied (C(disk), C(source), C(target), C(changed),
-      C(on_target), C(verified), C(bytes_total), C(rate_mib_s), C(paused_ms)); C(sources_removed) the images deleted.
+      C(on_target), C(verified), C(bytes_total), C(rate_mib_s), C(paused_ms), C(snapshots_dropped), and
+      C(source_kept) when O(remove_sources) kept an old image that holds a snapshot, saying which); C(sources_removed)
+      the images deleted.
   returned: always
   type: list
   elements: dict
@@ -125,6 +144,7 @@ error:
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet import workflows as wf
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.run import FleetRun
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.runner import fleet_module, run_module
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.instant import DEFAULT_MEMORY_DIR
 
 
 def work(module):
@@ -144,6 +164,8 @@ def main():
         verify=dict(type='bool', default=True),
         remove_sources=dict(type='bool', default=False),
         journal_dir=dict(type='path', default='/var/lib/vmfleet/journal'),
+        snapshots=dict(type='str', choices=['keep', 'drop'], default='keep'),
+        memory_dir=dict(type='path', default=DEFAULT_MEMORY_DIR),
     )), work)
 
 

@@ -101,9 +101,22 @@ snapshots:
       type: float
       sample: 812.5
     consistent:
-      description: The same moment on every disk that holds it, with RAM state in at most one.
+      description:
+        - The same moment on every disk that holds it, with RAM state in at most one, and held by every disk it was
+          taken on (as libvirt's snapshot metadata or the instant snapshot's manifest recorded them).
+        - A snapshot missing on a disk it was taken on (a storage move that carried no snapshot) is not, and cannot be
+          reverted (the revert fails before anything stops).
       type: bool
       sample: true
+    missing_disks:
+      description:
+        - Disks the snapshot was taken on whose image no longer holds it; absent when none.
+        - Known for snapshots in libvirt's metadata and instant snapshots; a snapshot taken through QEMU's jobs
+          records its disks only in the images.
+      type: list
+      elements: str
+      returned: when a disk lost the snapshot
+      sample: [vda]
     in_libvirt:
       description: libvirt's snapshot metadata knows it (made through libvirt's API).
       type: bool

@@ -118,9 +118,25 @@ options:
       - Once in postcopy the migration cannot be cancelled; a network failure then leaves the guest paused.
     type: bool
     default: false
+  journal_dir:
+    description:
+      - For a libvirt domain with snapshots, the directory of the durable journal that holds their metadata while it
+        moves (C(<journal_dir>/<domain>.snapshots.json), created with mode 0700), so that a run killed half-way is
+        finished by the next one.
+    type: path
+    default: /var/lib/vmfleet/journal
+    version_added: 1.2.0
 notes:
   - O(timeout) bounds the whole run; when it runs out during precopy the migration is cancelled and the VM runs
     on at the source.
+  - A libvirt domain with snapshots moves with O(storage=shared) (libvirt itself refuses to migrate a domain with
+    snapshot metadata). Their internal snapshots stay in the shared images; their metadata goes with the domain - each
+    snapshot's XML is dumped (secure) into a durable journal in O(journal_dir), the metadata alone is removed, the
+    domain migrates, and the snapshots are defined again at the destination (the current one current again), or back
+    at the source when the migration fails. A re-run after the module was killed half-way defines them where the
+    domain runs.
+  - O(storage=copy) cannot carry snapshots (the copy takes the disks' active data only); a domain with any, in
+    libvirt's metadata or in its images, is refused before anything changes, naming each.
 seealso:
   - module: vmfleet.kvm.vm_save
   - module: vmfleet.kvm.drive_mirror
@@ -214,6 +230,25 @@ disks:
   type: list
   elements: dict
   sample: [{target: vda, source: /var/lib/libvirt/images/db01.qcow2, destination: /srv/vms/db01.qcow2}]
+snapshots:
+  description: A libvirt domain's snapshots in libvirt's metadata, which move with it.
+  returned: when a libvirt domain was planned to move
+  type: list
+  elements: str
+  sample: [vmfleet-pre-upgrade-20261203]
+snapshots_defined:
+  description:
+    - The snapshots defined again at the destination after the move (or at the source after a failed one, or, on a
+      re-run after a killed run, where the domain runs).
+  returned: when a libvirt domain's snapshot metadata moved
+  type: list
+  elements: str
+  sample: [vmfleet-pre-upgrade-20261203]
+snapshots_defined_at:
+  description: Where a re-run (or a failed migration) defined the snapshots again, as a libvirt URI.
+  returned: when a re-run or a failure put the snapshot metadata back
+  type: str
+  sample: qemu:///system
 source_state:
   description: After a failure, whether the domain still runs at the source.
   returned: failed
@@ -254,6 +289,7 @@ def main():
         parallel_connections=dict(type='int', default=1),
         auto_converge=dict(type='bool', default=False),
         postcopy=dict(type='bool', default=False),
+        journal_dir=dict(type='path', default='/var/lib/vmfleet/journal'),
     ), relaunches=True), migrate_vm)
 
 

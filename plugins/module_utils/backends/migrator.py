@@ -50,6 +50,12 @@ class Migrator(object):
         (unless past postcopy's switch)."""
         raise NotImplementedError
 
+    def recover(self):
+        """Before anything else: finish what a killed run left half-done that is the backend's own
+        (libvirt: snapshot metadata taken off the domain and not yet defined again); a dict for the
+        result, or None."""
+        return None
+
     def close(self):
         pass
 

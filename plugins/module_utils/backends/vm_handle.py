@@ -154,6 +154,11 @@ class VmHandle(object):
         """Names of the snapshots the backend keeps metadata of."""
         return set()
 
+    def native_snapshot_disks(self):
+        """The disks each snapshot of the backend's metadata was taken on, as it
+        recorded them (name -> [disk names]); the images may have lost one since."""
+        return {}
+
     def native_snapshot_create(self, name, disk_names):
         """A full internal snapshot ``name`` (RAM and the disks ``disk_names``), recorded by the backend."""
         raise CapabilityMissing("VM '%s' (%s) has no snapshot API of its own" % (self.name, self.backend))
@@ -249,7 +254,16 @@ class VmHandle(object):
             return find_disk(self.name, disks, name, self.disk_aliases())
 
     def snapshots(self, disks=None):
-        return summarize_snapshots(self.disks() if disks is None else disks)
+        """Every snapshot the images hold, one entry per name; a snapshot the
+        backend's metadata records on a disk whose image no longer holds it
+        (moved by a copy that carries no snapshot) is inconsistent, naming it."""
+        out = summarize_snapshots(self.disks() if disks is None else disks)
+        recorded = self.native_snapshot_disks() if out else {}
+        for s in out:
+            missing = sorted(set(recorded.get(s['name'], ())) - set(s['disks']))
+            if missing:
+                s.update(missing_disks=missing, consistent=False)
+        return out
 
     def describe(self):
         disks = self.disks()

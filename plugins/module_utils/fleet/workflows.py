@@ -13,6 +13,7 @@ import os
 import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import durable
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import listed_names, open_vm
 from ansible_collections.vmfleet.kvm.plugins.module_utils.mirror.drive_mirror import drive_mirror
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument, JobFailed, VmfleetError
@@ -135,14 +136,16 @@ def migrate_storage(run, target, record):
                 os.makedirs(tdir, exist_ok=True)  # the pool's other VMs may make it meanwhile
                 os.chmod(tdir, 0o755)  # libvirt's QEMU runs as another user and must reach its images
             params = dict(MIRROR_DEFAULTS, disk=move['disk'], target=move['target'], copy_mode=p['copy_mode'],
-                          verify=p['verify'], journal_dir=p['journal_dir'], timeout=run.deadline.remaining(1.0))
+                          verify=p['verify'], journal_dir=p['journal_dir'], snapshots=p['snapshots'],
+                          memory_dir=p['memory_dir'], timeout=run.deadline.remaining(1.0))
             try:
                 r = drive_mirror(run.module, vm, params, check_mode=run.check_mode)
             except VmfleetError as e:
                 e.msg = 'disk %s: %s' % (move['disk'], e.msg)
                 raise
             moved.append(dict(move, changed=r['changed'], on_target=r['on_target'], verified=r['verified'],
-                              bytes_total=r['bytes_total'], rate_mib_s=r['rate_mib_s'], paused_ms=r['paused_ms']))
+                              bytes_total=r['bytes_total'], rate_mib_s=r['rate_mib_s'], paused_ms=r['paused_ms'],
+                              snapshots_dropped=r['snapshots_dropped']))
             record['changed'] = record.get('changed') or r['changed']
         if run.check_mode:
             return
@@ -153,6 +156,11 @@ def migrate_storage(run, target, record):
     if p['remove_sources']:
         for m in moved:
             if m['on_target'] and m['verified'] and os.path.exists(m['source']):
+                held = [s['name'] for s in qemu_img.image_info(run.module, m['source'], m['format']).get('snapshots', [])]
+                if held:
+                    # it may hold the only copy of a rollback point: never deleted
+                    m['source_kept'] = 'it holds snapshot%s %s' % ('s' if len(held) > 1 else '', ', '.join(held))
+                    continue
                 os.unlink(m['source'])
                 removed.append(m['source'])
                 record['changed'] = True

@@ -131,12 +131,21 @@ def migrate(module, p):
     except (VmNotFound, ConnectionFailed) as e:
         # not here (any more): done when it runs at the destination
         with migrator_for(module, p, deadline) as m:
-            return _not_here(m, e)
+            return _recovered(module, m, lambda: _not_here(m, e))
     with vm:
         with vm.migrator(p, deadline) as m:
             if not vm.is_running():
-                return _not_here(m, None)
-            return _migrate(module, p, vm, m, deadline)
+                return _recovered(module, m, lambda: _not_here(m, None))
+            return _recovered(module, m, lambda: _migrate(module, p, vm, m, deadline))
+
+
+def _recovered(module, m, then):
+    """What a killed run left half-done is finished first (not in check mode)."""
+    done = None if module.check_mode else m.recover()
+    result = then()
+    if done:
+        result.update(done, changed=True)
+    return result
 
 
 def _base_result(p, m):

@@ -24,6 +24,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions impo
     InvalidArgument, JobFailed, OperationTimeout, SpaceTooSmall, TargetProblem, VmfleetError, VmGone,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline, poll_until
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.task import snapshot_task
 
 POLL_S = 0.25
 MIB = 1024.0 * 1024.0
@@ -52,6 +53,7 @@ class DriveMirror(object):
         self.paused_ms = None
         self.verified = None
         self.changed = False
+        self.dropped = []
 
     # -- helpers --
     def _act(self, action, **kw):
@@ -81,7 +83,8 @@ class DriveMirror(object):
                  bytes_total=self.bytes_total, bytes_copied=self.bytes_copied,
                  duration_s=round(dur, 3), copy_s=round(copy_s, 3) if copy_s is not None else None,
                  rate_mib_s=rate, paused_ms=self.paused_ms, verified=self.verified,
-                 journal=journal.to_dict() if journal.exists else None)
+                 journal=journal.to_dict() if journal.exists else None,
+                 snapshots_dropped=self.dropped)
         if self.progress:
             r['progress'] = self.progress
         return r
@@ -258,6 +261,7 @@ class DriveMirror(object):
                                                 'the switch did not happen'))
         fmt = p['target_format'] or self.disk.format
         if job is None:
+            self._snapshots_guard()
             job = self._start(journal, fmt)
             if job is None:  # check mode
                 return self._predict(journal)
@@ -273,7 +277,37 @@ class DriveMirror(object):
         job = self._wait_ready(job, journal)
         if p['state'] == 'ready':
             return self._result(self.disk, journal, False)
+        # one taken while the copy ran would be left behind too
+        self._snapshots_guard(job)
         return self._switch(job, journal, fmt)
+
+    def _snapshots_guard(self, job=None):
+        """The internal snapshots of the source image cannot ride a block copy
+        (the copy carries the active data only): never move them silently.
+        Refused before anything changes, naming each one; with snapshots: drop,
+        each is deleted from the VM (every disk, libvirt's metadata, an instant
+        snapshot's memory file) before the switch, so none is left half."""
+        held = sorted(set(s.name for s in self.vm.disk(self.disk.name).snapshots))
+        if not held:
+            return
+        if self.p['snapshots'] != 'drop':
+            raise InvalidArgument(
+                "disk '%s' of VM '%s' holds snapshot%s %s, which a live copy to %s cannot carry (qcow2 internal "
+                "snapshots stay in the source image)" % (
+                    self.disk.name, self.vm.name, 's' if len(held) > 1 else '', ", ".join("'%s'" % n for n in held),
+                    self.target),
+                hint=("nothing was changed%s; delete them first (vmfleet.kvm.snapshot state: absent), or set "
+                      "snapshots: drop to delete them with the move" % (
+                          " (the copy job %s is left running; cancel it with state: cancelled)" % job['id']
+                          if job else "")),
+                **self._result(self.disk, self.journal, False))
+        for name in held:
+            self._act('drop_snapshot', name=name)
+            if not self.check:
+                snapshot_task(self.vm, dict(state='absent', name=name, mode='internal', disks=None, vmstate_disk=None,
+                                            memory=True, overwrite=False, memory_dir=self.p['memory_dir'],
+                                            load='full', timeout=self.deadline.remaining(1.0)), False)
+            self.dropped.append(name)
 
     def _predict(self, journal, job=None):
         if self.p['state'] == 'pivoted':

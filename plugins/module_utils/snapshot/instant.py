@@ -106,27 +106,32 @@ def _disk_record(snap_disk):
     return dict(name=snap_disk.name, file=snap_disk.file, node_name=snap_disk.node_name)
 
 
-def holds(manifest, disks):
-    """True when every disk of the manifest holds the very disk snapshot it recorded."""
+def missing_disks(manifest, disks):
+    """The disks of the manifest that no longer hold the very disk snapshot it recorded."""
     by_name = dict((d.name, d) for d in disks)
+    out = []
     for rec in manifest.get('disks', []):
         d = by_name.get(rec['name'])
-        if d is None:
-            return False
-        if not [s for s in d.snapshots
-                if s.name == manifest['name'] and abs(s.date_sec - rec['date_sec']) < 1.0 and not s.vm_state_size]:
-            return False
-    return True
+        if d is None or not [s for s in d.snapshots if s.name == manifest['name']
+                             and abs(s.date_sec - rec['date_sec']) < 1.0 and not s.vm_state_size]:
+            out.append(rec['name'])
+    return out
+
+
+def holds(manifest, disks):
+    """True when every disk of the manifest holds the very disk snapshot it recorded."""
+    return not missing_disks(manifest, disks)
 
 
 def describe(manifest, path, disks):
     """The snapshot_info/snapshot entry of an instant snapshot."""
-    ok = holds(manifest, disks)
+    missing = missing_disks(manifest, disks)
+    ok = not missing
     try:
         size = os.path.getsize(path)
     except OSError:
         size = None
-    return dict(
+    out = dict(
         name=manifest['name'], mode=KIND,
         disks=[r['name'] for r in manifest['disks']] if ok else [],
         vmstate_disk=None, memory_file=path, vm_state_size=size or 0,
@@ -134,6 +139,9 @@ def describe(manifest, path, disks):
         paused_ms=manifest.get('paused_ms'),
         consistent=ok and size is not None and size == manifest.get('memory_bytes'),
     )
+    if missing:
+        out['missing_disks'] = missing
+    return out
 
 
 def guard_internal(vm, memory_dir, name):
@@ -425,10 +433,12 @@ class InstantSnapshots(object):
                                        " (an internal snapshot of that name exists: use mode: internal)"
                                        if internal else ""))
         # Everything is checked before anything stops: never half-revert.
-        if not holds(manifest, disks):
-            raise SnapshotInconsistent("the disks of VM '%s' no longer hold instant snapshot '%s' (%s)"
-                                       % (vm.name, name, ", ".join(r['name'] for r in manifest['disks'])),
-                                       hint="nothing was changed; the snapshot cannot be reverted, remove it")
+        missing = missing_disks(manifest, disks)
+        if missing:
+            raise SnapshotInconsistent(
+                "instant snapshot '%s' of VM '%s' is missing on disk %s (it was taken on %s): the image there no "
+                "longer holds it" % (name, vm.name, ", ".join(missing), ", ".join(r['name'] for r in manifest['disks'])),
+                hint="nothing was changed; the snapshot cannot be reverted, remove it (state: absent)")
         manifest_store.check_files(path, manifest, checksum=False)
         vm.check_relaunch(manifest['qemu'], "instant snapshot '%s'" % name)
         by_name = dict((d.name, d) for d in disks)

@@ -220,9 +220,19 @@ class Snapshots(object):
 
     def _delete(self, name, snap, disks, deadline=None):
         holders = [d for d in disks if d.name in snap['disks']]
-        if self._native_knows(name):
+        known = self._native_knows(name)
+        if known and not snap.get('missing_disks'):
             self.vm.native_snapshot_delete(name)
             return self.vm.backend
+        if known:
+            # a disk lost it: the backend's delete would fail on that disk; the images that
+            # hold it are cleared first, then the backend's record of it
+            self._delete_from_images(name, holders, deadline)
+            self.vm.native_snapshot_delete(name, metadata_only=True)
+            return self.vm.backend
+        return self._delete_from_images(name, holders, deadline)
+
+    def _delete_from_images(self, name, holders, deadline):
         if not self._running():
             self._qemu_img('-d', name, holders)
             return 'qemu-img'
@@ -243,6 +253,12 @@ class Snapshots(object):
             known = [s['name'] for s in self.vm.snapshots(disks)]
             raise SnapshotNotFound("VM '%s' has no snapshot '%s'" % (self.vm.name, name),
                                    hint="its snapshots are: %s" % (", ".join(known) or "none"))
+        if snap.get('missing_disks'):
+            raise SnapshotInconsistent(
+                "snapshot '%s' of VM '%s' is missing on disk %s (it was taken on %s): the image there no longer "
+                "holds it" % (name, self.vm.name, ", ".join(snap['missing_disks']),
+                              ", ".join(sorted(snap['disks'] + snap['missing_disks']))),
+                hint="nothing was changed; the snapshot cannot be reverted, remove it (state: absent)")
         if not snap['consistent']:
             raise SnapshotInconsistent(
                 "snapshot '%s' of VM '%s' is not one moment across its disks (%s)"

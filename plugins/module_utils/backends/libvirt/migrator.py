@@ -22,10 +22,14 @@ from xml.sax.saxutils import escape
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.connection import (
     close_quietly, connect, domain_running, event_loop, find_domain, open_remote,
 )
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.snapshot_carry import (
+    SnapshotCarry, snapshot_names,
+)
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.migrator import Migrator
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.addresses import bracketed, destination_host, user_at
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     ConnectionFailed, DestinationProblem, InvalidArgument, JobFailed, OperationTimeout, SpaceTooSmall, TargetProblem,
+    VmfleetError,
 )
 
 try:
@@ -60,6 +64,7 @@ class LibvirtMigrator(Migrator):
         self.pool_made = False    # a transient pool this run made (destroyed at the end; files stay)
         self.volumes_made = []    # images this run created at the destination (removed on failure)
         self.plan_ = None
+        self.carry = SnapshotCarry(params.get('journal_dir'), self.name)
         if vm is not None:
             # a connection of its own, opened after the event loop: the job-completed event comes on it
             event_loop()
@@ -110,7 +115,10 @@ class LibvirtMigrator(Migrator):
             flags |= libvirt.VIR_MIGRATE_POSTCOPY
         report = dict(route=self.route, migration_uri=params[libvirt.VIR_MIGRATE_PARAM_URI])
         disks = []
+        snaps = snapshot_names(dom)
+        report['snapshots'] = snaps
         if self.p['storage'] == 'copy':
+            self._refuse_snapshots_copy(snaps)
             flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
             xml, persist_xml, disks = self._copy_xml(dom)
             if disks:
@@ -125,13 +133,66 @@ class LibvirtMigrator(Migrator):
         return report
 
     def migrate(self, progress):
+        carried = None
         try:
             if self.plan_['disks']:
                 self._create_images(self.plan_['disks'])
-            return self._migrate(self.dom, self.plan_, progress)
-        except BaseException:
+            if self.plan_['report']['snapshots']:
+                # libvirt migrates no domain with snapshot metadata: it moves around the migration
+                carried = self.carry.take(self.dom, self.dest_uri)
+            out = self._migrate(self.dom, self.plan_, progress)
+        except BaseException as e:
             self._remove_images()
+            if carried:
+                self._put_back_after_failure(e)
             raise
+        if carried:
+            there = find_domain(self.dst, self.name)
+            out['snapshots_defined'] = self.carry.put_back(there, self.dest_uri)
+        return out
+
+    def _put_back_after_failure(self, e):
+        """The migration failed: the metadata goes back to the source (where the domain runs on)."""
+        try:
+            done = self._put_back_where_it_runs(source_first=True)
+        except VmfleetError as e2:
+            if isinstance(e, VmfleetError):
+                e.msg += '; %s' % e2.msg
+                e.hint = e2.hint
+            return
+        if isinstance(e, VmfleetError):
+            e.result.update(done)
+
+    def recover(self):
+        """A run killed after it removed the snapshot metadata: define it again where the domain runs."""
+        if self.carry.pending() is None:
+            return None
+        return self._put_back_where_it_runs()
+
+    def _put_back_where_it_runs(self, source_first=False):
+        places = [(self.dst, self.dest_uri), (self.src, self.p['uri'])]
+        for conn, where in (reversed(places) if source_first else places):
+            try:
+                dom = find_domain(conn, self.name) if conn is not None else None
+            except libvirt.libvirtError:
+                continue  # that libvirtd is gone
+            if domain_running(dom):
+                return dict(snapshots_defined=self.carry.put_back(dom, where), snapshots_defined_at=where)
+        raise JobFailed("domain '%s' runs neither here nor at %s: its snapshots' metadata is kept in %s"
+                        % (self.name, self.dest_uri, self.carry.path),
+                        hint="start it where it should run, then run the task again to define its snapshots there")
+
+    def _refuse_snapshots_copy(self, snaps):
+        """A copy of the disks carries their active data only: internal snapshots would stay behind."""
+        held = set(snaps)
+        if self.vm is not None:
+            held.update(s['name'] for s in self.vm.snapshots())
+        if held:
+            raise InvalidArgument(
+                "storage: copy cannot carry the snapshots of domain '%s' (%s): the copy takes the disks' active data "
+                "only" % (self.name, ', '.join(sorted(held))),
+                hint="nothing was changed; migrate it with shared storage (its snapshots then go with it), or delete "
+                     "them first")
 
     def _copy_xml(self, dom):
         """With storage copy: the writable file disks to copy, and the domain XML with their

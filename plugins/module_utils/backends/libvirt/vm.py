@@ -370,6 +370,18 @@ class LibvirtVm(VmHandle):
     def native_snapshot_names(self):
         return set(self._call('listing snapshots', self.dom.snapshotListNames, 0))
 
+    def native_snapshot_disks(self):
+        out = {}
+        for name in self.native_snapshot_names():
+            try:
+                snap = self.dom.snapshotLookupByName(name, 0)
+                root = ET.fromstring(snap.getXMLDesc(0))
+            except libvirt.libvirtError:
+                continue  # deleted meanwhile
+            out[name] = [d.get('name') for d in root.findall('./disks/disk')
+                         if d.get('snapshot', 'internal') == 'internal']
+        return out
+
     def native_snapshot_create(self, name, disk_names):
         root = ET.Element('domainsnapshot')
         ET.SubElement(root, 'name').text = name
