@@ -162,3 +162,26 @@ def test_a_destination_with_another_cas_certificates_fails_and_the_vm_runs_on(fl
     assert_consecutive(t.counters_after(start))
     if backend == 'qemu':
         assert not os.path.exists(_raw_sock(dst, vm)[1])
+
+
+def _copy_dir(host, backend, name):
+    """A directory ``name`` of ``host``'s own for copied disks, as the host sees it."""
+    d = host.path('lib', 'images', name) if backend == 'libvirt' else host.path('vmfleet', name)
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    return ('/var/lib/libvirt/images/' if backend == 'libvirt' else '/var/lib/vmfleet/') + name
+
+
+@pytest.mark.parametrize('backend', ['libvirt', 'qemu'])
+def test_tls_keeps_the_copied_disks_off_the_wire_too(fleet, tmp_path, backend):
+    """storage: copy. In clear the capture sees the guest's disk records (``VMFLEET <disk> <n>``,
+    over NBD) and its marker; with tls (NBD with tls-creds) neither."""
+    vm, marker = fleet.markers[backend]
+    for name, tls, record_seen in (('copy-clear', False, True), ('copy-tls', True, False)):
+        src, dst = _where(fleet, backend, vm)
+        r, cap, marker = _migrate_captured(fleet, tmp_path, backend, name, tls=tls, storage='copy',
+                                           destination_dir=_copy_dir(dst, backend, name))
+        assert r['tls'] is tls and r['disk_bytes'] > 0, r
+        streams = cap.streams().values()
+        assert any(re.search(rb'VMFLEET vd[a-z] \d+|VMFLEET-SEQ \d+', s) for s in streams) is record_seen, name
+        assert cap.holds(marker.encode()) is record_seen, name

@@ -338,16 +338,36 @@ class LibvirtMigrator(Migrator):
             return None
         return info
 
+    def _failed_job(self):
+        """The stats of the migration job that just failed ({} when libvirt keeps none)."""
+        try:
+            d = find_domain(self.src, self.name)
+            return d.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED) if d is not None else {}
+        except libvirt.libvirtError:
+            return {}
+
     def _failure(self, e, partial):
         code = e.get_error_code()
         msg = e.get_error_message()
-        if self.p.get('tls') and _tls_error(msg):
-            return DestinationProblem(
-                "the TLS migration of '%s' to %s failed before the guest paused: %s" % (self.name, self.dest_uri, msg),
-                hint="the domain runs on at the source. Each host needs, in libvirt's migrate_tls_x509_cert_dir (default "
-                     "/etc/pki/qemu), ca-cert.pem (the fleet's one CA), server-cert.pem/server-key.pem naming the host's "
-                     "migration address (%s at the destination) and client-cert.pem/client-key.pem, all signed by that CA "
-                     "and readable by libvirt's QEMU user" % self.migration_address, **partial)
+        if self.p.get('tls'):
+            # the source QEMU's reason (a handshake refused) is in the failed job's stats; libvirt's own
+            # message may only say that the destination QEMU went away (it quits on a refused handshake)
+            failed = self._failed_job()
+            qemu_msg = failed.get('errmsg') or ''
+            if qemu_msg and qemu_msg not in msg:
+                msg = '%s; QEMU: %s' % (msg, qemu_msg)
+            early = not failed.get('memory_processed') and partial.get('source_state') == 'running'
+            if _tls_error(msg) or early:
+                return DestinationProblem(
+                    "the TLS migration of '%s' to %s failed %s: %s"
+                    % (self.name, self.dest_uri, 'before any memory was sent, before the guest paused' if early
+                       else 'on its TLS channel', msg),
+                    hint="the domain runs on at the source when source_state says running. Each host needs, in "
+                         "libvirt's migrate_tls_x509_cert_dir (default /etc/pki/qemu), ca-cert.pem (the fleet's one "
+                         "CA), server-cert.pem/server-key.pem naming the host's migration address (%s at the "
+                         "destination) and client-cert.pem/client-key.pem, all signed by that CA and readable by "
+                         "libvirt's QEMU user; a destination that refuses this host's certificate shows as the "
+                         "destination QEMU closing the connection" % self.migration_address, **partial)
         if code == libvirt.VIR_ERR_CPU_INCOMPATIBLE:
             return DestinationProblem("the destination's CPU cannot run domain '%s': %s" % (self.name, msg),
                                       hint="give the domain a CPU model both hosts have", **partial)

@@ -253,9 +253,12 @@ class QemuMigrator(Migrator):
                 return info
             if status in ('failed', 'cancelled'):
                 desc = info.get('error-desc', 'QEMU gave no reason')
-                if self.tls and _tls_error(desc):
+                early = not info.get('ram', {}).get('transferred')
+                if self.tls and (_tls_error(desc) or early):
                     raise DestinationProblem(
-                        "the TLS handshake with %s (%s) failed before the guest paused: %s" % (self.remote.host, self.migration_address, desc),
+                        "the TLS migration to %s (%s) failed %s: %s" % (
+                            self.remote.host, self.migration_address,
+                            'before any memory was sent, before the guest paused' if early else 'on its TLS channel', desc),
                         hint="the VM runs on at the source. This host's %s/client-cert.pem and %s's %s/server-cert.pem "
                              "(naming %s) must be signed by the one CA whose ca-cert.pem both hosts have in %s"
                              % (self.tls_dir, self.remote.host, self.tls_dir, self.migration_address, self.tls_dir))
