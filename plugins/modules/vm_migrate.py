@@ -137,15 +137,16 @@ options:
         the file and the host; the VM runs on at the source.
     type: bool
     default: false
+    version_added: 1.2.0
   tls_dir:
     description:
       - For a raw QEMU VM with O(tls), the directory of the certificates at both hosts, in libvirt's layout -
         C(ca-cert.pem) (the fleet's CA), C(server-cert.pem) and C(server-key.pem) (used at the destination; the
         certificate names the host's migration address), C(client-cert.pem) and C(client-key.pem) (used at the
         source). Default - C(/etc/pki/qemu), libvirt's.
-      - The C(vmfleet.kvm.hypervisor) role installs them (C(vmfleet_migration_tls_*) variables).
       - For a libvirt domain libvirt's C(qemu.conf) says where they are; giving O(tls_dir) fails.
     type: path
+    version_added: 1.2.0
 notes:
   - O(timeout) bounds the whole run; when it runs out during precopy the migration is cancelled and the VM runs
     on at the source.

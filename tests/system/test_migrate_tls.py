@@ -12,7 +12,7 @@ import time
 import pytest
 
 from rig.accel import detect_accel
-from rig.ansible_run import run_tasks
+from rig.ansible_run import run_playbook, run_tasks
 from rig.hypervisors import FleetView
 from rig.qmp import qmp
 from rig.targets import Target, assert_consecutive
@@ -162,6 +162,32 @@ def test_a_destination_with_another_cas_certificates_fails_and_the_vm_runs_on(fl
     assert_consecutive(t.counters_after(start))
     if backend == 'qemu':
         assert not os.path.exists(_raw_sock(dst, vm)[1])
+
+
+def test_host_evacuate_with_vmfleet_migration_tls_keeps_the_memory_off_the_wire(fleet, tmp_path):
+    """The host_evacuate playbook (host_maintenance's evacuate and return phases) with
+    vmfleet_migration_tls: both VMs go to hv2 and come back, and a capture on hv1 (it sees both
+    ways) holds neither marker; the test before shows that the same capture sees them in clear."""
+    hv1, hv2 = fleet.hosts
+    targets = [Target(vm, backend) for backend, (vm, _m) in fleet.markers.items()]
+    for backend, (vm, _m) in fleet.markers.items():
+        assert _where(fleet, backend, vm)[0] is hv1
+    starts = dict((t.vm.name, t.serial_size()) for t in targets)
+    with Capture(hv1, str(tmp_path / 'evacuate.frames')) as cap:
+        proc = run_playbook('vmfleet.kvm.host_evacuate', inventory=fleet.inventory, timeout=900, extra_args=['-v'],
+                            extra_vars={'vmfleet_hosts': hv1.name, 'vmfleet_destinations': hv2.name,
+                                        'vmfleet_migration_tls': True, 'host_maintenance_fallback': 'none',
+                                        'host_maintenance_destination_qmp_dir': '/var/lib/vmfleet'})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and 'Traceback' not in out, out[-6000:]
+    # both went to hv2 and are back at hv1, counting on; nothing of their memory crossed in clear
+    for backend, (vm, marker) in fleet.markers.items():
+        assert _runs_at(backend, vm, hv1) and not _runs_at(backend, vm, hv2)
+        assert not cap.holds(marker.encode()), backend
+    assert cap.bytes_seen() > 4 << 20  # both guests' memory went by, both ways
+    for t in targets:
+        t.wait_counter(t.counter() + 2, timeout=180)
+        assert_consecutive(t.counters_after(starts[t.vm.name]))
 
 
 def _copy_dir(host, backend, name):
