@@ -4,12 +4,15 @@ token), and an AF_PACKET capture on the source host's eth0 (its network namespac
 pass in a clear migration and not in a TLS one; a destination with another CA's certificates
 fails before the guest pauses and the VM runs on at the source."""
 
+import grp
 import os
 import re
 import secrets
 import time
 
 import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
 
 from rig.accel import detect_accel
 from rig.ansible_run import run_playbook, run_tasks
@@ -211,3 +214,51 @@ def test_tls_keeps_the_copied_disks_off_the_wire_too(fleet, tmp_path, backend):
         streams = cap.streams().values()
         assert any(re.search(rb'VMFLEET vd[a-z] \d+|VMFLEET-SEQ \d+', s) for s in streams) is record_seen, name
         assert cap.holds(marker.encode()) is record_seen, name
+
+
+def test_the_hypervisor_role_installs_the_certificates_a_tls_migration_then_uses(fleet, tmp_path):
+    """The hypervisor role's migration certificates (tasks_from migration_tls) on the destination,
+    from variables (the keys as from a vault) and a file on the controller (the CA): modes and
+    group as libvirt's QEMU needs them, no key in the output, and a TLS migration of the libvirt
+    domain to that host works; one file missing fails naming it, before anything is written."""
+    vm, marker = fleet.markers['libvirt']
+    src, dst = _where(fleet, 'libvirt', vm)
+    pki = dst.path('pki')
+    for f in os.listdir(pki):
+        os.unlink(os.path.join(pki, f))
+    (tmp_path / 'ca-cert.pem').write_bytes(fleet.ca.cert.public_bytes(serialization.Encoding.PEM))
+    files = {}
+    for usage in ('server', 'client'):
+        cert, key = fleet.ca.issue(dst.name, usage, dst.address)
+        files['hypervisor_migration_tls_%s_cert' % usage] = cert.decode()
+        files['hypervisor_migration_tls_%s_key' % usage] = key.decode()
+    play = tmp_path / 'play.yml'
+    play.write_text(yaml.safe_dump([{'hosts': dst.name, 'gather_facts': False, 'tasks': [
+        {'ansible.builtin.include_role': {'name': 'vmfleet.kvm.hypervisor', 'tasks_from': 'migration_tls'}}]}]))
+
+    def role(**extra):
+        proc = run_playbook(str(play), inventory=fleet.inventory, timeout=300, extra_args=['-v'],
+                            extra_vars=dict(hypervisor_migration_tls=True, **extra))
+        return proc.returncode, proc.stdout + proc.stderr
+
+    # the client key missing: refused, naming it, nothing written
+    rc, out = role(hypervisor_migration_tls_src_dir=str(tmp_path),
+                   **dict((k, v) for k, v in files.items() if k != 'hypervisor_migration_tls_client_key'))
+    assert rc != 0 and 'client-key.pem' in out and 'hypervisor_migration_tls_client_key' in out, out[-3000:]
+    assert os.listdir(pki) == []
+    rc, out = role(hypervisor_migration_tls_src_dir=str(tmp_path), **files)
+    assert rc == 0, out[-3000:]
+    assert 'PRIVATE KEY' not in out  # no_log
+    modes = dict((f, (os.stat(os.path.join(pki, f)).st_mode & 0o777, grp.getgrgid(os.stat(os.path.join(pki, f)).st_gid).gr_name))
+                 for f in os.listdir(pki))
+    assert modes == {'ca-cert.pem': (0o644, 'root'), 'server-cert.pem': (0o644, 'root'), 'client-cert.pem': (0o644, 'root'),
+                     'server-key.pem': (0o640, 'libvirt-qemu'), 'client-key.pem': (0o640, 'libvirt-qemu')}, modes
+    # idempotent
+    rc, out = role(hypervisor_migration_tls_src_dir=str(tmp_path), **files)
+    assert rc == 0 and 'changed=0' in out, out[-3000:]
+    # what it installed carries a TLS migration (libvirt's QEMU reads the server key)
+    with Capture(src, str(tmp_path / 'role.frames')) as cap:
+        (r,), log = _play(fleet, src, [_task('libvirt', vm, src, dst, tls=True)])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    _moved('libvirt', vm, src, dst)
+    assert not cap.holds(marker.encode())
