@@ -193,29 +193,6 @@ def test_host_evacuate_with_vmfleet_migration_tls_keeps_the_memory_off_the_wire(
         assert_consecutive(t.counters_after(starts[t.vm.name]))
 
 
-def _copy_dir(host, backend, name):
-    """A directory ``name`` of ``host``'s own for copied disks, as the host sees it."""
-    d = host.path('lib', 'images', name) if backend == 'libvirt' else host.path('vmfleet', name)
-    os.makedirs(d, exist_ok=True)
-    os.chmod(d, 0o755)
-    return ('/var/lib/libvirt/images/' if backend == 'libvirt' else '/var/lib/vmfleet/') + name
-
-
-@pytest.mark.parametrize('backend', ['libvirt', 'qemu'])
-def test_tls_keeps_the_copied_disks_off_the_wire_too(fleet, tmp_path, backend):
-    """storage: copy. In clear the capture sees the guest's disk records (``VMFLEET <disk> <n>``,
-    over NBD) and its marker; with tls (NBD with tls-creds) neither."""
-    vm, marker = fleet.markers[backend]
-    for name, tls, record_seen in (('copy-clear', False, True), ('copy-tls', True, False)):
-        src, dst = _where(fleet, backend, vm)
-        r, cap, marker = _migrate_captured(fleet, tmp_path, backend, name, tls=tls, storage='copy',
-                                           destination_dir=_copy_dir(dst, backend, name))
-        assert r['tls'] is tls and r['disk_bytes'] > 0, r
-        streams = cap.streams().values()
-        assert any(re.search(rb'VMFLEET vd[a-z] \d+|VMFLEET-SEQ \d+', s) for s in streams) is record_seen, name
-        assert cap.holds(marker.encode()) is record_seen, name
-
-
 def test_the_hypervisor_role_installs_the_certificates_a_tls_migration_then_uses(fleet, tmp_path):
     """The hypervisor role's migration certificates (tasks_from migration_tls) on the destination,
     from variables (the keys as from a vault) and a file on the controller (the CA): modes and
@@ -262,3 +239,26 @@ def test_the_hypervisor_role_installs_the_certificates_a_tls_migration_then_uses
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     _moved('libvirt', vm, src, dst)
     assert not cap.holds(marker.encode())
+
+
+def _copy_dir(host, backend, name):
+    """A directory ``name`` of ``host``'s own for copied disks, as the host sees it."""
+    d = host.path('lib', 'images', name) if backend == 'libvirt' else host.path('vmfleet', name)
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    return ('/var/lib/libvirt/images/' if backend == 'libvirt' else '/var/lib/vmfleet/') + name
+
+
+@pytest.mark.parametrize('backend', ['libvirt', 'qemu'])
+def test_tls_keeps_the_copied_disks_off_the_wire_too(fleet, tmp_path, backend):
+    """storage: copy. In clear the capture sees the guest's disk records (``VMFLEET <disk> <n>``,
+    over NBD) and its marker; with tls (NBD with tls-creds) neither."""
+    vm, marker = fleet.markers[backend]
+    for name, tls, record_seen in (('copy-clear', False, True), ('copy-tls', True, False)):
+        src, dst = _where(fleet, backend, vm)
+        r, cap, marker = _migrate_captured(fleet, tmp_path, backend, name, tls=tls, storage='copy',
+                                           destination_dir=_copy_dir(dst, backend, name))
+        assert r['tls'] is tls and r['disk_bytes'] > 0, r
+        streams = cap.streams().values()
+        assert any(re.search(rb'VMFLEET vd[a-z] \d+|VMFLEET-SEQ \d+', s) for s in streams) is record_seen, name
+        assert cap.holds(marker.encode()) is record_seen, name
