@@ -161,6 +161,15 @@ options:
     type: bool
     default: false
     version_added: 1.1.0
+  tls:
+    description: See M(vmfleet.kvm.vm_migrate).
+    type: bool
+    default: false
+    version_added: 1.2.0
+  tls_dir:
+    description: See M(vmfleet.kvm.vm_migrate).
+    type: path
+    version_added: 1.2.0
   evacuated:
     description:
       - With O(phase=send_back), the entries of the evacuated host's C(evacuated-vms.json) whose VMs run on this host.
@@ -340,6 +349,8 @@ def main():
         parallel_connections=dict(type='int', default=1),
         auto_converge=dict(type='bool', default=False),
         postcopy=dict(type='bool', default=False),
+        tls=dict(type='bool', default=False),
+        tls_dir=dict(type='path'),
         evacuated=dict(type='list', elements='dict', default=[]),
         sent_back=dict(type='list', elements='dict', default=[]),
     )), work)

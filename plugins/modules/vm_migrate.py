@@ -69,6 +69,10 @@ options:
   migration_address:
     description:
       - Address of the destination that QEMU's migration stream goes to. Default - the host of O(destination_uri).
+      - The destination QEMU's incoming port (and with O(storage=copy) its NBD server) listens on this address
+        only when it is an IP address (a raw QEMU VM - also on a name, as the destination resolves it); for a
+        libvirt domain and a name, libvirt's C(migration_address) in the destination's C(qemu.conf) applies
+        (libvirt's default, every address).
     type: str
   storage:
     description:
@@ -126,6 +130,31 @@ options:
     type: path
     default: /var/lib/vmfleet/journal
     version_added: 1.2.0
+  tls:
+    description:
+      - Encrypt and authenticate the migration stream with TLS (X.509 certificates, both ends verified), so that
+        nobody on the migration network reads the guest's memory or feeds the destination a stream of their own.
+      - A libvirt domain - libvirt's TLS migration (C(virsh migrate --tls)) with the certificates where libvirt
+        reads them at each host (C(migrate_tls_x509_cert_dir), by default C(/etc/pki/qemu)).
+      - A raw QEMU VM - a C(tls-creds-x509) object on both QEMUs from O(tls_dir) (the destination the server,
+        verifying the source's client certificate, the source the client, checking the destination's
+        certificate against O(migration_address)); with O(storage=copy) the NBD disk copies go over TLS too.
+      - O(parallel_connections) (multifd) go over TLS as well; O(postcopy) with O(tls) is refused before
+        anything changes.
+      - Missing or unreadable certificates, or certificates of another CA, fail before the guest pauses and name
+        the file and the host; the VM runs on at the source.
+    type: bool
+    default: false
+    version_added: 1.2.0
+  tls_dir:
+    description:
+      - For a raw QEMU VM with O(tls), the directory of the certificates at both hosts, in libvirt's layout -
+        C(ca-cert.pem) (the fleet's CA), C(server-cert.pem) and C(server-key.pem) (used at the destination; the
+        certificate names the host's migration address), C(client-cert.pem) and C(client-key.pem) (used at the
+        source). Default - C(/etc/pki/qemu), libvirt's.
+      - For a libvirt domain libvirt's C(qemu.conf) says where they are; giving O(tls_dir) fails.
+    type: path
+    version_added: 1.2.0
 notes:
   - O(timeout) bounds the whole run; when it runs out during precopy the migration is cancelled and the VM runs
     on at the source.
@@ -159,6 +188,13 @@ EXAMPLES = r'''
     destination_uri: ssh://vmfleet@hv2.example.com
     parallel_connections: 2
 
+- name: Move web02 with its memory encrypted (certificates in /etc/pki/qemu at both hosts)
+  vmfleet.kvm.vm_migrate:
+    domain: web02
+    destination_uri: qemu+ssh://vmfleet@hv2.example.com/system
+    migration_address: 10.0.0.2
+    tls: true
+
 - name: Move db01 with its disks, allowing postcopy
   vmfleet.kvm.vm_migrate:
     domain: db01
@@ -184,6 +220,11 @@ route:
   returned: when the domain ran here
   type: str
   sample: libvirt-p2p
+tls:
+  description: Whether the migration stream (and with O(storage=copy) the disk copies) went over TLS.
+  returned: when the domain ran here
+  type: bool
+  sample: true
 migration_uri:
   description: Where QEMU sent the migration stream.
   returned: when the domain ran here
@@ -258,9 +299,10 @@ error:
   description:
     - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg)
       (C(msg) says what happened and what to do). C(ConnectionFailed) (the destination unreachable, or lost
-      during the migration), C(DestinationProblem) (not enough memory, CPU incompatible, a copy running there),
-      C(TargetProblem) (a destination image in the way), C(SpaceTooSmall), C(OperationTimeout) (cancelled, the
-      VM runs on at the source), C(JobFailed), C(VmNotFound), C(InvalidArgument), C(CapabilityMissing),
+      during the migration), C(DestinationProblem) (not enough memory, CPU incompatible, a copy running there,
+      with O(tls) its certificates missing or of another CA), C(TargetProblem) (a destination image in the way),
+      C(SpaceTooSmall), C(OperationTimeout) (cancelled, the VM runs on at the source), C(JobFailed), C(VmNotFound),
+      C(InvalidArgument), C(CapabilityMissing) (with O(tls) this host's certificates missing or unusable),
       C(VmBusy) (another run held the VM for all of O(timeout)); from the shared engine also C(DiskNotFound),
       C(SnapshotNotFound), C(QmpCommandError), C(VmGone), C(SnapshotInconsistent), C(ImageCorrupt),
       C(MultifdStreamError).
@@ -290,6 +332,8 @@ def main():
         auto_converge=dict(type='bool', default=False),
         postcopy=dict(type='bool', default=False),
         journal_dir=dict(type='path', default='/var/lib/vmfleet/journal'),
+        tls=dict(type='bool', default=False),
+        tls_dir=dict(type='path'),
     ), relaunches=True), migrate_vm)
 
 

@@ -12,7 +12,8 @@ the rig's key and every host's host key (its libvirtd reaches a peer's over
 process (``sleep infinity`` under ``ip netns exec NS unshare --mount
 --propagation private``) keeps the host's mount namespace, in which per-host
 directories are bind-mounted over /run/libvirt, /var/lib/libvirt, /etc/libvirt
-(a copy without domain definitions), /var/log/libvirt and /var/cache/libvirt.
+(a copy without domain definitions), /var/log/libvirt, /var/cache/libvirt and /etc/pki/qemu (migration certificates, see
+rig/tls.py).
 Every daemon of the host is started in both namespaces (``nsenter``): its own
 ``virtlogd`` and ``libvirtd`` (so ``virsh -c qemu:///system`` on the host shows
 only its domains), its own ``sshd`` (key authentication only, login user
@@ -63,7 +64,7 @@ VENV_PYTHON = os.path.join(REPO, '.venv', 'bin', 'python')
 # (/var/lib/vmfleet: the roles' reports, save images and journals stay each host's own)
 HOST_DIRS = (('run', '/run/libvirt'), ('lib', '/var/lib/libvirt'), ('etc', '/etc/libvirt'),
              ('log', '/var/log/libvirt'), ('cache', '/var/cache/libvirt'), ('vmfleet', '/var/lib/vmfleet'),
-             ('root-ssh', '/root/.ssh'))
+             ('root-ssh', '/root/.ssh'), ('pki', '/etc/pki/qemu'))
 # the fleet roles, each with its own variable for the raw QEMU sockets of a host
 ROLES = ('pre_upgrade_snapshot', 'snapshot_rollback', 'snapshot_cleanup', 'storage_migration', 'host_maintenance')
 
@@ -227,6 +228,10 @@ class Host:
                             os.unlink(fp)
             elif sub == 'root-ssh':
                 os.makedirs(d, mode=0o700)
+            elif sub == 'pki':
+                # libvirt's and vm_migrate's migration certificates (empty until a test installs some)
+                self.fleet.mountpoint('/etc/pki')
+                os.makedirs(d, mode=0o755)
             elif sub == 'cache' and os.path.isdir('/var/cache/libvirt'):
                 # QEMU's probed capabilities: saves each libvirtd seconds at start
                 shutil.copytree('/var/cache/libvirt', d, symlinks=True)
@@ -385,7 +390,7 @@ class Host:
                 print('rig: stopping %s: %s' % (vm.name, e), file=sys.stderr)
         self.vms = []
         self.dead_sockets = []
-        for sub in ('vmfleet', os.path.join('lib', 'images'), 'vms'):
+        for sub in ('vmfleet', os.path.join('lib', 'images'), 'vms', 'pki'):
             d = self.path(sub)
             for name in (os.listdir(d) if os.path.isdir(d) else ()):
                 p = os.path.join(d, name)

@@ -57,7 +57,8 @@ def configure(vm, caps, params, direct_io=False):
     returns whether it will."""
     clear_stream_caps(vm)
     # parameters persist too: a zstd restore leaves multifd-compression set, which mapped-ram refuses
-    wanted = {'multifd-compression': 'none', 'max-bandwidth': NO_BANDWIDTH_LIMIT}
+    # and a migration's TLS credentials (vm_migrate tls) are never left on for the next one
+    wanted = {'multifd-compression': 'none', 'max-bandwidth': NO_BANDWIDTH_LIMIT, 'tls-creds': '', 'tls-hostname': ''}
     if 'direct-io' in vm.qmp('query-migrate-parameters'):
         wanted['direct-io'] = bool(direct_io)
     wanted.update(params or {})

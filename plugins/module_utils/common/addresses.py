@@ -70,6 +70,15 @@ def destination_host(uri):
     return parse(uri).hostname
 
 
+def is_ip(host):
+    """Whether ``host`` is an IPv4/IPv6 literal (not a name)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
 def bracketed(host):
     """``host`` as it goes before a ``:port`` (an IPv6 literal in brackets)."""
     return '[%s]' % host if ':' in host else host

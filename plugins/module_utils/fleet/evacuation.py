@@ -37,7 +37,8 @@ MIB = 1024 * 1024
 # how long reading a destination's free memory may take
 MEMINFO_TIMEOUT = 30.0
 # what a migration result keeps in the VM's report
-MIGRATION_KEYS = ('route', 'mode', 'why', 'downtime_ms', 'bytes', 'duration_s', 'rate_mib_s', 'destination_qmp_socket')
+MIGRATION_KEYS = ('route', 'mode', 'why', 'downtime_ms', 'bytes', 'duration_s', 'rate_mib_s', 'destination_qmp_socket',
+                  'tls')
 
 
 def host_address(h):
@@ -103,7 +104,7 @@ def _migration_params(run, connection, destination_uri, destination_qmp_socket=N
                 storage=p['storage'], destination_dir=p['destination_dir'], persistent=True, undefine_source=True,
                 bandwidth_mib_s=p['bandwidth_mib_s'], max_downtime_ms=p['max_downtime_ms'],
                 parallel_connections=p['parallel_connections'], auto_converge=p['auto_converge'],
-                postcopy=p['postcopy'])
+                postcopy=p['postcopy'], tls=p.get('tls', False), tls_dir=p.get('tls_dir'))
 
 
 def _kept(result):

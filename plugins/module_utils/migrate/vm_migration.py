@@ -120,6 +120,11 @@ def _check_params(p):
         raise InvalidArgument("destination_dir is for storage: copy; with shared storage the disks stay where they are")
     if p['parallel_connections'] < 1 or p['parallel_connections'] > 64:
         raise InvalidArgument("parallel_connections must be between 1 and 64, not %d" % p['parallel_connections'])
+    if p.get('tls_dir') and not p.get('tls'):
+        raise InvalidArgument("tls_dir is for tls: true", hint="add tls: true, or leave tls_dir out")
+    if p.get('tls') and p['postcopy']:
+        raise InvalidArgument("postcopy with tls is not supported by vm_migrate; nothing was changed",
+                              hint="leave postcopy out (auto_converge helps a busy guest converge), or migrate without tls")
 
 
 def migrate(module, p):

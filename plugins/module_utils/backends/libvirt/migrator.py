@@ -26,7 +26,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.snaps
     SnapshotCarry, snapshot_names,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.migrator import Migrator
-from ansible_collections.vmfleet.kvm.plugins.module_utils.common.addresses import bracketed, destination_host, user_at
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.addresses import bracketed, destination_host, is_ip, user_at
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     ConnectionFailed, DestinationProblem, InvalidArgument, JobFailed, OperationTimeout, SpaceTooSmall, TargetProblem,
     VmfleetError,
@@ -38,6 +38,12 @@ except ImportError:  # open_vm reported it already (missing_required_lib)
     pass
 
 MIB = 1024 * 1024
+
+
+def _tls_error(msg):
+    """Whether libvirt's or QEMU's message is about the TLS credentials or handshake."""
+    low = (msg or '').lower()
+    return any(w in low for w in ('tls', 'certificate', 'x509', 'handshake', 'ca-cert', '-cert.pem', '-key.pem'))
 
 
 def destination_uri(host, user=None):
@@ -54,6 +60,10 @@ class LibvirtMigrator(Migrator):
         super(LibvirtMigrator, self).__init__(module, params, deadline, vm)
         if params.get('destination_qmp_socket'):
             raise InvalidArgument("destination_qmp_socket is for a raw QEMU VM (qmp_socket)")
+        if params.get('tls_dir'):
+            raise InvalidArgument("tls_dir is for a raw QEMU VM (qmp_socket); libvirt reads the certificates from "
+                                  "migrate_tls_x509_cert_dir in each host's qemu.conf (default /etc/pki/qemu)",
+                                  hint="leave tls_dir out, or set migrate_tls_x509_cert_dir at both hosts")
         self.name = vm.name if vm is not None else params['domain']
         self.what = "libvirt domain '%s'" % self.name
         self.dest_uri = params['destination_uri']
@@ -113,7 +123,12 @@ class LibvirtMigrator(Migrator):
             flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
         if self.p['postcopy']:
             flags |= libvirt.VIR_MIGRATE_POSTCOPY
-        report = dict(route=self.route, migration_uri=params[libvirt.VIR_MIGRATE_PARAM_URI])
+        if self.p.get('tls'):
+            flags |= libvirt.VIR_MIGRATE_TLS
+        if is_ip(self.migration_address):
+            # the destination QEMU's incoming port (and NBD server) on that address only, not libvirt's default (all)
+            params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = self.migration_address
+        report = dict(route=self.route, migration_uri=params[libvirt.VIR_MIGRATE_PARAM_URI], tls=bool(self.p.get('tls')))
         disks = []
         snaps = snapshot_names(dom)
         report['snapshots'] = snaps
@@ -384,9 +399,36 @@ class LibvirtMigrator(Migrator):
             return None
         return info
 
+    def _failed_job(self):
+        """The stats of the migration job that just failed ({} when libvirt keeps none)."""
+        try:
+            d = find_domain(self.src, self.name)
+            return d.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED) if d is not None else {}
+        except libvirt.libvirtError:
+            return {}
+
     def _failure(self, e, partial):
         code = e.get_error_code()
         msg = e.get_error_message()
+        if self.p.get('tls'):
+            # the source QEMU's reason (a handshake refused) is in the failed job's stats; libvirt's own
+            # message may only say that the destination QEMU went away (it quits on a refused handshake)
+            failed = self._failed_job()
+            qemu_msg = failed.get('errmsg') or ''
+            if qemu_msg and qemu_msg not in msg:
+                msg = '%s; QEMU: %s' % (msg, qemu_msg)
+            early = not failed.get('memory_processed') and partial.get('source_state') == 'running'
+            if _tls_error(msg) or early:
+                return DestinationProblem(
+                    "the TLS migration of '%s' to %s failed %s: %s"
+                    % (self.name, self.dest_uri, 'before any memory was sent, before the guest paused' if early
+                       else 'on its TLS channel', msg),
+                    hint="the domain runs on at the source when source_state says running. Each host needs, in "
+                         "libvirt's migrate_tls_x509_cert_dir (default /etc/pki/qemu), ca-cert.pem (the fleet's one "
+                         "CA), server-cert.pem/server-key.pem naming the host's migration address (%s at the "
+                         "destination) and client-cert.pem/client-key.pem, all signed by that CA and readable by "
+                         "libvirt's QEMU user; a destination that refuses this host's certificate shows as the "
+                         "destination QEMU closing the connection" % self.migration_address, **partial)
         if code == libvirt.VIR_ERR_CPU_INCOMPATIBLE:
             return DestinationProblem("the destination's CPU cannot run domain '%s': %s" % (self.name, msg),
                                       hint="give the domain a CPU model both hosts have", **partial)

@@ -10,6 +10,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import socket
 import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qmp_migration as migration
@@ -25,9 +26,21 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions impo
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline
 
 MIB = 1024 * 1024
+# libvirt's directory and file names for migration certificates (vm_migrate's tls_dir)
+TLS_DIR = '/etc/pki/qemu'
+TLS_CLIENT_FILES = ('ca-cert.pem', 'client-cert.pem', 'client-key.pem')
+TLS_SERVER_FILES = ('ca-cert.pem', 'server-cert.pem', 'server-key.pem')
+# the tls-creds-x509 object this run adds to both QEMUs
+TLS_ID = 'vmfleet-migrate-tls'
 # a raw QEMU's precopy that sends nothing for this long has lost its destination (libvirt's own
 # keepalive, 5 s x 5, finds a lost peer in about as long)
 STALL_S = 30
+
+
+def _tls_error(desc):
+    """Whether QEMU's reason is about the TLS credentials or handshake."""
+    low = (desc or '').lower()
+    return any(w in low for w in ('tls', 'certificate', 'x509', 'handshake', 'issuer'))
 
 
 def _stats(info):
@@ -58,6 +71,9 @@ class QemuMigrator(Migrator):
         self.images_made = []
         self.nbd_nodes = []
         self.driver = vm.mirror_driver() if vm is not None else None
+        self.tls = bool(params.get('tls'))
+        self.tls_dir = params.get('tls_dir') or TLS_DIR
+        self.source_creds = False
 
     @property
     def where(self):
@@ -87,7 +103,9 @@ class QemuMigrator(Migrator):
         self.moved = [Disk(c['target'], c['node'], c['destination'], c['format'], c['size'], False) for c in self.copies]
         self.argv = proc.destination_argv(record['argv'], self.dest_sock, self.moved)
         self.secrets = proc.secret_values(self.argv)
-        out = dict(route=self.route, vm=vm.name, destination_argv=proc.redact_argv(self.argv))
+        out = dict(route=self.route, vm=vm.name, destination_argv=proc.redact_argv(self.argv), tls=self.tls)
+        if self.tls:
+            self._check_client_files()
         if self.copies:
             self._check_destination_images()
             out['disks'] = [dict((k, c[k]) for k in ('target', 'source', 'destination', 'format')) for c in self.copies]
@@ -105,6 +123,8 @@ class QemuMigrator(Migrator):
         started = False
         try:
             self._stop_leftover()
+            if self.tls:
+                self._add_source_creds(vm)
             for c in self.copies:
                 self.remote.ssh(self.remote.sudo + ['qemu-img', 'create', '-q', '-f', c['format'], c['destination'],
                                                     str(c['size'])], 'creating %s' % c['destination'])
@@ -114,11 +134,20 @@ class QemuMigrator(Migrator):
             host = bracketed(self.migration_address)
             setup = [{'execute': 'migrate-set-capabilities',
                       'arguments': {'capabilities': [{'capability': k, 'state': v} for k, v in sorted(caps.items())]}}]
+            dest_params = {}
             if n > 1:
-                setup.append({'execute': 'migrate-set-parameters', 'arguments': {'multifd-channels': n}})
+                dest_params['multifd-channels'] = n
+            if self.tls:
+                # the server: only a source with a client certificate of the fleet's CA gets in
+                setup.insert(0, {'execute': 'object-add', 'arguments': {
+                    'qom-type': 'tls-creds-x509', 'id': TLS_ID, 'dir': self.tls_dir, 'endpoint': 'server',
+                    'verify-peer': True}})
+                dest_params['tls-creds'] = TLS_ID
+            if dest_params:
+                setup.append({'execute': 'migrate-set-parameters', 'arguments': dest_params})
             setup += [{'execute': 'migrate-incoming', 'arguments': {'uri': 'tcp:%s:0' % host}},
                       {'execute': 'query-migrate'}]
-            answers = self.remote.qmp(self.dest_sock, setup, 'preparing the destination QEMU')
+            answers = self._prepare_destination(setup)
             if isinstance(answers, dict):
                 raise DestinationProblem("the destination QEMU does not answer on %s: %s" % (self.dest_sock, answers['connect-error']))
             addrs = answers[-1].get('socket-address') or []
@@ -132,6 +161,8 @@ class QemuMigrator(Migrator):
                       'max-bandwidth': int(self.p['bandwidth_mib_s']) * MIB if self.p['bandwidth_mib_s'] else migration.NO_BANDWIDTH_LIMIT}
             if n > 1:
                 params['multifd-channels'] = n
+            if self.tls:
+                params.update({'tls-creds': TLS_ID, 'tls-hostname': self.migration_address})
             migration.configure(vm, dict(caps, **{'auto-converge': bool(self.p['auto_converge']),
                                                   'pause-before-switchover': bool(self.copies)}), params)
             vm.qmp('migrate', uri=uri)
@@ -221,7 +252,17 @@ class QemuMigrator(Migrator):
                 progress.last(stats)
                 return info
             if status in ('failed', 'cancelled'):
-                raise JobFailed("migration to %s %s: %s" % (self.remote.host, status, info.get('error-desc', 'QEMU gave no reason')))
+                desc = info.get('error-desc', 'QEMU gave no reason')
+                early = not info.get('ram', {}).get('transferred')
+                if self.tls and (_tls_error(desc) or early):
+                    raise DestinationProblem(
+                        "the TLS migration to %s (%s) failed %s: %s" % (
+                            self.remote.host, self.migration_address,
+                            'before any memory was sent, before the guest paused' if early else 'on its TLS channel', desc),
+                        hint="the VM runs on at the source. This host's %s/client-cert.pem and %s's %s/server-cert.pem "
+                             "(naming %s) must be signed by the one CA whose ca-cert.pem both hosts have in %s"
+                             % (self.tls_dir, self.remote.host, self.tls_dir, self.migration_address, self.tls_dir))
+                raise JobFailed("migration to %s %s: %s" % (self.remote.host, status, desc))
             why = progress.postcopy_due(stats) if status == 'active' else None
             if why:
                 vm.qmp('migrate-start-postcopy')
@@ -249,6 +290,7 @@ class QemuMigrator(Migrator):
             migration.set_capabilities(vm, {'pause-before-switchover': False})
         except VmfleetError:
             pass
+        self._drop_source_creds(vm)
         for job, node in self.nbd_nodes:
             for cmd, args in (('block-job-cancel', dict(device=job, force=True)), ('blockdev-del', dict(**{'node-name': node}))):
                 end = time.monotonic() + 10
@@ -320,9 +362,11 @@ class QemuMigrator(Migrator):
         for attempt in range(8):
             port = 49152 + (os.getpid() * 7 + attempt * 997) % 16000
             try:
-                self.remote.qmp(self.dest_sock, [{'execute': 'nbd-server-start', 'arguments': {
-                    'addr': {'type': 'inet', 'data': {'host': self.migration_address, 'port': str(port)}}}}],
-                    'starting the NBD server')
+                args = {'addr': {'type': 'inet', 'data': {'host': self.migration_address, 'port': str(port)}}}
+                if self.tls:
+                    args['tls-creds'] = TLS_ID
+                self.remote.qmp(self.dest_sock, [{'execute': 'nbd-server-start', 'arguments': args}],
+                                'starting the NBD server')
                 break
             except DestinationProblem as e:
                 if 'in use' not in str(e) and 'Address' not in str(e):
@@ -331,7 +375,8 @@ class QemuMigrator(Migrator):
                                          for c in self.copies], 'exporting the copies')
         for c in self.copies:
             job = 'vmfleet-migrate-%s' % c['target']
-            self.nbd_nodes.append((job, self.driver.mirror_to_nbd(c['node'], job, c['node'], self.migration_address, port)))
+            self.nbd_nodes.append((job, self.driver.mirror_to_nbd(c['node'], job, c['node'], self.migration_address, port,
+                                                                  tls_creds=TLS_ID if self.tls else None)))
         while True:
             mine = [self.driver.job(None, job) for job, _node in self.nbd_nodes]
             if any(j is None or j['status'] == 'concluded' for j in mine):
@@ -360,6 +405,52 @@ class QemuMigrator(Migrator):
             except VmfleetError:
                 pass
         self.nbd_nodes = []
+
+    # --- TLS: a tls-creds-x509 object on each QEMU, the source the client ---
+    def _check_client_files(self):
+        """Before anything changes: this host's client certificate, its key and the CA are there."""
+        for f in TLS_CLIENT_FILES:
+            path = os.path.join(self.tls_dir, f)
+            if not os.access(path, os.R_OK):
+                raise CapabilityMissing(
+                    "tls: %s is missing or unreadable at the source (%s); nothing was changed" % (path, socket.gethostname()),
+                    hint="install the fleet's migration certificates (ca-cert.pem, client-cert.pem, client-key.pem, "
+                         "server-cert.pem, server-key.pem) in %s at every host, for example with the "
+                         "vmfleet.kvm.hypervisor role, or give tls_dir" % self.tls_dir)
+
+    def _add_source_creds(self, vm):
+        """The source QEMU's client credentials; QEMU reads and checks the files now (an expired
+        certificate, a client certificate its CA did not sign fail here, nothing else changed yet)."""
+        self._drop_source_creds(vm)  # what an earlier try left
+        try:
+            vm.qmp('object-add', **{'qom-type': 'tls-creds-x509', 'id': TLS_ID, 'dir': self.tls_dir,
+                                    'endpoint': 'client', 'verify-peer': True})
+        except VmfleetError as e:
+            raise CapabilityMissing("tls: the certificates in %s at the source (%s) are not usable: %s"
+                                    % (self.tls_dir, socket.gethostname(), e.msg),
+                                    hint="nothing was changed; install valid certificates of the fleet's CA there")
+        self.source_creds = True
+
+    def _drop_source_creds(self, vm):
+        if not self.source_creds and not self.tls:
+            return
+        for cmd, args in (('migrate-set-parameters', {'tls-creds': '', 'tls-hostname': ''}), ('object-del', {'id': TLS_ID})):
+            try:
+                vm.qmp(cmd, **args)
+            except VmfleetError:
+                pass
+        self.source_creds = False
+
+    def _prepare_destination(self, setup):
+        try:
+            return self.remote.qmp(self.dest_sock, setup, 'preparing the destination QEMU')
+        except DestinationProblem as e:
+            if not self.tls or 'object-add' not in e.msg:
+                raise
+            raise DestinationProblem("tls: the certificates in %s at the destination %s are not usable: %s"
+                                     % (self.tls_dir, self.remote.host, e.msg),
+                                     hint="the VM runs on at the source; install ca-cert.pem, server-cert.pem and "
+                                          "server-key.pem of the fleet's CA in %s there" % self.tls_dir)
 
     def _source_state(self, vm):
         try:

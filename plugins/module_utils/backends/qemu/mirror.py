@@ -88,11 +88,15 @@ class QemuMirrorDriver(MirrorDriver):
             raise
         return self.job_id(disk)
 
-    def mirror_to_nbd(self, device, job_id, export, host, port):
+    def mirror_to_nbd(self, device, job_id, export, host, port, tls_creds=None):
         """Mirror node ``device`` into NBD ``export`` at ``host``:``port`` (a migration's copy at its
-        destination), as job ``job_id`` that dismisses itself once ended; the target node's name."""
-        self.vm.qmp('blockdev-add', **{'driver': 'nbd', 'node-name': job_id, 'export': export,
-                                       'server': {'type': 'inet', 'host': host, 'port': str(port)}})
+        destination), as job ``job_id`` that dismisses itself once ended; the target node's name.
+        ``tls_creds``: the id of a client tls-creds-x509 object (the server's certificate names ``host``)."""
+        node = {'driver': 'nbd', 'node-name': job_id, 'export': export,
+                'server': {'type': 'inet', 'host': host, 'port': str(port)}}
+        if tls_creds:
+            node.update({'tls-creds': tls_creds, 'tls-hostname': host})
+        self.vm.qmp('blockdev-add', **node)
         self.vm.qmp('blockdev-mirror', **{'job-id': job_id, 'device': device, 'target': job_id, 'sync': 'full',
                                           'auto-dismiss': True})
         return job_id
