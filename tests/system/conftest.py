@@ -35,15 +35,14 @@ def _sweep_leftovers():
         virsh('undefine', name, '--snapshots-metadata', '--nvram', check=False)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
+def pytest_itemcollected(item):
     """``make test`` runs two pytest-xdist workers (--dist loadgroup): every test of the
     simulated fleet in one (the rig is host-wide: one fleet at a time, brought up once), the
-    other files each whole in one worker (their module-scoped VMs booted once)."""
-    for item in items:
-        if item.get_closest_marker('xdist_group') is None:
-            fleet = 'session_fleet' in getattr(item, 'fixturenames', ())
-            item.add_marker(pytest.mark.xdist_group('fleet' if fleet else item.path.name))
+    other files each whole in one worker (their module-scoped VMs booted once). Marked as each
+    test is collected: xdist reads the marks in its own pytest_collection_modifyitems."""
+    if item.get_closest_marker('xdist_group') is None:
+        fleet = 'session_fleet' in getattr(item, 'fixturenames', ())
+        item.add_marker(pytest.mark.xdist_group('fleet' if fleet else item.path.name))
 
 
 @pytest.fixture(scope='session')
