@@ -27,13 +27,11 @@ Writes bench/results/migrate.json, migrate.md (and migrate.png with matplotlib).
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import threading
 import time
-import traceback
 
 import libvirt
 
@@ -42,8 +40,9 @@ from rig.ansible_run import run_one
 from rig.guest import COUNTER, wait_serial
 from rig.hypervisors import Fleet
 from rig.qemu_guest import QemuGuest
-from rig.qmp import qmp
+from rig.qmp import qmp, quit_any
 import _plot
+import _results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, 'results')
@@ -253,16 +252,11 @@ class Bench:
         for tick in range(SETTLE_TICKS):
             offset = wait_serial(vm.serial_log, COUNTER, 120, offset).end()
         row['load_avg_1m'] = round(os.getloadavg()[0], 2)
-        try:
+        out = None
+        with _results.row_of(self.rows, row):
             out = fn(*args)
             wait_serial(vm.serial_log, COUNTER, 180, offset)
             row['guest_counts_on'] = True
-        except Exception as e:  # record it and go on: a benchmark reports what it could measure
-            row['error'] = '%s: %s' % (type(e).__name__, str(e)[-1500:])
-            print(traceback.format_exc(), file=sys.stderr)
-            out = None
-        self.rows.append(row)
-        print('  %s' % json.dumps(row), flush=True)
         return out
 
     def guest(self, backend, size, load, repeats):
@@ -301,12 +295,8 @@ class Bench:
                     h.vms.remove(vm)
             if backend == 'libvirt':
                 vm.stop()
-            for sock in (vm.qmp_socket, self.hv2.path('vmfleet', 'hand.qmp')) if backend == 'qemu' else ():
-                if os.path.exists(sock):  # the raw QEMU, wherever it runs
-                    try:
-                        qmp(sock, 'quit')
-                    except Exception:  # nothing answers there: it is gone
-                        pass
+            if backend == 'qemu':
+                quit_any((vm.qmp_socket, self.hv2.path('vmfleet', 'hand.qmp')))
 
 
 def summarize(rows):
@@ -429,43 +419,29 @@ def main():
             not_run.append('dirty: not run, this guest has no vmfleet.dirty (a guest that keeps writing memory)')
     if 4096 not in sizes:
         not_run.append('4096 MiB: not run in this run (--sizes 1024,4096: the guest fills its RAM at ~20 MB/s under TCG)')
-    result = dict(benchmark='migrate', date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), host=platform.node(),
-                  cpus=os.cpu_count(), accel=detect_accel(), load_avg_start=[round(x, 2) for x in os.getloadavg()],
-                  qemu=subprocess.run(['qemu-system-x86_64', '--version'], check=False, capture_output=True,
-                                      text=True).stdout.splitlines()[0],
-                  libvirt='%d.%d.%d' % (libvirt.getVersion() // 1000000, libvirt.getVersion() // 1000 % 1000,
-                                        libvirt.getVersion() % 1000),
-                  guest_init=_guest_init(),
-                  sizes_mib=sizes, loads=loads, backends=backends, repeats=args.repeats, timeout_s=args.timeout,
-                  not_run=not_run)
-    t0 = time.monotonic()
+    result = _results.header('migrate',
+                             libvirt='%d.%d.%d' % (libvirt.getVersion() // 1000000, libvirt.getVersion() // 1000 % 1000,
+                                                   libvirt.getVersion() % 1000),
+                             guest_init=_guest_init(),
+                             sizes_mib=sizes, loads=loads, backends=backends, repeats=args.repeats, timeout_s=args.timeout,
+                             not_run=not_run)
     fleet = Fleet(hosts=2, vms_per_host=0, prefix='vmfb', subnet='10.216')
     bench = Bench(fleet, args.timeout)
-    failed = None
-    try:
-        _event_loop()
-        fleet.up()
-        for size in sizes:
-            for load in loads:
-                for backend in backends:
-                    bench.guest(backend, size, load, args.repeats)
-    except (Exception, KeyboardInterrupt) as e:  # write what was measured (also when stopped), then fail
-        failed = '%s: %s' % (type(e).__name__, e)
-        print('FAILED: ' + failed, file=sys.stderr)
-    finally:
-        fleet.down()
-    result.update(load_avg_end=[round(x, 2) for x in os.getloadavg()], wall_s=round(time.monotonic() - t0, 1),
-                  failed=failed, rows=bench.rows, summary=summarize(bench.rows), notes=NOTES)
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, args.name)
-    with open(path + '.json', 'w') as f:
-        json.dump(result, f, indent=1)
-        f.write('\n')
-    with open(path + '.md', 'w') as f:
-        f.write(markdown(result))
+    with _results.recorded(result):
+        try:
+            _event_loop()
+            fleet.up()
+            for size in sizes:
+                for load in loads:
+                    for backend in backends:
+                        bench.guest(backend, size, load, args.repeats)
+        finally:
+            fleet.down()
+    result.update(rows=bench.rows, summary=summarize(bench.rows), notes=NOTES)
+    path = _results.write(RESULTS, args.name, result, markdown(result))
     plot(result['summary'], path + '.png')
     print(markdown(result))
-    return 1 if failed or any('error' in r for r in bench.rows) else 0
+    return 1 if result['failed'] or any('error' in r for r in bench.rows) else 0
 
 
 if __name__ == '__main__':

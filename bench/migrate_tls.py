@@ -17,21 +17,18 @@ Writes bench/results/migrate_tls.json and migrate_tls.md. A smoke run: --sizes 1
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
-import traceback
 
 from rig.accel import detect_accel
 from rig.ansible_run import run_one
 from rig.guest import COUNTER, wait_serial
 from rig.hypervisors import Fleet
-from rig.qmp import qmp
+from rig.qmp import quit_any
 from rig.tls import Ca, install
+import _results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, 'results')
@@ -73,17 +70,10 @@ class Bench:
         for _tick in range(SETTLE_TICKS):
             offset = wait_serial(vm.serial_log, COUNTER, 120, offset).end()
         row['load_avg_1m'] = round(os.getloadavg()[0], 2)
-        ok = True
-        try:
+        with _results.row_of(self.rows, row):
             self.move(backend, vm, src, dst, tls, row)
             wait_serial(vm.serial_log, COUNTER, 180, offset)
-        except Exception as e:  # record it and go on: a benchmark reports what it could measure
-            row['error'] = '%s: %s' % (type(e).__name__, str(e)[-1500:])
-            print(traceback.format_exc(), file=sys.stderr)
-            ok = False
-        self.rows.append(row)
-        print('  %s' % json.dumps(row), flush=True)
-        return ok
+        return 'error' not in row
 
     def guest(self, backend, size, repeats):
         hv1, hv2 = self.fleet.hosts
@@ -109,13 +99,7 @@ class Bench:
             if backend == 'libvirt':
                 vm.stop()
             else:
-                for h in self.fleet.hosts:
-                    sock = vm.qmp_socket if h is hv1 else h.path('vmfleet', vm.name + '.qmp')
-                    if os.path.exists(sock):
-                        try:
-                            qmp(sock, 'quit')
-                        except Exception:  # nothing answers there: it is gone
-                            pass
+                quit_any(vm.qmp_socket if h is hv1 else h.path('vmfleet', vm.name + '.qmp') for h in self.fleet.hosts)
 
 
 def summarize(rows):
@@ -178,37 +162,23 @@ def main():
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(',') if s]
     backends = [x for x in args.backends.split(',') if x]
-    result = dict(benchmark='migrate_tls', date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), host=platform.node(),
-                  cpus=os.cpu_count(), accel=detect_accel(), load_avg_start=[round(x, 2) for x in os.getloadavg()],
-                  qemu=subprocess.run(['qemu-system-x86_64', '--version'], check=False, capture_output=True,
-                                      text=True).stdout.splitlines()[0],
-                  sizes_mib=sizes, backends=backends, repeats=args.repeats, timeout_s=args.timeout)
-    t0 = time.monotonic()
+    result = _results.header('migrate_tls',
+                             sizes_mib=sizes, backends=backends, repeats=args.repeats, timeout_s=args.timeout)
     fleet = Fleet(hosts=2, vms_per_host=0, prefix='vmft', subnet='10.217')
     bench = Bench(fleet, args.timeout)
-    failed = None
-    try:
-        fleet.up()
-        install(Ca('vmfleet bench CA'), fleet.hosts)
-        for size in sizes:
-            for backend in backends:
-                bench.guest(backend, size, args.repeats)
-    except (Exception, KeyboardInterrupt) as e:  # write what was measured (also when stopped), then fail
-        failed = '%s: %s' % (type(e).__name__, e)
-        print('FAILED: ' + failed, file=sys.stderr)
-    finally:
-        fleet.down()
-    result.update(load_avg_end=[round(x, 2) for x in os.getloadavg()], wall_s=round(time.monotonic() - t0, 1),
-                  failed=failed, rows=bench.rows, summary=summarize(bench.rows), notes=NOTES)
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, args.name)
-    with open(path + '.json', 'w') as f:
-        json.dump(result, f, indent=1)
-        f.write('\n')
-    with open(path + '.md', 'w') as f:
-        f.write(markdown(result))
+    with _results.recorded(result):
+        try:
+            fleet.up()
+            install(Ca('vmfleet bench CA'), fleet.hosts)
+            for size in sizes:
+                for backend in backends:
+                    bench.guest(backend, size, args.repeats)
+        finally:
+            fleet.down()
+    result.update(rows=bench.rows, summary=summarize(bench.rows), notes=NOTES)
+    path = _results.write(RESULTS, args.name, result, markdown(result))
     print(markdown(result))
-    return 1 if failed or any('error' in r for r in bench.rows) else 0
+    return 1 if result['failed'] or any('error' in r for r in bench.rows) else 0
 
 
 if __name__ == '__main__':

@@ -48,6 +48,7 @@ import sys
 import time
 
 from .accel import detect_accel
+from .ansible_run import run_tasks
 from .guest import REPO
 from .libvirt_guest import LibvirtGuest, virsh
 from .qemu_guest import QemuGuest
@@ -181,6 +182,41 @@ class Host:
 
     def virsh(self, *args, check=True):
         return virsh(*args, uri=self.uri, check=check)
+
+    def domstate(self, name):
+        """The state virsh gives domain ``name`` here, or None where it is not defined."""
+        r = self.virsh('domstate', name, check=False)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    def wait_incoming(self, name, proc, timeout=180):
+        """Return once domain ``name`` is defined here (a migration's incoming domain: the migration
+        runs), while ``proc`` (the playbook migrating it) still runs."""
+        end = time.monotonic() + timeout
+        while self.domstate(name) is None:
+            if proc.poll() is not None:
+                raise AssertionError('the migration ended before %s saw an incoming %s: %s'
+                                     % (self.name, name, proc.stdout.read()[-3000:]))
+            assert time.monotonic() < end, 'no incoming domain %s at %s' % (name, self.name)
+            time.sleep(0.2)
+
+    @property
+    def ssh_uri(self):
+        """This host's libvirt as vm_migrate reaches it from another host."""
+        return 'qemu+ssh://%s@%s/system' % (USER, self.address)
+
+    def procs(self, needle):
+        """Processes of this host (its network namespace) whose command line holds ``needle``."""
+        pids = subprocess.run(['ip', 'netns', 'pids', self.ns], capture_output=True, text=True,
+                              check=True).stdout.split()
+        out = []
+        for pid in pids:
+            try:
+                with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                    if needle.encode() in f.read():
+                        out.append(int(pid))
+            except OSError:
+                pass
+        return out
 
     # --- bring-up -------------------------------------------------------------
     def create(self):
@@ -802,6 +838,12 @@ class FleetView:
 
     def write_inventory(self):
         return self.fleet.write_inventory(self.inventory, self.host_vars, self.all_hosts)
+
+    def play(self, host, tasks, check=False):
+        """Run ``tasks`` on ``host`` (a Host or its name): what each registered, and the run's output."""
+        results, proc = run_tasks(tasks, check=check, inventory=self.inventory, hosts=getattr(host, 'name', host),
+                                  extra_args=['-v'])
+        return results, proc.stdout + proc.stderr
 
     def __getattr__(self, name):
         return getattr(self.fleet, name)

@@ -2,6 +2,7 @@
 (QEMU serves one QMP client at a time: hold none longer than needed.)"""
 
 import asyncio
+import os
 import contextlib
 
 from qemu.qmp import QMPClient
@@ -36,3 +37,14 @@ def qmp(socket_path, command, _timeout=120, **args):
         return loop.run_until_complete(asyncio.wait_for(run(), _timeout))
     finally:
         loop.close()
+
+
+def quit_any(sockets):
+    """Ask the raw QEMU at each of ``sockets`` that exists to quit (a VM's, wherever it runs now);
+    one where nothing answers is gone already."""
+    for sock in sockets:
+        if os.path.exists(sock):
+            try:
+                qmp(sock, 'quit')
+            except Exception:  # nothing answers there
+                pass

@@ -15,7 +15,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from rig.accel import detect_accel
-from rig.ansible_run import run_playbook, run_tasks
+from rig.ansible_run import run_playbook
 from rig.hypervisors import FleetView
 from rig.qmp import qmp
 from rig.targets import Target, assert_consecutive
@@ -43,16 +43,6 @@ def fleet(session_fleet):
         yield f
 
 
-def _play(fleet, host, tasks):
-    results, proc = run_tasks(tasks, inventory=fleet.inventory, hosts=host.name, extra_args=['-v'])
-    return results, proc.stdout + proc.stderr
-
-
-def _domstate(host, name):
-    r = host.virsh('domstate', name, check=False)
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
 def _raw_sock(host, vm):
     """The raw VM's socket at ``host`` (as the host sees it, as this process reaches it): hv1 has
     the rig's, hv2 one in its own /var/lib/vmfleet."""
@@ -65,7 +55,7 @@ def _where(fleet, backend, vm):
     """(host the VM runs on, the other host)."""
     hv1, hv2 = fleet.hosts
     if backend == 'libvirt':
-        at_hv2 = _domstate(hv2, vm.name) == 'running'
+        at_hv2 = hv2.domstate(vm.name) == 'running'
     else:
         try:
             at_hv2 = qmp(_raw_sock(hv2, vm)[1], 'query-status')['status'] == 'running'
@@ -87,7 +77,7 @@ def _task(backend, vm, src, dst, **args):
 def _moved(backend, vm, src, dst):
     """The rig's records follow the VM (its teardown), and it runs at ``dst`` only."""
     if backend == 'libvirt':
-        assert _domstate(src, vm.name) is None and _domstate(dst, vm.name) == 'running'
+        assert src.domstate(vm.name) is None and dst.domstate(vm.name) == 'running'
         src.vms.remove(vm)
         vm.uri = dst.uri
         dst.vms.append(vm)
@@ -97,7 +87,7 @@ def _moved(backend, vm, src, dst):
 
 def _runs_at(backend, vm, host):
     if backend == 'libvirt':
-        return _domstate(host, vm.name) == 'running'
+        return host.domstate(vm.name) == 'running'
     try:
         return qmp(_raw_sock(host, vm)[1], 'query-status')['status'] == 'running'
     except Exception:
@@ -111,7 +101,7 @@ def _migrate_captured(fleet, tmp_path, backend, name, **args):
     start = t.serial_size()
     before = t.wait_counter(1)
     with Capture(src, str(tmp_path / ('%s.frames' % name))) as cap:
-        (r,), log = _play(fleet, src, [_task(backend, vm, src, dst, **args)])
+        (r,), log = fleet.play(src, [_task(backend, vm, src, dst, **args)])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     _moved(backend, vm, src, dst)
     # the guest counts on at the destination, from where it was, never skipping
@@ -146,7 +136,7 @@ def test_a_destination_with_another_cas_certificates_fails_and_the_vm_runs_on(fl
     Ca('another CA').install(dst)
     try:
         start = t.serial_size()
-        (r,), log = _play(fleet, src, [_task(backend, vm, src, dst, tls=True, timeout=120)])
+        (r,), log = fleet.play(src, [_task(backend, vm, src, dst, tls=True, timeout=120)])
     finally:
         fleet.ca.install(dst)
     assert r.get('failed') is True and r.get('error') == 'DestinationProblem', r
@@ -235,7 +225,7 @@ def test_the_hypervisor_role_installs_the_certificates_a_tls_migration_then_uses
     assert rc == 0 and 'changed=0' in out, out[-3000:]
     # what it installed carries a TLS migration (libvirt's QEMU reads the server key)
     with Capture(src, str(tmp_path / 'role.frames')) as cap:
-        (r,), log = _play(fleet, src, [_task('libvirt', vm, src, dst, tls=True)])
+        (r,), log = fleet.play(src, [_task('libvirt', vm, src, dst, tls=True)])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     _moved('libvirt', vm, src, dst)
     assert not cap.holds(marker.encode())

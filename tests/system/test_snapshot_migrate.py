@@ -8,7 +8,6 @@ back), snapshot_rollback (both guests go back), snapshot_cleanup."""
 import json
 import os
 import signal
-import subprocess
 import time
 
 import yaml
@@ -16,7 +15,7 @@ import yaml
 import pytest
 
 from rig.accel import detect_accel
-from rig.ansible_run import read_results, run_playbook, run_tasks, start_tasks
+from rig.ansible_run import read_results, run_playbook, start_tasks
 from rig.hypervisors import FleetView
 from rig.targets import Target, assert_consecutive, host_targets
 
@@ -42,20 +41,6 @@ def fleet(session_fleet):
         yield f
 
 
-def _play(fleet, host, tasks):
-    results, proc = run_tasks(tasks, inventory=fleet.inventory, hosts=host.name, extra_args=['-v'])
-    return results, proc.stdout + proc.stderr
-
-
-def _dest_uri(host):
-    return 'qemu+ssh://vmfleet@%s/system' % host.address
-
-
-def _domstate(host, name):
-    r = host.virsh('domstate', name, check=False)
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
 def _listed(host, name):
     return sorted(host.virsh('snapshot-list', name, '--name').stdout.split())
 
@@ -73,17 +58,17 @@ def test_a_domain_with_a_snapshot_moves_and_reverts_at_the_destination(fleet):
     t = Target(vm, 'libvirt')
     t.wait_counter(3)
     before = t.counter()
-    (r,), log = _play(fleet, hv1, [{'vmfleet.kvm.snapshot': {'domain': vm.name, 'name': SNAP}}])
+    (r,), log = fleet.play(hv1, [{'vmfleet.kvm.snapshot': {'domain': vm.name, 'name': SNAP}}])
     after = t.counter()
     assert r.get('route') == 'libvirt', (r, log[-2000:])
     assert _listed(hv1, vm.name) == [SNAP]
     ran_to = t.wait_counter(after + 3)
 
-    (r,), log = _play(fleet, hv1, [{'vmfleet.kvm.vm_migrate': {
-        'domain': vm.name, 'destination_uri': _dest_uri(hv2), 'timeout': 600}}])
+    (r,), log = fleet.play(hv1, [{'vmfleet.kvm.vm_migrate': {
+        'domain': vm.name, 'destination_uri': hv2.ssh_uri, 'timeout': 600}}])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert r['snapshots'] == [SNAP] and r['snapshots_defined'] == [SNAP], r
-    assert _domstate(hv1, vm.name) is None and _domstate(hv2, vm.name) == 'running'
+    assert hv1.domstate(vm.name) is None and hv2.domstate(vm.name) == 'running'
     _moved(vm, hv1, hv2)
     # the metadata came along, the current snapshot current again
     assert _listed(hv2, vm.name) == [SNAP]
@@ -91,7 +76,7 @@ def test_a_domain_with_a_snapshot_moves_and_reverts_at_the_destination(fleet):
 
     # the revert at the destination goes back to the snapshot's moment
     offset, last = t.serial_size(), t.counter()
-    (r,), log = _play(fleet, hv2, [{'vmfleet.kvm.snapshot': {'domain': vm.name, 'name': SNAP, 'state': 'reverted'}}])
+    (r,), log = fleet.play(hv2, [{'vmfleet.kvm.snapshot': {'domain': vm.name, 'name': SNAP, 'state': 'reverted'}}])
     assert r.get('changed') is True and r.get('state') == 'running', (r, log[-3000:])
     resumed = t.counters_after_going_back(offset, last)
     assert before <= resumed[0] - 1 <= after + 1 and resumed[0] < ran_to, (before, after, resumed)
@@ -100,12 +85,12 @@ def test_a_domain_with_a_snapshot_moves_and_reverts_at_the_destination(fleet):
 def test_copied_storage_is_refused_naming_the_snapshot(fleet):
     hv1, hv2 = fleet.hosts
     vm = hv2.vms[0]
-    (r,), log = _play(fleet, hv2, [{'vmfleet.kvm.vm_migrate': {
-        'domain': vm.name, 'destination_uri': _dest_uri(hv1), 'storage': 'copy',
+    (r,), log = fleet.play(hv2, [{'vmfleet.kvm.vm_migrate': {
+        'domain': vm.name, 'destination_uri': hv1.ssh_uri, 'storage': 'copy',
         'destination_dir': '/var/lib/libvirt/images', 'timeout': 120}}])
     assert r.get('failed') is True and r.get('error') == 'InvalidArgument', r
     assert SNAP in r['msg'] and 'nothing was changed' in r['msg'].lower(), r['msg']
-    assert _domstate(hv2, vm.name) == 'running' and _domstate(hv1, vm.name) is None
+    assert hv2.domstate(vm.name) == 'running' and hv1.domstate(vm.name) is None
     assert _listed(hv2, vm.name) == [SNAP]
 
 
@@ -115,13 +100,10 @@ def test_the_destination_libvirtd_killed_leaves_the_domain_at_the_source_with_it
     t = Target(vm, 'libvirt')
     # 1 MiB/s: the migration runs long enough for the kill, after the metadata was taken off
     proc, out = start_tasks([{'vmfleet.kvm.vm_migrate': {
-        'domain': vm.name, 'destination_uri': _dest_uri(hv1), 'bandwidth_mib_s': 1, 'timeout': 300}}],
+        'domain': vm.name, 'destination_uri': hv1.ssh_uri, 'bandwidth_mib_s': 1, 'timeout': 300}}],
         str(tmp_path), inventory=fleet.inventory, hosts=hv2.name)
     try:
-        end = time.monotonic() + 180
-        while _domstate(hv1, vm.name) is None:
-            assert proc.poll() is None and time.monotonic() < end, 'no incoming domain'
-            time.sleep(0.3)
+        hv1.wait_incoming(vm.name, proc)
         # the migration runs: libvirt migrates no domain with snapshot metadata, so it is off the source now
         assert _listed(hv2, vm.name) == []
         hv1.stop_libvirtd()
@@ -136,7 +118,7 @@ def test_the_destination_libvirtd_killed_leaves_the_domain_at_the_source_with_it
     assert r.get('failed') is True and r['source_state'] == 'running', r
     assert r.get('snapshots_defined') == [SNAP], r
     # the domain runs on at the source, its snapshot listed there again
-    assert _domstate(hv2, vm.name) == 'running'
+    assert hv2.domstate(vm.name) == 'running'
     assert _listed(hv2, vm.name) == [SNAP]
     t.wait_counter(t.counter() + 2, timeout=120)
 
@@ -188,7 +170,7 @@ def test_the_fleet_chain_snapshot_evacuate_return_rollback_cleanup(fleet, tmp_pa
         # moved live: neither saved instead
         assert r['status'] == 'ok' and r['destination'] == hv1.name and not r.get('saved_instead'), r
     # both back on hv2, the domain with its snapshots; the guests counted on, never back, never skipping
-    assert _domstate(hv2, lv.name) == 'running' and _domstate(hv1, lv.name) is None
+    assert hv2.domstate(lv.name) == 'running' and hv1.domstate(lv.name) is None
     assert _listed(hv2, lv.name) == sorted([SNAP, 'vmfleet-chain'])
     assert hv2.virsh('snapshot-current', lv.name, '--name').stdout.strip() == 'vmfleet-chain'
     for t in targets:
@@ -210,20 +192,6 @@ def test_the_fleet_chain_snapshot_evacuate_return_rollback_cleanup(fleet, tmp_pa
     assert _listed(hv2, lv.name) == [SNAP]
 
 
-def _netns_procs(host, needle):
-    """Processes of ``host`` (its network namespace) whose command line holds ``needle``."""
-    pids = subprocess.run(['ip', 'netns', 'pids', host.ns], capture_output=True, text=True, check=True).stdout.split()
-    out = []
-    for pid in pids:
-        try:
-            with open('/proc/%s/cmdline' % pid, 'rb') as f:
-                if needle.encode() in f.read():
-                    out.append(int(pid))
-        except OSError:
-            pass
-    return out
-
-
 def test_the_module_killed_after_the_metadata_moved_a_re_run_defines_it_where_the_domain_runs(fleet, tmp_path):
     """The module itself is killed (SIGKILL) while the domain migrates, its snapshot metadata off the
     source and only in the journal: whether libvirt finished the move or not, a re-run of the task
@@ -231,17 +199,14 @@ def test_the_module_killed_after_the_metadata_moved_a_re_run_defines_it_where_th
     hv1, hv2 = fleet.hosts
     lv = next(vm for vm in hv2.vms if not vm.name.endswith('-raw1'))
     t = Target(lv, 'libvirt')
-    task = {'vmfleet.kvm.vm_migrate': {'domain': lv.name, 'destination_uri': _dest_uri(hv1), 'bandwidth_mib_s': 8,
+    task = {'vmfleet.kvm.vm_migrate': {'domain': lv.name, 'destination_uri': hv1.ssh_uri, 'bandwidth_mib_s': 8,
                                        'timeout': 300}}
     proc, _out = start_tasks([task], str(tmp_path), inventory=fleet.inventory, hosts=hv2.name)
     try:
-        end = time.monotonic() + 180
-        while _domstate(hv1, lv.name) is None:
-            assert proc.poll() is None and time.monotonic() < end, 'no incoming domain'
-            time.sleep(0.2)
+        hv1.wait_incoming(lv.name, proc)
         assert _listed(hv2, lv.name) == []
         killed = 0
-        for pid in _netns_procs(hv2, 'AnsiballZ_vm_migrate'):
+        for pid in hv2.procs('AnsiballZ_vm_migrate'):
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
@@ -260,10 +225,10 @@ def test_the_module_killed_after_the_metadata_moved_a_re_run_defines_it_where_th
         if not job or 'None' in job:
             break
         time.sleep(0.5)
-    (r,), log = _play(fleet, hv2, [task])
+    (r,), log = fleet.play(hv2, [task])
     assert not r.get('failed'), (r, log[-3000:])
     assert r.get('snapshots_defined') == [SNAP], r
-    assert _domstate(hv1, lv.name) == 'running' and _domstate(hv2, lv.name) is None
+    assert hv1.domstate(lv.name) == 'running' and hv2.domstate(lv.name) is None
     _moved(lv, hv2, hv1)
     assert _listed(hv1, lv.name) == [SNAP]
     t.wait_counter(t.counter() + 2, timeout=120)

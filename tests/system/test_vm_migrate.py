@@ -11,7 +11,7 @@ import time
 import pytest
 
 from rig.accel import detect_accel
-from rig.ansible_run import read_results, run_tasks, start_tasks
+from rig.ansible_run import read_results, start_tasks
 from rig.guest import disk_counter, wait_serial
 from rig.hypervisors import FleetView
 from rig.libvirt_guest import LibvirtGuest
@@ -35,21 +35,6 @@ def fleet(session_fleet):
         yield f
 
 
-def _play(fleet, host, tasks, check=False):
-    """Run ``tasks`` on ``host``; what each registered, and the run's output."""
-    results, proc = run_tasks(tasks, check=check, inventory=fleet.inventory, hosts=host, extra_args=['-v'])
-    return results, proc.stdout + proc.stderr
-
-
-def _dest_uri(host):
-    return 'qemu+ssh://vmfleet@%s/system' % host.address
-
-
-def _domstate(host, name):
-    r = host.virsh('domstate', name, check=False)
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
 def _persistent(host, name):
     r = host.virsh('dominfo', name, check=False)
     m = re.search(r'^Persistent:\s+(\w+)', r.stdout, re.M)
@@ -59,11 +44,11 @@ def _persistent(host, name):
 def _runs_at_source_only(src, dst, t, wait_s):
     """The domain of Target ``t`` runs at ``src`` and counts on; within ``wait_s`` nothing of it is left at ``dst``."""
     name = t.vm.name
-    assert _domstate(src, name) == 'running'
+    assert src.domstate(name) == 'running'
     end = time.monotonic() + wait_s
-    while _domstate(dst, name) is not None and time.monotonic() < end:
+    while dst.domstate(name) is not None and time.monotonic() < end:
         time.sleep(0.5)
-    assert _domstate(dst, name) is None, dst.virsh('list', '--all').stdout
+    assert dst.domstate(name) is None, dst.virsh('list', '--all').stdout
     t.wait_counter(t.counter() + 2, timeout=120)
 
 
@@ -89,12 +74,12 @@ def test_an_unreachable_destination_fails_and_the_domain_runs_on(fleet, tmp_path
     before = t.counter()
     # an address of the fleet's network where no host answers
     bad = 'qemu+ssh://vmfleet@%s.%d.2/system' % (fleet.subnet, 99)
-    (r,), log = _play(fleet, hv1.name, [
+    (r,), log = fleet.play(hv1.name, [
         {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': bad, 'timeout': 60}}])
     assert r.get('failed') is True and r.get('error') == 'ConnectionFailed', r
     assert 'unreachable' in r['msg'] and bad in r['msg'], r['msg']
     assert 'Traceback' not in log
-    assert _domstate(hv1, vm.name) == 'running'
+    assert hv1.domstate(vm.name) == 'running'
     t.wait_counter(before + 2, timeout=120)
 
 
@@ -102,23 +87,23 @@ def test_a_libvirt_domain_moves_with_shared_storage(fleet, tmp_path):
     hv1, hv2 = fleet.hosts
     vm = _domain(hv1)
     t = Target(vm, 'libvirt')
-    task = {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(hv2),
+    task = {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': hv2.ssh_uri,
                                        'parallel_connections': 2, 'max_downtime_ms': 500, 'timeout': 600}}
     # check mode: the destination is checked, nothing moves
-    (r,), log = _play(fleet, hv1.name, [task], check=True)
+    (r,), log = fleet.play(hv1.name, [task], check=True)
     assert r.get('changed') is True and not r.get('failed'), r
-    assert _domstate(hv1, vm.name) == 'running' and _domstate(hv2, vm.name) is None
+    assert hv1.domstate(vm.name) == 'running' and hv2.domstate(vm.name) is None
 
     start = t.serial_size()
     before = t.wait_counter(1)
-    (r,), log = _play(fleet, hv1.name, [task])
+    (r,), log = fleet.play(hv1.name, [task])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert r['route'] == 'libvirt-p2p' and r['mode'] == 'precopy', r
     assert isinstance(r['downtime_ms'], int) and r['downtime_ms'] >= 0, r
     assert r['bytes'] > 0 and r['progress']['samples'], r
     # the source no longer has it, the destination runs it and keeps its definition
-    assert _domstate(hv1, vm.name) is None, hv1.virsh('list', '--all').stdout
-    assert _domstate(hv2, vm.name) == 'running'
+    assert hv1.domstate(vm.name) is None, hv1.virsh('list', '--all').stdout
+    assert hv2.domstate(vm.name) == 'running'
     assert _persistent(hv2, vm.name)
     # the guest counts on at the destination (only hv2's QEMU writes the log now), never back, never skipping
     last = _counts_on(t, start, before)
@@ -126,9 +111,9 @@ def test_a_libvirt_domain_moves_with_shared_storage(fleet, tmp_path):
     t.wait_disk_counter('root', last + 1, timeout=120)
 
     # idempotent: it runs at the destination already
-    (r,), log = _play(fleet, hv1.name, [task])
+    (r,), log = fleet.play(hv1.name, [task])
     assert r.get('changed') is False and not r.get('failed'), r
-    assert _domstate(hv2, vm.name) == 'running'
+    assert hv2.domstate(vm.name) == 'running'
     # the rig tears down what it knows on each host: hv2 holds the domain now
     hv1.vms.remove(vm)
     vm.uri = hv2.uri
@@ -140,12 +125,12 @@ def test_copy_storage_onto_the_same_files_is_refused_and_the_domain_runs_on(flee
     a disk onto itself. The module finds the image at the destination and touches nothing."""
     hv1, hv2 = fleet.hosts
     vm = _domain(hv2)
-    (r,), log = _play(fleet, hv2.name, [
-        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(hv1), 'storage': 'copy',
+    (r,), log = fleet.play(hv2.name, [
+        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': hv1.ssh_uri, 'storage': 'copy',
                                     'timeout': 120}}])
     assert r.get('failed') is True and r.get('error') == 'TargetProblem', r
     assert 'exists already' in r['msg'], r['msg']
-    assert _domstate(hv2, vm.name) == 'running' and _domstate(hv1, vm.name) is None
+    assert hv2.domstate(vm.name) == 'running' and hv1.domstate(vm.name) is None
     # no storage pool left behind at the destination
     assert 'vmfleet-migrate' not in hv1.virsh('pool-list', '--all').stdout
 
@@ -159,13 +144,13 @@ def test_a_libvirt_domain_moves_with_its_disks_copied(fleet, tmp_path):
     start = t.serial_size()
     before = t.wait_counter(1)
     dest_dir = '/var/lib/libvirt/images'  # on hv1: hv1.path('lib', 'images')
-    (r,), log = _play(fleet, hv2.name, [
-        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(hv1), 'storage': 'copy',
+    (r,), log = fleet.play(hv2.name, [
+        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': hv1.ssh_uri, 'storage': 'copy',
                                     'destination_dir': dest_dir, 'timeout': 600}}])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert sorted(d['target'] for d in r['disks']) == ['vda', 'vdb', 'vdc'], r['disks']
     assert r['disk_bytes'] > 0 and isinstance(r['downtime_ms'], int), r
-    assert _domstate(hv2, vm.name) is None and _domstate(hv1, vm.name) == 'running'
+    assert hv2.domstate(vm.name) is None and hv1.domstate(vm.name) == 'running'
     # the domain at hv1 uses the copies
     xml = hv1.virsh('dumpxml', vm.name).stdout
     sources = re.findall(r"<source file='([^']+)'", xml)
@@ -185,8 +170,8 @@ def test_a_libvirt_domain_moves_with_its_disks_copied(fleet, tmp_path):
 
 def _home(fleet, vm):
     """The host the domain runs on."""
-    running = [h for h in fleet.hosts if _domstate(h, vm.name) == 'running']
-    assert len(running) == 1, [(h.name, _domstate(h, vm.name)) for h in fleet.hosts]
+    running = [h for h in fleet.hosts if h.domstate(vm.name) == 'running']
+    assert len(running) == 1, [(h.name, h.domstate(vm.name)) for h in fleet.hosts]
     return running[0]
 
 
@@ -201,8 +186,8 @@ def test_the_timeout_cancels_the_migration_and_the_domain_runs_on_at_the_source(
     dst = next(h for h in fleet.hosts if h is not src)
     t = Target(vm, 'libvirt')
     # 1 MiB/s: the guest's RAM cannot cross within the timeout
-    (r,), log = _play(fleet, src.name, [
-        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'bandwidth_mib_s': 1,
+    (r,), log = fleet.play(src.name, [
+        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': dst.ssh_uri, 'bandwidth_mib_s': 1,
                                     'timeout': 25}}])
     assert r.get('failed') is True and r.get('error') == 'OperationTimeout', r
     assert 'cancelled' in r['msg'] and r['source_state'] == 'running', r
@@ -216,14 +201,11 @@ def test_the_destination_libvirtd_killed_mid_migration_leaves_the_domain_at_the_
     dst = next(h for h in fleet.hosts if h is not src)
     t = Target(vm, 'libvirt')
     proc, out = start_tasks([
-        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'bandwidth_mib_s': 1,
+        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': dst.ssh_uri, 'bandwidth_mib_s': 1,
                                     'timeout': 300}}], str(tmp_path), inventory=fleet.inventory, hosts=src.name)
     try:
         # the incoming domain appears at the destination: the migration runs
-        end = time.monotonic() + 180
-        while _domstate(dst, vm.name) is None:
-            assert proc.poll() is None and time.monotonic() < end, proc.stdout.read() if proc.poll() is not None else 'no incoming domain'
-            time.sleep(0.3)
+        dst.wait_incoming(vm.name, proc)
         dst.stop_libvirtd()
         text = proc.communicate(timeout=300)[0]
     finally:
@@ -246,7 +228,7 @@ def _kill_the_controller_mid_migration(fleet, tmp_path, src, dst, task):
     os.killpg(proc.pid, 9)
     proc.wait()
     end = time.monotonic() + 330
-    while _netns_procs(src, 'AnsiballZ_vm_migrate'):
+    while src.procs('AnsiballZ_vm_migrate'):
         assert time.monotonic() < end, 'the module runs on past its timeout'
         time.sleep(0.5)
 
@@ -258,15 +240,15 @@ def test_the_controller_killed_mid_migration_of_a_domain_the_host_finishes_it(fl
     vm, src = _shared_domain(fleet)
     dst = next(h for h in fleet.hosts if h is not src)
     t = Target(vm, 'libvirt')
-    task = {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'bandwidth_mib_s': 8,
+    task = {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': dst.ssh_uri, 'bandwidth_mib_s': 8,
                                        'timeout': 300}}
     start = t.serial_size()
     before = t.wait_counter(1)
     _kill_the_controller_mid_migration(fleet, tmp_path, src, dst, task)
-    assert _domstate(src, vm.name) is None, src.virsh('list', '--all').stdout
-    assert _domstate(dst, vm.name) == 'running' and _persistent(dst, vm.name)
+    assert src.domstate(vm.name) is None, src.virsh('list', '--all').stdout
+    assert dst.domstate(vm.name) == 'running' and _persistent(dst, vm.name)
     _counts_on(t, start, before)
-    (r,), log = _play(fleet, src.name, [task])
+    (r,), log = fleet.play(src.name, [task])
     assert r.get('changed') is False and not r.get('failed'), r
 
 
@@ -278,12 +260,12 @@ def test_postcopy_takes_over_when_precopy_does_not_converge(fleet, tmp_path):
     t = Target(vm, 'libvirt')
     start = t.serial_size()
     before = t.wait_counter(1)
-    (r,), log = _play(fleet, src.name, [
-        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'bandwidth_mib_s': 1,
+    (r,), log = fleet.play(src.name, [
+        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': dst.ssh_uri, 'bandwidth_mib_s': 1,
                                     'postcopy': True, 'timeout': 40}}])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert r['mode'] == 'postcopy' and 'half the timeout' in r['why'], r
-    assert _domstate(src, vm.name) is None and _domstate(dst, vm.name) == 'running'
+    assert src.domstate(vm.name) is None and dst.domstate(vm.name) == 'running'
     _counts_on(t, start, before)
 
 
@@ -297,14 +279,14 @@ def test_a_libvirt_domain_moves_over_qemu_tcp(fleet, tmp_path):
     before = t.wait_counter(1)
     task = {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': 'qemu+tcp://%s/system' % dst.address,
                                        'timeout': 600}}
-    (r,), log = _play(fleet, src.name, [task])
+    (r,), log = fleet.play(src.name, [task])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert r['route'] == 'libvirt-p2p' and isinstance(r['downtime_ms'], int), r
-    assert _domstate(src, vm.name) is None and _domstate(dst, vm.name) == 'running'
+    assert src.domstate(vm.name) is None and dst.domstate(vm.name) == 'running'
     assert _persistent(dst, vm.name)
     last = _counts_on(t, start, before)
     t.wait_disk_counter('root', last + 1, timeout=120)
-    (r,), log = _play(fleet, src.name, [task])
+    (r,), log = fleet.play(src.name, [task])
     assert r.get('changed') is False and not r.get('failed'), r
 
 
@@ -321,7 +303,7 @@ def test_a_raw_qemu_vm_with_an_unreachable_destination_runs_on(fleet, tmp_path):
     vm = _raw(fleet)
     t = Target(vm, 'qemu')
     bad = 'ssh://vmfleet@%s.%d.2' % (fleet.subnet, 99)
-    (r,), log = _play(fleet, hv1.name, [
+    (r,), log = fleet.play(hv1.name, [
         {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': bad, 'timeout': 60}}])
     assert r.get('failed') is True and r.get('error') == 'ConnectionFailed', r
     assert 'unreachable' in r['msg'], r['msg']
@@ -336,7 +318,7 @@ def test_a_raw_qemu_vm_whose_migration_times_out_runs_on_and_nothing_is_left_at_
     vm = _raw(fleet)
     t = Target(vm, 'qemu')
     dest_sock = '/var/lib/vmfleet/%s.qmp' % vm.name
-    (r,), log = _play(fleet, hv1.name, [
+    (r,), log = fleet.play(hv1.name, [
         {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': 'ssh://vmfleet@%s' % hv2.address,
                                     'destination_qmp_socket': dest_sock, 'bandwidth_mib_s': 1, 'timeout': 30}}])
     assert r.get('failed') is True and r.get('error') == 'OperationTimeout', r
@@ -360,13 +342,13 @@ def test_a_raw_qemu_vm_moves_with_shared_storage(fleet, tmp_path):
     task = {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': 'ssh://vmfleet@%s' % hv2.address,
                                        'destination_qmp_socket': dest_sock, 'parallel_connections': 2,
                                        'timeout': 600}}
-    (r,), log = _play(fleet, hv1.name, [task], check=True)
+    (r,), log = fleet.play(hv1.name, [task], check=True)
     assert r.get('changed') is True and not r.get('failed'), r
     assert '-incoming' in r['destination_argv'] and not os.path.exists(hv2.path('vmfleet', vm.name + '.qmp'))
 
     start = t.serial_size()
     before = t.wait_counter(1)
-    (r,), log = _play(fleet, hv1.name, [task])
+    (r,), log = fleet.play(hv1.name, [task])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert r['route'] == 'qemu-incoming' and r['mode'] == 'precopy', r
     assert isinstance(r['downtime_ms'], int) and r['bytes'] > 0, r
@@ -376,7 +358,7 @@ def test_a_raw_qemu_vm_moves_with_shared_storage(fleet, tmp_path):
     last = _counts_on(t, start, before)
     t.wait_disk_counter('root', last + 1, timeout=120)
     # idempotent
-    (r,), log = _play(fleet, hv1.name, [task])
+    (r,), log = fleet.play(hv1.name, [task])
     assert r.get('changed') is False and not r.get('failed'), r
 
 
@@ -396,7 +378,7 @@ def test_a_raw_qemu_vm_moves_back_with_its_disks_copied(fleet, tmp_path):
                                        'destination_dir': dest_dir, 'timeout': 600}}
     start = t.serial_size()
     before = t.wait_counter(1)
-    (r,), log = _play(fleet, hv2.name, [task])
+    (r,), log = fleet.play(hv2.name, [task])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert sorted(d['target'] for d in r['disks']) == ['data', 'root', 'varstore'], r['disks']
     assert r['disk_bytes'] > 0 and isinstance(r['downtime_ms'], int), r
@@ -424,7 +406,7 @@ def test_a_destination_without_the_space_for_the_copies_is_refused_and_the_vm_ru
     os.makedirs(small)
     hv2.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'vmfleet-small', '/var/lib/vmfleet/small'])
     try:
-        (r,), log = _play(fleet, hv1.name, [
+        (r,), log = fleet.play(hv1.name, [
             {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': 'ssh://vmfleet@%s' % hv2.address,
                                         'destination_qmp_socket': '/var/lib/vmfleet/%s.qmp' % vm.name, 'storage': 'copy',
                                         'destination_dir': '/var/lib/vmfleet/small', 'timeout': 120}}])
@@ -494,26 +476,26 @@ def test_a_link_cut_mid_migration_fails_naming_the_destination_and_the_domain_ru
     vm, src = _shared_domain(fleet)
     dst = next(h for h in fleet.hosts if h is not src)
     t = Target(vm, 'libvirt')
-    task = {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'bandwidth_mib_s': 4,
+    task = {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': dst.ssh_uri, 'bandwidth_mib_s': 4,
                                        'timeout': 120}}
     r, took = _cut_link_mid_migration(fleet, tmp_path, src, dst, task)
     assert r.get('failed') is True and r.get('error') == 'ConnectionFailed', r
     assert dst.address in r['msg'], r['msg']
     assert r['source_state'] == 'running' and took < 120, (took, r)
-    assert _domstate(src, vm.name) == 'running'
+    assert src.domstate(vm.name) == 'running'
     last = t.counter()
     t.wait_counter(last + 2, timeout=120)
     # the link back: the destination's libvirtd drops the incoming domain, a re-run moves it
     end = time.monotonic() + 120
-    while _domstate(dst, vm.name) is not None and time.monotonic() < end:
+    while dst.domstate(vm.name) is not None and time.monotonic() < end:
         time.sleep(0.5)
-    assert _domstate(dst, vm.name) is None, dst.virsh('list', '--all').stdout
+    assert dst.domstate(vm.name) is None, dst.virsh('list', '--all').stdout
     start = t.serial_size()
     before = t.counter()
-    (r,), log = _play(fleet, src.name, [dict(task, **{'vmfleet.kvm.vm_migrate': dict(
+    (r,), log = fleet.play(src.name, [dict(task, **{'vmfleet.kvm.vm_migrate': dict(
         task['vmfleet.kvm.vm_migrate'], bandwidth_mib_s=0, timeout=300)})])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
-    assert _domstate(src, vm.name) is None and _domstate(dst, vm.name) == 'running'
+    assert src.domstate(vm.name) is None and dst.domstate(vm.name) == 'running'
     _counts_on(t, start, before)
 
 
@@ -544,26 +526,12 @@ def test_a_link_cut_mid_migration_of_a_raw_qemu_vm_fails_naming_the_destination_
     # the link back: a re-run finds no QEMU of an earlier try in its way and moves the VM
     start = t.serial_size()
     before = t.counter()
-    (r,), log = _play(fleet, hv1.name, [{'vmfleet.kvm.vm_migrate': dict(
+    (r,), log = fleet.play(hv1.name, [{'vmfleet.kvm.vm_migrate': dict(
         task['vmfleet.kvm.vm_migrate'], bandwidth_mib_s=0, timeout=300)}])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     vm.proc.wait(timeout=60)
     assert qmp(hv2.path('vmfleet', vm.name + '.qmp'), 'query-status')['status'] == 'running'
     _counts_on(t, start, before)
-
-
-def _netns_procs(host, needle):
-    """Processes of ``host`` (its network namespace) whose command line holds ``needle``."""
-    pids = subprocess.run(['ip', 'netns', 'pids', host.ns], capture_output=True, text=True, check=True).stdout.split()
-    out = []
-    for pid in pids:
-        try:
-            with open('/proc/%s/cmdline' % pid, 'rb') as f:
-                if needle.encode() in f.read():
-                    out.append(int(pid))
-        except OSError:
-            pass
-    return out
 
 
 def _raw_moves(fleet, vm):
@@ -600,11 +568,11 @@ def test_the_controller_killed_mid_migration_the_host_finishes_it(fleet, shared_
     _kill_the_controller_mid_migration(fleet, tmp_path, src, dst, task)
     # it ran exactly once, at the destination; nothing of it at the source
     assert qmp(_host_sock(dst, dst_sock), 'query-status')['status'] == 'running'
-    assert not _netns_procs(src, src_sock), 'a QEMU is left at the source'
+    assert not src.procs(src_sock), 'a QEMU is left at the source'
     if vm.proc is not None:
         vm.proc.wait(timeout=60)
     _counts_on(t, start, before)
-    (r,), log = _play(fleet, src.name, [task])
+    (r,), log = fleet.play(src.name, [task])
     assert r.get('changed') is False and not r.get('failed') and r['state'] == 'running-at-destination', r
 
 
@@ -614,13 +582,13 @@ def test_the_destination_qemu_killed_mid_migration_leaves_the_raw_vm_running_at_
     src, src_sock, dst, dst_sock = _raw_moves(fleet, vm)
     proc, out = _start_moving(fleet, tmp_path, src, dst, _raw_task(vm, src_sock, dst, dst_sock, bandwidth_mib_s=4,
                                                                    timeout=300))
-    (pid,) = [p for p in _netns_procs(dst, dst_sock) if b'qemu-system' in open('/proc/%d/cmdline' % p, 'rb').read()]
+    (pid,) = [p for p in dst.procs(dst_sock) if b'qemu-system' in open('/proc/%d/cmdline' % p, 'rb').read()]
     os.kill(pid, 9)
     r = _finish(proc, out)
     assert r.get('failed') is True and r.get('error') == 'JobFailed', r
     assert dst.address in r['msg'] and r['source_state'] == 'running', r
     assert qmp(_host_sock(src, src_sock), 'query-status')['status'] == 'running'
-    assert not _netns_procs(dst, dst_sock) and not os.path.exists(_host_sock(dst, dst_sock))
+    assert not dst.procs(dst_sock) and not os.path.exists(_host_sock(dst, dst_sock))
     last = t.counter()
     t.wait_counter(last + 2, timeout=120)
 
@@ -648,12 +616,12 @@ def test_a_destination_without_the_memory_is_refused_and_the_domain_runs_on(flee
     dst = next(h for h in fleet.hosts if h is not src)
     t = Target(vm, 'libvirt')
     with _short_of_memory(dst):
-        (r,), log = _play(fleet, src.name, [
-            {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(dst), 'timeout': 60}}])
+        (r,), log = fleet.play(src.name, [
+            {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': dst.ssh_uri, 'timeout': 60}}])
     assert r.get('failed') is True and r.get('error') == 'DestinationProblem', r
     assert 'not enough memory' in r['msg'] and dst.address in r['msg'] and '64 MiB' in r['msg'], r['msg']
     assert 'Traceback' not in log
-    assert _domstate(src, vm.name) == 'running' and _domstate(dst, vm.name) is None
+    assert src.domstate(vm.name) == 'running' and dst.domstate(vm.name) is None
     last = t.counter()
     t.wait_counter(last + 2, timeout=120)
 
@@ -664,10 +632,10 @@ def test_a_destination_without_the_memory_is_refused_and_the_raw_vm_runs_on(flee
     src, raw_sock, dst, raw_dst_sock = _raw_moves(fleet, shared_raw)
     assert (src, dst) == (hv1, hv2)
     with _short_of_memory(hv2):
-        (r,), log = _play(fleet, hv1.name, [_raw_task(shared_raw, raw_sock, hv2, raw_dst_sock, timeout=60)])
+        (r,), log = fleet.play(hv1.name, [_raw_task(shared_raw, raw_sock, hv2, raw_dst_sock, timeout=60)])
     assert r.get('failed') is True and r.get('error') == 'DestinationProblem', r
     assert 'not enough memory' in r['msg'] and hv2.address in r['msg'] and '64 MiB' in r['msg'], r['msg']
-    assert not _netns_procs(hv2, raw_dst_sock), 'a QEMU was started at the destination'
+    assert not hv2.procs(raw_dst_sock), 'a QEMU was started at the destination'
     assert qmp(raw_sock, 'query-status')['status'] == 'running'
 
 
@@ -701,14 +669,14 @@ def test_auto_converge_moves_a_domain_that_dirties_memory_faster_than_the_link(f
     t = Target(vm, 'libvirt')
     start = t.serial_size()
     before = t.wait_counter(1)
-    (r,), log = _play(fleet, hv1.name, [
-        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': _dest_uri(hv2),
+    (r,), log = fleet.play(hv1.name, [
+        {'vmfleet.kvm.vm_migrate': {'domain': vm.name, 'destination_uri': hv2.ssh_uri,
                                     'bandwidth_mib_s': DIRTY_BANDWIDTH, 'auto_converge': True, 'timeout': 600}}])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert r['mode'] == 'auto-converge' and 'throttled' in r['why'], r
     _precopy_could_not_converge(r)
     assert max(s.get('throttle_pct') or 0 for s in r['progress']['samples']) > 0, r['progress']
-    assert _domstate(hv1, vm.name) is None and _domstate(hv2, vm.name) == 'running'
+    assert hv1.domstate(vm.name) is None and hv2.domstate(vm.name) == 'running'
     hv1.vms.remove(vm)
     vm.uri = hv2.uri
     hv2.vms.append(vm)
@@ -732,7 +700,7 @@ def test_postcopy_moves_a_raw_qemu_vm_that_dirties_memory_faster_than_the_link(f
     dest_sock = '/var/lib/vmfleet/%s.qmp' % vm.name
     start = t.serial_size()
     before = t.wait_counter(1)
-    (r,), log = _play(fleet, hv1.name, [
+    (r,), log = fleet.play(hv1.name, [
         {'vmfleet.kvm.vm_migrate': {'qmp_socket': vm.qmp_socket, 'destination_uri': 'ssh://vmfleet@%s' % hv2.address,
                                     'destination_qmp_socket': dest_sock, 'bandwidth_mib_s': DIRTY_BANDWIDTH,
                                     'postcopy': True, 'timeout': 300}}])
