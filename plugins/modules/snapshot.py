@@ -8,7 +8,7 @@ __metaclass__ = type
 
 DOCUMENTATION = r'''
 module: snapshot
-short_description: Create, delete or revert internal and instant snapshots of a QEMU/KVM VM
+short_description: Create, delete or revert internal, instant and external snapshots of a QEMU/KVM VM
 version_added: 1.0.0
 description:
   - Manages internal (qcow2) snapshots of a VM reached through libvirt (O(domain)) or a raw
@@ -106,14 +106,22 @@ options:
   mode:
     description:
       - How O(state=present) takes the snapshot.
+      - V(auto) takes an internal snapshot where every chosen disk is qcow2 and the firmware allows it, and an
+        external one otherwise (raw files, block devices, pflash firmware with a raw NVRAM under libvirt, or a VM
+        already running on the overlays of an external snapshot); RV(mode) and RV(mode_reason) say which and why.
+        VMs whose disks are all qcow2 are snapshotted as with V(internal).
+      - V(external) puts each chosen disk, of any format, on a new qcow2 overlay under O(overlay_dir); the image
+        under it keeps the snapshot's moment. A revert drops the writes made since, a delete commits them into
+        that image, so the VM ends on its original image paths.
       - V(internal) keeps RAM state inside a qcow2 image, written while the guest is paused.
       - V(instant) freezes the moment in milliseconds and writes RAM to a memory file under
         O(memory_dir) while the guest runs (raw QEMU VMs and libvirt domains);
         O(vmstate_disk) and O(memory) do not apply.
       - Ignored by O(state=absent) and O(state=reverted), which handle the snapshot the way it was taken.
     type: str
-    choices: [internal, instant]
-    default: internal
+    choices: [auto, internal, instant, external]
+    default: auto
+    version_added: 1.2.0
   memory_dir:
     description:
       - Directory of the memory files and manifests of instant snapshots
@@ -123,6 +131,26 @@ options:
         an internal snapshot of an instant snapshot's name.
     type: path
     default: /var/lib/vmfleet/snapshots
+  overlay_dir:
+    description:
+      - Directory of the qcow2 overlays of an external snapshot (C(<image stem>.<name>.qcow2)).
+      - Default is the directory of each disk's image; a disk on a block device needs it.
+    type: path
+    version_added: 1.2.0
+  quiesce:
+    description:
+      - Freeze the guest's filesystems with the QEMU guest agent around a disk-only snapshot
+        (O(memory=false)), so that the snapshot holds them clean; thawed within O(timeout) even if the
+        module dies. Fails before anything changes when the VM has no guest agent.
+    type: bool
+    default: false
+    version_added: 1.2.0
+  guest_agent_socket:
+    description:
+      - The QEMU guest agent's socket of a raw QEMU VM, for O(quiesce).
+      - Default is the agent socket found on the QEMU command line.
+    type: path
+    version_added: 1.2.0
   load:
     description:
       - How O(state=reverted) loads the RAM of an instant snapshot.
@@ -243,10 +271,17 @@ state:
   type: str
   sample: running
 mode:
-  description: The mode of the snapshot the task handled, V(internal) or V(instant) (for O(state=absent) and O(state=reverted), the mode it was taken in).
+  description:
+    - The mode of the snapshot the task handled, V(internal), V(instant) or V(external) (for O(state=absent) and
+      O(state=reverted), the mode it was taken in).
   returned: always
   type: str
   sample: instant
+mode_reason:
+  description: Why O(mode=auto) chose RV(mode) for this VM.
+  returned: when O(mode=auto) and O(state=present)
+  type: str
+  sample: disk vda is raw, which cannot hold internal snapshots
 pid:
   description: PID of the relaunched QEMU after the revert of an instant snapshot of a raw QEMU VM.
   returned: when an instant snapshot of a raw QEMU VM was reverted, not in check mode
@@ -357,8 +392,11 @@ def main():
         vmstate_disk=dict(type='str'),
         memory=dict(type='bool', default=True),
         overwrite=dict(type='bool', default=False),
-        mode=dict(type='str', choices=['internal', 'instant'], default='internal'),
+        mode=dict(type='str', choices=['auto', 'internal', 'instant', 'external'], default='auto'),
         memory_dir=dict(type='path', default=DEFAULT_MEMORY_DIR),
+        overlay_dir=dict(type='path'),
+        quiesce=dict(type='bool', default=False),
+        guest_agent_socket=dict(type='path'),
         load=dict(type='str', choices=['full', 'background'], default='full'),
     ), relaunches=True), work)
 

@@ -175,6 +175,44 @@ class VmHandle(object):
         """True when native_snapshot_revert works on this host (else the QMP route reverts)."""
         return False
 
+    # -- external (overlay) snapshots: snapshot/external.py --
+    def external_snapshots(self):
+        """This VM's external snapshots, oldest first, each a dict: name, mode ('external'),
+        disks (names), overlays ({disk: overlay it created}), bases ({disk: image under that
+        overlay}), memory_file (or None), nvram_copy (or None), date, parent (name or None),
+        consistent (bool) and problem (why not, when not)."""
+        return []
+
+    def check_external_snapshot(self, disks, memory, quiesce):
+        """Before anything changes: CapabilityMissing (naming what is missing and the
+        version that has it) when this VM cannot take an external snapshot of ``disks``,
+        with RAM when ``memory``, its filesystems frozen when ``quiesce``."""
+        raise CapabilityMissing("VM '%s' (%s) cannot take external snapshots" % (self.name, self.backend),
+                                hint="use mode: internal")
+
+    def external_snapshot_create(self, name, disks, overlays, memory, quiesce, memory_dir, deadline):
+        """Put each of ``disks`` on its new qcow2 overlay ``overlays[disk.name]`` at one moment
+        (RAM and device state saved under ``memory_dir`` when ``memory``); a dict for the
+        module's result (route, paused_ms, ...)."""
+        raise NotImplementedError
+
+    def external_snapshot_revert(self, snap, memory_dir, deadline):
+        """Bring the VM back to external snapshot ``snap`` (an external_snapshots() entry):
+        its disks on fresh overlays over the same bases, the guest at that moment when it
+        has RAM state; a dict for the module's result."""
+        raise NotImplementedError
+
+    def external_snapshot_delete(self, snap, memory_dir, deadline):
+        """Delete external snapshot ``snap`` keeping every guest write: its overlays committed
+        into the images under them (crash-safe: a re-run after a kill carries on); a dict for
+        the module's result."""
+        raise NotImplementedError
+
+    def internal_snapshot_refusal(self, disks):
+        """Why this VM cannot take an internal snapshot of ``disks`` beyond their format
+        (such as pflash firmware with a raw NVRAM under libvirt), or None."""
+        return None
+
     def pause(self):
         """Stop the guest's vCPUs."""
         self.qmp('stop')

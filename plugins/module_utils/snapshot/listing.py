@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, vmfleet.kvm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Every snapshot of a VM, internal or instant, as snapshot_info reports it:
+"""Every snapshot of a VM, internal, instant or external, as snapshot_info reports it:
 read from the images (so also those libvirt's own list does not show) and
 from the instant snapshots' manifests, each with the mode it was taken in."""
 
@@ -38,6 +38,9 @@ def list_snapshots(vm, memory_dir, name=None, name_prefix=None):
         else:
             s = dict(s, mode='internal')
         out.append(dict(s, vm=vm.name, backend=vm.backend, in_libvirt=s['name'] in known))
+    for s in vm.external_snapshots():
+        if wanted(s['name']):
+            out.append(dict(s, vm=vm.name, backend=vm.backend, in_libvirt=s['name'] in known))
     for n, (path, manifest) in sorted(instant.items()):
         # a memory file whose disk snapshots are gone: listed so it can be removed
         if wanted(n):

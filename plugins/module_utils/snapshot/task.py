@@ -12,14 +12,24 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions impo
 from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.instant import (
     KIND, InstantSnapshots, guard_internal, remove_stale_partials,
 )
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.external import KIND as EXTERNAL, ExternalSnapshots
 from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.internal import Snapshots
 from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.listing import mode_of
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.mode_choice import choose_mode
 
 
 def snapshot_task(vm, p, check_mode):
     """Run the task ``p`` (the module's params) on ``vm``: (result, snapshot before)."""
+    why = None
     if p['state'] == 'present':
         mode = p['mode']
+        if mode == 'auto':
+            found = mode_of(vm, p['memory_dir'], p['name'], None)
+            mode, why = (found, "snapshot '%s' exists, taken in mode %s" % (p['name'], found)) if found \
+                else choose_mode(vm, p['disks'])
+        if mode in (KIND, EXTERNAL) and p['vmstate_disk']:
+            raise InvalidArgument("vmstate_disk does not apply to mode: %s" % mode,
+                                  hint="its RAM goes to a memory file under memory_dir; drop it")
         if mode == KIND and (p['vmstate_disk'] or not p['memory']):
             raise InvalidArgument("vmstate_disk and memory do not apply to mode: instant",
                                   hint="its RAM goes to a memory file under memory_dir; drop them")
@@ -28,7 +38,11 @@ def snapshot_task(vm, p, check_mode):
     if not check_mode:
         # a run that died half-way (QEMU or the module killed) leaves a partial memory file no one writes
         remove_stale_partials(p['memory_dir'], vm.name)
-    if mode == KIND:
+    if mode == EXTERNAL:
+        ops = ExternalSnapshots(vm, p['timeout'], p['memory_dir'], p['overlay_dir'], p['quiesce'],
+                                check_mode=check_mode)
+        create = (p['name'], p['disks'], p['memory'], p['overwrite'])
+    elif mode == KIND:
         ops = InstantSnapshots(vm, p['timeout'], p['memory_dir'], check_mode=check_mode)
         create = (p['name'], p['disks'], p['overwrite'])
     else:
@@ -46,4 +60,6 @@ def snapshot_task(vm, p, check_mode):
                 p['load'], p['name']), hint="nothing was changed; drop load (an internal snapshot loads from its qcow2)")
         result, before = ops.reverted(p['name'], **({'load': p['load']} if mode == KIND else {}))
     result['mode'] = mode
+    if why:
+        result['mode_reason'] = why
     return result, before
