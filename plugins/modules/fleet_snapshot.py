@@ -51,9 +51,12 @@ options:
     description:
       - How O(state=present) takes the snapshot; see M(vmfleet.kvm.snapshot). Reverts and deletions find
         the mode each snapshot was taken in by themselves.
+      - V(auto) takes an internal snapshot of a VM's qcow2 disks where it can, and an external one (qcow2
+        overlays) of a VM with no qcow2 disk or whose firmware refuses internal snapshots; each VM's report
+        says which mode it got and why (C(mode), C(mode_reason)).
     type: str
-    choices: [internal, instant]
-    default: internal
+    choices: [auto, internal, instant, external]
+    default: auto
   keep:
     description:
       - How many snapshots carrying O(prefix) to keep on each VM, newest first (the one just taken counts).
@@ -62,7 +65,7 @@ options:
     default: 0
   memory_dir:
     description:
-      - Directory of instant snapshots' memory files (created 0700 for O(mode=instant)).
+      - Directory of the memory files of instant and external snapshots (created 0700 unless O(mode=internal)).
     type: path
     default: /var/lib/vmfleet/snapshots
   max_age:
@@ -79,7 +82,7 @@ seealso:
   - module: vmfleet.kvm.snapshot
   - module: vmfleet.kvm.fleet_progress
   - ref: ansible_collections.vmfleet.kvm.docsite.snapshot_modes
-    description: Choosing a snapshot mode (internal or instant).
+    description: Choosing a snapshot mode (auto, internal, instant or external).
 '''
 
 EXAMPLES = r'''
@@ -173,7 +176,7 @@ def work(module):
                               hint="set name (a snapshot to delete), keep (retention), or both")
     if not p['prefix']:
         raise InvalidArgument("prefix is empty", hint="retention must never touch snapshots it did not make")
-    if p['state'] == 'present' and p['mode'] == 'instant' and not module.check_mode and not os.path.isdir(p['memory_dir']):
+    if p['state'] == 'present' and p['mode'] != 'internal' and not module.check_mode and not os.path.isdir(p['memory_dir']):
         os.makedirs(p['memory_dir'], 0o700)
     states, pipeline = STATES[p['state']]
     run = FleetRun(module, 'snapshot ' + p['state'], p)
@@ -188,7 +191,7 @@ def main():
         state=dict(type='str', choices=['present', 'reverted', 'absent'], default='present'),
         name=dict(type='str'),
         prefix=dict(type='str', default='vmfleet-'),
-        mode=dict(type='str', choices=['internal', 'instant'], default='internal'),
+        mode=dict(type='str', choices=['auto', 'internal', 'instant', 'external'], default='auto'),
         keep=dict(type='int', default=0),
         memory_dir=dict(type='path', default=DEFAULT_MEMORY_DIR),
         max_age=dict(type='int', default=0),

@@ -174,7 +174,7 @@ seealso:
   - module: vmfleet.kvm.snapshot_info
   - module: vmfleet.kvm.fleet_snapshot
   - ref: ansible_collections.vmfleet.kvm.docsite.snapshot_modes
-    description: Choosing a snapshot mode (internal or instant).
+    description: Choosing a snapshot mode (auto, internal, instant or external).
 '''
 
 EXAMPLES = r'''

@@ -61,7 +61,7 @@ def test_destructive_playbooks_want_the_snapshot_by_name_and_bad_extra_vars_fail
             ('snapshot_cleanup', dict(vmfleet_snapshot_name='x', vmfleet_snapshot_keep='three'),
              ("'vmfleet_snapshot_keep'", "'three'", 'int')),
             ('pre_upgrade_snapshot', dict(vmfleet_snapshot_name='x', vmfleet_snapshot_mode='fast'),
-             ('vmfleet_snapshot_mode', 'internal, instant', 'fast')),
+             ('vmfleet_snapshot_mode', 'auto, internal, instant, external', 'fast')),
             ('host_maintenance', dict(vmfleet_phase='later'), ('vmfleet_phase', 'save, restore'))):
         proc = run_playbook('vmfleet.kvm.' + playbook, inventory=write_inventory(tmp_path), check=True,
                             extra_vars=extra)

@@ -33,7 +33,7 @@ MIRROR_DEFAULTS = dict(target_format=None, create_target=True, overwrite=False, 
                        cancel_on_timeout=False)
 
 
-def _snapshot(run, vm, state, name, mode='internal', disks=None, vmstate_disk=None):
+def _snapshot(run, vm, state, name, mode='auto', disks=None, vmstate_disk=None):
     """One snapshot step, through the same engine choice as the snapshot module
     (a deletion or revert goes the way the snapshot was taken); its result."""
     return snapshot_task(vm, dict(state=state, name=name, mode=mode, disks=disks, vmstate_disk=vmstate_disk,
@@ -64,22 +64,27 @@ def snapshot_present(run, target, record):
     p = run.p
     name = prefixed(p['name'], p['prefix'])
     record.update(snapshot=name, mode=p['mode'])
-    if not target['disks']:
-        raise InvalidArgument('no disk of this VM can hold a snapshot')
+    if not target['disks'] and p['mode'] == 'internal':
+        raise InvalidArgument('no disk of this VM can hold an internal snapshot',
+                              hint="use mode auto or external (qcow2 overlays over any disk)")
+    # internal snapshots cover the qcow2 disks; an external one, every writable disk
+    disks = target['disks'] if p['mode'] == 'internal' or (p['mode'] == 'auto' and target['disks']) else None
     with open_vm(run.module, run.conn(target)) as vm:
         stale = stale_snapshot(list_snapshots(vm, p['memory_dir'], name=name), name, p.get('max_age'), time.time())
         if stale:
             raise InvalidArgument(stale, hint="give this run a snapshot name of its own (the playbook's default is "
                                   "dated), or delete the old one first (vmfleet.kvm.snapshot_cleanup)")
         t0 = time.monotonic()
-        result = _snapshot(run, vm, 'present', name, p['mode'], target['disks'],
-                           target['vmstate_disk'] if p['mode'] == 'internal' else None)
+        result = _snapshot(run, vm, 'present', name, p['mode'], disks,
+                           target['vmstate_disk'] if disks and p['mode'] in ('internal', 'auto') else None)
         record.update(changed=result['changed'], route=result.get('route'), paused_ms=result.get('paused_ms'),
-                      duration_s=round(time.monotonic() - t0, 3))
+                      duration_s=round(time.monotonic() - t0, 3), mode=result['mode'])
+        if result.get('mode_reason'):
+            record['mode_reason'] = result['mode_reason']
         ours = list_snapshots(vm, p['memory_dir'], name_prefix=p['prefix'])
         if not run.check_mode:
             held = [s['disks'] for s in ours if s['name'] == name]
-            if not held or not set(target['disks']) <= set(held[0]):
+            if not held or not set(disks or (result.get('snapshot') or {}).get('disks') or ()) <= set(held[0]):
                 raise JobFailed("snapshot %s is not on every disk of %s (%s): %s"
                                 % (name, target['name'], ', '.join(target['disks']), json.dumps(ours)))
         # the snapshot just taken counts as the newest, even in check mode where it does not exist yet

@@ -12,7 +12,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
-import stat
 import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
@@ -25,23 +24,16 @@ KIND = 'external'
 OVERLAY_SUFFIX = '.qcow2'
 
 
-def is_block_device(path):
-    try:
-        return stat.S_ISBLK(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
 def overlay_path(disk, name, overlay_dir):
     """Where disk ``disk``'s overlay for snapshot ``name`` goes: ``overlay_dir``,
     else the directory of the disk's image; a block device has no directory of
-    its own to put a file in."""
+    its own to put a file in, nor has a network disk."""
     base = os.path.basename(disk.file or disk.name)
     stem = base.rsplit('.', 1)[0] if '.' in base else base
     if overlay_dir is None:
-        if not disk.file or is_block_device(disk.file):
+        if not disk.file or not os.path.isfile(disk.file):
             raise InvalidArgument(
-                "disk '%s' is the block device %s: its overlay needs a directory" % (disk.name, disk.file),
+                "disk '%s' is %s, not a file (a block device?): its overlay needs a directory" % (disk.name, disk.file),
                 hint="set overlay_dir to a directory on a filesystem with room for the guest's writes")
         overlay_dir = os.path.dirname(disk.file)
     if not os.path.isdir(overlay_dir):

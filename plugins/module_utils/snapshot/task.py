@@ -27,6 +27,9 @@ def snapshot_task(vm, p, check_mode):
             found = mode_of(vm, p['memory_dir'], p['name'], None)
             mode, why = (found, "snapshot '%s' exists, taken in mode %s" % (p['name'], found)) if found \
                 else choose_mode(vm, p['disks'])
+            if mode != 'internal':
+                # a fleet names the disk for RAM state of an internal snapshot; auto chose otherwise
+                p = dict(p, vmstate_disk=None)
         if mode in (KIND, EXTERNAL) and p['vmstate_disk']:
             raise InvalidArgument("vmstate_disk does not apply to mode: %s" % mode,
                                   hint="its RAM goes to a memory file under memory_dir; drop it")
@@ -39,7 +42,7 @@ def snapshot_task(vm, p, check_mode):
         # a run that died half-way (QEMU or the module killed) leaves a partial memory file no one writes
         remove_stale_partials(p['memory_dir'], vm.name)
     if mode == EXTERNAL:
-        ops = ExternalSnapshots(vm, p['timeout'], p['memory_dir'], p['overlay_dir'], p['quiesce'],
+        ops = ExternalSnapshots(vm, p['timeout'], p['memory_dir'], p.get('overlay_dir'), p.get('quiesce', False),
                                 check_mode=check_mode)
         create = (p['name'], p['disks'], p['memory'], p['overwrite'])
     elif mode == KIND:
