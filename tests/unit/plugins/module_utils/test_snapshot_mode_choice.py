@@ -61,7 +61,7 @@ def test_overlay_goes_next_to_the_image_or_into_overlay_dir_and_a_block_device_n
     other = tmp_path / 'ov'
     other.mkdir()
     assert overlay_path(d, 'a/b', str(other)) == str(other / 'root.a_b.qcow2')
-    with pytest.raises(InvalidArgument, match='overlay_dir'):
+    with pytest.raises(InvalidArgument, match='needs a directory'):
         overlay_path(_disk('vdb', 'raw', path='/dev/null'), 'pre', None)
     with pytest.raises(InvalidArgument, match='not a directory'):
         overlay_path(d, 'pre', os.path.join(str(tmp_path), 'missing'))
