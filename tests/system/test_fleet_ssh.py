@@ -212,7 +212,9 @@ def _healthy_targets(fleet):
 @pytest.fixture(scope='module')
 def snapshotted(fleet, tmp_path_factory):
     """pre_upgrade_snapshot over the fleet with its faults: (proc, recap, report, summary)."""
-    return _faulty_run(fleet, tmp_path_factory.mktemp('pre'), 'pre_upgrade_snapshot', {'vmfleet_snapshot_name': SNAP})
+    # mode internal: the raw-only VM is the one no disk of which can hold that snapshot (auto would overlay it)
+    return _faulty_run(fleet, tmp_path_factory.mktemp('pre'), 'pre_upgrade_snapshot',
+                       {'vmfleet_snapshot_name': SNAP, 'vmfleet_snapshot_mode': 'internal'})
 
 
 def test_pre_upgrade_snapshot_over_the_fleet_with_faults(fleet, snapshotted):
@@ -220,7 +222,7 @@ def test_pre_upgrade_snapshot_over_the_fleet_with_faults(fleet, snapshotted):
     vms = _check_faults(fleet, proc, recap, report, summary, failing=('rawonly', 'crashed'))
     hv1, hv2, hv3, hv4 = fleet.hosts
     assert 'hv5' not in recap, recap
-    assert 'no disk of this VM can hold a snapshot' in vms['%s-rawonly' % hv1.ns]['msg'], vms
+    assert 'no disk of this VM can hold an internal snapshot' in vms['%s-rawonly' % hv1.ns]['msg'], vms
     for t in _healthy_targets(fleet):
         r = vms[t.vm.name]
         assert r['status'] == 'ok' and r['changed'] is True, r

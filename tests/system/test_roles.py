@@ -15,18 +15,18 @@ def _playbook(name, tmp_path, **extra):
 
 def test_one_failed_vm_does_not_stop_the_others_and_fails_the_host_naming_it(vms, tmp_path):
     good = vms.boot('qemu')
-    # a VM with nothing but a raw disk: no disk of it can hold a snapshot
+    # a VM with nothing but a raw disk: no disk of it can hold an internal snapshot
     bare = vms.boot('qemu', disks=(('root', 'raw', 16),))
     reports = tmp_path / 'reports'
     c = good.wait_counter(1)
-    proc = _playbook('pre_upgrade_snapshot', tmp_path, vmfleet_snapshot_name='fail-test',
+    proc = _playbook('pre_upgrade_snapshot', tmp_path, vmfleet_snapshot_name='fail-test', vmfleet_snapshot_mode='internal',
                      vmfleet_vms=[good.vm.qmp_socket, bare.vm.qmp_socket, '/nonexistent/vm.qmp', 'no-such-domain-xyz'],
                      pre_upgrade_snapshot_report_dir=str(reports))
     assert proc.returncode != 0, proc.stdout[-3000:]
     out = proc.stdout + proc.stderr
     assert 'Traceback' not in out
     assert 'pre_upgrade_snapshot failed on 3 VM(s)' in out, out[-3000:]
-    for why in ('/nonexistent/vm.qmp', 'no-such-domain-xyz', 'no disk of this VM can hold a snapshot'):
+    for why in ('/nonexistent/vm.qmp', 'no-such-domain-xyz', 'no disk of this VM can hold an internal snapshot'):
         assert why in out, (why, out[-3000:])
 
     report = json.loads((reports / 'pre_upgrade_snapshot.json').read_text())
