@@ -91,7 +91,7 @@ class Target:
             return len(f.read())
 
     def disk_counter(self, role):
-        fmt = 'raw' if role == 'varstore' else 'qcow2'
+        fmt = 'raw' if self.vm.disk_path(role).endswith('.raw') else 'qcow2'
         return disk_counter(self.vm.disk_path(role), fmt)
 
 

@@ -1,0 +1,69 @@
+"""The pre-upgrade workflow on a mixed host with no new variable: mode auto gives a VM on qcow2 an
+internal snapshot and VMs on raw disks external ones; rollback takes every guest back, cleanup
+commits the overlays so each VM runs on its original images again, nothing left beside them."""
+
+import glob
+import json
+import os
+
+from rig.ansible_run import run_playbook, write_inventory
+
+RAW = (('root', 'raw', 16),)
+
+
+def _playbook(name, tmp_path, **extra):
+    proc = run_playbook('vmfleet.kvm.' + name, inventory=write_inventory(tmp_path), extra_vars=extra)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert 'Traceback' not in proc.stdout + proc.stderr
+    return proc
+
+
+def _report(reports, role):
+    return dict((r['vm'], r) for r in json.loads((reports / (role + '.json')).read_text())['vms'])
+
+
+def _overlays(t):
+    return sorted(glob.glob(os.path.join(os.path.dirname(t.vm.disk_path('root')), '*.vmfleet-*.qcow2')))
+
+
+def test_pre_upgrade_rollback_cleanup_on_a_mixed_host(vms, tmp_path):
+    qcow = vms.boot('qemu')
+    raw_q = vms.boot('qemu', disks=RAW)
+    raw_l = vms.boot('libvirt', disks=RAW)
+    everyone = (qcow, raw_q, raw_l)
+    names = [qcow.vm.qmp_socket, raw_q.vm.qmp_socket, raw_l.vm.name]
+    reports = tmp_path / 'reports'
+    common = dict(vmfleet_snapshot_name='mixed', vmfleet_vms=names)
+
+    _playbook('pre_upgrade_snapshot', tmp_path, pre_upgrade_snapshot_report_dir=str(reports), **common)
+    report = _report(reports, 'pre_upgrade_snapshot')
+    assert report[qcow.vm.name]['status'] == 'ok' and report[qcow.vm.name]['mode'] == 'internal', report
+    for t in (raw_q, raw_l):
+        r = report[t.vm.name]
+        assert r['status'] == 'ok' and r['mode'] == 'external' and 'raw' in r['mode_reason'], r
+        assert len(_overlays(t)) == 1, _overlays(t)
+
+    # the guests run on past the snapshot, then all go back to it
+    marks = dict((t.vm.name, (t.serial_size(), t.wait_counter(t.counter() + 3))) for t in everyone)
+    _playbook('snapshot_rollback', tmp_path, **common)
+    for t in everyone:
+        offset, last = marks[t.vm.name]
+        resumed = t.counters_after_going_back(offset, last)
+        assert resumed[0] < last, (t.vm.name, resumed, last)
+
+    # a good upgrade: cleanup keeps what the guests write from now on, in their original images
+    for t in everyone:
+        t.wait_counter(t.counter() + 2)
+    _playbook('snapshot_cleanup', tmp_path, **common)
+    for t in (raw_q, raw_l):
+        assert _overlays(t) == [], (t.vm.name, _overlays(t))
+    r = raw_q.qmp('query-block')
+    files = [b['inserted']['file'] for b in r if b.get('inserted')]
+    assert raw_q.vm.disk_path('root') in files, files
+    xml = raw_l.vm.virsh('dumpxml', raw_l.vm.name).stdout
+    assert raw_l.vm.disk_path('root') in xml and '.vmfleet-' not in xml, xml
+    for t in everyone:
+        now = t.wait_counter(t.counter() + 1)
+        # what the guests write after the cleanup lands in their original raw images themselves
+        if t is not qcow:
+            t.wait_disk_counter('root', now + 1)
