@@ -76,7 +76,9 @@ snapshots:
       type: str
       sample: pre-upgrade
     mode:
-      description: C(internal) (qcow2 internal snapshot) or C(instant) (disk-only internal snapshots plus a memory file).
+      description:
+        - C(internal) (qcow2 internal snapshot), C(instant) (disk-only internal snapshots plus a memory file) or
+          C(external) (qcow2 overlays over the disks' images, plus a memory file when it has RAM state).
       type: str
       sample: internal
     disks:
@@ -122,9 +124,34 @@ snapshots:
       type: bool
       sample: false
     memory_file:
-      description: The memory file of an instant snapshot.
+      description: The memory file of an instant snapshot, or of an external snapshot with RAM state (null without).
       type: str
       sample: /var/lib/vmfleet/snapshots/db01.pre-upgrade.vmstate
+    overlays:
+      description: The qcow2 overlay each disk of an external snapshot runs on since it was taken (disk -> file).
+      type: dict
+      returned: for external snapshots
+      sample: {vda: /var/lib/libvirt/images/db01.pre-upgrade.qcow2}
+    bases:
+      description: The image under each overlay of an external snapshot (disk -> file), which holds the snapshot's moment.
+      type: dict
+      returned: for external snapshots
+      sample: {vda: /var/lib/libvirt/images/db01.raw}
+    parent:
+      description: The external snapshot this one was taken on top of (a chain), or null.
+      type: str
+      returned: for external snapshots
+      sample: null
+    nvram_copy:
+      description: The copy of a UEFI VM's NVRAM an external snapshot keeps, put back on revert (null without).
+      type: str
+      returned: for external snapshots
+      sample: /var/lib/vmfleet/snapshots/db01.pre-upgrade.nvram
+    problem:
+      description: Why an external snapshot is not consistent.
+      type: str
+      returned: for an external snapshot that is not consistent
+      sample: overlay /var/lib/libvirt/images/db01.pre-upgrade.qcow2 is missing
     paused_ms:
       description: How long the guest was paused when the instant snapshot was taken.
       type: float
