@@ -86,6 +86,19 @@ if rig_need_install; then
     [ -z "$noservice" ] || $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 
+# The HTML fleet report's browser test (tests/system/test_fleet_report_html.py): headless
+# Chromium and its WebDriver, from the stable suite (Selenium drives them).
+browser_need_install() {
+    command -v chromium >/dev/null || return 0
+    command -v chromedriver >/dev/null || return 0
+    return 1
+}
+if browser_need_install; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver >/dev/null
+fi
+
 # libvirt's QEMU processes are daemonized: when one exits, whoever adopted it
 # must reap it, and libvirt waits (polling kill(pid, 0)) until it is gone. A
 # hypervisor's systemd reaps at once; this machine's init took 1.5-2 s, which

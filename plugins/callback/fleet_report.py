@@ -17,6 +17,9 @@ description:
   - At the end of the run it writes one JSON file and a short human-readable summary next to it
     (for each host what was done and how long it took; for each VM its outcome, its time, and how long the guest was paused),
     and shows the summary.
+  - It writes an HTML page next to them as well, one self-contained file that fetches nothing (no network, no CDN): a table
+    of hosts and VMs that sorts and filters (failed and unreachable first), a timeline per host with a bar for each VM's work
+    and its guest pause, and the totals (hosts, VMs, outcomes, wall time, sum and longest guest pause).
   - Each hypervisor keeps its own report as well (the roles' C(report_dir)); this one is the fleet's.
   - Enable it with C(ANSIBLE_CALLBACKS_ENABLED=vmfleet.kvm.fleet_report) (or C(callbacks_enabled) in
     C(ansible.cfg)). AWX job templates have no environment field, so under AWX put C(callbacks_enabled) in the
@@ -31,7 +34,7 @@ options:
   report_dir:
     description:
       - Directory the reports are written to, created with mode 0700; each run writes
-        C(<playbook>-<UTC time>.json) and C(.txt) there, mode 0600.
+        C(<playbook>-<UTC time>.json), C(.txt) and C(.html) there, mode 0600.
     type: path
     default: ~/.ansible/vmfleet/reports
     env:
@@ -41,11 +44,13 @@ options:
         key: report_dir
 '''
 
+import io
 import json
 import os
 import time
 
 from ansible.plugins.callback import CallbackBase
+from ansible_collections.vmfleet.kvm.plugins.plugin_utils.fleet_report_html import render as render_html
 
 PREFIX = 'vmfleet_'
 
@@ -70,6 +75,14 @@ def _vm_line(r):
     if r.get('msg') and r.get('status') != 'ok':
         bits.append('- %s' % r['msg'])
     return ' '.join(bits)
+
+
+def _write_private(path, text):
+    """``text`` to ``path``, mode 0600 from its creation; utf-8 whatever the controller's locale
+    (the page says it is, and VM names need not be ASCII)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with io.open(fd, 'w', encoding='utf-8') as f:
+        f.write(text)
 
 
 class CallbackModule(CallbackBase):
@@ -116,7 +129,7 @@ class CallbackModule(CallbackBase):
         vms = []
         for r in report.get('vms') or []:
             vm = dict((k, r.get(k)) for k in ('vm', 'backend', 'status', 'changed', 'msg', 'wall_s',
-                                              'state_before', 'state_after'))
+                                              'state_before', 'state_after', 'started_at', 'ended_at'))
             vm['paused_ms'] = _paused_ms(r)
             vm['workflow'] = workflow
             vms.append(vm)
@@ -141,6 +154,7 @@ class CallbackModule(CallbackBase):
 
         ended = time.time()
         vms = [v for h in self.hosts.values() for v in h['vms']]
+        paused = [v['paused_ms'] for v in vms if v.get('paused_ms') is not None]
         report = dict(
             playbook=self.playbook, started=self.started, ended=ended, duration_s=round(ended - self.started, 3),
             hosts=self.hosts,
@@ -148,14 +162,17 @@ class CallbackModule(CallbackBase):
                         **dict(('hosts_' + s.replace(' ', '_'), count(self.hosts.values(), 'status', s))
                                for s in ('ok', 'failed', 'unreachable', 'not run')),
                         vms=len(vms), vms_ok=count(vms, 'status', 'ok'), vms_failed=count(vms, 'status', 'failed'),
-                        vms_skipped=count(vms, 'status', 'skipped'), vms_changed=count(vms, 'changed', True)))
+                        vms_skipped=count(vms, 'status', 'skipped'), vms_changed=count(vms, 'changed', True),
+                        paused_ms_sum=round(sum(paused), 3) if paused else None,
+                        paused_ms_max=max(paused) if paused else None))
         summary = self._summary(report)
         try:
-            path = self._write(report, summary)
+            path, page = self._write(report, summary)
         except (IOError, OSError) as e:
             self._display.warning('vmfleet.kvm.fleet_report: cannot write the report: %s' % e)
-            path = None
-        self._display.display(summary + ('vmfleet report: %s\n' % path if path else ''))
+            path = page = None
+        self._display.display(summary + ('vmfleet report: %s\n' % path if path else '')
+                              + ('vmfleet report page: %s\n' % page if page else ''))
 
     def _summary(self, report):
         t = report['totals']
@@ -182,7 +199,10 @@ class CallbackModule(CallbackBase):
         stem = os.path.join(directory, '%s-%s' % (os.path.splitext(report['playbook'] or 'run')[0],
                                                   time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(report['started']))))
         for suffix, text in (('.json', json.dumps(report, indent=1, sort_keys=True) + '\n'), ('.txt', summary)):
-            fd = os.open(stem + suffix, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, 'w') as f:
-                f.write(text)
-        return stem + '.json'
+            _write_private(stem + suffix, text)
+        try:
+            _write_private(stem + '.html', render_html(report))
+        except (IOError, OSError) as e:
+            self._display.warning('vmfleet.kvm.fleet_report: cannot write the HTML report: %s' % e)
+            return stem + '.json', None
+        return stem + '.json', stem + '.html'

@@ -222,6 +222,7 @@ vms:
     - A move's (O(phase=evacuate), O(phase=send_back)) has C(destination), and the migration's C(route), C(mode),
       C(why), C(downtime_ms), C(bytes), C(duration_s) and C(rate_mib_s); a VM saved instead has C(saved_instead)
       (why it did not move) and a save's keys.
+    - C(wall_s) is the VM's whole pipeline in seconds; C(started_at) and C(ended_at) when it began and ended (epoch seconds).
   returned: always
   type: list
   elements: dict
@@ -238,6 +239,8 @@ vms:
       state_before: running
       state_after: shutoff
       wall_s: 0.9
+      started_at: 1790000000.125
+      ended_at: 1790000001.055
 destinations:
   description: With O(phase=evacuate), each destination with the free memory it was found with, or why it took no VM.
   returned: when O(phase=evacuate)

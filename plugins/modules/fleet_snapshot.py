@@ -105,6 +105,7 @@ vms:
   description:
     - One record per VM the selection named or found, in order (missing and skipped VMs first).
     - C(status) is V(ok), V(failed) (with C(msg)) or V(skipped) (with C(reason)).
+    - C(wall_s) is the VM's whole pipeline in seconds; C(started_at) and C(ended_at) when it began and ended (epoch seconds).
   returned: always
   type: list
   elements: dict
@@ -124,6 +125,8 @@ vms:
       state_before: running
       state_after: running
       wall_s: 0.93
+      started_at: 1790000000.125
+      ended_at: 1790000001.055
 failed_vms:
   description: Names of the VMs that failed; the module fails when there is any.
   returned: always

@@ -105,6 +105,7 @@ vms:
       C(on_target), C(verified), C(bytes_total), C(rate_mib_s), C(paused_ms), C(snapshots_dropped), and
       C(source_kept) when O(remove_sources) kept an old image that holds a snapshot, saying which); C(sources_removed)
       the images deleted.
+    - C(wall_s) is the VM's whole pipeline in seconds; C(started_at) and C(ended_at) when it began and ended (epoch seconds).
   returned: always
   type: list
   elements: dict
@@ -119,6 +120,8 @@ vms:
       state_before: running
       state_after: running
       wall_s: 3.1
+      started_at: 1790000000.125
+      ended_at: 1790000001.055
 failed_vms:
   description: Names of the VMs that failed; the module fails when there is any.
   returned: always

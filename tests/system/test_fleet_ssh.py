@@ -158,11 +158,13 @@ def _faulty_run(fleet, tmp_path, playbook, extra, faults=True, hosts='hypervisor
     out = proc.stdout + proc.stderr
     assert 'Traceback' not in out, out[-6000:]
     files = sorted(os.listdir(str(reports)))
-    assert len(files) == 2 and files[0].startswith(playbook) and files[0].endswith('.json'), files
+    # one run: its HTML page, its JSON and its text summary, under one name
+    assert [os.path.splitext(f)[1] for f in files] == ['.html', '.json', '.txt'], files
+    assert files[0].startswith(playbook) and len(set(os.path.splitext(f)[0] for f in files)) == 1, files
     for f in files:
         assert os.stat(str(reports / f)).st_mode & 0o777 == 0o600
-    report = json.loads((reports / files[0]).read_text())
-    summary = (reports / files[1]).read_text()
+    report = json.loads((reports / files[1]).read_text())
+    summary = (reports / files[2]).read_text()
     print(summary)
     assert summary in proc.stdout, summary
     return proc, _recap(proc.stdout), report, summary

@@ -102,11 +102,14 @@ class FleetRun(object):
 
     def select(self, states=('running',)):
         """(targets, records of the VMs asked for but missing or skipped)."""
+        started = time.time()
         described, unreachable = self.describe_host()
         sel = fleet_select([described], self.p['vms'], self.p['exclude'], self.p['name_pattern'], states,
                            unreachable)
-        records = [dict(m, status='failed', changed=False) for m in sel['missing']]
-        records += [dict(s, status='skipped', changed=False) for s in sel['skipped']]
+        # their outcome was decided while the host was listed: that is their time on the report's timeline
+        when = dict(started_at=round(started, 3), ended_at=round(time.time(), 3))
+        records = [dict(m, status='failed', changed=False, **when) for m in sel['missing']]
+        records += [dict(s, status='skipped', changed=False, **when) for s in sel['skipped']]
         return sel['targets'], records
 
     # -- the pool --
@@ -128,6 +131,8 @@ class FleetRun(object):
 
     def _one(self, target, work):
         t0 = time.monotonic()
+        # wall-clock times as well, for the fleet report's timeline (wall_s stays the monotonic measure)
+        started_at = time.time()
         record = fleet_record(target, 'ok')
         try:
             if self.deadline.expired():
@@ -150,6 +155,7 @@ class FleetRun(object):
         record['state_before'] = target.get('state')
         record['state_after'] = self.state_of(target)
         record['wall_s'] = round(time.monotonic() - t0, 3)
+        record.update(started_at=round(started_at, 3), ended_at=round(time.time(), 3))
         with self.lock:
             self.done += 1
             self._log('%s: %s %s (%d of %d done, %.1f s)' % (
