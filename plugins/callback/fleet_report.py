@@ -17,7 +17,7 @@ description:
   - At the end of the run it writes one JSON file and a short human-readable summary next to it
     (for each host what was done and how long it took; for each VM its outcome, its time, and how long the guest was paused),
     and shows the summary.
-  - It writes an HTML page next to them as well, one self-contained file that fetches nothing (no network, no CDN): a table
+  - It writes an HTML page next to them as well, one self-contained file that fetches nothing (no network, no CDN) with a table
     of hosts and VMs that sorts and filters (failed and unreachable first), a timeline per host with a bar for each VM's work
     and its guest pause, and the totals (hosts, VMs, outcomes, wall time, sum and longest guest pause).
   - Each hypervisor keeps its own report as well (the roles' C(report_dir)); this one is the fleet's.
