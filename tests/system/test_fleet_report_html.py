@@ -132,9 +132,9 @@ def test_the_html_report_of_a_run_with_an_unreachable_host_and_a_failed_vm_in_a_
         assert [lane.get_attribute('data-vm') for lane in section.find_elements(By.CSS_SELECTOR, '.lane')] \
             == [v['vm'] for v in h['vms']]
     lane = browser.find_element(By.CSS_SELECTOR, 'section[data-host=localhost] .lane[data-vm="%s"]' % good.vm.name)
-    bar, track = lane.find_element(By.CSS_SELECTOR, '.bar'), lane.find_element(By.CSS_SELECTOR, '.track')
-    assert bar.size['width'] > 2 and track.location['x'] <= bar.location['x'] \
-        and bar.location['x'] + bar.size['width'] <= track.location['x'] + track.size['width'] + 1, (bar.rect, track.rect)
+    work, track = lane.find_element(By.CSS_SELECTOR, '.bar'), lane.find_element(By.CSS_SELECTOR, '.track')
+    assert work.size['width'] > 2 and track.location['x'] <= work.location['x'] \
+        and work.location['x'] + work.size['width'] <= track.location['x'] + track.size['width'] + 1, (work.rect, track.rect)
     assert len(lane.find_elements(By.CSS_SELECTOR, '.pause')) == 1
 
     # the totals
@@ -147,4 +147,3 @@ def test_the_html_report_of_a_run_with_an_unreachable_host_and_a_failed_vm_in_a_
     assert totals['wall'] == '%.1f' % report['duration_s'], totals
     assert totals['pause-sum'] == totals['pause-max'] == '%.1f' % mine['paused_ms'], totals
     assert _console(browser) == []
-
