@@ -18,7 +18,6 @@ Figures go to bench/results/external_snapshot.json.
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
