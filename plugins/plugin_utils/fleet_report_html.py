@@ -42,7 +42,8 @@ td.msg { max-width: 40em; overflow-wrap: anywhere; }
 .o-ok { color: var(--ok); } .o-failed { color: var(--failed); } .o-unreachable { color: var(--unreachable); }
 .o-skipped { color: var(--skipped); } .o-not-run { color: var(--notrun); }
 .host-timeline { margin-bottom: 1em; }
-.host-timeline h3 { font-size: 1em; margin: .3em 0; }
+.host-timeline summary { cursor: pointer; margin: .3em 0; }
+.host-timeline summary .name { font-weight: 600; }
 .lane { display: flex; align-items: center; height: 1.5em; }
 .lane .label { width: 16em; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; padding-right: .5em; }
 .track { position: relative; flex: 1; height: 1.1em; background: #f3f3f3; }
@@ -119,6 +120,8 @@ SCRIPT = u"""
     ['changed', 'Changed'], ['time', 'Time (s)'], ['pause', 'Guest pause (ms)'], ['msg', 'Message']];
   var NUMERIC = {time: 1, pause: 1};
   var sortKey = null, sortDir = 1;
+  // a fleet of a thousand hosts has tens of thousands of rows: draw the first ones, the rest on demand
+  var ROW_LIMIT = 1000, showAll = false;
 
   function cmpValues(a, b, key) {
     var x = a[key], y = b[key];
@@ -127,7 +130,9 @@ SCRIPT = u"""
       y = (y === null || y === undefined) ? -Infinity : Number(y);
       return x < y ? -1 : x > y ? 1 : 0;
     }
-    return String(x).localeCompare(String(y));
+    // plain comparison, not localeCompare: tens of thousands of rows are sorted at each click
+    x = String(x); y = String(y);
+    return x < y ? -1 : x > y ? 1 : 0;
   }
   function defaultOrder(a, b) {
     // failed first, then by outcome, the longest time, the longest pause; the host row before its VMs
@@ -184,7 +189,7 @@ SCRIPT = u"""
     });
     var body = document.querySelector('#rows tbody');
     while (body.firstChild) { body.removeChild(body.firstChild); }
-    list.forEach(function (r) {
+    list.slice(0, showAll ? list.length : ROW_LIMIT).forEach(function (r) {
       var tr = el('tr', null, r.kind);
       tr.setAttribute('data-kind', r.kind);
       tr.setAttribute('data-host', r.host);
@@ -200,8 +205,11 @@ SCRIPT = u"""
       tr.appendChild(el('td', r.msg, 'msg'));
       body.appendChild(tr);
     });
-    document.getElementById('count').textContent = list.length + ' of ' + rows.length + ' rows';
+    document.getElementById('count').textContent = list.length + ' of ' + rows.length + ' rows' +
+        (list.length > ROW_LIMIT && !showAll ? ', the first ' + ROW_LIMIT + ' shown' : '');
+    document.getElementById('show-all').hidden = showAll || list.length <= ROW_LIMIT;
   }
+  document.getElementById('show-all').addEventListener('click', function () { showAll = true; draw(); });
   draw();
 
   // -- the timeline: a lane per VM under its host, on the run's time scale --
@@ -223,52 +231,70 @@ SCRIPT = u"""
   ruler.appendChild(el('div', null, 'label'));
   ruler.appendChild(axis);
   timeline.appendChild(ruler);
+  // every host's lanes drawn at once for a small fleet; for a large one, those of the hosts that failed,
+  // the others when opened (a lane per VM of a thousand hosts is more than a browser lays out quickly)
+  var vmCount = 0;
+  names.forEach(function (name) { vmCount += (hosts[name].vms || []).length; });
   names.forEach(function (name) {
     var h = hosts[name];
-    var sec = el('section', null, 'host-timeline');
+    var sec = el('details', null, 'host-timeline');
     sec.setAttribute('data-host', name);
-    var head = el('h3');
-    head.appendChild(el('span', name));
+    var head = el('summary');
+    head.appendChild(el('span', name, 'name'));
     head.appendChild(el('span', ' - ' + h.status, 'outcome o-' + slug(h.status)));
+    head.appendChild(el('span', ' (' + (h.vms || []).length + ' VMs)', 'note'));
     sec.appendChild(head);
-    if (!(h.vms || []).length) {
-      sec.appendChild(el('div', 'no VM work recorded' + (h.msg ? ': ' + h.msg : ''), 'note'));
+    var drawn = false;
+    var lanes = function () {
+      if (drawn) { return; }
+      drawn = true;
+      if (!(h.vms || []).length) {
+        sec.appendChild(el('div', 'no VM work recorded' + (h.msg ? ': ' + h.msg : ''), 'note'));
+      }
+      (h.vms || []).forEach(function (v) { sec.appendChild(lane(v)); });
+    };
+    sec.addEventListener('toggle', function () { if (sec.open) { lanes(); } });
+    if (vmCount <= 2000 || h.status !== 'ok') {
+      sec.open = true;
+      lanes();
     }
-    (h.vms || []).forEach(function (v) {
-      var lane = el('div', null, 'lane');
-      lane.setAttribute('data-vm', v.vm);
-      var label = el('div', v.vm, 'label');
-      label.setAttribute('title', String(v.vm));
-      lane.appendChild(label);
-      var track = el('div', null, 'track');
-      var bar = el('div', null, 'bar ' + slug(v.status || ''));
-      var tip = v.vm + ': ' + (v.workflow || '') + ' ' + (v.status || '');
-      if (v.started_at && v.ended_at) {
-        bar.style.left = pct((v.started_at - t0) / span);
-        bar.style.width = pct((v.ended_at - v.started_at) / span);
-        tip += ', ' + num(v.ended_at - v.started_at, 2) + ' s from ' + num(v.started_at - t0, 2) + ' s';
-      } else {
-        // an older record, or one an earlier run settled: no times, so a marker at the start
-        bar.className += ' untimed';
-        bar.style.left = '0';
-        bar.style.width = '4px';
-        tip += ', no start and end recorded';
-      }
-      if (v.paused_ms !== null && v.paused_ms !== undefined) {
-        tip += ', guest paused ' + num(v.paused_ms, 1) + ' ms';
-        var pause = el('div', null, 'pause');
-        pause.style.left = bar.style.left;
-        pause.style.width = pct(v.paused_ms / 1000 / span);
-        pause.setAttribute('title', 'guest paused ' + num(v.paused_ms, 1) + ' ms');
-        track.appendChild(pause);
-      }
-      bar.setAttribute('title', tip);
-      track.appendChild(bar);
-      lane.appendChild(track);
-      sec.appendChild(lane);
-    });
     timeline.appendChild(sec);
   });
+
+  // one VM's lane: its name, the bar of its work, the bar of its guest pause
+  function lane(v) {
+    var row = el('div', null, 'lane');
+    row.setAttribute('data-vm', v.vm);
+    var label = el('div', v.vm, 'label');
+    label.setAttribute('title', String(v.vm));
+    row.appendChild(label);
+    var track = el('div', null, 'track');
+    var bar = el('div', null, 'bar ' + slug(v.status || ''));
+    var tip = v.vm + ': ' + (v.workflow || '') + ' ' + (v.status || '');
+    if (v.started_at && v.ended_at) {
+      bar.style.left = pct((v.started_at - t0) / span);
+      bar.style.width = pct((v.ended_at - v.started_at) / span);
+      tip += ', ' + num(v.ended_at - v.started_at, 2) + ' s from ' + num(v.started_at - t0, 2) + ' s';
+    } else {
+      // an older record, or one an earlier run settled: no times, so a marker at the start
+      bar.className += ' untimed';
+      bar.style.left = '0';
+      bar.style.width = '4px';
+      tip += ', no start and end recorded';
+    }
+    if (v.paused_ms !== null && v.paused_ms !== undefined) {
+      tip += ', guest paused ' + num(v.paused_ms, 1) + ' ms';
+      var pause = el('div', null, 'pause');
+      pause.style.left = bar.style.left;
+      pause.style.width = pct(v.paused_ms / 1000 / span);
+      pause.setAttribute('title', 'guest paused ' + num(v.paused_ms, 1) + ' ms');
+      track.appendChild(pause);
+    }
+    bar.setAttribute('title', tip);
+    track.appendChild(bar);
+    row.appendChild(track);
+    return row;
+  }
 }());
 """
 
@@ -292,7 +318,7 @@ script-src 'sha256-{script_hash}'">
 <label><input type="checkbox" id="failed-only"> failed and unreachable only</label>
 <label>outcome <select id="outcome"><option value="">any</option></select></label>
 <label>filter <input type="search" id="text" placeholder="host, VM or message"></label>
-<span id="count"></span>
+<span id="count"></span> <button type="button" id="show-all" hidden>show all rows</button>
 </div>
 <table id="rows"><thead><tr></tr></thead><tbody></tbody></table>
 <h2>Timeline</h2>
