@@ -56,6 +56,7 @@ def test_one_failed_vm_does_not_stop_the_others_and_the_run_names_it(tmp_path):
         record['changed'] = True
 
     run = _run(tmp_path)
+    before = time.time()
     missing = [dict(vm='gone', msg="no VM named 'gone' on this host", status='failed', changed=False)]
     records = run.run(_targets(4), work, missing)
     assert [r['vm'] for r in records] == ['gone', 'vm0', 'vm1', 'vm2', 'vm3']
@@ -65,6 +66,8 @@ def test_one_failed_vm_does_not_stop_the_others_and_the_run_names_it(tmp_path):
     assert by['vm1']['msg'] == "VM 'vm1' has no disk 'vdz'. Its disks are: vda"
     assert by['vm2']['status'] == 'failed' and 'internal error: KeyError' in by['vm2']['msg']
     assert all(r.get('state_after') == 'running' for r in records if r['vm'] != 'gone')
+    # when each VM's work ran, failed or not, for the fleet report's timeline
+    assert all(before <= r['started_at'] <= r['ended_at'] <= time.time() for r in records if r['vm'] != 'gone')
     with pytest.raises(FleetFailed) as e:
         run.result()
     assert e.value.msg.startswith('test failed on 3 of 5 VM(s)')
