@@ -211,3 +211,27 @@ def test_delete_killed_mid_commit_rerun_loses_no_write(vms, tmp_path):
     finally:
         t.resume()
     t.wait_counter(t.counter() + 1)
+
+
+def test_disk_only_snapshot_reverts_by_booting_again(vms):
+    t = _boot(vms)
+    t.wait_counter(2)
+    r = ok(run_one(_snap(t, name='cold', memory=False)))
+    assert r['mode'] == 'external' and r['snapshot']['memory_file'] is None, r
+    ov = r['snapshot']['overlays']
+    ran_to = t.wait_counter(t.counter() + 3)
+    assert _counter_via(ov['root'], 'qcow2') >= ran_to - 1
+    r = ok(run_one(_snap(t, name='cold', state='reverted')))
+    assert r['changed'] is True and r['booted'] is True and r['state'] == 'running', r
+    # a guest booted again from its disks: its counter starts over, on the fresh overlays
+    wait_serial(t.vm.serial_log, r'VMFLEET-BOOT', 120)
+    deadline = time.time() + 90
+    while len(t.counters_after(0)) < 2 and time.time() < deadline:
+        time.sleep(0.3)
+    assert t.counters_after(0)[:2] == [1, 2], t.counters_after(0)
+    assert _files(t) == ov
+    [listed] = ok(run_one(t.task('snapshot_info', memory_dir=t.memdir)))['snapshots']
+    assert listed['consistent'] is True, listed
+    assert ok(run_one(_snap(t, name='cold', state='absent')))['changed'] is True
+    assert _files(t) == dict((d, t.vm.disk_path(d)) for d in ('root', 'data'))
+    assert _overlays(t) == [] and os.listdir(t.memdir) == []
