@@ -162,7 +162,7 @@ class QemuExternal(object):
                 raise SnapshotInconsistent("a delete of external snapshot '%s' of VM '%s' was interrupted"
                                            % (r['name'], vm.name),
                                            hint="nothing was changed; run it again (state: absent) first")
-        busy = [j for j in vm.qmp('query-block-jobs')]
+        busy = vm.qmp('query-block-jobs')
         if busy:
             raise InvalidArgument("VM '%s' runs block job %s" % (vm.name, busy[0].get('device')),
                                   hint="nothing was changed; wait for it to end")
@@ -203,7 +203,6 @@ class QemuExternal(object):
                        for d in disks]
             state = vm.state()
             if memory:
-                info = {}
                 measured, mem_info, memory_format = self._switch_with_memory(actions, mem, deadline)
                 switched = True
                 info = dict(memory_bytes=os.path.getsize(mem), memory_format=memory_format,
@@ -321,16 +320,25 @@ class QemuExternal(object):
         uid = vm.owner_uid()
         disks = dict((d.name, d) for d in vm.disks())
         sizes = dict((d, disks[d].virtual_size) for d in rec['disks'])
+        # each overlay made anew, empty, over the same image (the writes since the snapshot are dropped): beside
+        # the old one while the VM still runs, so that a failure here leaves it running as it was
+        fresh = dict((d, rec['overlays'][d] + '.fresh') for d in rec['disks'])
+        try:
+            for d in rec['disks']:
+                manifest_store.remove([fresh[d]])
+                qemu_img.create(vm.module, fresh[d], 'qcow2', sizes[d], backing=rec['bases'][d]['file'],
+                                backing_fmt=rec['bases'][d]['format'], unsafe=True)
+                os.chmod(fresh[d], 0o600)
+                proc.give_to(fresh[d], uid)
+        except BaseException:
+            manifest_store.remove(list(fresh.values()))
+            raise
         t0 = time.monotonic()
         vm.quit(min(30.0, deadline.remaining(5.0)))
         exited_at = time.monotonic()
         for d in rec['disks']:
-            # the overlay made anew, empty, over the same image: the writes since the snapshot are gone
-            manifest_store.remove([rec['overlays'][d]])
-            qemu_img.create(vm.module, rec['overlays'][d], 'qcow2', sizes[d], backing=rec['bases'][d]['file'],
-                            backing_fmt=rec['bases'][d]['format'], unsafe=True)
-            os.chmod(rec['overlays'][d], 0o600)
-            proc.give_to(rec['overlays'][d], uid)
+            os.rename(fresh[d], rec['overlays'][d])
+        durable.fsync_dir(os.path.dirname(rec['overlays'][rec['disks'][0]]))
         loaded = {}
 
         def load(new):
@@ -451,7 +459,7 @@ class QemuExternal(object):
                                     hint="the VM runs on; the overlay keeps every write; run state: absent again")
                 return True
             return None
-        poll_until(probe, deadline, interval=0.1, wait=lambda s: vm.wait_event(s), on_timeout=lambda: OperationTimeout(
+        poll_until(probe, deadline, interval=0.1, wait=vm.wait_event, on_timeout=lambda: OperationTimeout(
             "%s did not finish within %gs; QEMU job %s runs on" % (what, deadline.timeout, job_id),
             hint="run state: absent again (it carries on), with a larger timeout"))
         if j['overlay'] in (self._chains().get(d) or []):
