@@ -283,13 +283,13 @@ mode_reason:
   type: str
   sample: disk vda is raw, which cannot hold internal snapshots
 pid:
-  description: PID of the relaunched QEMU after the revert of an instant snapshot of a raw QEMU VM.
-  returned: when an instant snapshot of a raw QEMU VM was reverted, not in check mode
+  description: PID of the relaunched QEMU after the revert of an instant or external snapshot of a raw QEMU VM.
+  returned: when an instant or external snapshot of a raw QEMU VM was reverted, not in check mode
   type: int
   sample: 4242
 qmp_socket:
-  description: QMP socket of the relaunched QEMU after the revert of an instant snapshot of a raw QEMU VM.
-  returned: when an instant snapshot of a raw QEMU VM was reverted, not in check mode
+  description: QMP socket of the relaunched QEMU after the revert of an instant or external snapshot of a raw QEMU VM.
+  returned: when an instant or external snapshot of a raw QEMU VM was reverted, not in check mode
   type: str
   sample: /run/vms/db01.qmp
 domain_id:
@@ -335,10 +335,22 @@ load:
       elements: dict
   sample: {mode: background, seconds: 2.4, pages: 262144, requested: 180, rate_mib_s: 426.7, progress: []}
 ram_bytes:
-  description: Bytes of guest RAM the instant snapshot wrote.
-  returned: when O(mode=instant) created a snapshot
+  description: Bytes of guest RAM the instant snapshot (or external snapshot with O(memory)) wrote.
+  returned: when O(mode=instant) created a snapshot, or an external snapshot of a raw QEMU VM with O(memory)
   type: int
   sample: 4294967296
+booted:
+  description:
+    - V(true) when the reverted external snapshot of a raw QEMU VM had no memory (O(memory=false)) and the
+      guest was booted again from its disks; V(false) when its RAM was loaded.
+  returned: when an external snapshot of a raw QEMU VM was reverted, not in check mode
+  type: bool
+  sample: false
+commit_s:
+  description: Seconds the commit of the overlays into the images under them took, deleting an external snapshot of a raw QEMU VM.
+  returned: when an external snapshot of a raw QEMU VM was deleted, not in check mode
+  type: float
+  sample: 2.7
 error:
   description:
     - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg)

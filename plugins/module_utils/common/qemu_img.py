@@ -49,10 +49,13 @@ def snapshot(module, action, name, path, hint="the image may be in use by anothe
         raise VmfleetError("qemu-img snapshot %s %s on %s failed: %s" % (action, name, path, err.strip()), hint=hint)
 
 
-def create(module, path, fmt, size, backing=None, backing_fmt=None):
+def create(module, path, fmt, size, backing=None, backing_fmt=None, unsafe=False):
+    """``unsafe``: the backing image is not opened (a running QEMU holds its lock; ``size`` is given)."""
     args = ['create', '-q', '-f', fmt]
     if backing:
         args += ['-b', backing, '-F', backing_fmt or 'qcow2']
+        if unsafe:
+            args.append('-u')
     rc, out, err = _run(module, args + [path, str(size)])
     if rc != 0:
         raise VmfleetError("cannot create image %s: %s" % (path, err.strip()))

@@ -32,6 +32,8 @@ def peer_pid(socket_path):
     """PID of the process listening on a UNIX socket, from the kernel's peer
     credentials: a connection QEMU has not accepted yet still carries them."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # a QEMU busy with another client leaves connections unaccepted: a full backlog must not hang us
+    s.settimeout(10.0)
     try:
         s.connect(socket_path)
         creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize('3i'))
@@ -228,6 +230,13 @@ def incoming_argv(argv):
             continue
         out.append(a)
     return out + ['-incoming', 'defer']
+
+
+def cold_argv(argv):
+    """``argv`` without -incoming, its guest held before its first instruction (``-S``): the
+    caller sets its disks up over QMP, then ``cont`` boots it."""
+    out = incoming_argv(argv)[:-2]
+    return out if '-S' in out else out + ['-S']
 
 
 def _keyvals(opt):

@@ -193,7 +193,11 @@ class QemuVm(VmHandle):
         return "%d.%d.%d" % (v['major'], v['minor'], v['micro'])
 
     def pid(self):
-        return proc.peer_pid(self.socket_path)
+        # asked once per connection: each ask is a connection QEMU does not accept while it
+        # serves ours, and once its listen backlog is full the next one would wait for good
+        if getattr(self, '_pid', None) is None:
+            self._pid = proc.peer_pid(self.socket_path)
+        return self._pid
 
     def disk_aliases(self):
         pid = self.pid()
@@ -249,6 +253,7 @@ class QemuVm(VmHandle):
         except VmfleetError:
             pass  # QEMU closes the monitor as it quits
         self.close()
+        self._pid = None
         proc.wait_exit(pid, timeout)
 
     def relaunch_record(self):
@@ -277,6 +282,26 @@ class QemuVm(VmHandle):
         record.update((k, now[k]) for k in ('uid', 'gid', 'groups'))
         check_record(record, self.allow_exec_options())
 
+    # -- external snapshots: backends/qemu/external_snapshot.py --
+    def _external(self, memory_dir=None):
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.external_snapshot import QemuExternal
+        return QemuExternal(self, memory_dir)
+
+    def external_snapshots(self):
+        return self._external().snapshots()
+
+    def check_external_snapshot(self, disks, memory, quiesce):
+        self._external().check(disks, memory, quiesce)
+
+    def external_snapshot_create(self, name, disks, overlays, memory, quiesce, memory_dir, deadline):
+        return self._external(memory_dir).create(name, disks, overlays, memory, deadline)
+
+    def external_snapshot_revert(self, snap, memory_dir, deadline):
+        return self._external(memory_dir).revert(snap, deadline)
+
+    def external_snapshot_delete(self, snap, memory_dir, deadline):
+        return self._external(memory_dir).delete(snap, deadline)
+
     def instant_memory_caps(self):
         # page-addressable: such a snapshot can be reverted with its RAM loaded in the background
         return {memory_load.FORMAT: True} if memory_load.FORMAT in self.migrate_caps() else {}
@@ -300,27 +325,34 @@ class QemuVm(VmHandle):
         loaded = {}
 
         def load_file(vm):
-            if memory_format == memory_load.FORMAT:
-                loaded.update(memory_load.load(vm, memory_file, deadline, load == 'background', exited_at))
-                return
-            with lent(memory_file, vm.owner_uid()):
-                vm.qmp('migrate-incoming', uri='file:%s' % memory_file)
-                migration.wait(vm, deadline, "loading memory file %s" % memory_file)
+            loaded.update(self.load_memory(vm, memory_file, memory_format, deadline, load, exited_at))
         sock = proc.qmp_socket_of(record['argv'])
         # QEMU's own output, next to its QMP socket: the VM's place, not the snapshot's
         return dict(self.relaunch(self.module, record, sock, sock + '.log', deadline, load_file, state),
                     route='qemu-relaunch', **loaded)
 
+    @staticmethod
+    def load_memory(vm, memory_file, memory_format, deadline, load='full', exited_at=None):
+        """Feed the memory file (written as ``memory_format``) to ``vm``, a QEMU started
+        with ``-incoming defer``; what the load reports for the module's result."""
+        if memory_format == memory_load.FORMAT:
+            return memory_load.load(vm, memory_file, deadline, load == 'background', exited_at or time.monotonic())
+        with lent(memory_file, vm.owner_uid()):
+            vm.qmp('migrate-incoming', uri='file:%s' % memory_file)
+            migration.wait(vm, deadline, "loading memory file %s" % memory_file)
+        return {}
+
     @classmethod
-    def relaunch(cls, module, record, sock, log_path, deadline, load, state):
+    def relaunch(cls, module, record, sock, log_path, deadline, load, state, cold=False):
         """Start QEMU again from ``record`` (its argv, binary and user) with ``-incoming defer``, let ``load(vm)``
-        feed it its state, then ``cont`` if ``state`` is running. On any failure
+        feed it its state, then ``cont`` if ``state`` is running. ``cold``: started with ``-S`` instead
+        (no state to load: ``load`` prepares it, the guest boots on ``cont``). On any failure
         the new QEMU is stopped: a half-loaded QEMU is no VM. Unless the error says
         ``keep_vm`` (a failed postcopy load): a QEMU waiting for a load is left on
         the socket, so that the revert can run again."""
         argv = record['argv']
         manifest_store.remove([sock])  # stale socket file of the QEMU that quit
-        child = proc.launch(proc.incoming_argv(argv), log_path, record)
+        child = proc.launch(proc.cold_argv(argv) if cold else proc.incoming_argv(argv), log_path, record)
         vm = None
         try:
             proc.wait_for_socket(sock, child, deadline, daemonizes='-daemonize' in argv)
