@@ -68,6 +68,7 @@ class GuestAgent(object):
                 raise OperationTimeout("%s did not answer '%s'%s" % (
                     AGENT, what, '' if chunk is None else ' (it closed the connection)'),
                     hint="check that qemu-guest-agent runs in the guest")
+            buf += chunk
         return buf
 
     def execute(self, command, timeout, **args):
