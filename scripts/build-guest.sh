@@ -148,9 +148,12 @@ if grep -q 'not found' <<<"$NEEDS"; then
 fi
 cp "$WORK/q/usr/sbin/qemu-ga" "$Q/usr/sbin/qemu-ga"
 cp "$LOADER" "$Q/lib64/"
-for lib in $(sed -n 's/^.* => \([^ ]*\) (.*$/\1/p' <<<"$NEEDS"); do
-    case "$lib" in "$WORK/q/"*) cp -L "$lib" "$Q/lib/x86_64-linux-gnu/" ;; esac
-done
+while read -r lib; do
+    case "$lib" in
+        */ld-linux-*) ;;  # the loader, in /lib64 already
+        "$WORK/q/"*) cp -L "$lib" "$Q/lib/x86_64-linux-gnu/" ;;
+    esac
+done < <(sed -n 's/^.* => \([^ ]*\) (.*$/\1/p' <<<"$NEEDS")
 MODDIR="$Q/lib/modules"
 ORDER=order.qga
 for m in "${QGA_MODULES[@]}"; do

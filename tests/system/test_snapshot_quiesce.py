@@ -41,8 +41,8 @@ def _ext4_of(image, tmp_path, snapshot=None):
     try:
         head = subprocess.run(['dumpe2fs', '-h', raw], check=True, capture_output=True, text=True).stdout
         features = [ln.split(':', 1)[1].split() for ln in head.splitlines() if ln.startswith('Filesystem features:')][0]
-        tick = subprocess.run(['debugfs', '-R', 'cat /tick', raw], capture_output=True, text=True).stdout.strip()
-        fsck = subprocess.run(['e2fsck', '-fn', raw], capture_output=True, text=True)
+        tick = subprocess.run(['debugfs', '-R', 'cat /tick', raw], check=True, capture_output=True, text=True).stdout.strip()
+        fsck = subprocess.run(['e2fsck', '-fn', raw], check=False, capture_output=True, text=True)
         return features, tick, fsck
     finally:
         os.unlink(raw)
