@@ -85,6 +85,8 @@ class ThawWatchdog(object):
         try:
             if thawed:
                 os.write(self._write_end, thaw_watchdog.DONE + b'\n')
+        except OSError:
+            pass  # it is gone already: its timer ran out and it thawed
         finally:
             os.close(self._write_end)
         if thawed:

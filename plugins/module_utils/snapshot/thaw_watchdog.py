@@ -64,6 +64,10 @@ def main(argv=None):
     # everything the thaw needs, now: the module's files may be gone when it is needed
     thaw = backend_class(spec['backend']).thawer(spec)
     os.write(1, READY)
+    # from here on nobody may read its output (the module gone): a write to a closed pipe must not end it
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
     if wait_for_word(0, seconds):
         return 0
     return 0 if thaw_with_retries(thaw) else 1
