@@ -2,6 +2,10 @@
 # Builds the test guest: Debian's bookworm kernel plus a busybox initramfs
 # whose /init is tests/guest/init. Nothing is installed on the host; the
 # .debs are cached in build/debs so a rebuild needs no network.
+# initrd-qga.img is initrd.img with a second cpio archive appended (the kernel
+# unpacks both): the QEMU guest agent, the shared libraries it needs and the
+# modules of its channel and of an ext4 filesystem. Only the tests of quiesce
+# boot it, so every other guest boots as small and as fast as before.
 # Usage: scripts/build-guest.sh [OUTDIR]   (default: build/guest)
 set -euo pipefail
 
@@ -12,12 +16,16 @@ OUT=${1:-$REPO/build/guest}
 DEBS="$REPO/build/debs"
 # load order; dependencies found in each module are put in front anyway
 MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk)
+# initrd-qga.img's: the agent's virtio-serial port, the filesystem it freezes (crc32c: jbd2's checksums)
+QGA_MODULES=(virtio_console crc32c_generic ext4)
+# the agent and the packages of the libraries it loads (checked below against the binary's needs)
+QGA_DEBS=(qemu-guest-agent libc6 libglib2.0-0 libnuma1 libudev1 liburing2 libpcre2-8-0 libcap2)
 
 die() { echo "build-guest: $*" >&2; exit 1; }
 
 fresh() {
     local f
-    for f in "$OUT/vmlinuz" "$OUT/initrd.img"; do
+    for f in "$OUT/vmlinuz" "$OUT/initrd.img" "$OUT/initrd-qga.img"; do
         [ -f "$f" ] && [ "$f" -nt "$SELF" ] && [ "$f" -nt "$INIT" ] || return 1
     done
 }
@@ -94,24 +102,28 @@ module_file() {
     find "$KMOD/kernel" -name "$1.ko" -o -name "$1.ko.xz" -o -name "$1.ko.zst" -o -name "$1.ko.gz" | head -n1
 }
 
-# Copies module $1 (uncompressed, so busybox insmod takes it) after its dependencies.
+# Copies module $1 (uncompressed, so busybox insmod takes it) into $MODDIR after its
+# dependencies, listed in $MODDIR/$ORDER; those the base initramfs has ($R) are not copied again.
+MODDIR="$R/lib/modules"
+ORDER=order
 add_module() {
     local m=${1//-/_} f dep
     grep -qx "$m" "$R/lib/modules/order" && return 0
+    [ -f "$MODDIR/$ORDER" ] && grep -qx "$m" "$MODDIR/$ORDER" && return 0
     builtin_mod "$m" && return 0
     f=$(module_file "$m")
     [ -z "$f" ] && f=$(module_file "${m//_/-}")
     [ -n "$f" ] || die "kernel $KVER has no module $m, built-in or loadable"
     case "$f" in
-        *.ko.xz) xz -dc "$f" >"$R/lib/modules/$m.ko" ;;
-        *.ko.zst) zstd -qdc "$f" >"$R/lib/modules/$m.ko" ;;
-        *.ko.gz) gzip -dc "$f" >"$R/lib/modules/$m.ko" ;;
-        *) cp "$f" "$R/lib/modules/$m.ko" ;;
+        *.ko.xz) xz -dc "$f" >"$MODDIR/$m.ko" ;;
+        *.ko.zst) zstd -qdc "$f" >"$MODDIR/$m.ko" ;;
+        *.ko.gz) gzip -dc "$f" >"$MODDIR/$m.ko" ;;
+        *) cp "$f" "$MODDIR/$m.ko" ;;
     esac
-    for dep in $(tr '\0' '\n' <"$R/lib/modules/$m.ko" | sed -n 's/^depends=//p' | tr ',' ' '); do
+    for dep in $(tr '\0' '\n' <"$MODDIR/$m.ko" | sed -n 's/^depends=//p' | tr ',' ' '); do
         add_module "$dep"
     done
-    echo "$m" >>"$R/lib/modules/order"
+    echo "$m" >>"$MODDIR/$ORDER"
 }
 for m in "${MODULES[@]}"; do
     add_module "$m"
@@ -119,10 +131,44 @@ done
 
 (cd "$R" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet -R 0:0) \
     | gzip -6 >"$WORK/initrd.img"
+
+# The agent's part: its binary, the libraries the .debs' own loader resolves for it, its modules.
+Q="$WORK/qga"
+mkdir -p "$WORK/q" "$Q/lib/modules" "$Q/usr/sbin" "$Q/lib64" "$Q/lib/x86_64-linux-gnu" "$Q/var/run"
+for pkg in "${QGA_DEBS[@]}"; do
+    dpkg-deb -x "$(fetch_deb "$pkg")" "$WORK/q"
+done
+LOADER="$WORK/q/lib64/ld-linux-x86-64.so.2"
+[ -x "$WORK/q/usr/sbin/qemu-ga" ] || die "no /usr/sbin/qemu-ga in qemu-guest-agent"
+[ -x "$LOADER" ] || die "no dynamic loader in libc6"
+LIBPATH=$(find "$WORK/q" -name 'lib*.so*' -printf '%h\n' | sort -u | tr '\n' ':')
+NEEDS=$("$LOADER" --library-path "$LIBPATH" --list "$WORK/q/usr/sbin/qemu-ga") || die "cannot resolve qemu-ga's libraries"
+if grep -q 'not found' <<<"$NEEDS"; then
+    die "qemu-ga needs libraries that QGA_DEBS lacks: $(grep 'not found' <<<"$NEEDS" | tr -s ' \t\n' ' ')"
+fi
+cp "$WORK/q/usr/sbin/qemu-ga" "$Q/usr/sbin/qemu-ga"
+cp "$LOADER" "$Q/lib64/"
+while read -r lib; do
+    case "$lib" in
+        */ld-linux-*) ;;  # the loader, in /lib64 already
+        "$WORK/q/"*) cp -L "$lib" "$Q/lib/x86_64-linux-gnu/" ;;
+    esac
+done < <(sed -n 's/^.* => \([^ ]*\) (.*$/\1/p' <<<"$NEEDS")
+MODDIR="$Q/lib/modules"
+ORDER=order.qga
+for m in "${QGA_MODULES[@]}"; do
+    add_module "$m"
+done
+(cd "$Q" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet -R 0:0) \
+    | gzip -6 >"$WORK/qga.cpio.gz"
+cat "$WORK/initrd.img" "$WORK/qga.cpio.gz" >"$WORK/initrd-qga.img"
+
 cp "$KVMLINUZ" "$WORK/vmlinuz"
 # readable by libvirt's unprivileged QEMU user
-chmod 0644 "$WORK/initrd.img" "$WORK/vmlinuz"
+chmod 0644 "$WORK/initrd.img" "$WORK/initrd-qga.img" "$WORK/vmlinuz"
 mv -f "$WORK/vmlinuz" "$OUT/vmlinuz"
 mv -f "$WORK/initrd.img" "$OUT/initrd.img"
+mv -f "$WORK/initrd-qga.img" "$OUT/initrd-qga.img"
 echo "$KVER" >"$OUT/kernel-version"
-echo "build-guest: built $OUT (kernel $KVER, modules: $(tr '\n' ' ' <"$R/lib/modules/order"))"
+echo "build-guest: built $OUT (kernel $KVER, modules: $(tr '\n' ' ' <"$R/lib/modules/order");" \
+     "initrd-qga.img adds qemu-ga and $(tr '\n' ' ' <"$Q/lib/modules/order.qga"))"

@@ -142,6 +142,8 @@ options:
       - Freeze the guest's filesystems with the QEMU guest agent around a disk-only snapshot
         (O(memory=false)), so that the snapshot holds them clean; thawed within O(timeout) even if the
         module dies. Fails before anything changes when the VM has no guest agent.
+      - Needs O(memory=false) (a snapshot with RAM state needs no freeze); not for O(mode=instant). A VM that is
+        shut off is snapshotted without a freeze.
     type: bool
     default: false
     version_added: 1.2.0
@@ -334,6 +336,20 @@ load:
       type: list
       elements: dict
   sample: {mode: background, seconds: 2.4, pages: 262144, requested: 180, rate_mib_s: 426.7, progress: []}
+quiesced:
+  description:
+    - The freeze of the guest's filesystems around the disk snapshot (O(quiesce)), where this collection froze them
+      through the QEMU guest agent; a libvirt external snapshot freezes through libvirt's own agent and has none.
+  returned: when O(quiesce=true) froze the guest's filesystems
+  type: dict
+  contains:
+    filesystems:
+      description: How many filesystems the agent froze.
+      type: int
+    frozen_ms:
+      description: Milliseconds from the freeze until the thaw.
+      type: float
+  sample: {filesystems: 1, frozen_ms: 84.2}
 ram_bytes:
   description: Bytes of guest RAM the instant snapshot (or external snapshot with O(memory)) wrote.
   returned: when O(mode=instant) created a snapshot, or an external snapshot of a raw QEMU VM with O(memory)

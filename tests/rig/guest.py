@@ -11,6 +11,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 GUEST_DIR = os.environ.get('VMFLEET_GUEST_DIR') or os.path.join(REPO, 'build', 'guest')
 KERNEL = os.path.join(GUEST_DIR, 'vmlinuz')
 INITRD = os.path.join(GUEST_DIR, 'initrd.img')
+# the same with the QEMU guest agent and ext4 (boot it with vmfleet.qga=1, vmfleet.fs=vdX)
+INITRD_QGA = os.path.join(GUEST_DIR, 'initrd-qga.img')
 SECTOR = 512
 
 # The guest's tick, once a second; group 1 is the counter. Only whole lines:

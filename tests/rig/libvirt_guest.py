@@ -22,7 +22,7 @@ def virsh(*args, uri=URI, check=True):
 
 class LibvirtGuest:
     def __init__(self, workdir, name, memory_mib=256, disks=None, cmdline_extra='', accel=None,
-                 uri=URI):
+                 uri=URI, guest_agent=False, ext4_disks=()):
         self.workdir = os.path.abspath(workdir)
         self._name = name
         self.memory_mib = memory_mib
@@ -32,7 +32,9 @@ class LibvirtGuest:
         # libvirt's QEMU runs as libvirt-qemu: it must reach the workdir
         os.makedirs(self.workdir, exist_ok=True)
         os.chmod(self.workdir, 0o755)
-        self.disks = create_disks(self.workdir, disks or DEFAULT_DISKS)
+        self.disks = create_disks(self.workdir, disks or DEFAULT_DISKS, ext4_disks)
+        # a guest agent channel (the guest runs initrd-qga.img)
+        self.guest_agent = guest_agent
         self._serial_start = 0
 
     @property
@@ -61,6 +63,8 @@ class LibvirtGuest:
             % (quoteattr(fmt), quoteattr(path), chr(ord('a') + i))
             for i, (path, fmt) in enumerate(self.disks.values()))
         log = quoteattr(self.serial_log)
+        if self.guest_agent:
+            disks += "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n"
         return """<domain type='%(type)s'>
   <name>%(name)s</name>
   <memory unit='MiB'>%(mem)d</memory>
@@ -92,8 +96,8 @@ class LibvirtGuest:
 
     def start(self):
         guest.build_guest()
-        for f in ('vmlinuz', 'initrd.img'):
-            shutil.copyfile(os.path.join(guest.GUEST_DIR, f), os.path.join(self.workdir, f))
+        for src, f in ((guest.KERNEL, 'vmlinuz'), (guest.INITRD_QGA if self.guest_agent else guest.INITRD, 'initrd.img')):
+            shutil.copyfile(src, os.path.join(self.workdir, f))
             os.chmod(os.path.join(self.workdir, f), 0o644)
         if self.virsh('domstate', self._name, check=False).stdout.strip() in ('running', 'paused'):
             # left by a test run that was killed before its teardown: it would fail this one's start

@@ -17,14 +17,24 @@ CMDLINE = 'console=ttyS0 quiet panic=-1'
 FIRST_SLOT = 4  # q35 uses slots 0-2 and 0x1f itself
 
 
-def create_disks(workdir, disks):
-    """Create missing disk images; return {name: (path, fmt)}."""
+def create_disks(workdir, disks, ext4=()):
+    """Create missing disk images; return {name: (path, fmt)}. The disks named in
+    ``ext4`` hold an empty ext4 filesystem (the guest mounts one with vmfleet.fs=)."""
     out = {}
     for name, fmt, size_mib in disks:
         path = os.path.join(workdir, '%s.%s' % (name, fmt))
         if not os.path.exists(path):
-            subprocess.run(['qemu-img', 'create', '-q', '-f', fmt, path, '%dM' % size_mib],
-                           check=True, capture_output=True)
+            if name in ext4:
+                raw = path + '.mkfs'
+                with open(raw, 'wb') as f:
+                    f.truncate(size_mib << 20)
+                subprocess.run(['mkfs.ext4', '-q', '-F', raw], check=True, capture_output=True)
+                subprocess.run(['qemu-img', 'convert', '-q', '-f', 'raw', '-O', fmt, raw, path],
+                               check=True, capture_output=True)
+                os.unlink(raw)
+            else:
+                subprocess.run(['qemu-img', 'create', '-q', '-f', fmt, path, '%dM' % size_mib],
+                               check=True, capture_output=True)
         out[name] = (path, fmt)
     return out
 
@@ -37,7 +47,8 @@ def _die_with_parent():
 
 class QemuGuest:
     def __init__(self, workdir, name='rawvm', memory_mib=256, disks=None, cmdline_extra='', accel=None,
-                 incoming=None, detach=False, device_ids=None, runas=None, qemu_name=None):
+                 incoming=None, detach=False, device_ids=None, runas=None, qemu_name=None, guest_agent=False,
+                 ext4_disks=()):
         self.workdir = os.path.abspath(workdir)
         self.detach = detach  # outlive this process (molecule, demo): stopped later through the pidfile
         self.incoming = incoming  # e.g. 'defer': start as a migration target
@@ -46,7 +57,9 @@ class QemuGuest:
         self.cmdline_extra = cmdline_extra
         self.accel = accel
         os.makedirs(self.workdir, exist_ok=True)
-        self.disks = create_disks(self.workdir, disks or DEFAULT_DISKS)
+        self.disks = create_disks(self.workdir, disks or DEFAULT_DISKS, ext4_disks)
+        # the QEMU guest agent's port, on a chardev socket (the guest runs initrd-qga.img)
+        self.guest_agent = guest_agent
         # a disk's block node is named for it; its device (what QEMU lists it by) too, unless renamed here
         self.device_ids = dict(device_ids or {})
         self.runas = runas  # a user QEMU runs as (its directory and disks become that user's)
@@ -61,6 +74,7 @@ class QemuGuest:
     serial_log = property(lambda self: self._file('.serial.log'))
     qemu_log = property(lambda self: self._file('.qemu.log'))
     pidfile = property(lambda self: self._file('.pid'))
+    agent_socket = property(lambda self: self._file('.qga'))
 
     def disk_path(self, name):
         return self.disks[name][0]
@@ -99,12 +113,16 @@ class QemuGuest:
             argv += ['-cpu', 'host']
         argv += ['-m', str(self.memory_mib), '-smp', '1', '-display', 'none', '-nodefaults',
                  '-serial', 'file:' + self.serial_log,
-                 '-kernel', guest.KERNEL, '-initrd', guest.INITRD,
+                 '-kernel', guest.KERNEL, '-initrd', guest.INITRD_QGA if self.guest_agent else guest.INITRD,
                  '-append', (CMDLINE + ' ' + self.cmdline_extra).strip(),
                  '-qmp', 'unix:%s,server=on,wait=off' % self.qmp_socket,
                  '-pidfile', self.pidfile]
         if self.incoming:
             argv += ['-incoming', self.incoming]
+        if self.guest_agent:
+            argv += ['-chardev', 'socket,id=qga0,path=%s,server=on,wait=off' % self.agent_socket,
+                     '-device', 'virtio-serial-pci,id=vser0,bus=pcie.0,addr=0x%x' % (FIRST_SLOT + len(self.disks)),
+                     '-device', 'virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0']
         for i, (name, (path, fmt)) in enumerate(self.disks.items()):
             argv += ['-blockdev', 'driver=file,filename=%s,node-name=%s-file' % (path, name),
                      '-blockdev', 'driver=%s,file=%s-file,node-name=%s' % (fmt, name, name),

@@ -28,6 +28,9 @@ class VmHandle(object):
     offline_snapshots = False
     # what of restore()'s dict vm_restore's result repeats: how to reach the VM again
     restored_reach = ()
+    # its external snapshot freezes the guest's filesystems itself when asked to quiesce
+    # (libvirt's QUIESCE flag); else snapshot/quiesce.py freezes around it
+    freezes_in_snapshot = False
 
     def __init__(self, module, name):
         self.module = module
@@ -206,6 +209,33 @@ class VmHandle(object):
         """Delete external snapshot ``snap`` keeping every guest write: its overlays committed
         into the images under them (crash-safe: a re-run after a kill carries on); a dict for
         the module's result."""
+        raise NotImplementedError
+
+    # -- the guest's filesystems, through the QEMU guest agent: snapshot/quiesce.py --
+    def check_guest_agent(self):
+        """Before anything changes: CapabilityMissing, naming the QEMU guest agent and how to
+        add it, unless the VM's agent answers and can freeze filesystems."""
+        raise CapabilityMissing("VM '%s' (%s) cannot reach a QEMU guest agent" % (self.name, self.backend),
+                                hint="set quiesce: false")
+
+    def fs_freeze(self, deadline):
+        """Freeze the guest's filesystems (their writes flushed, new ones held) within
+        ``deadline``: how many the agent froze."""
+        raise NotImplementedError
+
+    def fs_thaw(self):
+        """Thaw the guest's filesystems (harmless when none is frozen): how many it thawed."""
+        raise NotImplementedError
+
+    def thaw_spec(self):
+        """What thawer() needs to thaw this VM's filesystems from another process (JSON types)."""
+        raise NotImplementedError
+
+    @classmethod
+    def thawer(cls, spec):
+        """A function that thaws the filesystems of the VM ``spec`` (a thaw_spec()) names, ready
+        to call: whatever it needs is imported and connected now, so that it still works when the
+        module that started the thaw watchdog is gone (and its files with it)."""
         raise NotImplementedError
 
     def internal_snapshot_refusal(self, disks):

@@ -18,6 +18,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions impo
     InvalidArgument, SnapshotInconsistent, SnapshotNotFound,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot import quiesce
 from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot.internal import validate_name
 
 KIND = 'external'
@@ -95,6 +96,7 @@ class ExternalSnapshots(object):
         memory = bool(memory) and self.vm.is_running()
         # before anything changes: the backend can do it (libvirt version, agent for quiesce, ...)
         self.vm.check_external_snapshot(selected, memory, self.quiesce)
+        freeze = quiesce.wanted(self.vm, self.quiesce, memory)
         if before:
             result['actions'].append(dict(action='delete', disks=before['disks']))
         result['actions'].append(dict(action='create', disks=[d.name for d in selected],
@@ -107,9 +109,13 @@ class ExternalSnapshots(object):
         if before:
             self.vm.external_snapshot_delete(before, self.memory_dir, self.deadline)
         t0 = time.monotonic()
-        out = self.vm.external_snapshot_create(name, selected, overlays, memory, self.quiesce,
-                                               self.memory_dir, self.deadline)
+        # a backend whose snapshot freezes by itself (libvirt's QUIESCE flag) is asked to; the others are frozen around it
+        with quiesce.quiesced(self.vm, freeze and not self.vm.freezes_in_snapshot, self.deadline) as frozen:
+            out = self.vm.external_snapshot_create(name, selected, overlays, memory, freeze and self.vm.freezes_in_snapshot,
+                                                   self.memory_dir, self.deadline)
         result.update(out)
+        if frozen:
+            result['quiesced'] = frozen
         result.setdefault('paused_ms', round((time.monotonic() - t0) * 1000.0, 1))
         result['snapshot'] = find(self.vm, name)
         return result, before

@@ -13,6 +13,7 @@ __metaclass__ = type
 import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
+from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot import quiesce
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import SNAPSHOT_FORMATS
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     InvalidArgument, OperationTimeout, SnapshotInconsistent, SnapshotNotFound, VmfleetError,
@@ -86,10 +87,11 @@ def _find(vm, name, disks):
 class Snapshots(object):
     """The three operations; each returns the module result (without diff)."""
 
-    def __init__(self, vm, timeout, check_mode=False):
+    def __init__(self, vm, timeout, check_mode=False, quiesce=False):
         self.vm = vm
         self.deadline = Deadline(timeout)
         self.check_mode = check_mode
+        self.quiesce = quiesce
 
     # -- routes --
     def _running(self):
@@ -135,6 +137,7 @@ class Snapshots(object):
         running = self._running()
         if not running and memory and not self.vm.offline_snapshots:
             raise InvalidArgument("VM '%s' is not running" % self.vm.name)
+        freeze = quiesce.wanted(self.vm, self.quiesce, memory)
         if before:
             result['actions'].append(dict(action='delete', disks=sorted(holders)))
         result['actions'].append(dict(action='create', disks=[d.name for d in selected],
@@ -147,7 +150,10 @@ class Snapshots(object):
         if before:
             self._delete(name, before, disks)
             disks = self.vm.disks()
-        result['route'], result['paused_ms'] = self._create(name, selected, vmstate if running else None, disks)
+        with quiesce.quiesced(self.vm, freeze, self.deadline) as frozen:
+            result['route'], result['paused_ms'] = self._create(name, selected, vmstate if running else None, disks)
+        if frozen:
+            result['quiesced'] = frozen
         result['snapshot'] = _find(self.vm, name, self.vm.disks())
         return result, before
 

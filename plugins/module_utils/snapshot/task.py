@@ -36,6 +36,10 @@ def snapshot_task(vm, p, check_mode):
         if mode == KIND and (p['vmstate_disk'] or not p['memory']):
             raise InvalidArgument("vmstate_disk and memory do not apply to mode: instant",
                                   hint="its RAM goes to a memory file under memory_dir; drop them")
+        if mode == KIND and p.get('quiesce'):
+            raise InvalidArgument("quiesce does not apply to mode: instant (it always saves the guest's RAM)",
+                                  hint="a snapshot with RAM state brings the guest back mid-write, so a freeze adds "
+                                       "nothing; for a quiesced disk-only snapshot use memory: false in mode internal or external")
     else:
         mode = mode_of(vm, p['memory_dir'], p['name'], p['mode'])
     if not check_mode:
@@ -51,7 +55,7 @@ def snapshot_task(vm, p, check_mode):
     else:
         if p['state'] == 'present':
             guard_internal(vm, p['memory_dir'], p['name'])
-        ops = Snapshots(vm, p['timeout'], check_mode=check_mode)
+        ops = Snapshots(vm, p['timeout'], check_mode=check_mode, quiesce=p.get('quiesce', False))
         create = (p['name'], p['disks'], p['vmstate_disk'], p['memory'], p['overwrite'])
     if p['state'] == 'present':
         result, before = ops.present(*create)

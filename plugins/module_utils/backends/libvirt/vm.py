@@ -123,10 +123,19 @@ def library_facts():
     return quirks.version_string(libvirt.getVersion()), libvirt
 
 
+# the guest agent's virtio-serial port, and how a domain gets one
+AGENT_PORT = 'org.qemu.guest_agent.0'
+AGENT_HOW_TO_ADD = ("add <channel type='unix'><target type='virtio' name='%s'/></channel> to the domain's devices "
+                    "(virsh edit; it takes effect at the next start) and run qemu-guest-agent in the guest" % AGENT_PORT)
+AGENT_PING_S = 10
+
+
 class LibvirtVm(VmHandle):
     backend = 'libvirt'
     native_snapshots = True
     offline_snapshots = True
+    # its external snapshots freeze through libvirt's own agent (VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE)
+    freezes_in_snapshot = True
 
     def __init__(self, module, conn, dom, uri, own_conn=True):
         super(LibvirtVm, self).__init__(module, dom.name())
@@ -290,6 +299,36 @@ class LibvirtVm(VmHandle):
 
     def pause(self):
         self._call('suspending', self.dom.suspend)
+
+    # -- the guest agent: libvirt owns its channel, we ask libvirt --
+    def check_guest_agent(self):
+        targets = [t for t in self.xml().findall('./devices/channel/target') if t.get('name') == AGENT_PORT]
+        if not targets:
+            raise CapabilityMissing("libvirt domain '%s' has no QEMU guest agent channel (%s)" % (self.name, AGENT_PORT),
+                                    hint=AGENT_HOW_TO_ADD)
+        state = targets[0].get('state')
+        if state != 'connected':
+            raise CapabilityMissing("the QEMU guest agent of libvirt domain '%s' is not connected (its channel is %s)"
+                                    % (self.name, state or 'in no state'), hint="start qemu-guest-agent in the guest")
+        try:
+            libvirt_qemu.qemuAgentCommand(self.dom, json.dumps({'execute': 'guest-ping'}), AGENT_PING_S, 0)
+        except libvirt.libvirtError as e:
+            raise CapabilityMissing("the QEMU guest agent of libvirt domain '%s' does not answer: %s"
+                                    % (self.name, e.get_error_message()), hint="check qemu-guest-agent in the guest")
+
+    def fs_freeze(self, deadline):
+        return run_blocking(self.dom.fsFreeze, deadline, "freezing the filesystems of libvirt domain '%s'" % self.name)
+
+    def fs_thaw(self):
+        return self._call('thawing the filesystems', self.dom.fsThaw)
+
+    def thaw_spec(self):
+        return dict(backend=self.backend, uri=self.uri, uuid=self.dom.UUIDString())
+
+    @classmethod
+    def thawer(cls, spec):
+        dom = connect(spec['uri']).lookupByUUIDString(spec['uuid'])
+        return dom.fsThaw
 
     def resume(self):
         self._call('resuming', self.dom.resume)

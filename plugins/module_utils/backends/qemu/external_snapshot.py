@@ -143,10 +143,6 @@ class QemuExternal(object):
     # -- checks, before anything changes --
     def check(self, disks, memory, quiesce):
         vm = self.vm
-        if quiesce:
-            raise CapabilityMissing("quiesce is not available for external snapshots of raw QEMU VM '%s' yet"
-                                    % vm.name, hint="nothing was changed; leave quiesce out (the snapshot is then "
-                                                    "crash-consistent)")
         have = set(c['name'] for c in vm.qmp('query-commands'))
         missing = [c for c in COMMANDS if c not in have]
         if missing:

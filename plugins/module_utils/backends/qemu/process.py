@@ -256,6 +256,10 @@ def _keyvals(opt):
     return out
 
 
+# the same parser for other readers of a command line (guest_agent.socket_from_argv)
+keyvals = _keyvals
+
+
 def disk_aliases(argv):
     """{block node or drive id: device id} from a QEMU command line: the names
     a disk was addressed by when QEMU started. A mirror's switch gives the

@@ -20,6 +20,7 @@ import time
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import capabilities
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import durable
 from ansible_collections.vmfleet.kvm.plugins.module_utils.save import manifest_store
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import guest_agent
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import memory_load
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qmp_migration as migration
@@ -30,10 +31,14 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.qmp_clie
     HAS_QMP, QMP_IMPORT_ERROR, QmpClient,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
-    CapabilityMissing, ConnectionFailed, InvalidArgument, VmfleetError,
+    CapabilityMissing, ConnectionFailed, InvalidArgument, OperationTimeout, VmfleetError,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qmp_jobs import mirror_job_id
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline
+
+# a guest agent answers at once when it runs; a thaw (no flush) is quick too
+AGENT_CHECK_S = 10.0
+AGENT_THAW_S = 30.0
 
 # QMP RunState -> the state names libvirt users know.
 _STATES = {
@@ -209,6 +214,48 @@ class QemuVm(VmHandle):
 
     def check_instant_snapshots(self):
         pass
+
+    def guest_agent(self):
+        """The client of this VM's guest agent: on ``guest_agent_socket`` when the task gives it,
+        else on the socket QEMU's command line connects to the agent's port."""
+        if getattr(self, '_agent', None) is None:
+            given = (getattr(self.module, 'params', None) or {}).get('guest_agent_socket')
+            if given:
+                if not os.path.exists(given):
+                    raise CapabilityMissing("the QEMU guest agent socket %s of VM '%s' does not exist" % (given, self.name),
+                                            hint=guest_agent.HOW_TO_ADD)
+                path = given
+            else:
+                pid = self.pid()
+                path = guest_agent.socket_from_argv(proc.qemu_argv(pid)) if pid else None
+                if not path:
+                    raise CapabilityMissing(
+                        "VM '%s' has no QEMU guest agent: its QEMU command line connects no unix socket to a "
+                        "virtserialport named %s" % (self.name, guest_agent.PORT_NAME), hint=guest_agent.HOW_TO_ADD)
+            self._agent = guest_agent.GuestAgent(path)
+        return self._agent
+
+    def check_guest_agent(self):
+        agent = self.guest_agent()
+        try:
+            agent.check(AGENT_CHECK_S)
+        except (guest_agent.AgentError, OperationTimeout) as e:
+            raise CapabilityMissing("the QEMU guest agent of VM '%s' on %s does not answer: %s"
+                                    % (self.name, agent.socket_path, e.msg), hint=guest_agent.HOW_TO_ADD)
+
+    def fs_freeze(self, deadline):
+        return self.guest_agent().freeze(deadline.remaining(5.0))
+
+    def fs_thaw(self):
+        return self.guest_agent().thaw(AGENT_THAW_S)
+
+    def thaw_spec(self):
+        return dict(backend=self.backend, socket=self.guest_agent().socket_path)
+
+    @classmethod
+    def thawer(cls, spec):
+        agent = guest_agent.GuestAgent(spec['socket'])
+        return lambda: agent.thaw(AGENT_THAW_S)
 
     def owner_uid(self):
         pid = self.pid()
