@@ -20,6 +20,9 @@ What libvirt 11.3 does, checked on running domains:
   files: the domain ends on its original paths. A snapshot in the middle of a
   chain can be deleted; the snapshot the domain was last reverted to cannot
   while it has children (libvirt: "not a leaf").
+- libvirt cannot revert a snapshot whose disk's base is a block device ("source
+  disk is not a regular file"): create and delete work there, a revert is refused
+  before anything changes.
 
 QEMU keeps a pflash device's contents in RAM and migrates them with it: a revert
 from a memory file brings the varstore back by itself (QEMU writes the loaded
@@ -120,6 +123,13 @@ def _reachable(directory, uid, gid):
         if parent == d:
             return None
         d = parent
+
+
+def _is_block(path):
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _write_back(src, dst):
@@ -328,6 +338,16 @@ class LibvirtExternalSnapshots(object):
     def revert(self, snap, memory_dir, deadline):
         from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import run_blocking
         s = self.vm._call("looking up snapshot '%s'" % snap['name'], self.dom.snapshotLookupByName, snap['name'], 0)
+        blocks = sorted(d for d, base in (snap.get('bases') or {}).items() if base and _is_block(base))
+        if blocks:
+            # libvirt (11.3) checks this first: "source disk for 'vda' is not a regular file, reverting to
+            # snapshot is not supported"; said here with what the user can do
+            raise CapabilityMissing(
+                "libvirt cannot revert libvirt domain '%s' to external snapshot '%s': the image under the overlay "
+                "of disk %s is a block device (%s), and libvirt reverts only snapshots of disks on files" % (
+                    self.vm.name, snap['name'], ", ".join(blocks), snap['bases'][blocks[0]]),
+                hint="nothing was changed; delete it (state: absent) to keep the guest's writes, or use mode: "
+                     "internal on a qcow2 volume for a snapshot a block-device VM can go back to")
         was = self.vm.state()
         nvram, _fmt = self.nvram()
         copy = snap.get('nvram_copy')
