@@ -316,9 +316,18 @@ class LibvirtExternalSnapshots(object):
                          "creating external snapshot '%s' of libvirt domain '%s'" % (name, self.vm.name),
                          on_timeout=self.dom.abortJob if memory else None)
         except VmfleetError as e:
+            try:
+                made = self.dom.snapshotLookupByName(name, 0) is not None
+            except libvirt.libvirtError:
+                made = False
+            if made:
+                # a timeout that came too late to stop libvirt: the snapshot is there, whole
+                e.hint = ("libvirt finished the snapshot all the same: it is there, whole; delete it "
+                          "(state: absent) or keep it")
+                raise
             if nvram_copy:
                 _remove(nvram_copy)
-            e.hint = e.hint or "nothing was changed: the snapshot is atomic (libvirt undid what it had done)"
+            e.hint = "nothing changed: the snapshot is atomic (libvirt undid what it had done)"
             raise
         took = round((time.monotonic() - t0) * 1000.0, 1)
         out = dict(route='libvirt', memory_file=memory_file, nvram_copy=nvram_copy, snapshot_ms=took)
