@@ -20,9 +20,10 @@ What libvirt 11.3 does, checked on running domains:
   files: the domain ends on its original paths. A snapshot in the middle of a
   chain can be deleted; the snapshot the domain was last reverted to cannot
   while it has children (libvirt: "not a leaf").
-- libvirt cannot revert a snapshot whose disk's base is a block device ("source
-  disk is not a regular file"): create and delete work there, a revert is refused
-  before anything changes.
+- libvirt refuses to revert a snapshot whose disk's base is a block device ("source
+  disk is not a regular file"); this backend does that revert as libvirt does it for
+  files (_revert_over_block) and records the fresh overlays in libvirt's metadata, so
+  libvirt's delete commits them as it does its own.
 
 QEMU keeps a pflash device's contents in RAM and migrates them with it: a revert
 from a memory file brings the varstore back by itself (QEMU writes the loaded
@@ -347,16 +348,6 @@ class LibvirtExternalSnapshots(object):
     def revert(self, snap, memory_dir, deadline):
         from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import run_blocking
         s = self.vm._call("looking up snapshot '%s'" % snap['name'], self.dom.snapshotLookupByName, snap['name'], 0)
-        blocks = sorted(d for d, base in (snap.get('bases') or {}).items() if base and _is_block(base))
-        if blocks:
-            # libvirt (11.3) checks this first: "source disk for 'vda' is not a regular file, reverting to
-            # snapshot is not supported"; said here with what the user can do
-            raise CapabilityMissing(
-                "libvirt cannot revert libvirt domain '%s' to external snapshot '%s': the image under the overlay "
-                "of disk %s is a block device (%s), and libvirt reverts only snapshots of disks on files" % (
-                    self.vm.name, snap['name'], ", ".join(blocks), snap['bases'][blocks[0]]),
-                hint="nothing was changed; delete it (state: absent) to keep the guest's writes, or use mode: "
-                     "internal on a qcow2 volume for a snapshot a block-device VM can go back to")
         was = self.vm.state()
         nvram, _fmt = self.nvram()
         copy = snap.get('nvram_copy')
@@ -365,6 +356,9 @@ class LibvirtExternalSnapshots(object):
                                   "has no NVRAM now" % (snap['name'], self.vm.name, copy), hint="nothing was changed")
         hint = ("libvirt domain '%s' may be shut off or paused; the snapshot is intact: revert again"
                 % self.vm.name)
+        if any(base and _is_block(base) for base in (snap.get('bases') or {}).values()):
+            self._revert_over_block(s, snap, was, deadline, hint)
+            return self._after_revert(snap, was, nvram, copy, resumed_by_caller=True)
         # with memory: QEMU comes back paused from the memory file, its NVRAM is written back before the guest
         # runs; without: the domain is shut off (a disk-only snapshot has no RAM state) and booted afterwards
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED if snap.get('memory_file') else 0
@@ -374,12 +368,15 @@ class LibvirtExternalSnapshots(object):
         except VmfleetError as e:
             e.hint = hint
             raise
+        return self._after_revert(snap, was, nvram, copy)
+
+    def _after_revert(self, snap, was, nvram, copy, resumed_by_caller=False):
         restored = False
         if copy:
             _write_back(copy, nvram)
             restored = True
         state = self.vm.state()
-        if snap.get('memory_file'):
+        if snap.get('memory_file') or resumed_by_caller:
             if was != 'paused' and state == 'paused':
                 self.vm.resume()
         elif was in ('running', 'paused') and state == 'shutoff':
@@ -387,6 +384,94 @@ class LibvirtExternalSnapshots(object):
             self.vm._call('starting the domain again', self.dom.createWithFlags, start)
         return dict(route='libvirt', nvram_restored=restored,
                     disks_now=dict((d.name, d.file) for d in self.vm.disks() if d.name in snap['disks']))
+
+    def _revert_over_block(self, s, snap, was, deadline, hint):
+        """The revert libvirt (11.3) refuses for a disk over a block device ("source disk is not a regular
+        file"), done as libvirt does it for files: a fresh overlay over each disk's base, QEMU started
+        again from the memory file on them (paused: the caller writes the NVRAM back and resumes), the
+        persistent definition and the snapshot's metadata pointed at the new overlays, so that libvirt's
+        own delete commits them later. A disk-only snapshot: the domain is booted again on them."""
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import run_blocking
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
+        root = ET.fromstring(self.vm._call('reading the snapshot', s.getXMLDesc, libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE))
+        meta = _meta(root)
+        fmts = {}
+        for d in root.findall('./domain/devices/disk'):
+            t, drv = d.find('target'), d.find('driver')
+            if t is not None:
+                fmts[t.get('dev')] = drv.get('type') if drv is not None else 'raw'
+        stamp = int(time.time())
+        sizes = dict((d.name, d.virtual_size) for d in self.vm.disks())
+        fresh = {}
+        try:
+            for disk in snap['disks']:
+                first = (meta.get('overlays') or {}).get(disk) or snap['overlays'][disk]
+                stem = first[:-len('.qcow2')] if first.endswith('.qcow2') else first
+                fresh[disk] = '%s.%d.qcow2' % (stem, stamp)
+                if os.path.lexists(fresh[disk]):
+                    raise InvalidArgument("%s exists already" % fresh[disk], hint="nothing was changed; revert again")
+                qemu_img.create(self.vm.module, fresh[disk], 'qcow2', sizes[disk], backing=snap['bases'][disk],
+                                backing_fmt=fmts.get(disk, 'raw'))
+                os.chmod(fresh[disk], 0o600)
+        except BaseException:
+            for path in fresh.values():
+                _remove(path)
+            raise
+        old_overlays = dict((d, f) for d, f in snap['overlays'].items())
+
+        def point(domain_el):
+            for d in domain_el.findall('./devices/disk'):
+                t = d.find('target')
+                if t is None or t.get('dev') not in fresh:
+                    continue
+                for el in d.findall('backingStore') + d.findall('source'):
+                    d.remove(el)
+                d.set('type', 'file')
+                drv = d.find('driver')
+                if drv is None:
+                    drv = ET.SubElement(d, 'driver', name='qemu')
+                drv.set('type', 'qcow2')
+                src = ET.Element('source', file=fresh[t.get('dev')])
+                d.insert(list(d).index(drv) + 1, src)
+            return ET.tostring(domain_el, encoding='unicode')
+
+        try:
+            if self.vm.is_running():
+                self.vm._call('stopping the domain', self.dom.destroy)
+            persistent = ET.fromstring(self.vm._call('reading the definition', self.dom.XMLDesc,
+                                                     libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
+            self.vm._call('defining the domain on the fresh overlays', self.vm.conn.defineXML, point(persistent))
+            if snap.get('memory_file'):
+                saved = ET.fromstring(self.vm._call('reading the memory file', self.vm.conn.saveImageGetXMLDesc,
+                                                    snap['memory_file'], libvirt.VIR_DOMAIN_SAVE_IMAGE_XML_SECURE))
+                dxml = point(saved)
+                run_blocking(lambda: self.vm.conn.restoreFlags(snap['memory_file'], dxml,
+                                                               libvirt.VIR_DOMAIN_SAVE_PAUSED), deadline,
+                             "restoring libvirt domain '%s' from %s" % (self.vm.name, snap['memory_file']))
+            elif was in ('running', 'paused'):
+                self.vm._call('starting the domain again', self.dom.createWithFlags, libvirt.VIR_DOMAIN_START_PAUSED)
+        except VmfleetError as e:
+            e.hint = hint
+            raise
+        # libvirt's record of the snapshot names the fresh overlays now: its delete commits them
+        desc = root.find('description')
+        meta['overlays'] = meta.get('overlays') or old_overlays
+        meta['reverted_overlays'] = sorted(set(meta.get('reverted_overlays', [])) | set(fresh.values()))
+        desc.text = _MARK + json.dumps(meta, sort_keys=True)
+        for d in root.findall('./disks/disk'):
+            if d.get('name') in fresh:
+                d.find('source').set('file', fresh[d.get('name')])
+        self.vm._call('recording the fresh overlays in the snapshot', self.dom.snapshotCreateXML,
+                      ET.tostring(root, encoding='unicode'),
+                      libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT)
+        # the writes made since the snapshot go, as libvirt's own revert drops them: the overlays the domain
+        # ran on, when this collection made them, no later snapshot builds on them and nothing uses them
+        if not s.listAllChildren(0):
+            owned = set((meta.get('overlays') or {}).values()) | set(meta.get('reverted_overlays', []))
+            in_use = _chain_files(self.vm.xml()) | _chain_files(self.vm.xml(inactive=True))
+            for path in old_overlays.values():
+                if path in owned and path not in in_use and path not in fresh.values():
+                    _remove(path)
 
     # -- delete --
     def _wait_jobs(self, disks, deadline):
@@ -412,7 +497,8 @@ class LibvirtExternalSnapshots(object):
         owned = {}
         if s is not None:
             # the overlays this collection named (recorded in the snapshot's description at create)
-            owned = _meta(ET.fromstring(s.getXMLDesc(0))).get('overlays') or {}
+            meta = _meta(ET.fromstring(s.getXMLDesc(0)))
+            owned = dict((p, p) for p in list((meta.get('overlays') or {}).values()) + meta.get('reverted_overlays', []))
             children = s.listAllChildren(0)
             if s.isCurrent(0) and children:
                 raise CapabilityMissing(
