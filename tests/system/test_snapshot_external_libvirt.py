@@ -138,6 +138,26 @@ def test_pre_upgrade_cycle(vms, case, tmp_path):
     base = vm.disks['root']
     assert disk_counter(base[0], base[1]) >= written
     t.wait_counter(t.counter() + 2)
+    if case == 'uefi':
+        _internal_on_raw_nvram(t)
+
+
+def _internal_on_raw_nvram(t):
+    """mode: internal on the UEFI domain: QEMU's snapshot-save of the qcow2 disks (libvirt refuses its own
+    with a raw NVRAM); the RAM state holds the varstore's contents."""
+    before = t.counter()
+    r = ok(run_one(t.task('snapshot', name='int', mode='internal')))
+    after = t.counter()
+    assert r['mode'] == 'internal' and r['route'] == 'qmp', r
+    try:
+        ran_to = t.wait_counter(after + 3)
+        offset, last = t.serial_size(), t.counter()
+        r = ok(run_one(t.task('snapshot', name='int', state='reverted')))
+        assert r['mode'] == 'internal' and r['state'] == 'running', r
+        resumed = t.counters_after_going_back(offset, last)
+        assert before <= resumed[0] - 1 <= after + 1 and resumed[0] < ran_to, (before, after, resumed)
+    finally:
+        assert ok(run_one(t.task('snapshot', name='int', state='absent')))['changed'] is True
 
 
 def _revert_twice(t, vm, s, formats, args, case, before, after, ran_to):
