@@ -256,7 +256,8 @@ actions:
 paused_ms:
   description:
     - How long the guest was paused, in milliseconds, from QEMU's STOP and RESUME events.
-    - Through libvirt no events are seen, so this is the length of the operation, an upper bound.
+    - Through libvirt no events are seen, so this is the length of the operation, an upper bound; for an
+      external snapshot of a libvirt domain with memory, QEMU's downtime of the memory write as libvirt reports it.
   returned: when O(state) is V(present) or V(reverted)
   type: float
   sample: 812.4
@@ -334,6 +335,17 @@ load:
       type: list
       elements: dict
   sample: {mode: background, seconds: 2.4, pages: 262144, requested: 180, rate_mib_s: 426.7, progress: []}
+nvram_restored:
+  description: Whether the revert of an external snapshot of a UEFI libvirt domain wrote its NVRAM copy back.
+  returned: when an external snapshot of a libvirt domain was reverted, not in check mode
+  type: bool
+  sample: true
+removed:
+  description: Files the delete of an external snapshot of a libvirt domain removed itself (its NVRAM copy).
+  returned: when an external snapshot of a libvirt domain was deleted, not in check mode
+  type: list
+  elements: str
+  sample: [/var/lib/vmfleet/snapshots/db01.pre-upgrade.nvram]
 ram_bytes:
   description: Bytes of guest RAM the instant snapshot wrote.
   returned: when O(mode=instant) created a snapshot

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from rig.ansible_run import failed, ok, run_one, run_tasks
-from rig.guest import disk_counter
+from rig.ansible_run import failed, kill_play, ok, run_one, run_tasks, start_playbook, write_play
+from rig.guest import disk_counter, seq_records, wait_serial
 
 CASES = {
     # libvirt's default UEFI domain: qcow2 disks, pflash firmware with a raw varstore
@@ -185,5 +185,42 @@ def _revert_twice(t, vm, s, formats, args, case, before, after, ran_to):
             assert r['nvram_restored'] is True
             with open(nvram, 'rb') as a, open(s['nvram_copy'], 'rb') as b:
                 assert a.read() == b.read(), 'the NVRAM was not put back'
+    finally:
+        t.resume()
+
+
+def test_delete_killed_then_rerun_loses_no_write(vms, tmp_path):
+    """The module is killed while libvirt commits the overlay (the guest writing a numbered record after
+    another the whole time); a re-run ends on the original images, and every record is there, in order."""
+    t = vms.boot('libvirt', memory_mib=192, disks=(('root', 'raw', 64), ('data', 'raw', 64)),
+                 cmdline_extra='vmfleet.writer=vdb')
+    vm = t.vm
+    originals = _sources(vm)
+    args = dict(memory_dir=str(tmp_path))
+    ok(run_one(t.task('snapshot', name='pre', memory=False, **args)))
+    # enough records in the overlay that the commit has work to do
+    wait_serial(vm.serial_log, r'VMFLEET-SEQ 3000\r?\n', 180)
+    proc = start_playbook(write_play([t.task('snapshot', name='pre', state='absent', **args)],
+                                     str(tmp_path / 'delete.yml')))
+    try:
+        end = time.time() + 60
+        # kill once libvirt's commit runs (or the module is at least running, if the commit is too quick to see)
+        while time.time() < end and proc.poll() is None:
+            if vm.virsh('blockjob', vm.name, 'vdb', '--info', check=False).stdout.strip().startswith('Active'):
+                break
+            time.sleep(0.02)
+    finally:
+        kill_play(proc)
+    r = ok(run_one(t.task('snapshot', name='pre', state='absent', **args)))
+    if r['changed']:  # the kill came before libvirt's delete ended: the re-run carried on
+        assert r['mode'] == 'external', r
+    assert _sources(vm) == originals and _sources(vm, inactive=True) == originals
+    assert vm.virsh('snapshot-list', vm.name, '--name').stdout.split() == []
+    assert _left_files(vm, None) == []
+    t.pause()
+    try:
+        written = max(int(n) for n in re.findall(r'VMFLEET-SEQ (\d+)', open(vm.serial_log).read()))
+        values = seq_records(vm.disks['data'][0], 'raw', written + 2000)
+        assert values == list(range(1, len(values) + 1)) and len(values) >= written, (len(values), written)
     finally:
         t.resume()

@@ -76,5 +76,5 @@ def libvirt_external_missing(libvirt_version):
                if have < need]
     if not lacking:
         return None
-    return "libvirt %s cannot run an external snapshot's cycle: %s" % (version_string(libvirt_version),
-                                                                        ", ".join(lacking))
+    return "libvirt %s cannot run an external snapshot's cycle: %s" % (
+        version_string(libvirt_version), ", ".join(lacking))

@@ -330,8 +330,7 @@ class LibvirtExternalSnapshots(object):
                 _remove(nvram_copy)
             e.hint = "nothing changed: the snapshot is atomic (libvirt undid what it had done)"
             raise
-        took = round((time.monotonic() - t0) * 1000.0, 1)
-        out = dict(route='libvirt', memory_file=memory_file, nvram_copy=nvram_copy, snapshot_ms=took)
+        out = dict(route='libvirt', paused_ms=round((time.monotonic() - t0) * 1000.0, 1))
         if memory and running:
             try:
                 stats = self.dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
@@ -341,7 +340,7 @@ class LibvirtExternalSnapshots(object):
                 # QEMU's measured downtime of the memory write; the disk switch after it adds a few ms
                 out['paused_ms'] = float(stats['downtime'])
         # disk-only: libvirt does not stop the vCPUs (QEMU drains I/O for the switch); the call's
-        # length, which the engine reports, bounds it
+        # length bounds it
         return out
 
     # -- revert --
@@ -382,8 +381,7 @@ class LibvirtExternalSnapshots(object):
         elif was in ('running', 'paused') and state == 'shutoff':
             start = libvirt.VIR_DOMAIN_START_PAUSED if was == 'paused' else 0
             self.vm._call('starting the domain again', self.dom.createWithFlags, start)
-        return dict(route='libvirt', nvram_restored=restored,
-                    disks_now=dict((d.name, d.file) for d in self.vm.disks() if d.name in snap['disks']))
+        return dict(route='libvirt', nvram_restored=restored)
 
     def _revert_over_block(self, s, snap, was, deadline, hint):
         """The revert libvirt (11.3) refuses for a disk over a block device ("source disk is not a regular
@@ -521,5 +519,4 @@ class LibvirtExternalSnapshots(object):
         for path in sorted(set(owned.values())):
             if path and path not in in_use and os.path.isfile(path) and _remove(path):
                 removed.append(path)
-        return dict(route='libvirt', removed=removed,
-                    disks_now=dict((d.name, d.file) for d in self.vm.disks() if d.name in snap['disks']))
+        return dict(route='libvirt', removed=removed)
