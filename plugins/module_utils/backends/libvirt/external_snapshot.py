@@ -46,7 +46,7 @@ from urllib.parse import quote
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import durable
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
-    CapabilityMissing, InvalidArgument, JobFailed, OperationTimeout, VmfleetError,
+    CapabilityMissing, InvalidArgument, OperationTimeout, VmfleetError,
 )
 
 try:
