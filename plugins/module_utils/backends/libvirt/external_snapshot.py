@@ -391,7 +391,8 @@ class LibvirtExternalSnapshots(object):
         own delete commits them later. A disk-only snapshot: the domain is booted again on them."""
         from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import run_blocking
         from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
-        root = ET.fromstring(self.vm._call('reading the snapshot', s.getXMLDesc, libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE))
+        root = ET.fromstring(self.vm._call('reading the snapshot', s.getXMLDesc,
+                                           libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE))
         meta = _meta(root)
         fmts = {}
         for d in root.findall('./domain/devices/disk'):
@@ -492,11 +493,11 @@ class LibvirtExternalSnapshots(object):
             s = self.dom.snapshotLookupByName(snap['name'], 0)
         except libvirt.libvirtError:
             s = None  # a run killed after libvirt's delete: only the leftovers are to clean
-        owned = {}
+        owned = set()
         if s is not None:
             # the overlays this collection named (recorded in the snapshot's description at create)
             meta = _meta(ET.fromstring(s.getXMLDesc(0)))
-            owned = dict((p, p) for p in list((meta.get('overlays') or {}).values()) + meta.get('reverted_overlays', []))
+            owned = set((meta.get('overlays') or {}).values()) | set(meta.get('reverted_overlays', []))
             children = s.listAllChildren(0)
             if s.isCurrent(0) and children:
                 raise CapabilityMissing(
@@ -516,7 +517,9 @@ class LibvirtExternalSnapshots(object):
             removed.append(snap['nvram_copy'])
         # libvirt removes the overlays it committed; one it left (an older libvirt) goes when nothing uses it
         in_use = _chain_files(self.vm.xml()) | _chain_files(self.vm.xml(inactive=True))
-        for path in sorted(set(owned.values())):
+        for other in self.list():
+            in_use |= set(other['overlays'].values()) | set(other['bases'].values())
+        for path in sorted(owned):
             if path and path not in in_use and os.path.isfile(path) and _remove(path):
                 removed.append(path)
         return dict(route='libvirt', removed=removed)
