@@ -107,6 +107,12 @@ def test_pre_upgrade_cycle(vms, case, tmp_path):
         assert s['nvram_copy'] and os.stat(s['nvram_copy']).st_mode & 0o777 == 0o600
     again = ok(run_one(snap()))
     assert again['changed'] is False and again['mode'] == 'external'
+    if case == 'raw':
+        # a live copy of a disk on an overlay would flatten the chain: refused, nothing changed
+        r = run_one(t.task('drive_mirror', disk='vdb', target=str(tmp_path / 'moved.qcow2'),
+                           journal_dir=str(tmp_path / 'journal')))
+        failed(r, 'external snapshot', "'pre'", 'nothing was changed')
+        assert _sources(vm) == s['overlays'] and not os.path.exists(str(tmp_path / 'moved.qcow2'))
 
     # 2. the guest runs on and writes
     ran_to = t.wait_counter(after + 3)
