@@ -275,11 +275,15 @@ class LibvirtExternalSnapshots(object):
             os.makedirs(memory_dir, 0o700)
         memory_file = _file_of(memory_dir, self.vm.name, name, MEMORY_SUFFIX) if memory else None
         nvram_copy = _file_of(memory_dir, self.vm.name, name, NVRAM_SUFFIX) if nvram else None
+        known = set(s.getName() for s in self.vm._call('listing snapshots', self.dom.listAllSnapshots, 0))
         for f in (memory_file, nvram_copy):
             if f and os.path.lexists(f):
-                raise InvalidArgument("%s exists already: another run's leftover for snapshot '%s' of domain '%s'"
-                                      % (f, name, self.vm.name),
-                                      hint="nothing was changed; remove it if no snapshot uses it")
+                if name in known:
+                    raise InvalidArgument("%s exists already, and libvirt has a snapshot '%s' of domain '%s'"
+                                          % (f, name, self.vm.name),
+                                          hint="nothing was changed; delete that snapshot first (state: absent)")
+                # a run killed before libvirt made the snapshot left it: no snapshot has it
+                _remove(f)
         chosen = set(d.name for d in disks)
         root = ET.Element('domainsnapshot')
         ET.SubElement(root, 'name').text = name
