@@ -330,8 +330,10 @@ class LibvirtExternalSnapshots(object):
                 e.hint = ("libvirt finished the snapshot all the same: it is there, whole; delete it "
                           "(state: absent) or keep it")
                 raise
-            if nvram_copy:
-                _remove(nvram_copy)
+            # an aborted memory write can leave libvirt's partial memory file behind
+            for f in (nvram_copy, memory_file):
+                if f:
+                    _remove(f)
             e.hint = "nothing changed: the snapshot is atomic (libvirt undid what it had done)"
             raise
         out = dict(route='libvirt', paused_ms=round((time.monotonic() - t0) * 1000.0, 1))
