@@ -45,6 +45,7 @@ from urllib.parse import quote
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import durable
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     CapabilityMissing, InvalidArgument, OperationTimeout, VmfleetError,
 )
@@ -55,6 +56,8 @@ except ImportError:  # connection.py keeps the error for missing_required_lib
     pass
 
 KIND = 'external'
+# how long undoing a snapshot that outran the task's timeout may take
+UNDO_GRACE_S = 60.0
 # what this collection records of its own in a libvirt snapshot's <description>
 _MARK = 'vmfleet.kvm external snapshot '
 MEMORY_SUFFIX = '.external.mem'
@@ -326,15 +329,23 @@ class LibvirtExternalSnapshots(object):
             except libvirt.libvirtError:
                 made = False
             if made:
-                # a timeout that came too late to stop libvirt: the snapshot is there, whole
-                e.hint = ("libvirt finished the snapshot all the same: it is there, whole; delete it "
-                          "(state: absent) or keep it")
-                raise
+                # the timeout came too late to stop libvirt: the snapshot is undone as a delete does it
+                # (its overlays committed: no guest write is lost), so a timed-out task leaves none
+                try:
+                    snap = self.dom.snapshotLookupByName(name, 0)
+                    run_blocking(lambda: snap.delete(0), Deadline(UNDO_GRACE_S),
+                                 "undoing external snapshot '%s' of libvirt domain '%s'" % (name, self.vm.name))
+                except (VmfleetError, libvirt.libvirtError):
+                    e.hint = ("libvirt finished the snapshot all the same and it could not be undone: it is "
+                              "there, whole; delete it (state: absent) or keep it")
+                    raise e
+                e.msg += "; libvirt finished it all the same, and it has been removed again: nothing changed"
             # an aborted memory write can leave libvirt's partial memory file behind
             for f in (nvram_copy, memory_file):
                 if f:
                     _remove(f)
-            e.hint = "nothing changed: the snapshot is atomic (libvirt undid what it had done)"
+            e.hint = None if made else "nothing changed: the snapshot is atomic (libvirt undid what it had done)"
+            raise
             raise
         out = dict(route='libvirt', paused_ms=round((time.monotonic() - t0) * 1000.0, 1))
         if memory and running:
