@@ -346,7 +346,6 @@ class LibvirtExternalSnapshots(object):
                     _remove(f)
             e.hint = None if made else "nothing changed: the snapshot is atomic (libvirt undid what it had done)"
             raise
-            raise
         out = dict(route='libvirt', paused_ms=round((time.monotonic() - t0) * 1000.0, 1))
         if memory and running:
             try:
