@@ -46,6 +46,8 @@ need_install() {
     command -v shellcheck >/dev/null || return 0
     command -v tini >/dev/null || return 0
     command -v mkfs.ext4 >/dev/null || return 0  # the quiesce tests' ext4 disk (and debugfs, dumpe2fs)
+    # UEFI guests (<os firmware='efi'>): OVMF's pflash code and the varstore template
+    [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || return 0
     local v
     v=$(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\).*/\1/p')
     [ "${v:-0}" -ge 10 ] || return 0
@@ -60,7 +62,7 @@ if need_install; then
         qemu-system-x86 qemu-utils qemu-block-extra \
         libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev \
         libvirt-daemon-system \
-        pkg-config cpio gzip xz-utils shellcheck tini e2fsprogs >/dev/null
+        pkg-config cpio gzip xz-utils shellcheck tini e2fsprogs ovmf >/dev/null
 fi
 
 # The simulated hypervisors of the fleet tests (tests/rig/hypervisors.py): an sshd

@@ -258,7 +258,8 @@ actions:
 paused_ms:
   description:
     - How long the guest was paused, in milliseconds, from QEMU's STOP and RESUME events.
-    - Through libvirt no events are seen, so this is the length of the operation, an upper bound.
+    - Through libvirt no events are seen, so this is the length of the operation, an upper bound; for an
+      external snapshot of a libvirt domain with memory, QEMU's downtime of the memory write as libvirt reports it.
   returned: when O(state) is V(present) or V(reverted)
   type: float
   sample: 812.4
@@ -350,6 +351,17 @@ quiesced:
       description: Milliseconds from the freeze until the thaw.
       type: float
   sample: {filesystems: 1, frozen_ms: 84.2}
+nvram_restored:
+  description: Whether the revert of an external snapshot of a UEFI libvirt domain wrote its NVRAM copy back.
+  returned: when an external snapshot of a libvirt domain was reverted, not in check mode
+  type: bool
+  sample: true
+removed:
+  description: Files the delete of an external snapshot of a libvirt domain removed itself (its NVRAM copy).
+  returned: when an external snapshot of a libvirt domain was deleted, not in check mode
+  type: list
+  elements: str
+  sample: [/var/lib/vmfleet/snapshots/db01.pre-upgrade.nvram]
 ram_bytes:
   description: Bytes of guest RAM the instant snapshot (or external snapshot with O(memory)) wrote.
   returned: when O(mode=instant) created a snapshot, or an external snapshot of a raw QEMU VM with O(memory)

@@ -2,8 +2,10 @@
 what each task registered. Tasks run with ignore_errors so a test can assert
 on failures. Tests, benchmarks and the demo all run playbooks through here."""
 
+import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -151,3 +153,36 @@ def failed(r, *words):
     for w in words:
         assert w.lower() in r['msg'].lower(), (w, r['msg'])
     return r
+
+
+def descendants(pid):
+    """PIDs below ``pid`` (the module runs in processes ansible may move to
+    their own session, so killing the play's group is not enough)."""
+    children = {}
+    for st in glob.glob('/proc/[0-9]*/stat'):
+        try:
+            with open(st) as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(st.split('/')[2]))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def kill_play(proc):
+    """SIGKILL the play and everything it started, the module first."""
+    for pid in reversed(descendants(proc.pid)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

@@ -28,7 +28,8 @@ def _sweep_leftovers():
     for name in virsh('list', '--all', '--name', check=False).stdout.split():
         if not name.startswith(PREFIX):
             continue
-        sources = re.findall(r"<source file='([^']+)'", virsh('dumpxml', name, check=False).stdout)
+        # (a block disk's source is its loop device, attached while its run goes on)
+        sources = re.findall(r"<source (?:file|dev)='([^']+)'", virsh('dumpxml', name, check=False).stdout)
         if sources and any(os.path.exists(src) for src in sources):
             continue
         virsh('destroy', name, check=False)

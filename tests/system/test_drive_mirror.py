@@ -7,14 +7,13 @@ import hashlib
 import json
 import os
 import re
-import signal
 import stat
 import subprocess
 import time
 
 import pytest
 
-from rig.ansible_run import failed, ok, run_one, run_tasks, start_playbook, write_play
+from rig.ansible_run import failed, kill_play, ok, run_one, run_tasks, start_playbook, write_play
 from rig.guest import seq_records, wait_serial
 from rig.targets import BACKENDS
 
@@ -191,39 +190,6 @@ def _start_play(tasks, tmp_path, name):
     return start_playbook(write_play(tasks, str(tmp_path / name)))
 
 
-def _descendants(pid):
-    """PIDs below ``pid`` (the module runs in processes ansible may move to
-    their own session, so killing the play's group is not enough)."""
-    children = {}
-    for st in glob.glob('/proc/[0-9]*/stat'):
-        try:
-            with open(st) as f:
-                fields = f.read().rsplit(')', 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(st.split('/')[2]))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _kill_play(proc):
-    """SIGKILL the play and everything it started, the module first."""
-    for pid in reversed(_descendants(proc.pid)):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 def _wait_phase(jdir, phase, timeout=60, proc=None):
     end = time.time() + timeout
     while time.time() < end:
@@ -254,7 +220,7 @@ def test_killed_mid_copy_rerun_ends_pivoted(writer, tmp_path, backend):
         _wait_phase(jdir, 'copying', proc=proc)
         time.sleep(1)
     finally:
-        _kill_play(proc)
+        kill_play(proc)
     with open(_journal_files(jdir)[0]) as f:
         assert json.load(f)['phase'] == 'copying'
     assert _live_file(t, 'data') == t.vm.disk_path('data')
@@ -415,7 +381,7 @@ def test_target_filling_up_mid_copy_leaves_vm_on_source(vms, tmp_path):
             out = proc.communicate(timeout=180)[0]
         finally:
             if proc.poll() is None:
-                _kill_play(proc)
+                kill_play(proc)
         assert 'No space left on device' in out, out[-3000:]
         assert 'keeps running on %s' % t.vm.disk_path('data') in out, out[-3000:]
         assert 'Traceback' not in out

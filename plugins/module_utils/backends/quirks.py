@@ -21,6 +21,10 @@ QEMU_DIRECT_IO = (9, 1, 0)
 # monitor: getfd for an instant snapshot's memory file) came with libvirt 8.2.
 LIBVIRT_MONITOR_FILES = (8, 2, 0)
 LIBVIRT_MONITOR_FILES_CALL = 'qemuMonitorCommandWithFiles'
+# libvirt's external snapshots, step by step: creating one (disk-only or with an
+# external memory file) is old; deleting one (block commit, and pivot for the active
+# layer) came with 9.0, reverting to one (QEMU restarted on fresh overlays) with 9.7.
+LIBVIRT_EXTERNAL_STEPS = (('create', (1, 2, 0)), ('delete', (9, 0, 0)), ('revert', (9, 7, 0)))
 
 
 def version_tuple(v):
@@ -62,3 +66,15 @@ def libvirt_instant_missing(libvirt_version, binding_qemu, uri):
     if '://' in uri and uri.split('://', 1)[1].split('/', 1)[0]:
         return "the connection %s is remote; run the task on the domain's host with a local uri" % uri
     return None
+
+
+def libvirt_external_missing(libvirt_version):
+    """Why this libvirt cannot run an external snapshot's whole cycle (create, revert,
+    delete), naming each step it lacks and the version that has it; None when it can."""
+    have = version_tuple(libvirt_version)
+    lacking = ["%s needs libvirt >= %d.%d.%d" % ((step,) + need) for step, need in LIBVIRT_EXTERNAL_STEPS
+               if have < need]
+    if not lacking:
+        return None
+    return "libvirt %s cannot run an external snapshot's cycle: %s" % (
+        version_string(libvirt_version), ", ".join(lacking))

@@ -287,6 +287,18 @@ class DriveMirror(object):
         Refused before anything changes, naming each one; with snapshots: drop,
         each is deleted from the VM (every disk, libvirt's metadata, an instant
         snapshot's memory file) before the switch, so none is left half."""
+        external = [s['name'] for s in self.vm.external_snapshots() if self.disk.name in s['disks']]
+        if external:
+            # the copy would take the whole chain into one image: the snapshot would lose the image it keeps
+            raise InvalidArgument(
+                "disk '%s' of VM '%s' runs on the overlay of external snapshot%s %s, which a live copy to %s would "
+                "flatten" % (self.disk.name, self.vm.name, 's' if len(external) > 1 else '',
+                             ", ".join("'%s'" % n for n in external), self.target),
+                hint=("nothing was changed%s; delete them first (vmfleet.kvm.snapshot state: absent commits the "
+                      "overlay into the image)" % (
+                          " (the copy job %s is left running; cancel it with state: cancelled)" % job['id']
+                          if job else "")),
+                **self._result(self.disk, self.journal, False))
         held = sorted(set(s.name for s in self.vm.disk(self.disk.name).snapshots))
         if not held:
             return

@@ -164,8 +164,10 @@ class Snapshots(object):
             return 'qemu-img', 0
         clear_stream_caps(vm)
         writable = [d for d in all_disks if not d.read_only]
+        # (not where the backend refuses it beyond the disks' format: libvirt with a UEFI domain's raw
+        # NVRAM; QEMU's snapshot-save below leaves the NVRAM out, and its RAM state holds the pflash contents)
         if (vm.native_snapshots and vmstate is not None and set(selected) == set(writable)
-                and vmstate is selected[0]):
+                and vmstate is selected[0] and not vm.internal_snapshot_refusal(selected)):
             # every writable disk and the RAM: what libvirt's own snapshot API can take, and list
             t0 = time.monotonic()
             vm.native_snapshot_create(name, [d.name for d in selected])

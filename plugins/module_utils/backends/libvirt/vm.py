@@ -443,6 +443,31 @@ class LibvirtVm(VmHandle):
     def native_snapshot_can_revert(self):
         return quirks.libvirt_can_revert(self.conn.getLibVersion())
 
+    # -- external (overlay) snapshots: libvirt's own, plus the NVRAM it leaves out (external_snapshot.py) --
+    def _external(self):
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.external_snapshot import (
+            LibvirtExternalSnapshots,
+        )
+        return LibvirtExternalSnapshots(self)
+
+    def external_snapshots(self):
+        return self._external().list()
+
+    def check_external_snapshot(self, disks, memory, quiesce):
+        self._external().check(disks, memory, quiesce)
+
+    def external_snapshot_create(self, name, disks, overlays, memory, quiesce, memory_dir, deadline):
+        return self._external().create(name, disks, overlays, memory, quiesce, memory_dir, deadline)
+
+    def external_snapshot_revert(self, snap, memory_dir, deadline):
+        return self._external().revert(snap, memory_dir, deadline)
+
+    def external_snapshot_delete(self, snap, memory_dir, deadline):
+        return self._external().delete(snap, memory_dir, deadline)
+
+    def internal_snapshot_refusal(self, disks):
+        return self._external().internal_refusal()
+
     # -- save and restore: libvirt's saveParams / restoreParams --
     def save_route(self, channels, compression):
         return choose_save_path(channels, compression,

@@ -23,3 +23,12 @@ def test_libvirt_instant_route_needs_fd_passing_and_a_local_uri():
     assert '8.2' in quirks.libvirt_instant_missing(8001000, Binding, 'qemu:///system')
     assert 'libvirt-python' in quirks.libvirt_instant_missing(11003000, object(), 'qemu:///system')
     assert 'remote' in quirks.libvirt_instant_missing(11003000, Binding, 'qemu+ssh://h2/system')
+
+
+def test_libvirt_external_snapshots_name_each_step_and_its_version():
+    assert quirks.libvirt_external_missing(11003000) is None
+    assert quirks.libvirt_external_missing('9.7.0') is None
+    why = quirks.libvirt_external_missing('9.5.0')
+    assert 'revert needs libvirt >= 9.7.0' in why and 'delete' not in why and '9.5.0' in why
+    why = quirks.libvirt_external_missing(8000000)
+    assert 'delete needs libvirt >= 9.0.0' in why and 'revert needs libvirt >= 9.7.0' in why
