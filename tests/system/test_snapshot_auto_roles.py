@@ -1,5 +1,5 @@
 """The pre-upgrade workflow on a mixed host with no new variable: mode auto gives a VM on qcow2 an
-internal snapshot and VMs on raw disks external ones; rollback takes every guest back, cleanup
+internal snapshot, and VMs on raw disks and a UEFI domain (libvirt's default raw NVRAM) external ones; rollback takes every guest back, cleanup
 commits the overlays so each VM runs on its original images again, nothing left beside them."""
 
 import glob
@@ -23,15 +23,17 @@ def _report(reports, role):
 
 
 def _overlays(t):
-    return sorted(glob.glob(os.path.join(os.path.dirname(t.vm.disk_path('root')), '*.vmfleet-*.qcow2')))
+    """Overlay files beside the VM's images (libvirt's revert names its fresh ones after the old)."""
+    return sorted(glob.glob(os.path.join(os.path.dirname(t.vm.disk_path('root')), '*.vmfleet-*')))
 
 
 def test_pre_upgrade_rollback_cleanup_on_a_mixed_host(vms, tmp_path):
     qcow = vms.boot('qemu')
     raw_q = vms.boot('qemu', disks=RAW)
     raw_l = vms.boot('libvirt', disks=RAW)
-    everyone = (qcow, raw_q, raw_l)
-    names = [qcow.vm.qmp_socket, raw_q.vm.qmp_socket, raw_l.vm.name]
+    uefi = vms.boot('libvirt', firmware='efi')
+    everyone = (qcow, raw_q, raw_l, uefi)
+    names = [qcow.vm.qmp_socket, raw_q.vm.qmp_socket, raw_l.vm.name, uefi.vm.name]
     reports = tmp_path / 'reports'
     common = dict(vmfleet_snapshot_name='mixed', vmfleet_vms=names)
 
@@ -42,6 +44,10 @@ def test_pre_upgrade_rollback_cleanup_on_a_mixed_host(vms, tmp_path):
         r = report[t.vm.name]
         assert r['status'] == 'ok' and r['mode'] == 'external' and 'raw' in r['mode_reason'], r
         assert len(_overlays(t)) == 1, _overlays(t)
+    r = report[uefi.vm.name]
+    assert r['status'] == 'ok' and r['mode'] == 'external' and 'NVRAM' in r['mode_reason'], r
+    # its qcow2 disks (the raw varstore-like disk is left out, as the report says)
+    assert len(_overlays(uefi)) == 2, _overlays(uefi)
 
     # the guests run on past the snapshot, then all go back to it
     marks = dict((t.vm.name, (t.serial_size(), t.wait_counter(t.counter() + 3))) for t in everyone)
@@ -55,7 +61,7 @@ def test_pre_upgrade_rollback_cleanup_on_a_mixed_host(vms, tmp_path):
     for t in everyone:
         t.wait_counter(t.counter() + 2)
     _playbook('snapshot_cleanup', tmp_path, **common)
-    for t in (raw_q, raw_l):
+    for t in (raw_q, raw_l, uefi):
         assert _overlays(t) == [], (t.vm.name, _overlays(t))
     r = raw_q.qmp('query-block')
     files = [b['inserted']['file'] for b in r if b.get('inserted')]
@@ -65,5 +71,5 @@ def test_pre_upgrade_rollback_cleanup_on_a_mixed_host(vms, tmp_path):
     for t in everyone:
         now = t.wait_counter(t.counter() + 1)
         # what the guests write after the cleanup lands in their original raw images themselves
-        if t is not qcow:
+        if t in (raw_q, raw_l):
             t.wait_disk_counter('root', now + 1)
