@@ -50,7 +50,9 @@ def test_pre_upgrade_rollback_cleanup_on_a_mixed_host(vms, tmp_path):
     assert len(_overlays(uefi)) == 2, _overlays(uefi)
 
     # the guests run on past the snapshot, then all go back to it
-    marks = dict((t.vm.name, (t.serial_size(), t.wait_counter(t.counter() + 3))) for t in everyone)
+    for t in everyone:
+        t.wait_counter(t.counter() + 3)
+    marks = dict((t.vm.name, (t.serial_size(), t.counter())) for t in everyone)
     _playbook('snapshot_rollback', tmp_path, **common)
     for t in everyone:
         offset, last = marks[t.vm.name]

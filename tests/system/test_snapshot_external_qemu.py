@@ -11,7 +11,6 @@ import re
 import signal
 import time
 
-import pytest
 
 from rig.ansible_run import failed, ok, run_one, start_playbook, write_play
 from rig.guest import disk_counter, seq_records, wait_serial
