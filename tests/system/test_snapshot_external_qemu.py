@@ -12,7 +12,7 @@ import signal
 import time
 
 
-from rig.ansible_run import failed, ok, run_one, start_playbook, write_play
+from rig.ansible_run import failed, kill_play, ok, run_one, start_playbook, write_play
 from rig.guest import disk_counter, seq_records, wait_serial
 
 DISKS = (('root', 'raw', 16), ('data', 'raw', 64))
@@ -127,37 +127,6 @@ def test_external_cycle_on_raw_disks(vms):
     assert _counter_via(base['data'], 'raw') >= now + 2
 
 
-def _descendants(pid):
-    children = {}
-    for st in glob.glob('/proc/[0-9]*/stat'):
-        try:
-            with open(st) as f:
-                fields = f.read().rsplit(')', 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(st.split('/')[2]))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
-def _kill_play(proc):
-    """SIGKILL the play and everything it started."""
-    for pid in reversed(_descendants(proc.pid)):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 def _seq_written(t):
     with open(t.vm.serial_log, 'rb') as f:
         found = re.findall(rb'VMFLEET-SEQ (\d+)\r?\n', f.read())
@@ -186,7 +155,7 @@ def test_delete_killed_mid_commit_rerun_loses_no_write(vms, tmp_path):
         assert os.path.exists(journal), os.listdir(t.memdir)
         time.sleep(1.5)
     finally:
-        _kill_play(proc)
+        kill_play(proc)
     with open(journal) as f:
         assert json.load(f)['disks']['data']['phase'] in ('committing', 'completing')
     assert os.path.exists(overlay)
