@@ -8,7 +8,6 @@ import glob
 import json
 import os
 import re
-import signal
 import time
 
 
