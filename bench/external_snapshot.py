@@ -103,6 +103,7 @@ def main():
         overlay_dir = os.path.join(root, 'overlays')
         os.makedirs(overlay_dir)
         os.chmod(overlay_dir, 0o755)
+
         def by_us(gib):
             with _results.row_of(rows, dict(tool='vmfleet.kvm.snapshot', written_gib=gib)) as row:
                 r = ours(vm, gib, overlay_dir, 'present')
