@@ -173,7 +173,7 @@ class InstantSnapshots(object):
         if not os.access(d, os.W_OK | os.X_OK):
             raise InvalidArgument("memory_dir %s is not writable" % d)
 
-    def _check_can_snapshot(self):
+    def check_can_snapshot(self):
         vm = self.vm
         caps = vm.migrate_caps()
         if 'background-snapshot' not in caps:
@@ -264,7 +264,7 @@ class InstantSnapshots(object):
         if vm.state() not in ('running', 'paused'):
             raise InvalidArgument("VM '%s' is not running (state %s)" % (vm.name, vm.state()),
                                   hint="an instant snapshot saves the RAM of a running VM")
-        caps = self._check_can_snapshot()
+        caps = self.check_can_snapshot()
         before = describe(manifest, path, disks) if manifest else internal
         if before or os.path.exists(path):
             result['actions'].append(dict(action='delete', disks=sorted((before or {}).get('disks', [])),
@@ -295,40 +295,16 @@ class InstantSnapshots(object):
         except OSError as e:
             raise SnapshotInconsistent("cannot create memory file %s: %s" % (tmp, e.strerror or e),
                                        hint="nothing was changed; another run may be writing this snapshot now")
-        was_running = vm.state() == 'running'
-        paused_by_us = False
-        disks_done = False
-        started = False
         try:
-            self._arm(caps)
-            vm.drain_events()
-            t0 = time.monotonic()
-            if was_running:
-                vm.pause()
-                paused_by_us = True
-            vm.qmp('transaction', actions=[
+            measured, info, was_running = self.moment([
                 {'type': 'blockdev-snapshot-internal-sync', 'data': {'device': d.node_name, 'name': name}}
-                for d in selected])
-            disks_done = True
-            started = True
-            vm.start_memory_write(tmp, fd, was_running)
-            self._wait_tracking()
-            if paused_by_us:
-                vm.resume()
-                paused_by_us = False
-            t_resumed = time.monotonic()
-            events = vm.drain_events()
-            info = migration.wait(vm, self.deadline, "writing the memory of VM '%s' to %s" % (vm.name, tmp))
-            vm.finish_memory_write(tmp, fd)
+                for d in selected], tmp, fd, caps)
             snap_disks = vm.disks()
             records = []
             for d in selected:
                 d2 = vm.disk(d.name, snap_disks)
                 s = [x for x in d2.snapshots if x.name == name][-1]
                 records.append(dict(_disk_record(d2), date_sec=s.date_sec, vm_clock_sec=s.vm_clock_sec))
-            measured = paused_ms(events)
-            if measured is None:
-                measured = round((t_resumed - t0) * 1000.0, 1) if was_running else 0
             taken = time.strftime('%Y-%m-%dT%H:%M:%S+00:00', time.gmtime(records[0]['date_sec']))
             manifest = dict(
                 kind=KIND, name=name, vm=vm.identity(),
@@ -336,20 +312,13 @@ class InstantSnapshots(object):
                 vm_clock_sec=records[0]['vm_clock_sec'], paused_ms=measured, state_at_snapshot=(
                     'running' if was_running else 'paused'),
                 memory_bytes=os.path.getsize(tmp), ram_bytes=info.get('ram', {}).get('total'),
-                memory_format=next(iter(self.memory_caps), 'stream'),
+                memory_format=self.memory_format(),
                 qemu=relaunch,
                 files=[dict(file=os.path.basename(path), bytes=os.path.getsize(tmp), kind=KIND, sha256=None)])
             manifest_store.commit([tmp], manifest, path)
         except BaseException as e:
-            if started:
-                vm.abort_memory_write(tmp, fd)
             manifest_store.remove([tmp])
-            if paused_by_us:
-                try:
-                    vm.resume()
-                except VmfleetError:
-                    pass
-            if disks_done:
+            if self.switched:
                 try:
                     self._delete_disks(name, vm.disks(), Deadline(120))
                 except VmfleetError:
@@ -361,8 +330,56 @@ class InstantSnapshots(object):
             raise
         finally:
             os.close(fd)
-            self._disarm()
         return measured, info
+
+    def moment(self, actions, tmp, fd, caps):
+        """The instant moment, of this mode and of a raw QEMU VM's external snapshot: the guest paused
+        only while the QMP ``transaction`` of ``actions`` switches its disks and QEMU starts writing its
+        RAM into ``tmp`` (open and locked as ``fd``, armed with ``caps`` from check_can_snapshot), then
+        resumed while the RAM is written; the memory file is complete and fsynced on return.
+        (paused_ms, QEMU's migration info, whether the guest was running). On failure the write is
+        stopped and the guest resumed; ``self.switched`` says whether the disks had switched, for the
+        caller to undo."""
+        vm = self.vm
+        was_running = vm.state() == 'running'
+        paused_by_us = started = self.switched = False
+        try:
+            self._arm(caps)
+            vm.drain_events()
+            t0 = time.monotonic()
+            if was_running:
+                vm.pause()
+                paused_by_us = True
+            vm.qmp('transaction', actions=actions)
+            self.switched = started = True
+            vm.start_memory_write(tmp, fd, was_running)
+            self._wait_tracking()
+            if paused_by_us:
+                vm.resume()
+                paused_by_us = False
+            t_resumed = time.monotonic()
+            events = vm.drain_events()
+            info = migration.wait(vm, self.deadline, "writing the memory of VM '%s' to %s" % (vm.name, tmp))
+            vm.finish_memory_write(tmp, fd)
+            measured = paused_ms(events)
+            if measured is None:
+                measured = round((t_resumed - t0) * 1000.0, 1) if was_running else 0
+            return measured, info, was_running
+        except BaseException:
+            if started:
+                vm.abort_memory_write(tmp, fd)
+            if paused_by_us:
+                try:
+                    vm.resume()
+                except VmfleetError:
+                    pass
+            raise
+        finally:
+            self._disarm()
+
+    def memory_format(self):
+        """The format moment() wrote the memory file in."""
+        return next(iter(self.memory_caps), 'stream')
 
     def _wait_tracking(self):
         """Until QEMU has saved the device state and write-protected RAM: its

@@ -36,10 +36,8 @@ import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import external_record as store
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as proc
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qmp_jobs import paused_ms
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import durable
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qmp_migration as migration
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     CapabilityMissing, InvalidArgument, JobFailed, OperationTimeout, QmpCommandError, SnapshotInconsistent,
     VmfleetError,
@@ -165,7 +163,7 @@ class QemuExternal(object):
         if not self.records():
             vm.relaunch_record()  # a revert relaunches it: the command line must be readable now
         if memory:
-            InstantSnapshots(vm, 60, d)._check_can_snapshot()
+            InstantSnapshots(vm, 60, d).check_can_snapshot()
 
     # -- create --
     def _make_overlay(self, path, disk, uid):
@@ -226,56 +224,26 @@ class QemuExternal(object):
         return out
 
     def _switch_with_memory(self, actions, mem, deadline):
-        """The instant way (snapshot/instant.py): paused, the disks switched, the RAM's
+        """The instant way (InstantSnapshots.moment): paused, the disks switched, the RAM's
         background write started, resumed; then the memory file completed."""
-        vm = self.vm
-        inst = InstantSnapshots(vm, deadline.remaining(1.0), self.memory_dir)
+        inst = InstantSnapshots(self.vm, deadline.remaining(1.0), self.memory_dir)
         inst.deadline = deadline
-        caps = inst._check_can_snapshot()
+        caps = inst.check_can_snapshot()
         tmp = mem + manifest_store.PARTIAL
         manifest_store.remove_unlocked([tmp])
         fd = manifest_store.create_locked(tmp)
-        was_running = vm.state() == 'running'
-        paused_by_us = started = False
         try:
-            inst._arm(caps)
-            vm.drain_events()
-            t0 = time.monotonic()
-            if was_running:
-                vm.pause()
-                paused_by_us = True
-            vm.qmp('transaction', actions=actions)
-            started = True
-            vm.start_memory_write(tmp, fd, was_running)
-            inst._wait_tracking()
-            if paused_by_us:
-                vm.resume()
-                paused_by_us = False
-            t_resumed = time.monotonic()
-            events = vm.drain_events()
-            info = migration.wait(vm, deadline, "writing the memory of VM '%s' to %s" % (vm.name, tmp))
-            vm.finish_memory_write(tmp, fd)
-            measured = paused_ms(events)
-            if measured is None:
-                measured = round((t_resumed - t0) * 1000.0, 1) if was_running else 0
+            measured, info, _was_running = inst.moment(actions, tmp, fd, caps)
             os.chown(tmp, os.geteuid(), os.getegid())
             os.chmod(tmp, 0o600)
             os.rename(tmp, mem)
             durable.fsync_dir(self.memory_dir)
         except BaseException:
-            if started:
-                vm.abort_memory_write(tmp, fd)
             manifest_store.remove([tmp, mem])
-            if paused_by_us:
-                try:
-                    vm.resume()
-                except VmfleetError:
-                    pass
             raise
         finally:
             os.close(fd)
-            inst._disarm()
-        return measured, info, next(iter(inst.memory_caps), 'stream')
+        return measured, info, inst.memory_format()
 
     def _undo_create(self, name, disks, overlays, nodes, bases, switched, added, created, mem):
         """A create that failed half-way leaves the VM as it found it: on its images, every guest write kept."""
