@@ -33,9 +33,10 @@ def snapshot_task(vm, p, check_mode):
         if mode in (KIND, EXTERNAL) and p['vmstate_disk']:
             raise InvalidArgument("vmstate_disk does not apply to mode: %s" % mode,
                                   hint="its RAM goes to a memory file under memory_dir; drop it")
-        if mode == KIND and (p['vmstate_disk'] or not p['memory']):
-            raise InvalidArgument("vmstate_disk and memory do not apply to mode: instant",
-                                  hint="its RAM goes to a memory file under memory_dir; drop them")
+        if mode == KIND and not p['memory']:
+            raise InvalidArgument("memory: false does not apply to mode: instant (it always saves the guest's RAM)",
+                                  hint="its RAM goes to a memory file under memory_dir; drop memory, or use mode "
+                                       "internal or external for a disk-only snapshot")
         if mode == KIND and p.get('quiesce'):
             raise InvalidArgument("quiesce does not apply to mode: instant (it always saves the guest's RAM)",
                                   hint="a snapshot with RAM state brings the guest back mid-write, so a freeze adds "
