@@ -9,7 +9,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUEST_DIR = os.environ.get('VMFLEET_GUEST_DIR') or os.path.join(REPO, 'build', 'guest')
-KERNEL = os.path.join(GUEST_DIR, 'vmlinuz')
+# the kernel's ELF, booted through its PVH entry (scripts/build-guest.sh says why)
+KERNEL = os.path.join(GUEST_DIR, 'vmlinux')
 INITRD = os.path.join(GUEST_DIR, 'initrd.img')
 # the same with the QEMU guest agent and ext4 (boot it with vmfleet.qga=1, vmfleet.fs=vdX)
 INITRD_QGA = os.path.join(GUEST_DIR, 'initrd-qga.img')
