@@ -3,7 +3,8 @@ vm_migrate, through ansible-playbook over SSH: its snapshot is listed at the des
 revert there goes back in time; copied storage is refused naming the snapshot; the destination's
 libvirtd killed mid-migration leaves the domain at the source with its snapshot listed. Then the
 operator's chain: pre_upgrade_snapshot, host_evacuate (the VMs move live, none is saved, and come
-back), snapshot_rollback (both guests go back), snapshot_cleanup."""
+back; a raw QEMU VM's instant snapshot with them), snapshot_rollback (both guests go back),
+snapshot_cleanup, and the instant snapshot's revert at home."""
 
 import json
 import os
@@ -143,6 +144,14 @@ def test_the_fleet_chain_snapshot_evacuate_return_rollback_cleanup(fleet, tmp_pa
     for t in targets:
         t.wait_counter(3)
 
+    # an instant snapshot of the raw QEMU VM (memory file and manifest in memory_dir, each host's own):
+    # it moves with the VM, is listed at hv1 while the VM is there, and reverts once the VM is home
+    rt = next(t for t in targets if t.vm is raw)
+    inst = [rt.counter()]
+    (r,), log = fleet.play(hv2, [rt.task('snapshot', name='inst', mode='instant')])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    inst.append(rt.counter())
+
     marks = {}
     for t in targets:
         marks[t.vm.name] = [t.counter()]
@@ -161,7 +170,14 @@ def test_the_fleet_chain_snapshot_evacuate_return_rollback_cleanup(fleet, tmp_pa
         {'name': 'hand it to the test', 'delegate_to': 'localhost', 'become': False,
          'vars': {'ansible_connection': 'local'},
          'ansible.builtin.copy': {'dest': str(during) + '/{{ inventory_hostname }}.json', 'mode': '0600',
-                                  'content': '{{ report.content | b64decode }}'}}]))
+                                  'content': '{{ report.content | b64decode }}'}},
+        {'name': "the raw VM's snapshots where it runs now", 'delegate_to': hv1.name,
+         'vmfleet.kvm.snapshot_info': {'qmp_socket': os.path.join(DEST_QMP_DIR, os.path.basename(raw.qmp_socket))},
+         'register': 'away'},
+        {'name': 'hand them to the test', 'delegate_to': 'localhost', 'become': False,
+         'vars': {'ansible_connection': 'local'},
+         'ansible.builtin.copy': {'dest': str(during) + '/away.json', 'mode': '0600',
+                                  'content': '{{ away.snapshots | to_json }}'}}]))
     starts = dict((t.vm.name, (t.serial_size(), t.wait_counter(marks[t.vm.name][1] + 2))) for t in targets)
     _playbook(fleet, 'vmfleet.kvm.host_evacuate', vmfleet_maintenance_tasks=str(tasks))
     moved = dict((r['vm'], r) for r in json.loads((during / (hv2.name + '.json')).read_text())['vms'])
@@ -190,6 +206,19 @@ def test_the_fleet_chain_snapshot_evacuate_return_rollback_cleanup(fleet, tmp_pa
 
     _playbook(fleet, 'vmfleet.kvm.snapshot_cleanup', vmfleet_snapshot_name='chain')
     assert _listed(hv2, lv.name) == [SNAP]
+
+    # the instant snapshot was at hv1 with the VM (listed, complete), and came home with it: hv1 keeps no file
+    away = dict((s['name'], s) for s in json.loads((during / 'away.json').read_text()))
+    assert away.get('inst', {}).get('mode') == 'instant' and away['inst']['consistent'] is True, away
+    left = hv1.run(['sh', '-c', 'ls /var/lib/vmfleet/snapshots 2>/dev/null; true']).stdout.split()
+    assert not [f for f in left if raw.name in f], left
+    offset, was = rt.serial_size(), rt.counter()
+    (r,), log = fleet.play(hv2, [rt.task('snapshot', name='inst', mode='instant', state='reverted')])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    resumed = rt.counters_after_going_back(offset, was)
+    assert inst[0] <= resumed[0] - 1 <= inst[1] + 1, (inst, resumed)
+    (r,), log = fleet.play(hv2, [rt.task('snapshot', name='inst', mode='instant', state='absent')])
+    assert r.get('changed') is True, (r, log[-3000:])
 
 
 def test_the_module_killed_after_the_metadata_moved_a_re_run_defines_it_where_the_domain_runs(fleet, tmp_path):
