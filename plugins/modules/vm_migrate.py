@@ -127,14 +127,14 @@ options:
       - For a libvirt domain with snapshots, the directory of the durable journal that holds their metadata while it
         moves (C(<journal_dir>/<domain>.snapshots.json), created with mode 0700), so that a run killed half-way is
         finished by the next one.
-      - For a raw QEMU VM with snapshot files in O(memory_dir), the journal of their carry
-        (C(<journal_dir>/<qmp socket>.snapshot-files.json)).
+      - For a VM with snapshot files in O(memory_dir), the journal of their carry
+        (C(<journal_dir>/<domain or qmp socket>.snapshot-files.json)).
     type: path
     default: /var/lib/vmfleet/journal
     version_added: 1.2.0
   memory_dir:
     description:
-      - For a raw QEMU VM, the directory of its instant snapshots (memory file and manifest) and external snapshot
+      - The directory of the VM's instant snapshots (memory file and manifest) and a raw QEMU VM's external snapshot
         records, as given to M(vmfleet.kvm.snapshot); they move with the VM to the same directory at the destination.
     type: path
     default: /var/lib/vmfleet/snapshots
@@ -175,10 +175,10 @@ notes:
     domain runs.
   - O(storage=copy) cannot carry snapshots (the copy takes the disks' active data only); a domain with any, in
     libvirt's metadata or in its images, is refused before anything changes, naming each; so is a raw QEMU VM with
-    instant or external snapshots in O(memory_dir).
-  - A raw QEMU VM's instant and external snapshots move with O(storage=shared) - each memory file is copied to
-    O(memory_dir) at the destination (over the SSH of O(destination_uri)) before the migration starts, and after it
-    the manifests and records, their relaunch command line naming the VM's QMP socket there, are written there last;
+    instant or external snapshots in O(memory_dir), and a domain with instant snapshots there.
+  - Instant snapshots (and a raw QEMU VM's external snapshots) move with O(storage=shared) - each memory file is copied to
+    O(memory_dir) at the destination (over SSH to the host of O(destination_uri)) before the migration starts, and
+    after it the manifests and records (a raw QEMU's relaunch command line naming its QMP socket there) are written there last;
     only then are the source's files removed. When the destination sees the same O(memory_dir) (shared), only the
     manifests are rewritten. A failed migration removes the copies; a re-run after the module was killed finishes or
     undoes the carry (its journal is in O(journal_dir)).
@@ -295,11 +295,17 @@ snapshots:
   type: list
   elements: str
   sample: [vmfleet-pre-upgrade-20261203]
+snapshot_files:
+  description: A libvirt domain's instant snapshots (memory file and manifest in O(memory_dir)), which move with it.
+  returned: when a libvirt domain was planned to move
+  type: list
+  elements: str
+  sample: [before-upgrade]
 snapshots_carried:
   description:
-    - A raw QEMU VM's instant and external snapshots (from O(memory_dir)) that moved with it, or that a re-run
-      finished carrying.
-  returned: when a raw QEMU VM moved, or a re-run finished a carry
+    - The instant snapshots (and a raw QEMU VM's external snapshots) from O(memory_dir) that moved with the VM, or that
+      a re-run finished carrying.
+  returned: when a VM moved, or a re-run finished a carry
   type: list
   elements: str
   sample: [before-upgrade]

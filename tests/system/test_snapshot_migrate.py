@@ -1,6 +1,6 @@
-"""A libvirt domain with a snapshot moves between two simulated hypervisors (shared storage) with
-vm_migrate, through ansible-playbook over SSH: its snapshot is listed at the destination and the
-revert there goes back in time; copied storage is refused naming the snapshot; the destination's
+"""A libvirt domain with a snapshot (and an instant one) moves between two simulated hypervisors
+(shared storage) with vm_migrate, through ansible-playbook over SSH: its snapshots are listed at the
+destination and the reverts there go back in time; copied storage is refused naming the snapshot; the destination's
 libvirtd killed mid-migration leaves the domain at the source with its snapshot listed. Then the
 operator's chain: pre_upgrade_snapshot, host_evacuate (the VMs move live, none is saved, and come
 back; a raw QEMU VM's instant snapshot with them), snapshot_rollback (both guests go back),
@@ -63,12 +63,20 @@ def test_a_domain_with_a_snapshot_moves_and_reverts_at_the_destination(fleet):
     after = t.counter()
     assert r.get('route') == 'libvirt', (r, log[-2000:])
     assert _listed(hv1, vm.name) == [SNAP]
-    ran_to = t.wait_counter(after + 3)
+    # and an instant one (its memory file and manifest in memory_dir, each host's own; libvirt knows nothing of it)
+    inst = [t.counter()]
+    (r,), log = fleet.play(hv1, [{'vmfleet.kvm.snapshot': {'domain': vm.name, 'name': 'inst', 'mode': 'instant'}}])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    inst.append(t.counter())
+    ran_to = t.wait_counter(inst[1] + 3)
 
     (r,), log = fleet.play(hv1, [{'vmfleet.kvm.vm_migrate': {
         'domain': vm.name, 'destination_uri': hv2.ssh_uri, 'timeout': 600}}])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert r['snapshots'] == [SNAP] and r['snapshots_defined'] == [SNAP], r
+    assert r['snapshot_files'] == ['inst'] and r['snapshots_carried'] == ['inst'], r
+    left = hv1.run(['sh', '-c', 'ls /var/lib/vmfleet/snapshots 2>/dev/null; true']).stdout.split()
+    assert not [f for f in left if vm.name in f], left
     assert hv1.domstate(vm.name) is None and hv2.domstate(vm.name) == 'running'
     _moved(vm, hv1, hv2)
     # the metadata came along, the current snapshot current again
@@ -81,6 +89,20 @@ def test_a_domain_with_a_snapshot_moves_and_reverts_at_the_destination(fleet):
     assert r.get('changed') is True and r.get('state') == 'running', (r, log[-3000:])
     resumed = t.counters_after_going_back(offset, last)
     assert before <= resumed[0] - 1 <= after + 1 and resumed[0] < ran_to, (before, after, resumed)
+
+    # the instant snapshot is listed there, complete, and its revert there goes back to its moment
+    (r,), log = fleet.play(hv2, [{'vmfleet.kvm.snapshot_info': {'domain': vm.name, 'name': 'inst'}}])
+    assert [(s['name'], s['mode'], s['consistent']) for s in r['snapshots']] == [('inst', 'instant', True)], r
+    t.wait_counter(resumed[-1] + 2, timeout=120)
+    offset, last = t.serial_size(), t.counter()
+    (r,), log = fleet.play(hv2, [{'vmfleet.kvm.snapshot': {'domain': vm.name, 'name': 'inst', 'mode': 'instant',
+                                                           'state': 'reverted'}}])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    resumed = t.counters_after_going_back(offset, last)
+    assert inst[0] <= resumed[0] - 1 <= inst[1] + 1, (inst, resumed)
+    (r,), log = fleet.play(hv2, [{'vmfleet.kvm.snapshot': {'domain': vm.name, 'name': 'inst', 'mode': 'instant',
+                                                           'state': 'absent'}}])
+    assert r.get('changed') is True, (r, log[-3000:])
 
 
 def test_copied_storage_is_refused_naming_the_snapshot(fleet):
