@@ -71,20 +71,23 @@ def names(snaps):
 
 
 class SnapshotFiles(object):
-    """The snapshot files of VM ``vm_name`` on their way to ``remote`` (backends/qemu/remote.Remote)."""
+    """A VM's snapshot files on their way to ``remote`` (backends/qemu/remote.Remote). ``key``: what
+    names the journal, known to a re-run that finds no VM here (a domain's name, a QMP socket)."""
 
-    def __init__(self, memory_dir, journal_dir, vm_name, remote):
+    def __init__(self, memory_dir, journal_dir, key, remote):
         self.memory_dir = memory_dir or instant.DEFAULT_MEMORY_DIR
         self.dir = journal_dir or '/var/lib/vmfleet/journal'
-        self.vm_name = vm_name
+        self.vm_name = None
         self.remote = remote
-        self.path = os.path.join(self.dir, '%s.snapshot-files.json' % _UNSAFE.sub('_', vm_name))
+        self.path = os.path.join(self.dir, '%s.snapshot-files.json' % _UNSAFE.sub('_', key.strip('/')))
         self.snaps = []
         self.shared = False
 
     # -- before anything changes --
-    def plan(self, storage):
-        """The snapshots to carry (their names for the result); refuses, before anything, what cannot be carried."""
+    def plan(self, storage, vm_name):
+        """The snapshots of ``vm_name`` to carry (their names for the result); refuses, before anything,
+        what cannot be carried."""
+        self.vm_name = vm_name
         self.snaps = held(self.memory_dir, self.vm_name)
         if not self.snaps:
             return []
@@ -179,7 +182,7 @@ class SnapshotFiles(object):
                                 'removing the copied memory files')
             except VmfleetError as e:
                 raise JobFailed("cannot remove the copied memory files of VM '%s' at %s: %s"
-                                % (self.vm_name, self.remote.host, e.msg),
+                                % (record['vm'], self.remote.host, e.msg),
                                 hint="the snapshots are intact here; run the task again to clean up there (%s)" % self.path)
         self._drop()
         return [s['name'] for s in record['snapshots']]
