@@ -24,6 +24,7 @@ SNAP = 's-mig'
 # a moved raw QEMU's QMP socket at its destination: each host's own directory (the rig's directory,
 # where the sockets are at home, is shared by all hosts)
 DEST_QMP_DIR = '/var/lib/vmfleet'
+MEMORY_DIR = '/var/lib/vmfleet/snapshots'
 
 
 @pytest.fixture(scope='module')
@@ -46,6 +47,11 @@ def _listed(host, name):
     return sorted(host.virsh('snapshot-list', name, '--name').stdout.split())
 
 
+def _memory_dir(host):
+    """The instant snapshots' directory (the default memory_dir) on ``host``: its own, made as an operator does."""
+    host.run(['mkdir', '-p', '-m', '0700', MEMORY_DIR])
+
+
 def _moved(vm, src, dst):
     """The rig's record: ``vm`` runs at ``dst`` now (torn down there, driven with its virsh)."""
     src.vms.remove(vm)
@@ -64,6 +70,7 @@ def test_a_domain_with_a_snapshot_moves_and_reverts_at_the_destination(fleet):
     assert r.get('route') == 'libvirt', (r, log[-2000:])
     assert _listed(hv1, vm.name) == [SNAP]
     # and an instant one (its memory file and manifest in memory_dir, each host's own; libvirt knows nothing of it)
+    _memory_dir(hv1)
     inst = [t.counter()]
     (r,), log = fleet.play(hv1, [{'vmfleet.kvm.snapshot': {'domain': vm.name, 'name': 'inst', 'mode': 'instant'}}])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
@@ -75,7 +82,7 @@ def test_a_domain_with_a_snapshot_moves_and_reverts_at_the_destination(fleet):
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert r['snapshots'] == [SNAP] and r['snapshots_defined'] == [SNAP], r
     assert r['snapshot_files'] == ['inst'] and r['snapshots_carried'] == ['inst'], r
-    left = hv1.run(['sh', '-c', 'ls /var/lib/vmfleet/snapshots 2>/dev/null; true']).stdout.split()
+    left = hv1.run(['sh', '-c', 'ls %s 2>/dev/null; true' % MEMORY_DIR]).stdout.split()
     assert not [f for f in left if vm.name in f], left
     assert hv1.domstate(vm.name) is None and hv2.domstate(vm.name) == 'running'
     _moved(vm, hv1, hv2)
@@ -169,6 +176,7 @@ def test_the_fleet_chain_snapshot_evacuate_return_rollback_cleanup(fleet, tmp_pa
     # an instant snapshot of the raw QEMU VM (memory file and manifest in memory_dir, each host's own):
     # it moves with the VM, is listed at hv1 while the VM is there, and reverts once the VM is home
     rt = next(t for t in targets if t.vm is raw)
+    _memory_dir(hv2)
     inst = [rt.counter()]
     (r,), log = fleet.play(hv2, [rt.task('snapshot', name='inst', mode='instant')])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
@@ -232,7 +240,7 @@ def test_the_fleet_chain_snapshot_evacuate_return_rollback_cleanup(fleet, tmp_pa
     # the instant snapshot was at hv1 with the VM (listed, complete), and came home with it: hv1 keeps no file
     away = dict((s['name'], s) for s in json.loads((during / 'away.json').read_text()))
     assert away.get('inst', {}).get('mode') == 'instant' and away['inst']['consistent'] is True, away
-    left = hv1.run(['sh', '-c', 'ls /var/lib/vmfleet/snapshots 2>/dev/null; true']).stdout.split()
+    left = hv1.run(['sh', '-c', 'ls %s 2>/dev/null; true' % MEMORY_DIR]).stdout.split()
     assert not [f for f in left if raw.name in f], left
     offset, was = rt.serial_size(), rt.counter()
     (r,), log = fleet.play(hv2, [rt.task('snapshot', name='inst', mode='instant', state='reverted')])

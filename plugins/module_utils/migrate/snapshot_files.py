@@ -107,8 +107,8 @@ class SnapshotFiles(object):
         elif there:
             p = sorted(there)[0]
             raise TargetProblem("%s exists already at %s, and is not this host's file: the snapshot files of VM '%s' "
-                                "(%s) cannot be carried there" % (p, self.remote.host, self.vm_name,
-                                                                 ", ".join(names(self.snaps))),
+                                "(%s) cannot be carried there"
+                                % (p, self.remote.host, self.vm_name, ", ".join(names(self.snaps))),
                                 hint="nothing was changed; remove it there (another VM's leftover of that name?) "
                                      "or delete the snapshots here first")
         return [s['name'] for s in self.snaps]

@@ -107,7 +107,7 @@ def test_a_shared_memory_dir_is_rewritten_in_place_and_kept(tmp_path, memdir):
     assert c.shared
     c.send(_rewrite)
     assert c.finish() == ['s1']
-    (path, m), = instant.find_manifests(memdir, 'web01').values()
+    path, m = instant.find_manifests(memdir, 'web01')['s1']
     assert os.path.exists(path) and m['qemu']['argv'][-1] == 'unix:/var/lib/b.sock,server=on'
 
 
