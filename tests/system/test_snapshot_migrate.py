@@ -202,9 +202,11 @@ def test_the_fleet_chain_snapshot_evacuate_return_rollback_cleanup(fleet, tmp_pa
          'ansible.builtin.copy': {'dest': str(during) + '/{{ inventory_hostname }}.json', 'mode': '0600',
                                   'content': '{{ report.content | b64decode }}'}},
         {'name': "the raw VM's snapshots where it runs now", 'delegate_to': hv1.name,
+         'when': "inventory_hostname == '%s'" % hv2.name,
          'vmfleet.kvm.snapshot_info': {'qmp_socket': os.path.join(DEST_QMP_DIR, os.path.basename(raw.qmp_socket))},
          'register': 'away'},
         {'name': 'hand them to the test', 'delegate_to': 'localhost', 'become': False,
+         'when': "inventory_hostname == '%s'" % hv2.name,
          'vars': {'ansible_connection': 'local'},
          'ansible.builtin.copy': {'dest': str(during) + '/away.json', 'mode': '0600',
                                   'content': '{{ away.snapshots | to_json }}'}}]))
