@@ -91,6 +91,10 @@ class SnapshotFiles(object):
         self.snaps = held(self.memory_dir, self.vm_name)
         if not self.snaps:
             return []
+        if self.remote is None:
+            raise InvalidArgument("the snapshot files of VM '%s' (%s) cannot be carried: destination_uri names no host "
+                                  "to reach over SSH; nothing was changed" % (vm_name, ", ".join(names(self.snaps))),
+                                  hint="give the destination as qemu+ssh://USER@HOST/system, or delete the snapshots first")
         if storage == 'copy':
             # the copy takes the disks' active data only: the disk half of every one would stay behind
             raise InvalidArgument(

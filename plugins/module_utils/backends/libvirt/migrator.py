@@ -53,7 +53,10 @@ def _tls_error(msg):
 def _ssh_of(uri, deadline):
     """The destination host's SSH (as the source's root reaches it), for the snapshot files: a
     ``+ssh`` URI's user and port are SSH's, another transport's port is libvirt's."""
-    u = parse(uri)
+    try:
+        u = parse(uri)
+    except InvalidArgument:
+        return None  # no host to reach: refused only if there are snapshot files to carry (SnapshotFiles.plan)
     ssh = 'ssh://%s' % user_at(u.hostname, u.username)
     if u.scheme.endswith('+ssh') and u.port:
         ssh += ':%d' % u.port
