@@ -127,8 +127,17 @@ options:
       - For a libvirt domain with snapshots, the directory of the durable journal that holds their metadata while it
         moves (C(<journal_dir>/<domain>.snapshots.json), created with mode 0700), so that a run killed half-way is
         finished by the next one.
+      - For a VM with snapshot files in O(memory_dir), the journal of their carry
+        (C(<journal_dir>/<domain or qmp socket>.snapshot-files.json)).
     type: path
     default: /var/lib/vmfleet/journal
+    version_added: 1.2.0
+  memory_dir:
+    description:
+      - The directory of the VM's instant snapshots (memory file and manifest) and a raw QEMU VM's external snapshot
+        records, as given to M(vmfleet.kvm.snapshot); they move with the VM to the same directory at the destination.
+    type: path
+    default: /var/lib/vmfleet/snapshots
     version_added: 1.2.0
   tls:
     description:
@@ -165,7 +174,14 @@ notes:
     at the source when the migration fails. A re-run after the module was killed half-way defines them where the
     domain runs.
   - O(storage=copy) cannot carry snapshots (the copy takes the disks' active data only); a domain with any, in
-    libvirt's metadata or in its images, is refused before anything changes, naming each.
+    libvirt's metadata or in its images, is refused before anything changes, naming each; so is a raw QEMU VM with
+    instant or external snapshots in O(memory_dir), and a domain with instant snapshots there.
+  - Instant snapshots (and a raw QEMU VM's external snapshots) move with O(storage=shared) - each memory file is copied to
+    O(memory_dir) at the destination (over SSH to the host of O(destination_uri)) before the migration starts, and
+    after it the manifests and records (a raw QEMU's relaunch command line naming its QMP socket there) are written there last;
+    only then are the source's files removed. When the destination sees the same O(memory_dir) (shared), only the
+    manifests are rewritten. A failed migration removes the copies; a re-run after the module was killed finishes or
+    undoes the carry (its journal is in O(journal_dir)).
 seealso:
   - module: vmfleet.kvm.vm_save
   - module: vmfleet.kvm.drive_mirror
@@ -272,11 +288,33 @@ disks:
   elements: dict
   sample: [{target: vda, source: /var/lib/libvirt/images/db01.qcow2, destination: /srv/vms/db01.qcow2}]
 snapshots:
-  description: A libvirt domain's snapshots in libvirt's metadata, which move with it.
-  returned: when a libvirt domain was planned to move
+  description:
+    - A libvirt domain's snapshots in libvirt's metadata, which move with it.
+    - A raw QEMU VM's instant and external snapshots in O(memory_dir), which move with it.
+  returned: when a VM was planned to move
   type: list
   elements: str
   sample: [vmfleet-pre-upgrade-20261203]
+snapshot_files:
+  description: A libvirt domain's instant snapshots (memory file and manifest in O(memory_dir)), which move with it.
+  returned: when a libvirt domain was planned to move
+  type: list
+  elements: str
+  sample: [before-upgrade]
+snapshots_carried:
+  description:
+    - The instant snapshots (and a raw QEMU VM's external snapshots) from O(memory_dir) that moved with the VM, or that
+      a re-run finished carrying.
+  returned: when a VM moved, or a re-run finished a carry
+  type: list
+  elements: str
+  sample: [before-upgrade]
+snapshots_kept:
+  description: A raw QEMU VM's snapshots whose carry a re-run undid (the migration of the killed run had not completed).
+  returned: when a re-run undid a carry
+  type: list
+  elements: str
+  sample: [before-upgrade]
 snapshots_defined:
   description:
     - The snapshots defined again at the destination after the move (or at the source after a failed one, or, on a
@@ -332,6 +370,7 @@ def main():
         auto_converge=dict(type='bool', default=False),
         postcopy=dict(type='bool', default=False),
         journal_dir=dict(type='path', default='/var/lib/vmfleet/journal'),
+        memory_dir=dict(type='path', default='/var/lib/vmfleet/snapshots'),
         tls=dict(type='bool', default=False),
         tls_dir=dict(type='path'),
     ), relaunches=True), migrate_vm)

@@ -1,9 +1,10 @@
-"""A libvirt domain with a snapshot moves between two simulated hypervisors (shared storage) with
-vm_migrate, through ansible-playbook over SSH: its snapshot is listed at the destination and the
-revert there goes back in time; copied storage is refused naming the snapshot; the destination's
+"""A libvirt domain with a snapshot (and an instant one) moves between two simulated hypervisors
+(shared storage) with vm_migrate, through ansible-playbook over SSH: its snapshots are listed at the
+destination and the reverts there go back in time; copied storage is refused naming the snapshot; the destination's
 libvirtd killed mid-migration leaves the domain at the source with its snapshot listed. Then the
 operator's chain: pre_upgrade_snapshot, host_evacuate (the VMs move live, none is saved, and come
-back), snapshot_rollback (both guests go back), snapshot_cleanup."""
+back; a raw QEMU VM's instant snapshot with them), snapshot_rollback (both guests go back),
+snapshot_cleanup, and the instant snapshot's revert at home."""
 
 import json
 import os
@@ -23,6 +24,7 @@ SNAP = 's-mig'
 # a moved raw QEMU's QMP socket at its destination: each host's own directory (the rig's directory,
 # where the sockets are at home, is shared by all hosts)
 DEST_QMP_DIR = '/var/lib/vmfleet'
+MEMORY_DIR = '/var/lib/vmfleet/snapshots'
 
 
 @pytest.fixture(scope='module')
@@ -45,6 +47,11 @@ def _listed(host, name):
     return sorted(host.virsh('snapshot-list', name, '--name').stdout.split())
 
 
+def _memory_dir(host):
+    """The instant snapshots' directory (the default memory_dir) on ``host``: its own, made as an operator does."""
+    host.run(['mkdir', '-p', '-m', '0700', MEMORY_DIR])
+
+
 def _moved(vm, src, dst):
     """The rig's record: ``vm`` runs at ``dst`` now (torn down there, driven with its virsh)."""
     src.vms.remove(vm)
@@ -62,24 +69,47 @@ def test_a_domain_with_a_snapshot_moves_and_reverts_at_the_destination(fleet):
     after = t.counter()
     assert r.get('route') == 'libvirt', (r, log[-2000:])
     assert _listed(hv1, vm.name) == [SNAP]
-    ran_to = t.wait_counter(after + 3)
+    # and an instant one (its memory file and manifest in memory_dir, each host's own; libvirt knows nothing of it)
+    _memory_dir(hv1)
+    inst = [t.counter()]
+    (r,), log = fleet.play(hv1, [{'vmfleet.kvm.snapshot': {'domain': vm.name, 'name': 'inst', 'mode': 'instant'}}])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    inst.append(t.counter())
+    ran_to = t.wait_counter(inst[1] + 3)
 
     (r,), log = fleet.play(hv1, [{'vmfleet.kvm.vm_migrate': {
         'domain': vm.name, 'destination_uri': hv2.ssh_uri, 'timeout': 600}}])
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     assert r['snapshots'] == [SNAP] and r['snapshots_defined'] == [SNAP], r
+    assert r['snapshot_files'] == ['inst'] and r['snapshots_carried'] == ['inst'], r
+    left = hv1.run(['sh', '-c', 'ls %s 2>/dev/null; true' % MEMORY_DIR]).stdout.split()
+    assert not [f for f in left if vm.name in f], left
     assert hv1.domstate(vm.name) is None and hv2.domstate(vm.name) == 'running'
     _moved(vm, hv1, hv2)
     # the metadata came along, the current snapshot current again
     assert _listed(hv2, vm.name) == [SNAP]
     assert hv2.virsh('snapshot-current', vm.name, '--name').stdout.strip() == SNAP
 
-    # the revert at the destination goes back to the snapshot's moment
+    # the instant snapshot (the later one) is listed there, complete, and its revert there goes back to its moment
+    (r,), log = fleet.play(hv2, [{'vmfleet.kvm.snapshot_info': {'domain': vm.name, 'name': 'inst'}}])
+    assert [(s['name'], s['mode'], s['consistent']) for s in r['snapshots']] == [('inst', 'instant', True)], r
+    offset, last = t.serial_size(), t.counter()
+    (r,), log = fleet.play(hv2, [{'vmfleet.kvm.snapshot': {'domain': vm.name, 'name': 'inst', 'mode': 'instant',
+                                                           'state': 'reverted'}}])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    resumed = t.counters_after_going_back(offset, last)
+    assert inst[0] <= resumed[0] - 1 <= inst[1] + 1, (inst, resumed)
+
+    # then the revert of the first, earlier still, goes back to its moment
     offset, last = t.serial_size(), t.counter()
     (r,), log = fleet.play(hv2, [{'vmfleet.kvm.snapshot': {'domain': vm.name, 'name': SNAP, 'state': 'reverted'}}])
     assert r.get('changed') is True and r.get('state') == 'running', (r, log[-3000:])
     resumed = t.counters_after_going_back(offset, last)
     assert before <= resumed[0] - 1 <= after + 1 and resumed[0] < ran_to, (before, after, resumed)
+
+    (r,), log = fleet.play(hv2, [{'vmfleet.kvm.snapshot': {'domain': vm.name, 'name': 'inst', 'mode': 'instant',
+                                                           'state': 'absent'}}])
+    assert r.get('changed') is True, (r, log[-3000:])
 
 
 def test_copied_storage_is_refused_naming_the_snapshot(fleet):
@@ -143,6 +173,15 @@ def test_the_fleet_chain_snapshot_evacuate_return_rollback_cleanup(fleet, tmp_pa
     for t in targets:
         t.wait_counter(3)
 
+    # an instant snapshot of the raw QEMU VM (memory file and manifest in memory_dir, each host's own):
+    # it moves with the VM, is listed at hv1 while the VM is there, and reverts once the VM is home
+    rt = next(t for t in targets if t.vm is raw)
+    _memory_dir(hv2)
+    inst = [rt.counter()]
+    (r,), log = fleet.play(hv2, [rt.task('snapshot', name='inst', mode='instant')])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    inst.append(rt.counter())
+
     marks = {}
     for t in targets:
         marks[t.vm.name] = [t.counter()]
@@ -161,7 +200,16 @@ def test_the_fleet_chain_snapshot_evacuate_return_rollback_cleanup(fleet, tmp_pa
         {'name': 'hand it to the test', 'delegate_to': 'localhost', 'become': False,
          'vars': {'ansible_connection': 'local'},
          'ansible.builtin.copy': {'dest': str(during) + '/{{ inventory_hostname }}.json', 'mode': '0600',
-                                  'content': '{{ report.content | b64decode }}'}}]))
+                                  'content': '{{ report.content | b64decode }}'}},
+        {'name': "the raw VM's snapshots where it runs now", 'delegate_to': hv1.name,
+         'when': "inventory_hostname == '%s'" % hv2.name,
+         'vmfleet.kvm.snapshot_info': {'qmp_socket': os.path.join(DEST_QMP_DIR, os.path.basename(raw.qmp_socket))},
+         'register': 'away'},
+        {'name': 'hand them to the test', 'delegate_to': 'localhost', 'become': False,
+         'when': "inventory_hostname == '%s'" % hv2.name,
+         'vars': {'ansible_connection': 'local'},
+         'ansible.builtin.copy': {'dest': str(during) + '/away.json', 'mode': '0600',
+                                  'content': '{{ away.snapshots | to_json }}'}}]))
     starts = dict((t.vm.name, (t.serial_size(), t.wait_counter(marks[t.vm.name][1] + 2))) for t in targets)
     _playbook(fleet, 'vmfleet.kvm.host_evacuate', vmfleet_maintenance_tasks=str(tasks))
     moved = dict((r['vm'], r) for r in json.loads((during / (hv2.name + '.json')).read_text())['vms'])
@@ -190,6 +238,19 @@ def test_the_fleet_chain_snapshot_evacuate_return_rollback_cleanup(fleet, tmp_pa
 
     _playbook(fleet, 'vmfleet.kvm.snapshot_cleanup', vmfleet_snapshot_name='chain')
     assert _listed(hv2, lv.name) == [SNAP]
+
+    # the instant snapshot was at hv1 with the VM (listed, complete), and came home with it: hv1 keeps no file
+    away = dict((s['name'], s) for s in json.loads((during / 'away.json').read_text()))
+    assert away.get('inst', {}).get('mode') == 'instant' and away['inst']['consistent'] is True, away
+    left = hv1.run(['sh', '-c', 'ls %s 2>/dev/null; true' % MEMORY_DIR]).stdout.split()
+    assert not [f for f in left if raw.name in f], left
+    offset, was = rt.serial_size(), rt.counter()
+    (r,), log = fleet.play(hv2, [rt.task('snapshot', name='inst', mode='instant', state='reverted')])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    resumed = rt.counters_after_going_back(offset, was)
+    assert inst[0] <= resumed[0] - 1 <= inst[1] + 1, (inst, resumed)
+    (r,), log = fleet.play(hv2, [rt.task('snapshot', name='inst', mode='instant', state='absent')])
+    assert r.get('changed') is True, (r, log[-3000:])
 
 
 def test_the_module_killed_after_the_metadata_moved_a_re_run_defines_it_where_the_domain_runs(fleet, tmp_path):

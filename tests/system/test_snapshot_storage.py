@@ -1,7 +1,7 @@
 """A snapshot and a storage move, through ansible-playbook on a libvirt domain whose disks are all
 qcow2 (so libvirt's own snapshot API takes the snapshot and records its disks): a disk that lost
 the snapshot is named and the revert refused; drive_mirror refuses to move a disk holding one,
-naming it, and with ``snapshots: drop`` deletes it on purpose and moves."""
+naming it, and with ``snapshots: drop`` deletes it on purpose and moves (on a raw QEMU VM too)."""
 
 import json
 import os
@@ -61,8 +61,22 @@ def test_a_disk_that_lost_the_snapshot_is_named_and_the_revert_refused(lv):
     assert 's-lost' not in _image_snapshots(t.vm.disk_path('root'))
 
 
-def test_drive_mirror_refuses_a_disk_holding_a_snapshot_then_drops_it_on_request(lv, tmp_path):
-    t = lv
+@pytest.fixture(scope='module')
+def raw(module_vms):
+    t = module_vms.boot('qemu', disks=(('root', 'qcow2', 64), ('data', 'qcow2', 64)))
+    t.wait_counter(3)
+    return t
+
+
+def _file_of(t, disk):
+    [vm] = ok(run_one(t.task('vm_info')))['vms']
+    return [d['file'] for d in vm['disks'] if d['name'] == disk][0]
+
+
+@pytest.mark.parametrize('backend', ['libvirt', 'qemu'])
+def test_drive_mirror_refuses_a_disk_holding_a_snapshot_then_drops_it_on_request(backend, request, tmp_path):
+    t = request.getfixturevalue('lv' if backend == 'libvirt' else 'raw')
+    disk, both = t.disk('data'), sorted([t.disk('root'), t.disk('data')])
     ok(run_one(t.task('snapshot', name='s-keep')))
     source = t.vm.disk_path('data')
     # libvirt's QEMU runs as another user: the target's directory must be reachable
@@ -71,25 +85,26 @@ def test_drive_mirror_refuses_a_disk_holding_a_snapshot_then_drops_it_on_request
     os.chmod(tdir, 0o755)
     target = os.path.join(tdir, 'data.qcow2')
     jdir = str(tmp_path / 'journal')
-    task = t.task('drive_mirror', disk='vdb', target=target, journal_dir=jdir)
+    task = t.task('drive_mirror', disk=disk, target=target, journal_dir=jdir)
     try:
         r = run_one(task)
-        failed(r, "disk 'vdb'", "'s-keep'", 'cannot carry', 'nothing was changed', 'snapshots: drop')
+        failed(r, "disk '%s'" % disk, "'s-keep'", 'cannot carry', 'nothing was changed', 'snapshots: drop')
         # nothing changed: no target, no journal, the disk on its source, the snapshot whole
         assert not os.path.exists(target)
         assert not os.path.isdir(jdir) or os.listdir(jdir) == []
-        assert source in t.vm.virsh('domblklist', t.vm.name).stdout
+        assert _file_of(t, disk) == source
         [snap] = _snapshots(t, 's-keep')
-        assert snap['consistent'] is True and sorted(snap['disks']) == ['vda', 'vdb']
+        assert snap['consistent'] is True and sorted(snap['disks']) == both
 
         last = t.counter()
-        r = ok(run_one(t.task('drive_mirror', disk='vdb', target=target, journal_dir=jdir, snapshots='drop')))
+        r = ok(run_one(t.task('drive_mirror', disk=disk, target=target, journal_dir=jdir, snapshots='drop')))
         assert r['on_target'] is True and r['snapshots_dropped'] == ['s-keep']
         assert [a['action'] for a in r['actions']][0] == 'drop_snapshot'
-        assert target in t.vm.virsh('domblklist', t.vm.name).stdout
-        # dropped whole: from both images and libvirt's metadata, none left half
+        assert _file_of(t, disk) == target
+        # dropped whole: from both images (and libvirt's metadata), none left half
         assert _snapshots(t, 's-keep') == []
-        assert t.vm.virsh('snapshot-list', t.vm.name, '--name').stdout.split() == []
+        if backend == 'libvirt':
+            assert t.vm.virsh('snapshot-list', t.vm.name, '--name').stdout.split() == []
         assert _image_snapshots(source) == [] and _image_snapshots(t.vm.disk_path('root')) == []
         t.wait_counter(last + 2)
     finally:

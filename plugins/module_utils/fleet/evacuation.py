@@ -104,7 +104,9 @@ def _migration_params(run, connection, destination_uri, destination_qmp_socket=N
                 storage=p['storage'], destination_dir=p['destination_dir'], persistent=True, undefine_source=True,
                 bandwidth_mib_s=p['bandwidth_mib_s'], max_downtime_ms=p['max_downtime_ms'],
                 parallel_connections=p['parallel_connections'], auto_converge=p['auto_converge'],
-                postcopy=p['postcopy'], tls=p.get('tls', False), tls_dir=p.get('tls_dir'))
+                postcopy=p['postcopy'], tls=p.get('tls', False), tls_dir=p.get('tls_dir'),
+                # a raw QEMU's snapshot files move with it (migrate/snapshot_files.py); None: the defaults
+                journal_dir=p.get('journal_dir'), memory_dir=p.get('memory_dir'))
 
 
 def _kept(result):

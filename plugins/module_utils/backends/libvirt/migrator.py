@@ -26,11 +26,15 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.snaps
     SnapshotCarry, snapshot_names,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.migrator import Migrator
-from ansible_collections.vmfleet.kvm.plugins.module_utils.common.addresses import bracketed, destination_host, is_ip, user_at
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.remote import Remote
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.addresses import (
+    bracketed, destination_host, is_ip, parse, user_at,
+)
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     ConnectionFailed, DestinationProblem, InvalidArgument, JobFailed, OperationTimeout, SpaceTooSmall, TargetProblem,
     VmfleetError,
 )
+from ansible_collections.vmfleet.kvm.plugins.module_utils.migrate.snapshot_files import SnapshotFiles
 
 try:
     import libvirt
@@ -44,6 +48,19 @@ def _tls_error(msg):
     """Whether libvirt's or QEMU's message is about the TLS credentials or handshake."""
     low = (msg or '').lower()
     return any(w in low for w in ('tls', 'certificate', 'x509', 'handshake', 'ca-cert', '-cert.pem', '-key.pem'))
+
+
+def _ssh_of(uri, deadline):
+    """The destination host's SSH (as the source's root reaches it), for the snapshot files: a
+    ``+ssh`` URI's user and port are SSH's, another transport's port is libvirt's."""
+    try:
+        u = parse(uri)
+    except InvalidArgument:
+        return None  # no host to reach: refused only if there are snapshot files to carry (SnapshotFiles.plan)
+    ssh = 'ssh://%s' % user_at(u.hostname, u.username)
+    if u.scheme.endswith('+ssh') and u.port:
+        ssh += ':%d' % u.port
+    return Remote(ssh, deadline)
 
 
 def destination_uri(host, user=None):
@@ -75,6 +92,9 @@ class LibvirtMigrator(Migrator):
         self.volumes_made = []    # images this run created at the destination (removed on failure)
         self.plan_ = None
         self.carry = SnapshotCarry(params.get('journal_dir'), self.name)
+        # instant snapshots' memory files and manifests (snapshot/instant.py), which libvirt does not know
+        self.files = SnapshotFiles(params.get('memory_dir'), params.get('journal_dir'), self.name,
+                                   _ssh_of(self.dest_uri, deadline))
         if vm is not None:
             # a connection of its own, opened after the event loop: the job-completed event comes on it
             event_loop()
@@ -132,6 +152,7 @@ class LibvirtMigrator(Migrator):
         disks = []
         snaps = snapshot_names(dom)
         report['snapshots'] = snaps
+        report['snapshot_files'] = self.files.plan(self.p['storage'], self.name)
         if self.p['storage'] == 'copy':
             self._refuse_snapshots_copy(snaps)
             flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
@@ -150,6 +171,8 @@ class LibvirtMigrator(Migrator):
     def migrate(self, progress):
         carried = None
         try:
+            # the memory files there before the domain goes (libvirt's identity: the manifest needs no rewrite)
+            self.files.send(lambda kind, content: content)
             if self.plan_['disks']:
                 self._create_images(self.plan_['disks'])
             if self.plan_['report']['snapshots']:
@@ -160,10 +183,22 @@ class LibvirtMigrator(Migrator):
             self._remove_images()
             if carried:
                 self._put_back_after_failure(e)
+            try:
+                if not self.runs_at_destination():
+                    self.files.undo()
+            except Exception:
+                pass  # the journal stays: a re-run, which finds where the domain runs, finishes or removes the copies
             raise
         if carried:
             there = find_domain(self.dst, self.name)
             out['snapshots_defined'] = self.carry.put_back(there, self.dest_uri)
+        try:
+            out['snapshots_carried'] = self.files.finish()
+        except VmfleetError as e:
+            raise JobFailed("%s runs at %s, but its instant snapshots' files could not be finished there: %s"
+                            % (self.what, self.dest_uri, e.msg),
+                            hint="nothing is lost: they are complete here, and %s names them; run the task again to "
+                                 "finish the carry" % self.files.path, **out)
         return out
 
     def _put_back_after_failure(self, e):
@@ -179,10 +214,21 @@ class LibvirtMigrator(Migrator):
             e.result.update(done)
 
     def recover(self):
-        """A run killed after it removed the snapshot metadata: define it again where the domain runs."""
-        if self.carry.pending() is None:
-            return None
-        return self._put_back_where_it_runs()
+        """A run killed after it removed the snapshot metadata, or while the instant snapshots' files
+        were on their way: finished where the domain runs."""
+        done = {}
+        if self.files.pending() is not None:
+            if self.runs_at_destination():
+                done['snapshots_carried'] = self.files.finish()
+            elif self.dom is not None and domain_running(self.dom):
+                done['snapshots_kept'] = self.files.undo()
+            else:
+                raise JobFailed("domain '%s' runs neither here nor at %s: its instant snapshots' files are complete "
+                                "here, and %s names them" % (self.name, self.dest_uri, self.files.path),
+                                hint="start it where it should run, then run the task again")
+        if self.carry.pending() is not None:
+            done.update(self._put_back_where_it_runs())
+        return done or None
 
     def _put_back_where_it_runs(self, source_first=False):
         places = [(self.dst, self.dest_uri), (self.src, self.p['uri'])]

@@ -24,6 +24,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions impo
     VmfleetError,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline
+from ansible_collections.vmfleet.kvm.plugins.module_utils.migrate.snapshot_files import SnapshotFiles
 
 MIB = 1024 * 1024
 # libvirt's directory and file names for migration certificates (vm_migrate's tls_dir)
@@ -74,6 +75,8 @@ class QemuMigrator(Migrator):
         self.tls = bool(params.get('tls'))
         self.tls_dir = params.get('tls_dir') or TLS_DIR
         self.source_creds = False
+        # the journal is known by the socket: a re-run may find no VM here to name it
+        self.files = SnapshotFiles(params.get('memory_dir'), params.get('journal_dir'), self.sock, self.remote)
 
     @property
     def where(self):
@@ -99,11 +102,13 @@ class QemuMigrator(Migrator):
                 % (vm.name, record['uid']),
                 hint="nothing was changed; save it with vm_save to storage the destination sees and restore it there "
                      "with vm_restore, which relaunches QEMU as its own user, or run its QEMU as root")
+        snapshots = self.files.plan(self.p['storage'], vm.name)
         self.copies = self._copy_plan(vm) if self.p['storage'] == 'copy' else []
         self.moved = [Disk(c['target'], c['node'], c['destination'], c['format'], c['size'], False) for c in self.copies]
         self.argv = proc.destination_argv(record['argv'], self.dest_sock, self.moved)
         self.secrets = proc.secret_values(self.argv)
-        out = dict(route=self.route, vm=vm.name, destination_argv=proc.redact_argv(self.argv), tls=self.tls)
+        out = dict(route=self.route, vm=vm.name, destination_argv=proc.redact_argv(self.argv), tls=self.tls,
+                   snapshots=snapshots)
         if self.tls:
             self._check_client_files()
         if self.copies:
@@ -123,6 +128,7 @@ class QemuMigrator(Migrator):
         started = False
         try:
             self._stop_leftover()
+            self.files.send(self._rewrite)
             if self.tls:
                 self._add_source_creds(vm)
             for c in self.copies:
@@ -191,17 +197,49 @@ class QemuMigrator(Migrator):
             raise JobFailed("the migration completed but the destination QEMU is %s" % state,
                             hint="the source QEMU is kept (paused); look at the destination")
         vm.quit(min(30.0, self.deadline.remaining(5.0)))
+        carried = self._finish_files()
         ram = info.get('ram', {})
         out = dict(migration_uri=uri, progress=progress.report(), duration_s=round(elapsed, 2),
                    downtime_ms=info.get('downtime'), bytes=ram.get('transferred', 0), memory_bytes=ram.get('transferred'),
                    disk_bytes=sum(c.get('copied', 0) for c in self.copies), iterations=ram.get('dirty-sync-count'),
                    rate_mib_s=round(ram.get('transferred', 0) / float(MIB) / max(elapsed, 0.001), 1),
-                   destination_state=state, source_state='gone')
+                   destination_state=state, source_state='gone', snapshots_carried=carried)
         out['bytes'] += out['disk_bytes']
         out['mode'], out['why'] = progress.mode(_stats(info))
         out['msg'] = "migrated '%s' to %s in %.1f s (%s, downtime %s ms)" % (
             vm.name, self.remote.host, elapsed, out['mode'], out['downtime_ms'])
         return out
+
+    def _rewrite(self, kind, content):
+        """A snapshot's manifest (instant) or record (external) as the destination needs it: the
+        command line its revert relaunches names the QMP socket (and pidfile) the VM has there."""
+        key = 'qemu' if kind == 'instant' else 'relaunch'
+        record = dict(content[key])
+        record['argv'] = proc.incoming_argv(proc.destination_argv(record['argv'], self.dest_sock))[:-2]
+        vm_id = dict(content.get('vm') or {})
+        if 'qmp_socket' in vm_id:
+            vm_id['qmp_socket'] = self.dest_sock
+        return dict(content, **{key: record, 'vm': vm_id})
+
+    def _finish_files(self):
+        try:
+            return self.files.finish()
+        except VmfleetError as e:
+            raise JobFailed("%s runs at %s, but its snapshot files could not be finished there: %s" % (self.what, self.remote.host, e.msg),
+                            hint="nothing is lost: they are complete here, and %s names them; run the task again to "
+                                 "finish the carry" % self.files.path, destination_state='running', source_state='gone')
+
+    def recover(self):
+        """A run killed while the snapshot files were on their way: finished where the VM runs."""
+        if self.files.pending() is None:
+            return None
+        if self.vm is not None and self._source_state(self.vm) in ('running', 'paused'):
+            return dict(snapshots_kept=self.files.undo())
+        if self.remote.alive(self.dest_sock) in ('running', 'paused'):
+            return dict(snapshots_carried=self.files.finish())
+        raise JobFailed("%s runs neither here nor at %s: its snapshot files are complete here, and %s names them"
+                        % (self.what, self.remote.host, self.files.path),
+                        hint="start it where it should run, then run the task again")
 
     def _stop_leftover(self):
         """A QEMU still waiting for the guest on the destination socket (inmigrate: it never ran it) is
@@ -311,6 +349,10 @@ class QemuMigrator(Migrator):
                 self.remote.ssh(self.remote.sudo + ['rm', '-f', self.dest_sock], 'removing the socket', check=False)
             except VmfleetError:
                 pass
+        try:
+            self.files.undo()
+        except VmfleetError:
+            pass  # the journal stays: a re-run removes the copies
         if self.images_made:
             try:
                 self.remote.ssh(self.remote.sudo + ['rm', '-f', '--'] + self.images_made, 'removing the copies', check=False)

@@ -80,6 +80,32 @@ finally:
 """
 
 
+# Run over SSH by the destination's Python: writes stdin to the file argv[1] names as root's, 0600,
+# durably (a temporary file beside it, fsync, rename, fsync of the directory, made 0700 if absent).
+PUT = r"""
+import os, sys
+path = sys.argv[1]
+d = os.path.dirname(path)
+if not os.path.isdir(d):
+    os.makedirs(d, 0o700)
+tmp = path + ".vmfleet-carry"
+fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+os.fchmod(fd, 0o600)
+while True:
+    b = sys.stdin.buffer.read(1 << 20)
+    if not b:
+        break
+    while b:
+        b = b[os.write(fd, b):]
+os.fsync(fd)
+os.close(fd)
+os.rename(tmp, path)
+fd = os.open(d, os.O_RDONLY)
+os.fsync(fd)
+os.close(fd)
+"""
+
+
 class Remote(object):
     """The destination host of ``uri`` (``ssh://[USER@]HOST[:PORT]``)."""
 
@@ -92,14 +118,18 @@ class Remote(object):
         self.deadline = deadline
         self.sudo = ['sudo', '-n', '--'] if self.user and self.user != 'root' else []
 
-    def ssh(self, argv, what, timeout=None, check=True, stdin=None, secrets=()):
-        """Run ``argv`` there; its output. ``stdin``: bytes for it; ``secrets``: strings no message may show."""
+    def _cmd(self, argv):
         cmd = ['ssh', '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10']
         if self.port:
             cmd += ['-p', str(self.port)]
         # the destination after '--': nothing of it is read as an option, whatever the inventory says
         cmd += ['--', ('%s@%s' % (self.user, self.host)) if self.user else self.host]
         cmd.append(' '.join(shlex.quote(a) for a in argv))
+        return cmd
+
+    def ssh(self, argv, what, timeout=None, check=True, stdin=None, secrets=()):
+        """Run ``argv`` there; its output. ``stdin``: bytes for it; ``secrets``: strings no message may show."""
+        cmd = self._cmd(argv)
         t = min(timeout or 120.0, self.deadline.remaining(5.0))
         try:
             r = subprocess.run(cmd, input=stdin if stdin is not None else b'', capture_output=True, timeout=t,
@@ -114,6 +144,26 @@ class Remote(object):
         if check and r.returncode:
             raise DestinationProblem("%s at %s failed (%d): %s" % (what, self.host, r.returncode, err or out.strip()))
         return out
+
+    def put(self, local, path, what):
+        """The file ``local`` copied to ``path`` there (see PUT), streamed: a memory file can be large."""
+        with open(local, 'rb') as f:
+            self._ssh_stdin(self.sudo + [self.python, '-c', PUT, path], what, f)
+
+    def write(self, path, data, what):
+        """``data`` (bytes) written to ``path`` there (see PUT)."""
+        self.ssh(self.sudo + [self.python, '-c', PUT, path], what, stdin=data)
+
+    def _ssh_stdin(self, argv, what, f):
+        cmd = self._cmd(argv)
+        t = self.deadline.remaining(5.0)
+        try:
+            r = subprocess.run(cmd, stdin=f, capture_output=True, timeout=t, check=False)
+        except subprocess.TimeoutExpired:
+            raise ConnectionFailed("%s: %s did not finish within %.0f s" % (what, self.host, t))
+        if r.returncode:
+            raise DestinationProblem("%s at %s failed (%d): %s" % (what, self.host, r.returncode,
+                                                                   r.stderr.decode('utf-8', 'replace').strip()[-300:]))
 
     def launch(self, argv, what, secrets=()):
         """Start ``argv`` there as root, its secret objects' data passed in files (see LAUNCH)."""
