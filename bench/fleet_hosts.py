@@ -84,12 +84,12 @@ def run(fleet, inventory, playbook, hosts, config, snap, workdir):
 
 def slope(points):
     """Least squares over (hosts, seconds): (seconds per host, fixed seconds); None with fewer than 2 sizes."""
-    if len({x for x, _ in points}) < 2:
+    if len({p[0] for p in points}) < 2:
         return None, None
     n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    b = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    mx = sum(p[0] for p in points) / n
+    my = sum(p[1] for p in points) / n
+    b = sum((x - mx) * (y - my) for x, y in points) / sum((p[0] - mx) ** 2 for p in points)
     return round(b, 3), round(my - b * mx, 2)
 
 

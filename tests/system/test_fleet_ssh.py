@@ -573,11 +573,11 @@ def test_every_playbook_through_ansible_runner_as_awx_runs_a_sliced_job(fleet, t
             timeout=900, limit=','.join(h.name for h in part),
             extravars=dict(awx_job_id=1000 + 10 * i + k, awx_workflow_job_id=workflow_job))
             for k, part in enumerate(slices)]
-        for thread, _ in started:
+        for thread, _runner in started:
             thread.join()
         took = time.monotonic() - start
         print('%s %s through ansible-runner, 2 slices at once: %.1f s' % (playbook, extra.get('vmfleet_phase', ''), took))
-        for k, (part, (_, r)) in enumerate(zip(slices, started)):
+        for k, (part, (_thread, r)) in enumerate(zip(slices, started)):
             stdout = r.stdout.read()
             assert r.status == 'successful' and r.rc == 0, stdout[-4000:]
             events = list(r.events)
