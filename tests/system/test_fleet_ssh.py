@@ -527,14 +527,20 @@ def test_a_run_that_cannot_get_a_vm_in_its_timeout_fails_naming_the_holder(fleet
 
 
 # -- AWX: the playbooks run as a job template runs them ----------------------------------
-def test_every_playbook_through_ansible_runner_as_awx_runs_a_job(fleet, tmp_path):
+def test_every_playbook_through_ansible_runner_as_awx_runs_a_sliced_job(fleet, tmp_path):
     """A private data dir as AWX writes one (inventory, extra vars from a file, the project
-    with a playbook importing the collection's, no prompt), run by ansible-runner; the job
-    events carry each VM's result and set_stats reaches the artifacts."""
+    with a playbook importing the collection's, no prompt), run by ansible-runner as a job
+    template of slice count 2 runs: two jobs at once, each limited to every second host; the
+    job events carry each VM's result and set_stats reaches each slice's artifacts. Both
+    slices of pre_upgrade_snapshot take one rollback point; host_evacuate refuses to run
+    sliced, saying why."""
     import ansible_runner
     from rig.ansible_run import ansible_env
 
-    host = fleet.hosts[1]
+    hosts = fleet.hosts[1:3]
+    pattern = ':'.join(h.name for h in hosts)
+    # slice k of 2: every second host from the k-th (AWX's order: by name)
+    slices = [hosts[k::2] for k in range(2)]
     pdd = tmp_path / 'awx'
     (pdd / 'inventory').mkdir(parents=True)
     (pdd / 'inventory' / 'hosts.yml').write_text(open(fleet.inventory).read())
@@ -544,42 +550,75 @@ def test_every_playbook_through_ansible_runner_as_awx_runs_a_job(fleet, tmp_path
     (pdd / 'env' / 'envvars').write_text(yaml.safe_dump(dict((k, env[k]) for k in (
         'ANSIBLE_COLLECTIONS_PATH', 'ANSIBLE_PYTHON_INTERPRETER', 'ANSIBLE_CALLBACKS_ENABLED', 'VMFLEET_REPORT_DIR',
         'PATH'))))
+    # the slices are jobs of one workflow job (AWX gives each its own awx_job_id)
+    workflow_job = 500
+    point = 'pre-upgrade-wf%d' % workflow_job
     runs = [
-        ('pre_upgrade_snapshot', dict(vmfleet_snapshot_name='awx')),
-        ('snapshot_rollback', dict(vmfleet_snapshot_name='awx')),
-        ('snapshot_cleanup', dict(vmfleet_snapshot_name='awx')),
+        ('pre_upgrade_snapshot', dict()),
+        ('snapshot_rollback', dict(vmfleet_snapshot_name=point)),
+        ('snapshot_cleanup', dict(vmfleet_snapshot_name=point)),
         ('storage_migration', dict(vmfleet_target_dir='/var/lib/libvirt/images/awx', storage_migration_per_vm_dir=True)),
         ('host_maintenance', dict(vmfleet_phase='save', vmfleet_save_dir='/var/lib/vmfleet/save-awx')),
         ('host_maintenance', dict(vmfleet_phase='restore', vmfleet_save_dir='/var/lib/vmfleet/save-awx')),
     ]
+    begin = time.monotonic()
     for i, (playbook, extra) in enumerate(runs):
         (pdd / 'project' / (playbook + '.yml')).write_text(
             '- name: %s\n  ansible.builtin.import_playbook: vmfleet.kvm.%s\n' % (playbook, playbook))
         # a survey's answers: text, lists as a textarea's lines
-        (pdd / 'env' / 'extravars').write_text(yaml.safe_dump(dict(extra, vmfleet_hosts=host.name)))
+        (pdd / 'env' / 'extravars').write_text(yaml.safe_dump(dict(extra, vmfleet_hosts=pattern)))
         start = time.monotonic()
-        r = ansible_runner.run(private_data_dir=str(pdd), playbook=playbook + '.yml', ident='job%d' % i, quiet=True,
-                               timeout=900)
+        started = [ansible_runner.run_async(
+            private_data_dir=str(pdd), playbook=playbook + '.yml', ident='job%d-slice%d' % (i, k), quiet=True,
+            timeout=900, limit=','.join(h.name for h in part),
+            extravars=dict(awx_job_id=1000 + 10 * i + k, awx_workflow_job_id=workflow_job))
+            for k, part in enumerate(slices)]
+        for thread, _runner in started:
+            thread.join()
         took = time.monotonic() - start
-        print('%s %s through ansible-runner: %.1f s' % (playbook, extra.get('vmfleet_phase', ''), took))
+        print('%s %s through ansible-runner, 2 slices at once: %.1f s' % (playbook, extra.get('vmfleet_phase', ''), took))
+        for k, (part, (_thread, r)) in enumerate(zip(slices, started)):
+            stdout = r.stdout.read()
+            assert r.status == 'successful' and r.rc == 0, stdout[-4000:]
+            events = list(r.events)
+            # each VM's record rides on the job events (what AWX shows per host and task)
+            records = {}
+            for e in events:
+                if e['event'] in ('runner_on_ok', 'runner_item_on_ok') and \
+                        e['event_data'].get('task_action') == 'vmfleet.kvm.fleet_progress':
+                    res = e['event_data'].get('res') or {}
+                    for one in [res] + list(res.get('results') or []):
+                        if (one.get('result') or {}).get('vms') is not None:
+                            records[e['event_data']['host']] = one['result']['vms']
+            # the slice worked on its hosts and on no other
+            assert sorted(records) == sorted(h.name for h in part), (k, sorted(records))
+            # set_stats: the artifacts AWX keeps with each slice's job
+            stats = next(e for e in events if e['event'] == 'playbook_on_stats')['event_data']['artifact_data']
+            assert sorted(stats['vmfleet_' + playbook]) == sorted(h.name for h in part), stats
+            for h in part:
+                assert sorted(v['vm'] for v in records[h.name]) == sorted(vm.name for vm in h.vms), records
+                assert all(v['status'] == 'ok' for v in records[h.name]), records[h.name]
+                if playbook == 'pre_upgrade_snapshot':
+                    # every slice named the point for the workflow job, not for its own job
+                    assert {v['snapshot'] for v in records[h.name]} == {'vmfleet-' + point}, records[h.name]
+                report = stats['vmfleet_' + playbook][h.name]
+                assert sorted(v['vm'] for v in report['vms']) == sorted(vm.name for vm in h.vms) and not report['failed']
+            assert json.loads((pdd / 'artifacts' / ('job%d-slice%d' % (i, k)) / 'rc').read_text()) == 0
+
+    # host_evacuate sliced: each slice would move its VMs among its own hosts while the other
+    # evacuates its own; it refuses before touching anything
+    (pdd / 'project' / 'host_evacuate.yml').write_text(
+        '- name: host_evacuate\n  ansible.builtin.import_playbook: vmfleet.kvm.host_evacuate\n')
+    (pdd / 'env' / 'extravars').write_text(yaml.safe_dump(dict(vmfleet_hosts=pattern)))
+    for k, part in enumerate(slices):
+        r = ansible_runner.run(private_data_dir=str(pdd), playbook='host_evacuate.yml', ident='evacuate-slice%d' % k,
+                               quiet=True, timeout=300, limit=','.join(h.name for h in part))
         stdout = r.stdout.read()
-        assert r.status == 'successful' and r.rc == 0, stdout[-4000:]
-        events = list(r.events)
-        # each VM's record rides on the job events (what AWX shows per host and task)
-        records = []
-        for e in events:
-            if e['event'] in ('runner_on_ok', 'runner_item_on_ok') and \
-                    e['event_data'].get('task_action') == 'vmfleet.kvm.fleet_progress':
-                res = e['event_data'].get('res') or {}
-                for r in [res] + list(res.get('results') or []):
-                    if (r.get('result') or {}).get('vms') is not None:
-                        records.append(r['result']['vms'])
-        assert records and sorted(v['vm'] for v in records[-1]) == sorted(vm.name for vm in host.vms), records
-        assert all(v['status'] == 'ok' for v in records[-1]), records[-1]
-        # set_stats: the artifacts AWX keeps with the job
-        stats = next(e for e in events if e['event'] == 'playbook_on_stats')['event_data']['artifact_data']
-        report = stats['vmfleet_' + playbook][host.name]
-        assert sorted(v['vm'] for v in report['vms']) == sorted(vm.name for vm in host.vms) and not report['failed'], stats
-        assert json.loads((pdd / 'artifacts' / ('job%d' % i) / 'rc').read_text()) == 0
-    for t in host_targets(host):
-        t.wait_counter(t.counter() + RUN_ON, timeout=180)
+        assert r.status == 'failed', stdout[-4000:]
+        assert 'host_evacuate runs on 1 of the 2 hosts of \'%s\' (a job slice or a limit)' % pattern in stdout, stdout[-4000:]
+        assert 'slice count 1' in stdout and 'Move the VMs' not in stdout, stdout[-4000:]
+    print('the sliced jobs, all playbooks: %.1f s' % (time.monotonic() - begin))
+    for h in hosts:
+        # nothing was left behind on the hosts that refused: the VMs run on where they were
+        for t in host_targets(h):
+            t.wait_counter(t.counter() + RUN_ON, timeout=180)
