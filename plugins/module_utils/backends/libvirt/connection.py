@@ -10,7 +10,7 @@ __metaclass__ = type
 import threading
 import traceback
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import CapabilityMissing, ConnectionFailed
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import CapabilityMissing, ConnectionFailed, OperationTimeout, VmfleetError
 
 try:
     import libvirt
@@ -123,3 +123,40 @@ def domain_running(dom):
                                                       libvirt.VIR_DOMAIN_BLOCKED)
     except libvirt.libvirtError:
         return False
+
+
+def run_blocking(fn, deadline, what, on_timeout=None):
+    """Run a blocking libvirt call in a thread so the deadline holds."""
+    box = {}
+
+    def target():
+        try:
+            box['result'] = fn()
+        except Exception as e:  # handed to the caller's thread
+            box['error'] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(deadline.remaining())
+    if t.is_alive():
+        if on_timeout:
+            try:
+                on_timeout()
+            except Exception:
+                pass
+        t.join(60)
+        raise OperationTimeout("%s did not finish within %gs%s" % (
+            what, deadline.timeout, "; it was aborted" if on_timeout else "; libvirt is still working on it"))
+    if 'error' in box:
+        e = box['error']
+        msg = e.get_error_message() if hasattr(e, 'get_error_message') else str(e)
+        raise VmfleetError("%s failed: %s" % (what, msg))
+    return box.get('result')
+
+
+def domain_by_uuid(conn, uuid):
+    """The domain of ``uuid`` on ``conn``, None when it has none."""
+    try:
+        return conn.lookupByUUIDString(uuid)
+    except libvirt.libvirtError:
+        return None

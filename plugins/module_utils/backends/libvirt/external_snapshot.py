@@ -44,6 +44,7 @@ import xml.etree.ElementTree as ET
 from urllib.parse import quote
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.connection import run_blocking
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import durable
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import Deadline
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
@@ -270,7 +271,6 @@ class LibvirtExternalSnapshots(object):
 
     # -- create --
     def create(self, name, disks, overlays, memory, quiesce, memory_dir, deadline):
-        from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import run_blocking
         self._check_overlay_dirs(overlays)
         nvram, _fmt = self.nvram()
         needs_dir = memory or nvram
@@ -361,7 +361,6 @@ class LibvirtExternalSnapshots(object):
 
     # -- revert --
     def revert(self, snap, memory_dir, deadline):
-        from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import run_blocking
         s = self.vm._call("looking up snapshot '%s'" % snap['name'], self.dom.snapshotLookupByName, snap['name'], 0)
         was = self.vm.state()
         nvram, _fmt = self.nvram()
@@ -405,7 +404,6 @@ class LibvirtExternalSnapshots(object):
         again from the memory file on them (paused: the caller writes the NVRAM back and resumes), the
         persistent definition and the snapshot's metadata pointed at the new overlays, so that libvirt's
         own delete commits them later. A disk-only snapshot: the domain is booted again on them."""
-        from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import run_blocking
         from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
         root = ET.fromstring(self.vm._call('reading the snapshot', s.getXMLDesc,
                                            libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE))
@@ -502,7 +500,6 @@ class LibvirtExternalSnapshots(object):
             time.sleep(0.2)
 
     def delete(self, snap, memory_dir, deadline):
-        from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import run_blocking
         if self.vm.is_running():
             self._wait_jobs(snap['disks'], deadline)
         try:

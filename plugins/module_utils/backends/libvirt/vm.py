@@ -2,8 +2,8 @@
 # Copyright: (c) 2026, vmfleet.kvm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The libvirt backend: a domain reached through libvirt-python. Every step
-that differs from raw QEMU is a method here: listing, libvirt's snapshot
-API, its save/restore, the direct-io switch-off, the mirror driver."""
+that differs from raw QEMU is a method here (or, for save and restore, in
+save_restore.py): listing, libvirt's snapshot API, the mirror driver."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -12,22 +12,20 @@ import contextlib
 import json
 import os
 import re
-import threading
 import time
 import xml.etree.ElementTree as ET
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import capabilities
-from ansible_collections.vmfleet.kvm.plugins.module_utils.common import durable
-from ansible_collections.vmfleet.kvm.plugins.module_utils.save import manifest_store
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt import save_image as libvirt_save_image
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.connection import HAS_LIBVIRT, connect
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.save_restore import LibvirtSaveRestore
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.connection import HAS_LIBVIRT, connect, domain_by_uuid, run_blocking
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as qemu_process
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk, ImageSnapshot
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import VmHandle
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
-    CapabilityMissing, ConnectionFailed, InvalidArgument, OperationTimeout, QmpCommandError, VmfleetError,
+    CapabilityMissing, ConnectionFailed, InvalidArgument, QmpCommandError, VmfleetError,
     VmGone, VmNotFound,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.qemu_img import image_info
@@ -57,49 +55,6 @@ def _state_names():
     }
 
 
-LIBVIRT_FORMATS = {'zstd': 'zstd', 'zlib': 'gzip'}
-
-
-def choose_save_path(channels, compression, parallel_supported):
-    """(path_used, why) of a libvirt save, or a clear error when libvirt cannot do it."""
-    if compression != 'none':
-        return 'libvirt-compressed', ("compression asked: libvirt compresses the image in one %s stream "
-                                      "(its parallel save needs the uncompressed sparse format)" % compression)
-    if not parallel_supported:
-        raise CapabilityMissing("this libvirt cannot save over parallel channels",
-                                hint="libvirt >= 11.2 and libvirt-python >= 12.1 are needed")
-    return 'libvirt-sparse', "no compression: libvirt's sparse (mapped-ram) format over %d channel(s)" % channels
-
-
-def run_blocking(fn, deadline, what, on_timeout=None):
-    """Run a blocking libvirt call in a thread so the deadline holds."""
-    box = {}
-
-    def target():
-        try:
-            box['result'] = fn()
-        except Exception as e:  # handed to the caller's thread
-            box['error'] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(deadline.remaining())
-    if t.is_alive():
-        if on_timeout:
-            try:
-                on_timeout()
-            except Exception:
-                pass
-        t.join(60)
-        raise OperationTimeout("%s did not finish within %gs%s" % (
-            what, deadline.timeout, "; it was aborted" if on_timeout else "; libvirt is still working on it"))
-    if 'error' in box:
-        e = box['error']
-        msg = e.get_error_message() if hasattr(e, 'get_error_message') else str(e)
-        raise VmfleetError("%s failed: %s" % (what, msg))
-    return box.get('result')
-
-
 def _lookup(conn, domain):
     if _UUID.match(domain):
         try:
@@ -107,13 +62,6 @@ def _lookup(conn, domain):
         except libvirt.libvirtError:
             pass
     return conn.lookupByName(domain)
-
-
-def _by_uuid(conn, uuid):
-    try:
-        return conn.lookupByUUIDString(uuid)
-    except libvirt.libvirtError:
-        return None
 
 
 def library_facts():
@@ -130,7 +78,7 @@ AGENT_HOW_TO_ADD = ("add <channel type='unix'><target type='virtio' name='%s'/><
 AGENT_PING_S = 10
 
 
-class LibvirtVm(VmHandle):
+class LibvirtVm(LibvirtSaveRestore, VmHandle):
     backend = 'libvirt'
     native_snapshots = True
     offline_snapshots = True
@@ -398,7 +346,7 @@ class LibvirtVm(VmHandle):
             e.hint = hint
             raise
         load_s = round(time.monotonic() - t0, 3)
-        self.dom = _by_uuid(self.conn, record['uuid']) or self.dom
+        self.dom = domain_by_uuid(self.conn, record['uuid']) or self.dom
         return dict(route='libvirt-restore', state=self.state(), domain_id=self.dom.ID(), load_s=load_s)
 
     def mirror_driver(self):
@@ -467,111 +415,6 @@ class LibvirtVm(VmHandle):
 
     def internal_snapshot_refusal(self, disks):
         return self._external().internal_refusal()
-
-    # -- save and restore: libvirt's saveParams / restoreParams --
-    def save_route(self, channels, compression):
-        return choose_save_path(channels, compression,
-                                quirks.libvirt_parallel_save(self.conn.getLibVersion(), libvirt))
-
-    def save(self, saver, path_used):
-        if saver.keep_running:
-            raise InvalidArgument("keep_running is not available for libvirt domain '%s'" % self.name,
-                                  hint="libvirt's save stops the domain; use vmfleet.kvm.snapshot for a checkpoint "
-                                       "that keeps it running")
-        state = self.state()
-        tmp = saver.path + manifest_store.PARTIAL
-        params = {libvirt.VIR_DOMAIN_SAVE_PARAM_FILE: tmp}
-        if path_used == 'libvirt-sparse':
-            params[libvirt.VIR_DOMAIN_SAVE_PARAM_IMAGE_FORMAT] = 'sparse'
-            params[libvirt.VIR_DOMAIN_SAVE_PARAM_PARALLEL_CHANNELS] = saver.channels
-        else:
-            params[libvirt.VIR_DOMAIN_SAVE_PARAM_IMAGE_FORMAT] = LIBVIRT_FORMATS[saver.compression]
-        flags = 0
-        manifest_store.remove([tmp])  # an interrupted save's
-        if path_used == 'libvirt-sparse' and manifest_store.opens_direct(tmp, create=True):
-            # A domain restored with O_DIRECT (virsh restore --bypass-cache) keeps QEMU's direct-io on, and
-            # libvirt 11.3's next save without O_DIRECT crashes QEMU 10.0: the guest is lost. With it the save
-            # is safe either way and does not flood the page cache. The price, measured on a 4 GiB guest: the
-            # save ~7% slower, a restore through the page cache 4.7 s instead of 3.7 s (with O_DIRECT: 2.5-2.9 s).
-            flags |= libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE
-        saver.direct_io = bool(flags)
-        t0 = time.monotonic()
-        try:
-            run_blocking(lambda: self.dom.saveParams(params, flags), saver.deadline,
-                         "saving libvirt domain '%s'" % self.name, on_timeout=self.dom.abortJob)
-            durable.fsync_path(tmp)  # libvirt leaves the sparse format unflushed
-            dt = time.monotonic() - t0
-            manifest = saver.commit([tmp], [path_used], saver.manifest(path_used, state))
-        except Exception:
-            manifest_store.remove([tmp])
-            raise
-        return manifest, dt, round(dt * 1000.0, 1)
-
-    @classmethod
-    def image_streams(cls, manifest):
-        # the sparse format is mapped-ram; libvirt compresses through a pipe, one stream
-        return None if manifest['path_used'] == 'libvirt-sparse' else 1
-
-    @classmethod
-    def saved_and_gone(cls, module, saved_vm, params):
-        """True when the task names the domain ``saved_vm`` records and it no longer runs."""
-        if params.get('domain') not in (saved_vm.get('name'), saved_vm.get('uuid')):
-            return False
-        with cls.open(module, params) as vm:
-            return vm.state() == 'shutoff'
-
-    @classmethod
-    def running_from(cls, module, manifest, params):
-        """The restore ``manifest`` records, when that very run of the domain still goes on."""
-        done = manifest['restored']
-        conn = connect(params['uri'])
-        try:
-            dom = _by_uuid(conn, manifest['vm']['uuid'])
-            if dom is not None and dom.isActive() and dom.ID() == done.get('domain_id'):
-                return done
-        finally:
-            conn.close()
-        return None
-
-    @classmethod
-    def restore(cls, module, manifest, path, params, deadline, channels):
-        uri = params['uri']
-        conn = connect(uri)
-        try:
-            dom = _by_uuid(conn, manifest['vm']['uuid'])
-            name = manifest['vm']['name']
-            if dom is not None and dom.isActive():
-                raise ConnectionFailed("libvirt domain '%s' is running" % name,
-                                       hint="restoring would replace its running state; stop it first")
-            params_ = {libvirt.VIR_DOMAIN_SAVE_PARAM_FILE: path}
-            flags = libvirt.VIR_DOMAIN_SAVE_RUNNING if params['state'] == 'running' else libvirt.VIR_DOMAIN_SAVE_PAUSED
-            sparse = manifest['path_used'] == 'libvirt-sparse'
-            direct = params['direct_io'] is not False and sparse and \
-                quirks.qemu_direct_io(conn.getVersion()) and manifest_store.opens_direct(path)
-            if sparse:
-                params_[libvirt.VIR_DOMAIN_SAVE_PARAM_PARALLEL_CHANNELS] = channels
-            if direct:
-                flags |= libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE
-            run_blocking(lambda: conn.restoreParams(params_, flags), deadline,
-                         "restoring libvirt domain '%s' from %s" % (name, path))
-            dom = _by_uuid(conn, manifest['vm']['uuid'])
-            with cls(module, conn, dom, uri, own_conn=False) as vm:
-                if direct:
-                    vm._switch_off_direct_io(path)
-                return dict(domain_id=dom.ID(), state=vm.state(), direct_io=direct, channels=channels)
-        finally:
-            conn.close()
-
-    def _switch_off_direct_io(self, path):
-        # libvirt leaves it on after an O_DIRECT restore, and QEMU 10.0 then
-        # crashes in the next save that brings no O_DIRECT file descriptor.
-        try:
-            self.qmp('migrate-set-parameters', **{'direct-io': False})
-        except VmfleetError as e:
-            raise VmfleetError("libvirt domain '%s' runs again from %s, but QEMU's direct-io migration parameter "
-                               "could not be switched off: %s" % (self.name, path, e),
-                               hint="save it only with vmfleet.kvm.vm_save or 'virsh save --bypass-cache' until it "
-                                    "is restarted: a save in the sparse format without --bypass-cache would crash it")
 
 
 class _Host(object):

@@ -3,7 +3,8 @@ image holds."""
 
 import pytest
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import LibvirtVm, choose_save_path as libvirt_save_path
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.vm import LibvirtVm
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.save_restore import choose_save_path as libvirt_save_path
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import CapabilityMissing
 
 

@@ -3,7 +3,8 @@ streams its image holds."""
 
 import pytest
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.vm import QemuVm, choose_save_path as qemu_save_path, qdev_disk_name
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.vm import QemuVm, qdev_disk_name
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.save_restore import choose_save_path as qemu_save_path
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import CapabilityMissing
 
 
