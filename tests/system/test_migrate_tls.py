@@ -19,7 +19,7 @@ from rig.ansible_run import run_playbook
 from rig.hypervisors import FleetView
 from rig.qmp import qmp
 from rig.targets import Target, assert_consecutive
-from rig.tls import Ca, Capture, install
+from rig.tls import Ca, Capture, Intruder, install
 
 MEMORY_MIB = 128
 
@@ -252,3 +252,57 @@ def test_tls_keeps_the_copied_disks_off_the_wire_too(fleet, tmp_path, backend):
         streams = cap.streams().values()
         assert any(re.search(rb'VMFLEET vd[a-z] \d+|VMFLEET-SEQ \d+', s) for s in streams) is record_seen, name
         assert cap.holds(marker.encode()) is record_seen, name
+
+
+def _gone_from(backend, vm, host, timeout=60):
+    end = time.monotonic() + timeout
+    while _runs_at(backend, vm, host) and time.monotonic() < end:
+        time.sleep(0.5)
+    return not _runs_at(backend, vm, host)
+
+
+@pytest.mark.parametrize('backend', ['libvirt', 'qemu'])
+def test_an_intruder_on_the_incoming_port_never_reaches_the_migration_state(fleet, tmp_path, backend):
+    """A third address (hv3's network namespace) connects to the destination's incoming port as
+    soon as it listens, before the source does (the source's connection held back until then),
+    and sends the header of a migration stream. In
+    clear the destination QEMU loads what it sends (its TLS hello is not a stream): the migration
+    fails and the VM runs on at the source, so the intruder does win the race. With tls the
+    destination QEMU shows it its server certificate and refuses it (no client certificate of the
+    fleet's CA): the real migration completes, the guest counting on from where it was. The port
+    listens on the migration address only."""
+    vm, _marker = fleet.markers[backend]
+    t = Target(vm, backend)
+    third = fleet.fleet.hosts[2]
+    src, dst = _where(fleet, backend, vm)
+    start = t.serial_size()
+    with Intruder(third, src, dst, str(tmp_path / 'clear.json')) as intruder:
+        (r,), log = fleet.play(src, [_task(backend, vm, src, dst, timeout=120)])
+    seen = intruder.result()
+    assert seen.get('from') == third.address and 'server_cert' not in seen, seen
+    assert r.get('failed') is True, ('the intruder did not reach the clear migration', r)
+    assert 'Traceback' not in log
+    assert _runs_at(backend, vm, src) and _gone_from(backend, vm, dst)
+    t.wait_counter(t.counter() + 2, timeout=120)
+    assert_consecutive(t.counters_after(start))
+
+    start = t.serial_size()
+    before = t.wait_counter(1)
+    with Intruder(third, src, dst, str(tmp_path / 'tls.json')) as intruder:
+        (r,), log = fleet.play(src, [_task(backend, vm, src, dst, tls=True)])
+    seen = intruder.result()
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:], seen)
+    _moved(backend, vm, src, dst)
+    # it reached QEMU's incoming port (a TLS handshake with the destination), and no further
+    assert seen.get('from') == third.address, seen
+    assert intruder.server_name() == dst.name, seen
+    assert seen.get('answer', '') == '', seen  # closed on it (an alert or an EOF), nothing said
+    # bound to the migration address only, as ss shows it inside the destination's namespace
+    assert len(seen['listeners']) == 1 and seen['listeners'][0][0] == dst.address, seen
+    port = seen['listeners'][0][1]
+    assert re.search(r'\s%s:%d\s' % (re.escape(dst.address), port), seen['ss']), seen['ss']
+    assert not re.search(r'\s(0\.0\.0\.0|\*|\[::\]):%d\s' % port, seen['ss']), seen['ss']
+    t.wait_counter(t.counter() + 2, timeout=180)
+    counters = t.counters_after(start)
+    assert counters[0] <= before + 1
+    assert_consecutive(counters)
