@@ -59,10 +59,13 @@ class Ca:
                                                   decipher_only=False), critical=True)
                      .sign(self.key, hashes.SHA256()))
 
-    def issue(self, cn, usage, address=None):
-        """(certificate PEM, key PEM) for ``cn``; ``usage`` 'server' or 'client'; ``address`` an IP in its SAN."""
+    def issue(self, cn, usage, address=None, expired=False):
+        """(certificate PEM, key PEM) for ``cn``; ``usage`` 'server' or 'client'; ``address`` an IP in its SAN;
+        ``expired``: its time ended an hour ago."""
         key = _key()
         now = datetime.datetime.now(datetime.timezone.utc)
+        if expired:
+            now -= datetime.timedelta(days=2, hours=1)
         b = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(self.name)
              .public_key(key.public_key()).serial_number(x509.random_serial_number())
              .not_valid_before(now - datetime.timedelta(hours=1))
@@ -80,14 +83,14 @@ class Ca:
         cert = b.sign(self.key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
 
-    def install(self, host):
+    def install(self, host, expired=False):
         """The host's /etc/pki/qemu in libvirt's layout: the CA, a server certificate naming the
-        host's address, a client certificate; keys 0640 root:libvirt-qemu."""
+        host's address, a client certificate (both expired if ``expired``); keys 0640 root:libvirt-qemu."""
         d = host.path('pki')
         gid = grp.getgrnam(QEMU_GROUP).gr_gid
         files = {'ca-cert.pem': (self.cert.public_bytes(serialization.Encoding.PEM), None)}
         for usage in ('server', 'client'):
-            cert, key = self.issue(host.name, usage, host.address)
+            cert, key = self.issue(host.name, usage, host.address, expired)
             files['%s-cert.pem' % usage] = (cert, None)
             files['%s-key.pem' % usage] = (key, gid)
         for name, (data, group) in files.items():

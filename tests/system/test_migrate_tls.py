@@ -8,6 +8,7 @@ import grp
 import os
 import re
 import secrets
+import socket
 import time
 
 import pytest
@@ -94,6 +95,13 @@ def _runs_at(backend, vm, host):
         return False
 
 
+def _gone_from(backend, vm, host, timeout=60):
+    end = time.monotonic() + timeout
+    while _runs_at(backend, vm, host) and time.monotonic() < end:
+        time.sleep(0.5)
+    return not _runs_at(backend, vm, host)
+
+
 def _migrate_captured(fleet, tmp_path, backend, name, **args):
     vm, marker = fleet.markers[backend]
     t = Target(vm, backend)
@@ -128,33 +136,53 @@ def test_tls_keeps_the_guest_memory_off_the_wire(fleet, tmp_path, backend):
     assert not cap.holds(marker.encode()), 'the TLS migration carried the guest memory in clear'
 
 
+def _fault(fleet, fault, src, dst):
+    """Spoil the certificates for ``fault``: (the host whose files are bad, the file the error names, undo)."""
+    if fault == 'another CA at the destination':
+        Ca('another CA').install(dst)
+        return dst, None, lambda: fleet.ca.install(dst)
+    if fault == 'expired at the destination':
+        fleet.ca.install(dst, expired=True)
+        return dst, 'server-cert.pem', lambda: fleet.ca.install(dst)
+    os.unlink(src.path('pki', 'client-key.pem'))
+    return src, 'client-key.pem', lambda: fleet.ca.install(src)
+
+
 @pytest.mark.parametrize('backend', ['libvirt', 'qemu'])
-def test_a_destination_with_another_cas_certificates_fails_and_the_vm_runs_on(fleet, tmp_path, backend):
+def test_bad_certificates_fail_before_the_guest_pauses_and_the_vm_runs_on(fleet, tmp_path, backend):
+    """A destination with another CA's certificates, a destination whose certificates expired, a
+    source without its client key: each fails before the guest pauses, naming the host (and the
+    file where one is at fault); the VM runs on at the source, nothing of it left at the destination."""
     vm, _marker = fleet.markers[backend]
     t = Target(vm, backend)
     src, dst = _where(fleet, backend, vm)
-    Ca('another CA').install(dst)
-    try:
-        start = t.serial_size()
-        (r,), log = fleet.play(src, [_task(backend, vm, src, dst, tls=True, timeout=120)])
-    finally:
-        fleet.ca.install(dst)
-    assert r.get('failed') is True and r.get('error') == 'DestinationProblem', r
-    assert 'Traceback' not in log
-    assert re.search(r'TLS|certificate', r['msg']), r['msg']
-    assert dst.address in r['msg'], r['msg']
-    assert 'before the guest paused' in r['msg'], r['msg']
-    assert r.get('source_state') == 'running', r
-    # it runs on at the source, and nothing of it is left at the destination
-    assert _runs_at(backend, vm, src)
-    end = time.monotonic() + 60
-    while _runs_at(backend, vm, dst) and time.monotonic() < end:
-        time.sleep(0.5)
-    assert not _runs_at(backend, vm, dst)
-    t.wait_counter(t.counter() + 2, timeout=120)
-    assert_consecutive(t.counters_after(start))
-    if backend == 'qemu':
-        assert not os.path.exists(_raw_sock(dst, vm)[1])
+    for fault in ('another CA at the destination', 'expired at the destination', 'missing at the source'):
+        bad, named, undo = _fault(fleet, fault, src, dst)
+        try:
+            start = t.serial_size()
+            (r,), log = fleet.play(src, [_task(backend, vm, src, dst, tls=True, timeout=120)])
+        finally:
+            undo()
+        assert r.get('failed') is True, (fault, r)
+        assert 'Traceback' not in log
+        assert re.search(r'TLS|tls|certificate', r['msg']), (fault, r['msg'])
+        if bad is dst:
+            assert r.get('error') == 'DestinationProblem', (fault, r)
+            assert dst.address in r['msg'] and 'before the guest paused' in r['msg'], (fault, r['msg'])
+            assert r.get('source_state') == 'running', (fault, r)
+        else:
+            assert r.get('error') == 'CapabilityMissing', (fault, r)
+            assert 'at the source (%s)' % socket.gethostname() in r['msg'], (fault, r['msg'])
+            assert 'nothing was changed' in r['msg'], (fault, r['msg'])
+        if named:
+            assert '/etc/pki/qemu/' + named in r['msg'], (fault, r['msg'])
+        # it runs on at the source, and nothing of it is left at the destination
+        assert _runs_at(backend, vm, src)
+        assert _gone_from(backend, vm, dst)
+        t.wait_counter(t.counter() + 2, timeout=120)
+        assert_consecutive(t.counters_after(start))
+        if backend == 'qemu':
+            assert not os.path.exists(_raw_sock(dst, vm)[1])
 
 
 def test_host_evacuate_with_vmfleet_migration_tls_keeps_the_memory_off_the_wire(fleet, tmp_path):
@@ -252,13 +280,6 @@ def test_tls_keeps_the_copied_disks_off_the_wire_too(fleet, tmp_path, backend):
         streams = cap.streams().values()
         assert any(re.search(rb'VMFLEET vd[a-z] \d+|VMFLEET-SEQ \d+', s) for s in streams) is record_seen, name
         assert cap.holds(marker.encode()) is record_seen, name
-
-
-def _gone_from(backend, vm, host, timeout=60):
-    end = time.monotonic() + timeout
-    while _runs_at(backend, vm, host) and time.monotonic() < end:
-        time.sleep(0.5)
-    return not _runs_at(backend, vm, host)
 
 
 @pytest.mark.parametrize('backend', ['libvirt', 'qemu'])
