@@ -1,8 +1,10 @@
 """vm_migrate with tls: true between two simulated hypervisors (issue #31), for a libvirt domain
 and a raw QEMU VM: the guest's memory holds a marker (its kernel command line, a fresh random
 token), and an AF_PACKET capture on the source host's eth0 (its network namespace) sees the marker
-pass in a clear migration and not in a TLS one; a destination with another CA's certificates
-fails before the guest pauses and the VM runs on at the source."""
+pass in a clear migration and not in a TLS one; bad certificates (another CA's or expired ones at
+the destination, a key missing at the source) fail before the guest pauses and the VM runs on at
+the source; an intruder at a third address (hv3) that reaches the destination's incoming port
+first breaks a clear migration and is dropped by a TLS one, which completes."""
 
 import grp
 import os
