@@ -67,9 +67,11 @@ fi
 
 # The simulated hypervisors of the fleet tests (tests/rig/hypervisors.py): an sshd
 # per network namespace (ip netns), a login user who reaches root through sudo. From the
-# stable suite; no service is started (the rig starts each sshd itself).
+# stable suite; no service is started (the rig starts each sshd itself). iptables: the TLS
+# migration test holds the source's connection back while an intruder races it (rig/tls.py).
 rig_need_install() {
     [ -x /usr/sbin/sshd ] || return 0
+    [ -x /usr/sbin/iptables ] || return 0
     command -v sudo >/dev/null || return 0
     command -v ssh >/dev/null || return 0
     command -v ip >/dev/null || return 0
@@ -85,7 +87,7 @@ if rig_need_install; then
         noservice=1
     fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-        openssh-server openssh-client sudo iproute2 >/dev/null
+        openssh-server openssh-client sudo iproute2 iptables >/dev/null
     [ -z "$noservice" ] || $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 

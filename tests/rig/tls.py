@@ -8,6 +8,7 @@ The certificates are made with Python's ``cryptography`` (ansible-core depends o
 
 import datetime
 import grp
+import json
 import os
 import signal
 import struct
@@ -58,10 +59,13 @@ class Ca:
                                                   decipher_only=False), critical=True)
                      .sign(self.key, hashes.SHA256()))
 
-    def issue(self, cn, usage, address=None):
-        """(certificate PEM, key PEM) for ``cn``; ``usage`` 'server' or 'client'; ``address`` an IP in its SAN."""
+    def issue(self, cn, usage, address=None, expired=False):
+        """(certificate PEM, key PEM) for ``cn``; ``usage`` 'server' or 'client'; ``address`` an IP in its SAN;
+        ``expired``: its time ended an hour ago."""
         key = _key()
         now = datetime.datetime.now(datetime.timezone.utc)
+        if expired:
+            now -= datetime.timedelta(days=2, hours=1)
         b = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(self.name)
              .public_key(key.public_key()).serial_number(x509.random_serial_number())
              .not_valid_before(now - datetime.timedelta(hours=1))
@@ -79,14 +83,14 @@ class Ca:
         cert = b.sign(self.key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
 
-    def install(self, host):
+    def install(self, host, expired=False):
         """The host's /etc/pki/qemu in libvirt's layout: the CA, a server certificate naming the
-        host's address, a client certificate; keys 0640 root:libvirt-qemu."""
+        host's address, a client certificate (both expired if ``expired``); keys 0640 root:libvirt-qemu."""
         d = host.path('pki')
         gid = grp.getgrnam(QEMU_GROUP).gr_gid
         files = {'ca-cert.pem': (self.cert.public_bytes(serialization.Encoding.PEM), None)}
         for usage in ('server', 'client'):
-            cert, key = self.issue(host.name, usage, host.address)
+            cert, key = self.issue(host.name, usage, host.address, expired)
             files['%s-cert.pem' % usage] = (cert, None)
             files['%s-key.pem' % usage] = (key, gid)
         for name, (data, group) in files.items():
@@ -188,3 +192,104 @@ class Capture:
 
     def holds(self, marker):
         return any(marker in s for s in self.streams().values())
+
+
+# Run in a third host's network namespace: wait (1 ms polls of the destination namespace's TCP
+# table) for a listener that was not there at start (a migration's incoming port), connect to it,
+# open TLS without a client certificate and send a QEMU migration stream's header in it; `ss -ltnH`
+# in the destination namespace; then let the source's connections through (GATE, which Intruder
+# set up, holds them back until then: the intruder is first, every time). Writes what it saw as JSON.
+INTRUDER = r"""
+import json, socket, ssl, struct, subprocess, sys, time
+dst_pid, dst_addr, out, src_pid = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+gate = json.loads(sys.argv[5])
+def listeners():
+    found = set()
+    with open('/proc/%s/net/tcp' % dst_pid) as f:
+        for line in f.readlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == '0A':
+                ip, port = local.split(':')
+                found.add((socket.inet_ntoa(struct.pack('<I', int(ip, 16))), int(port, 16)))
+    return found
+base = listeners()
+r = {}
+print('ready', flush=True)
+end = time.monotonic() + 300
+while not listeners() - base:
+    if time.monotonic() > end:
+        subprocess.run(['nsenter', '-t', src_pid, '-n', '--', 'iptables', '-w', '-D'] + gate)
+        json.dump({'error': 'no new listener'}, open(out, 'w'))
+        sys.exit(0)
+    time.sleep(0.001)
+new = sorted(listeners() - base)
+r['listeners'] = new
+s = socket.create_connection((dst_addr, new[0][1]), timeout=60)
+r['from'] = s.getsockname()[0]
+ss = subprocess.Popen(['nsenter', '-t', dst_pid, '-n', '--', 'ss', '-ltnH'], stdout=subprocess.PIPE, text=True)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+try:
+    t = ctx.wrap_socket(s)
+    r['server_cert'] = t.getpeercert(binary_form=True).hex()
+    # QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION, a configuration section: the start of a stream
+    t.sendall(b'QEVM' + struct.pack('>I', 3) + b'\x07' + struct.pack('>I', 12) + b'pc-i440fx-10' + b'\0' * 4096)
+    r['answer'] = t.recv(4096).hex()
+except (OSError, ssl.SSLError) as e:
+    r['error'] = '%s: %s' % (type(e).__name__, e)
+r['ss'] = ss.communicate(timeout=30)[0]
+subprocess.run(['nsenter', '-t', src_pid, '-n', '--', 'iptables', '-w', '-D'] + gate, check=True)
+json.dump(r, open(out, 'w'))
+"""
+
+
+def _gate(dst):
+    """The source's new TCP connections to ``dst``, but for SSH and libvirtd (which set the migration
+    up), held back: their SYNs dropped (the kernel sends them again a second later)."""
+    return ['OUTPUT', '-p', 'tcp', '--syn', '-d', dst.address, '-m', 'multiport', '!', '--dports', '22,16509', '-j', 'DROP']
+
+
+class Intruder:
+    """A process at ``third`` (a Host: its network namespace is a third address) that connects to
+    ``dst``'s incoming port before the migration from ``src`` does (see INTRUDER), as a context
+    manager; ``result()`` is what it saw: ``listeners`` [(address, port)], ``from``, ``server_cert``
+    (the DER it was shown, hex) or ``error``, ``answer`` (hex), ``ss`` (the destination's listening
+    sockets)."""
+
+    def __init__(self, third, src, dst, path):
+        self.third, self.src, self.dst, self.path = third, src, dst, path
+        self.proc = None
+
+    def __enter__(self):
+        gate = _gate(self.dst)
+        self.src.run(['iptables', '-w', '-I'] + gate)
+        self.proc = subprocess.Popen(['nsenter', '-t', str(self.third.holder), '-n', '--', sys.executable, '-c',
+                                      INTRUDER, str(self.dst.holder), self.dst.address, self.path,
+                                      str(self.src.holder), json.dumps(gate)],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == 'ready'
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        # the gate gone whatever the intruder did (it removes it itself: this finds none)
+        while self.src.run(['iptables', '-w', '-D'] + _gate(self.dst), check=False).returncode == 0:
+            pass
+
+    def result(self):
+        with open(self.path) as f:
+            return json.load(f)
+
+    def server_name(self):
+        """The common name of the certificate the destination showed it, or None."""
+        der = self.result().get('server_cert')
+        if not der:
+            return None
+        cert = x509.load_der_x509_certificate(bytes.fromhex(der))
+        return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value

@@ -19,12 +19,15 @@ import time
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
+from ansible.module_utils.six.moves.urllib.parse import urlparse
+
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.connection import (
     close_quietly, connect, domain_running, event_loop, find_domain, open_remote,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.snapshot_carry import (
     SnapshotCarry, snapshot_names,
 )
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.migration_tls_files import check_client_files, libvirt_tls_dir
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.migrator import Migrator
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.remote import Remote
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.addresses import (
@@ -145,6 +148,10 @@ class LibvirtMigrator(Migrator):
             flags |= libvirt.VIR_MIGRATE_POSTCOPY
         if self.p.get('tls'):
             flags |= libvirt.VIR_MIGRATE_TLS
+            if not urlparse(self.p['uri']).hostname:
+                # the source libvirt is this host's: its files checked before anything changes (libvirt
+                # finds a missing one only as the migration starts, and reports it like the destination's)
+                check_client_files(libvirt_tls_dir(), "set migrate_tls_x509_cert_dir in this host's qemu.conf")
         if is_ip(self.migration_address):
             # the destination QEMU's incoming port (and NBD server) on that address only, not libvirt's default (all)
             params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = self.migration_address

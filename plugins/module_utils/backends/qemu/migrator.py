@@ -14,6 +14,7 @@ import socket
 import time
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qmp_migration as migration
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.migration_tls_files import TLS_DIR, check_client_files
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.migrator import Migrator
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as proc
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.remote import Remote
@@ -27,10 +28,6 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import D
 from ansible_collections.vmfleet.kvm.plugins.module_utils.migrate.snapshot_files import SnapshotFiles
 
 MIB = 1024 * 1024
-# libvirt's directory and file names for migration certificates (vm_migrate's tls_dir)
-TLS_DIR = '/etc/pki/qemu'
-TLS_CLIENT_FILES = ('ca-cert.pem', 'client-cert.pem', 'client-key.pem')
-TLS_SERVER_FILES = ('ca-cert.pem', 'server-cert.pem', 'server-key.pem')
 # the tls-creds-x509 object this run adds to both QEMUs
 TLS_ID = 'vmfleet-migrate-tls'
 # a raw QEMU's precopy that sends nothing for this long has lost its destination (libvirt's own
@@ -110,7 +107,7 @@ class QemuMigrator(Migrator):
         out = dict(route=self.route, vm=vm.name, destination_argv=proc.redact_argv(self.argv), tls=self.tls,
                    snapshots=snapshots)
         if self.tls:
-            self._check_client_files()
+            check_client_files(self.tls_dir, 'give tls_dir')
         if self.copies:
             self._check_destination_images()
             out['disks'] = [dict((k, c[k]) for k in ('target', 'source', 'destination', 'format')) for c in self.copies]
@@ -449,17 +446,6 @@ class QemuMigrator(Migrator):
         self.nbd_nodes = []
 
     # --- TLS: a tls-creds-x509 object on each QEMU, the source the client ---
-    def _check_client_files(self):
-        """Before anything changes: this host's client certificate, its key and the CA are there."""
-        for f in TLS_CLIENT_FILES:
-            path = os.path.join(self.tls_dir, f)
-            if not os.access(path, os.R_OK):
-                raise CapabilityMissing(
-                    "tls: %s is missing or unreadable at the source (%s); nothing was changed" % (path, socket.gethostname()),
-                    hint="install the fleet's migration certificates (ca-cert.pem, client-cert.pem, client-key.pem, "
-                         "server-cert.pem, server-key.pem) in %s at every host, for example with the "
-                         "vmfleet.kvm.hypervisor role, or give tls_dir" % self.tls_dir)
-
     def _add_source_creds(self, vm):
         """The source QEMU's client credentials; QEMU reads and checks the files now (an expired
         certificate, a client certificate its CA did not sign fail here, nothing else changed yet)."""
@@ -489,7 +475,7 @@ class QemuMigrator(Migrator):
         except DestinationProblem as e:
             if not self.tls or 'object-add' not in e.msg:
                 raise
-            raise DestinationProblem("tls: the certificates in %s at the destination %s are not usable: %s"
+            raise DestinationProblem("tls: the certificates in %s at the destination %s are not usable, before the guest paused: %s"
                                      % (self.tls_dir, self.remote.host, e.msg),
                                      hint="the VM runs on at the source; install ca-cert.pem, server-cert.pem and "
                                           "server-key.pem of the fleet's CA in %s there" % self.tls_dir)
