@@ -60,7 +60,7 @@ class LibvirtGuest:
     def xml(self):
         accel = self.accel or detect_accel()
         # private copies: libvirt relabels what it boots, keep its hands off build/guest
-        kernel = os.path.join(self.workdir, 'vmlinux')
+        kernel = os.path.join(self.workdir, 'kernel')
         initrd = os.path.join(self.workdir, 'initrd.img')
         cmdline = (CMDLINE + ' ' + self.cmdline_extra).strip()
         disks = ''.join(
@@ -108,7 +108,9 @@ class LibvirtGuest:
 
     def start(self):
         guest.build_guest()
-        for src, f in ((guest.KERNEL, 'vmlinux'), (guest.INITRD_QGA if self.guest_agent else guest.INITRD, 'initrd.img')):
+        # OVMF boots a kernel through its EFI stub, which only the bzImage has
+        kernel = guest.KERNEL_EFI if self.firmware == 'efi' else guest.KERNEL
+        for src, f in ((kernel, 'kernel'), (guest.INITRD_QGA if self.guest_agent else guest.INITRD, 'initrd.img')):
             shutil.copyfile(src, os.path.join(self.workdir, f))
             os.chmod(os.path.join(self.workdir, f), 0o644)
         if self.virsh('domstate', self._name, check=False).stdout.strip() in ('running', 'paused'):

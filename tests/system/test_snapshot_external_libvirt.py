@@ -41,7 +41,7 @@ def _active_counter(vm, formats):
 def _left_files(vm, overlay_dir):
     """Files in the VM's directory (and overlay_dir) that the rig did not put there."""
     mine = set(p for p, _fmt in vm.disks.values()) | set(os.path.join(vm.workdir, f) for f in (
-        'vmlinux', 'initrd.img', vm.name + '.xml', vm.name + '.serial.log', 'overlays'))
+        'kernel', 'initrd.img', vm.name + '.xml', vm.name + '.serial.log', 'overlays'))
     found = set(glob.glob(os.path.join(vm.workdir, '*')))
     if overlay_dir:
         found |= set(glob.glob(os.path.join(overlay_dir, '*')))

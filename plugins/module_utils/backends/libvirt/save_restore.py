@@ -124,7 +124,8 @@ class LibvirtSaveRestore(object):
             run_blocking(lambda: conn.restoreParams(params_, flags), deadline,
                          "restoring libvirt domain '%s' from %s" % (name, path))
             dom = domain_by_uuid(conn, manifest['vm']['uuid'])
-            with cls(module, conn, dom, uri, own_conn=False) as vm:
+            # cls is LibvirtVm, which this class is a part of
+            with cls(module, conn, dom, uri, own_conn=False) as vm:  # pylint: disable=not-context-manager
                 if direct:
                     vm._switch_off_direct_io(path)
                 return dict(domain_id=dom.ID(), state=vm.state(), direct_io=direct, channels=channels)
