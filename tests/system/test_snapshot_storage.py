@@ -12,11 +12,15 @@ import pytest
 from rig.ansible_run import failed, ok, run_one
 
 
-@pytest.fixture(scope='module')
-def lv(module_vms):
-    t = module_vms.boot('libvirt', disks=(('root', 'qcow2', 64), ('data', 'qcow2', 64)))
+def _boot(module_vms, backend):
+    t = module_vms.boot(backend, disks=(('root', 'qcow2', 64), ('data', 'qcow2', 64)))
     t.wait_counter(3)
     return t
+
+
+@pytest.fixture(scope='module')
+def lv(module_vms):
+    return _boot(module_vms, 'libvirt')
 
 
 def _snapshots(t, name):
@@ -63,9 +67,7 @@ def test_a_disk_that_lost_the_snapshot_is_named_and_the_revert_refused(lv):
 
 @pytest.fixture(scope='module')
 def raw(module_vms):
-    t = module_vms.boot('qemu', disks=(('root', 'qcow2', 64), ('data', 'qcow2', 64)))
-    t.wait_counter(3)
-    return t
+    return _boot(module_vms, 'qemu')
 
 
 def _file_of(t, disk):

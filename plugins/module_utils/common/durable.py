@@ -8,11 +8,12 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
+import json
 import os
 import stat
 import tempfile
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import Untrusted
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import ImageCorrupt, Untrusted, VmfleetError
 
 
 def fsync_path(path):
@@ -84,6 +85,23 @@ def open_trusted(path, what):
     except BaseException:
         os.close(fd)
         raise
+
+
+def read_json(path, what, hint):
+    """What the trusted JSON file ``path`` (a journal or record written by atomic_write) holds, or
+    None when there is none; ``hint`` tells what to do when it cannot be read."""
+    try:
+        with open_trusted(path, what) as f:
+            raw = f.read()
+    except IOError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise VmfleetError("cannot read the %s %s: %s" % (what, path, e.strerror), hint=hint)
+    try:
+        return json.loads(raw.decode('utf-8'))
+    except ValueError as e:
+        raise ImageCorrupt("%s %s is not valid JSON (%s)" % (what, path, e),
+                           hint="it is written atomically, so something else changed it; inspect it by hand")
 
 
 def create_exclusive(path, mode=0o600, flags=os.O_WRONLY):

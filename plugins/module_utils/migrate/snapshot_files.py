@@ -23,8 +23,6 @@ destination holds complete copies, so nothing is lost whatever fails."""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import errno
-import hashlib
 import json
 import os
 import re
@@ -38,14 +36,6 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.save import manifest_s
 from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot import instant
 
 _UNSAFE = re.compile(r'[^A-Za-z0-9_.-]')
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def held(memory_dir, vm_name):
@@ -104,7 +94,7 @@ class SnapshotFiles(object):
                      "(vmfleet.kvm.snapshot state: absent)")
         paths = [s['record'] for s in self.snaps] + [s['data'] for s in self.snaps if s['data']]
         there = self._remote_sums(paths)
-        mine = dict((p, _sha256(p)) for p in paths if p in there)
+        mine = dict((p, manifest_store.sha256_file(p)) for p in paths if p in there)
         same = [p for p in mine if there[p] == mine[p]]
         if same and len(same) == len(paths):
             self.shared = True  # the destination sees this very memory_dir
@@ -145,14 +135,8 @@ class SnapshotFiles(object):
                     self.remote.put(s['data'], s['data'], 'copying the memory file of snapshot %s' % s['name'])
 
     def pending(self):
-        try:
-            with durable.open_trusted(self.path, 'snapshot files journal') as f:
-                return json.loads(f.read().decode('utf-8'))
-        except IOError as e:
-            if e.errno == errno.ENOENT:
-                return None
-            raise VmfleetError("cannot read the snapshot files journal %s: %s" % (self.path, e.strerror),
-                               hint="check its permissions; it names the snapshot files on their way")
+        return durable.read_json(self.path, 'snapshot files journal',
+                                 "check its permissions; it names the snapshot files on their way")
 
     def finish(self):
         """The VM runs at the destination: the rewritten manifests written there (last), then the

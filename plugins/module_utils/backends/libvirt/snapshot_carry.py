@@ -16,13 +16,12 @@ killed half-way puts the metadata back where the domain runs."""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import errno
 import json
 import os
 import re
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import durable
-from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import JobFailed, VmfleetError
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import JobFailed
 
 try:
     import libvirt
@@ -69,15 +68,9 @@ class SnapshotCarry(object):
 
     def pending(self):
         """The journal's record (a run that removed the metadata and did not define it again), or None."""
-        try:
-            # its XML is defined as root: only a file root alone could write counts
-            with durable.open_trusted(self.path, 'snapshot metadata journal') as f:
-                return json.loads(f.read().decode('utf-8'))
-        except IOError as e:
-            if e.errno == errno.ENOENT:
-                return None
-            raise VmfleetError("cannot read the snapshot metadata journal %s: %s" % (self.path, e.strerror),
-                               hint="check its permissions; it holds the snapshots' metadata, do not delete it")
+        # its XML is defined as root: only a file root alone could write counts (read_json checks)
+        return durable.read_json(self.path, 'snapshot metadata journal',
+                                 "check its permissions; it holds the snapshots' metadata, do not delete it")
 
     def take(self, dom, destination):
         """Dump the metadata to the journal (durable first), then remove it from ``dom``; the names."""
