@@ -272,17 +272,21 @@ class Intruder:
         assert self.proc.stdout.readline().strip() == 'ready'
         return self
 
-    def __exit__(self, *exc):
+    def _wait(self):
         try:
             self.proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    def __exit__(self, *exc):
+        self._wait()
         # the gate gone whatever the intruder did (it removes it itself: this finds none)
         while self.src.run(['iptables', '-w', '-D'] + _gate(self.dst), check=False).returncode == 0:
             pass
 
     def result(self):
+        self._wait()  # what it saw is the last thing it writes, after the migration may have ended
         with open(self.path) as f:
             return json.load(f)
 
