@@ -286,7 +286,10 @@ class Intruder:
             pass
 
     def result(self):
-        self._wait()  # what it saw is the last thing it writes, after the migration may have ended
+        self._wait()
+        if not os.path.exists(self.path):
+            raise AssertionError('the intruder wrote nothing: no new listener appeared at %s (did the migration '
+                                 'fail before the destination listened?)' % self.dst.name)
         with open(self.path) as f:
             return json.load(f)
 

@@ -263,29 +263,8 @@ def test_the_hypervisor_role_installs_the_certificates_a_tls_migration_then_uses
     assert not cap.holds(marker.encode())
 
 
-def _copy_dir(host, backend, name):
-    """A directory ``name`` of ``host``'s own for copied disks, as the host sees it."""
-    d = host.path('lib', 'images', name) if backend == 'libvirt' else host.path('vmfleet', name)
-    os.makedirs(d, exist_ok=True)
-    os.chmod(d, 0o755)
-    return ('/var/lib/libvirt/images/' if backend == 'libvirt' else '/var/lib/vmfleet/') + name
-
-
-@pytest.mark.parametrize('backend', ['libvirt', 'qemu'])
-def test_tls_keeps_the_copied_disks_off_the_wire_too(fleet, tmp_path, backend):
-    """storage: copy. In clear the capture sees the guest's disk records (``VMFLEET <disk> <n>``,
-    over NBD) and its marker; with tls (NBD with tls-creds) neither."""
-    vm, marker = fleet.markers[backend]
-    for name, tls, record_seen in (('copy-clear', False, True), ('copy-tls', True, False)):
-        src, dst = _where(fleet, backend, vm)
-        r, cap, marker = _migrate_captured(fleet, tmp_path, backend, name, tls=tls, storage='copy',
-                                           destination_dir=_copy_dir(dst, backend, name))
-        assert r['tls'] is tls and r['disk_bytes'] > 0, r
-        streams = cap.streams().values()
-        assert any(re.search(rb'VMFLEET vd[a-z] \d+|VMFLEET-SEQ \d+', s) for s in streams) is record_seen, name
-        assert cap.holds(marker.encode()) is record_seen, name
-
-
+# before the copied-storage test below: it leaves the disks on one host's own storage, and this one migrates
+# with shared storage
 @pytest.mark.parametrize('backend', ['libvirt', 'qemu'])
 def test_an_intruder_on_the_incoming_port_never_reaches_the_migration_state(fleet, tmp_path, backend):
     """A third address (hv3's network namespace) connects to the destination's incoming port as
@@ -331,3 +310,26 @@ def test_an_intruder_on_the_incoming_port_never_reaches_the_migration_state(flee
     counters = t.counters_after(start)
     assert counters[0] <= before + 1
     assert_consecutive(counters)
+
+
+def _copy_dir(host, backend, name):
+    """A directory ``name`` of ``host``'s own for copied disks, as the host sees it."""
+    d = host.path('lib', 'images', name) if backend == 'libvirt' else host.path('vmfleet', name)
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    return ('/var/lib/libvirt/images/' if backend == 'libvirt' else '/var/lib/vmfleet/') + name
+
+
+@pytest.mark.parametrize('backend', ['libvirt', 'qemu'])
+def test_tls_keeps_the_copied_disks_off_the_wire_too(fleet, tmp_path, backend):
+    """storage: copy. In clear the capture sees the guest's disk records (``VMFLEET <disk> <n>``,
+    over NBD) and its marker; with tls (NBD with tls-creds) neither."""
+    vm, marker = fleet.markers[backend]
+    for name, tls, record_seen in (('copy-clear', False, True), ('copy-tls', True, False)):
+        src, dst = _where(fleet, backend, vm)
+        r, cap, marker = _migrate_captured(fleet, tmp_path, backend, name, tls=tls, storage='copy',
+                                           destination_dir=_copy_dir(dst, backend, name))
+        assert r['tls'] is tls and r['disk_bytes'] > 0, r
+        streams = cap.streams().values()
+        assert any(re.search(rb'VMFLEET vd[a-z] \d+|VMFLEET-SEQ \d+', s) for s in streams) is record_seen, name
+        assert cap.holds(marker.encode()) is record_seen, name
