@@ -45,12 +45,12 @@ def held(memory_dir, vm_name):
     for name, (path, m) in sorted(instant.find_manifests(memory_dir, vm_name).items()):
         out.append(dict(name=name, kind='instant', record=manifest_store.manifest_path(path), data=path, content=m))
     for r in external_record.records(memory_dir, vm_name):
-        for j in (external_record.journal_path(memory_dir, vm_name, r['name']),):
-            if os.path.exists(j):
-                raise InvalidArgument("the delete of external snapshot '%s' of VM '%s' is under way (journal %s)"
-                                      % (r['name'], vm_name, j),
-                                      hint="nothing was changed; run its delete (state: absent) again to finish it, "
-                                           "then migrate")
+        j = external_record.journal_path(memory_dir, vm_name, r['name'])
+        if os.path.exists(j):
+            raise InvalidArgument("the delete of external snapshot '%s' of VM '%s' is under way (journal %s)"
+                                  % (r['name'], vm_name, j),
+                                  hint="nothing was changed; run its delete (state: absent) again to finish it, "
+                                       "then migrate")
         out.append(dict(name=r['name'], kind='external', record=external_record.record_path(memory_dir, vm_name, r['name']),
                         data=r.get('memory_file'), content=r))
     return out
@@ -96,7 +96,7 @@ class SnapshotFiles(object):
         there = self._remote_sums(paths)
         mine = dict((p, manifest_store.sha256_file(p)) for p in paths if p in there)
         same = [p for p in mine if there[p] == mine[p]]
-        if same and len(same) == len(paths):
+        if len(same) == len(paths):  # paths is not empty
             self.shared = True  # the destination sees this very memory_dir
         elif there:
             p = sorted(there)[0]
@@ -157,6 +157,21 @@ class SnapshotFiles(object):
             durable.fsync_dir(self.memory_dir)
         self._drop()
         return [s['name'] for s in record['snapshots']]
+
+    def finish_moved(self, what, where, **result):
+        """finish(), the VM running at ``where``: a failure says that nothing is lost, and how to
+        finish the carry (``result``: the task's result so far)."""
+        try:
+            return self.finish()
+        except VmfleetError as e:
+            raise JobFailed("%s runs at %s, but its snapshot files could not be finished there: %s" % (what, where, e.msg),
+                            hint="nothing is lost: they are complete here, and %s names them; run the task again to "
+                                 "finish the carry" % self.path, **result)
+
+    def stranded(self, what, where):
+        """The error of a re-run that finds the VM running neither here nor at ``where``."""
+        return JobFailed("%s runs neither here nor at %s: its snapshot files are complete here, and %s names them"
+                         % (what, where, self.path), hint="start it where it should run, then run the task again")
 
     def undo(self):
         """The VM runs here (the migration failed): the copies there removed, the journal dropped."""

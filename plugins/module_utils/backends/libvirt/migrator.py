@@ -199,13 +199,7 @@ class LibvirtMigrator(Migrator):
         if carried:
             there = find_domain(self.dst, self.name)
             out['snapshots_defined'] = self.carry.put_back(there, self.dest_uri)
-        try:
-            out['snapshots_carried'] = self.files.finish()
-        except VmfleetError as e:
-            raise JobFailed("%s runs at %s, but its instant snapshots' files could not be finished there: %s"
-                            % (self.what, self.dest_uri, e.msg),
-                            hint="nothing is lost: they are complete here, and %s names them; run the task again to "
-                                 "finish the carry" % self.files.path, **out)
+        out['snapshots_carried'] = self.files.finish_moved(self.what, self.dest_uri, **out)
         return out
 
     def _put_back_after_failure(self, e):
@@ -230,9 +224,7 @@ class LibvirtMigrator(Migrator):
             elif self.dom is not None and domain_running(self.dom):
                 done['snapshots_kept'] = self.files.undo()
             else:
-                raise JobFailed("domain '%s' runs neither here nor at %s: its instant snapshots' files are complete "
-                                "here, and %s names them" % (self.name, self.dest_uri, self.files.path),
-                                hint="start it where it should run, then run the task again")
+                raise self.files.stranded("domain '%s'" % self.name, self.dest_uri)
         if self.carry.pending() is not None:
             done.update(self._put_back_where_it_runs())
         return done or None

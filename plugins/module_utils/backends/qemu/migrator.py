@@ -194,7 +194,7 @@ class QemuMigrator(Migrator):
             raise JobFailed("the migration completed but the destination QEMU is %s" % state,
                             hint="the source QEMU is kept (paused); look at the destination")
         vm.quit(min(30.0, self.deadline.remaining(5.0)))
-        carried = self._finish_files()
+        carried = self.files.finish_moved(self.what, self.remote.host, destination_state='running', source_state='gone')
         ram = info.get('ram', {})
         out = dict(migration_uri=uri, progress=progress.report(), duration_s=round(elapsed, 2),
                    downtime_ms=info.get('downtime'), bytes=ram.get('transferred', 0), memory_bytes=ram.get('transferred'),
@@ -218,14 +218,6 @@ class QemuMigrator(Migrator):
             vm_id['qmp_socket'] = self.dest_sock
         return dict(content, **{key: record, 'vm': vm_id})
 
-    def _finish_files(self):
-        try:
-            return self.files.finish()
-        except VmfleetError as e:
-            raise JobFailed("%s runs at %s, but its snapshot files could not be finished there: %s" % (self.what, self.remote.host, e.msg),
-                            hint="nothing is lost: they are complete here, and %s names them; run the task again to "
-                                 "finish the carry" % self.files.path, destination_state='running', source_state='gone')
-
     def recover(self):
         """A run killed while the snapshot files were on their way: finished where the VM runs."""
         if self.files.pending() is None:
@@ -234,9 +226,7 @@ class QemuMigrator(Migrator):
             return dict(snapshots_kept=self.files.undo())
         if self.remote.alive(self.dest_sock) in ('running', 'paused'):
             return dict(snapshots_carried=self.files.finish())
-        raise JobFailed("%s runs neither here nor at %s: its snapshot files are complete here, and %s names them"
-                        % (self.what, self.remote.host, self.files.path),
-                        hint="start it where it should run, then run the task again")
+        raise self.files.stranded(self.what, self.remote.host)
 
     def _stop_leftover(self):
         """A QEMU still waiting for the guest on the destination socket (inmigrate: it never ran it) is
