@@ -144,11 +144,7 @@ duration_s:
   type: float
   sample: 1.7
 error:
-  description:
-    - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg).
-      C(FleetFailed) when some VMs failed (every VM's record is in RV(vms)), C(InvalidArgument) for options it
-      cannot work with (an invalid O(name_pattern), O(concurrency) below 1 and the like).
-    - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
+  description: C(FleetFailed) when some VMs failed (each one's record in RV(vms)), else R(another class,ansible_collections.vmfleet.kvm.docsite.error_classes).
   returned: failed
   type: str
   sample: FleetFailed

@@ -149,14 +149,7 @@ host:
         internal_snapshot_revert: true
         libvirt_snapshot_revert: false
 error:
-  description:
-    - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg)
-      (C(msg) says what happened and what to do). One of C(InvalidArgument), C(ConnectionFailed), C(VmNotFound),
-      C(DiskNotFound), C(SnapshotNotFound), C(CapabilityMissing), C(QmpCommandError), C(JobFailed),
-      C(OperationTimeout), C(VmGone), C(SnapshotInconsistent), C(ImageCorrupt), C(TargetProblem),
-      C(Untrusted) (a manifest, journal or QEMU process that others than root could have changed),
-      C(SpaceTooSmall), C(MultifdStreamError).
-    - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
+  description: The failure's class, one of R(the error classes,ansible_collections.vmfleet.kvm.docsite.error_classes); absent when the failure is a bug.
   returned: failed
   type: str
   sample: ConnectionFailed

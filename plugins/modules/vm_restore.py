@@ -159,14 +159,7 @@ rate_mib_s:
   type: float
   sample: 560.2
 error:
-  description:
-    - When the module failed, the class of the error, for a playbook to branch on without parsing C(msg)
-      (C(msg) says what happened and what to do). One of C(InvalidArgument), C(ConnectionFailed), C(VmNotFound),
-      C(DiskNotFound), C(SnapshotNotFound), C(CapabilityMissing), C(QmpCommandError), C(JobFailed),
-      C(OperationTimeout), C(VmGone), C(SnapshotInconsistent), C(ImageCorrupt), C(TargetProblem),
-      C(Untrusted) (a manifest, journal or QEMU process that others than root could have changed),
-      C(SpaceTooSmall), C(MultifdStreamError), C(VmBusy) (another run held the VM for all of O(timeout)).
-    - Absent from a failure that is a bug of the collection (C(msg) then starts with C(vmfleet.kvm internal error)).
+  description: The failure's class, one of R(the error classes,ansible_collections.vmfleet.kvm.docsite.error_classes); absent when the failure is a bug.
   returned: failed
   type: str
   sample: ImageCorrupt
