@@ -77,7 +77,7 @@ ee-image: ee
 # Two workers: the simulated fleet's files in one, the single-host files spread over both
 # (tests/system/conftest.py groups them); the static checks after, on a quiet host.
 test: setup
-	$(PY) -m pytest -n 2 --dist loadgroup tests/unit tests/system
+	$(PY) -m pytest -n 2 --dist loadgroup --junitxml=build/test-results.xml tests/unit tests/system
 	molecule test --all
 	bash scripts/sanity.sh
 	bash scripts/docs.sh lint
