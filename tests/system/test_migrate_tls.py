@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import serialization
 
 from rig.accel import detect_accel
 from rig.ansible_run import run_playbook
-from rig.hypervisors import FleetView
+from rig import sudoers
+from rig.hypervisors import VENV_PYTHON, FleetView
 from rig.qmp import qmp
 from rig.targets import Target, assert_consecutive
 from rig.tls import Ca, Capture, Intruder, install
@@ -263,6 +264,53 @@ def test_the_hypervisor_role_installs_the_certificates_a_tls_migration_then_uses
     assert not cap.holds(marker.encode())
 
 
+def _restart_libvirtd(host, vm):
+    """``host``'s libvirtd restarted, and answering with its QEMU driver up (it re-read qemu.conf):
+    libvirt serves a client only once its drivers are loaded, and the domain shows running again."""
+    host.stop_libvirtd()
+    host.start_libvirtd()
+    end = time.monotonic() + 60
+    while host.domstate(vm.name) != 'running':
+        assert time.monotonic() < end, '%s has no running %s after its restart' % (host.name, vm.name)
+        time.sleep(0.3)
+
+
+def test_migrate_tls_force_refuses_a_clear_migration_and_lets_a_tls_one_through(fleet, tmp_path):
+    """The hypervisor role's migrate_tls_force (its line in qemu.conf) at the source host: libvirt checks
+    it there, as the migration begins (qemuMigrationSrcBegin). A migration without tls is refused,
+    vm_migrate saying why and the fix; the domain runs on at the source; one with tls passes."""
+    vm, marker = fleet.markers['libvirt']
+    t = Target(vm, 'libvirt')
+    src, dst = _where(fleet, 'libvirt', vm)
+    conf = src.path('etc', 'qemu.conf')
+    with open(conf) as f:
+        before = f.read()
+    with open(conf, 'a') as f:
+        f.write('migrate_tls_force = 1\n')  # the line the role writes (roles/hypervisor/tasks/migration_tls.yml)
+    try:
+        _restart_libvirtd(src, vm)
+        start = t.serial_size()
+        (r,), log = fleet.play(src, [_task('libvirt', vm, src, dst, timeout=120)])
+        assert r.get('failed') is True and r.get('error') == 'InvalidArgument', r
+        assert 'Traceback' not in log
+        assert 'migrate_tls_force' in r['msg'] and 'tls: true' in r['msg'], r['msg']
+        assert r.get('source_state') == 'running', r
+        assert _runs_at('libvirt', vm, src) and _gone_from('libvirt', vm, dst)
+        t.wait_counter(t.counter() + 2, timeout=120)
+        assert_consecutive(t.counters_after(start))
+        # with tls it goes, and nothing of its memory in clear
+        with Capture(src, str(tmp_path / 'force.frames')) as cap:
+            (r,), log = fleet.play(src, [_task('libvirt', vm, src, dst, tls=True)])
+        assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+        _moved('libvirt', vm, src, dst)
+        assert not cap.holds(marker.encode())
+    finally:
+        with open(conf, 'w') as f:
+            f.write(before)
+        src.stop_libvirtd()
+        src.start_libvirtd()
+
+
 # before the copied-storage test below: it leaves the disks on one host's own storage, and this one migrates
 # with shared storage
 @pytest.mark.parametrize('backend', ['libvirt', 'qemu'])
@@ -310,6 +358,79 @@ def test_an_intruder_on_the_incoming_port_never_reaches_the_migration_state(flee
     counters = t.counters_after(start)
     assert counters[0] <= before + 1
     assert_consecutive(counters)
+
+
+def test_the_raw_qemu_route_as_a_user_with_only_the_documented_sudoers_lines(fleet, tmp_path):
+    """The raw QEMU VM reached as a non-root user (ssh://vmfleetmig@HOST) whose only sudoers entry is the
+    docs' VMFLEET_MIGRATE lines (read from migration.rst; the user and destination_python are the
+    rig's): it moves with shared storage; a copy refused half-way (the destination's certificates of
+    another CA: its copies made with qemu-img and its QEMU started, then the TLS disk copy refused)
+    leaves nothing there (rm -f through sudo: the user cannot remove root's files itself); without the
+    qemu-img line the copy is refused naming sudo and qemu-img; with the lines it moves with its
+    disks copied. The VM runs on at the source after each failure."""
+    vm, _marker = fleet.markers['qemu']
+    t = Target(vm, 'qemu')
+    lines = sudoers.for_user(sudoers.documented_lines(), VENV_PYTHON)
+
+    def move(src, dst, **args):
+        task = _task('qemu', vm, src, dst, **args)
+        task['vmfleet.kvm.vm_migrate']['destination_uri'] = 'ssh://%s@%s' % (sudoers.USER, dst.address)
+        start = t.serial_size()
+        before = t.wait_counter(1)
+        (r,), log = fleet.play(src, [task])
+        assert 'Traceback' not in log
+        return r, log, start, before
+
+    def ran_on(host, start, before=None):
+        assert _runs_at('qemu', vm, host)
+        t.wait_counter(t.counter() + 2, timeout=180)
+        counters = t.counters_after(start)
+        if before is not None:
+            assert counters[0] <= before + 1
+        assert_consecutive(counters)
+
+    with sudoers.NarrowSudoUser(fleet, lines) as user:
+        assert 'NOPASSWD: %s -c *' % VENV_PYTHON in user.allowed(), user.allowed()
+        # shared storage
+        src, dst = _where(fleet, 'qemu', vm)
+        r, log, start, before = move(src, dst)
+        assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+        ran_on(dst, start, before)
+        assert not os.path.exists(_raw_sock(src, vm)[1])
+
+        # storage: copy, refused half-way: the copies and the destination QEMU's socket removed (rm -f)
+        src, dst = dst, src
+        dest_dir = _copy_dir(dst, 'qemu', 'copy-sudo')
+        there = dst.path('vmfleet', 'copy-sudo')
+        Ca('another CA').install(dst)
+        try:
+            r, log, start, _before = move(src, dst, tls=True, storage='copy', destination_dir=dest_dir, timeout=120)
+        finally:
+            fleet.ca.install(dst)
+        assert r.get('failed') is True and r.get('source_state') == 'running', r
+        assert 'sudo' not in r['msg'], r['msg']  # refused by TLS, not by sudo
+        ran_on(src, start)
+        assert _gone_from('qemu', vm, dst) and not os.path.exists(_raw_sock(dst, vm)[1])
+        assert os.listdir(there) == [], ('the copies are left at the destination', os.listdir(there))
+
+        # without the qemu-img line: refused naming sudo and the command, nothing left there
+        user.write([line for line in lines if '/usr/bin/qemu-img ' not in line])
+        try:
+            r, log, start, _before = move(src, dst, storage='copy', destination_dir=dest_dir, timeout=120)
+        finally:
+            user.write(lines)
+        assert r.get('failed') is True and r.get('error') == 'DestinationProblem', r
+        assert 'sudo refused %s the command qemu-img' % sudoers.USER in r['msg'], r['msg']
+        assert 'VMFLEET_MIGRATE' in r['msg'], r['msg']  # the fix
+        ran_on(src, start)
+        assert os.listdir(there) == [] and not os.path.exists(_raw_sock(dst, vm)[1])
+
+        # storage: copy with the documented lines
+        r, log, start, before = move(src, dst, storage='copy', destination_dir=dest_dir)
+        assert r.get('changed') is True and not r.get('failed') and r['disk_bytes'] > 0, (r, log[-3000:])
+        ran_on(dst, start, before)
+        files = [b['inserted']['file'] for b in qmp(_raw_sock(dst, vm)[1], 'query-block') if b.get('inserted')]
+        assert files and all(f.startswith(dest_dir + '/') for f in files if not f.endswith('.fd')), files
 
 
 def _copy_dir(host, backend, name):
