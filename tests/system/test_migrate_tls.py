@@ -360,6 +360,41 @@ def test_an_intruder_on_the_incoming_port_never_reaches_the_migration_state(flee
     assert_consecutive(counters)
 
 
+def _as_narrow_user(task, dst):
+    task['vmfleet.kvm.vm_migrate']['destination_uri'] = 'ssh://%s@%s' % (sudoers.USER, dst.address)
+    return task
+
+
+def test_the_snapshot_files_go_with_the_documented_sudoers_lines_too(fleet):
+    """An instant snapshot of the raw QEMU VM (memory file and manifest, root's 0600 files in each host's
+    own memory_dir) goes with it to a destination reached as the user with only the docs' lines: the
+    checksums there (is it the same directory?), the memory file and the rewritten manifest are all
+    written or read by destination_python under sudo. Listed there, then deleted there (the
+    copied-storage tests refuse a VM with snapshots)."""
+    vm, _marker = fleet.markers['qemu']
+    src, dst = _where(fleet, 'qemu', vm)
+    for h in (src, dst):
+        h.run(['mkdir', '-p', '-m', '0700', '/var/lib/vmfleet/snapshots'])
+    (r,), log = fleet.play(src, [{'vmfleet.kvm.snapshot': {'qmp_socket': _raw_sock(src, vm)[0], 'name': 'sudo-inst',
+                                                           'mode': 'instant'}}])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    try:
+        with sudoers.NarrowSudoUser(fleet, sudoers.for_user(sudoers.documented_lines(), VENV_PYTHON)):
+            (r,), log = fleet.play(src, [_as_narrow_user(_task('qemu', vm, src, dst), dst)])
+        assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+        assert r['snapshots_carried'] == ['sudo-inst'], r
+        _moved('qemu', vm, src, dst)
+        mine = dict((h, [f for f in os.listdir(h.path('vmfleet', 'snapshots')) if vm.name in f]) for h in (src, dst))
+        assert mine[src] == [] and len(mine[dst]) >= 2, mine  # the memory file and its manifest
+        (r,), log = fleet.play(dst, [{'vmfleet.kvm.snapshot_info': {'qmp_socket': _raw_sock(dst, vm)[0]}}])
+        assert [(s['name'], s['consistent']) for s in r['snapshots']] == [('sudo-inst', True)], (r, log[-3000:])
+    finally:
+        at = _where(fleet, 'qemu', vm)[0]
+        (r,), log = fleet.play(at, [{'vmfleet.kvm.snapshot': {'qmp_socket': _raw_sock(at, vm)[0], 'name': 'sudo-inst',
+                                                              'mode': 'instant', 'state': 'absent'}}])
+        assert not r.get('failed'), (r, log[-3000:])
+
+
 def test_the_raw_qemu_route_as_a_user_with_only_the_documented_sudoers_lines(fleet, tmp_path):
     """The raw QEMU VM reached as a non-root user (ssh://vmfleetmig@HOST) whose only sudoers entry is the
     docs' VMFLEET_MIGRATE lines (read from migration.rst; the user and destination_python are the
@@ -373,8 +408,7 @@ def test_the_raw_qemu_route_as_a_user_with_only_the_documented_sudoers_lines(fle
     lines = sudoers.for_user(sudoers.documented_lines(), VENV_PYTHON)
 
     def move(src, dst, **args):
-        task = _task('qemu', vm, src, dst, **args)
-        task['vmfleet.kvm.vm_migrate']['destination_uri'] = 'ssh://%s@%s' % (sudoers.USER, dst.address)
+        task = _as_narrow_user(_task('qemu', vm, src, dst, **args), dst)
         start = t.serial_size()
         before = t.wait_counter(1)
         (r,), log = fleet.play(src, [task])
