@@ -4,7 +4,11 @@ token), and an AF_PACKET capture on the source host's eth0 (its network namespac
 pass in a clear migration and not in a TLS one; bad certificates (another CA's or expired ones at
 the destination, a key missing at the source) fail before the guest pauses and the VM runs on at
 the source; an intruder at a third address (hv3) that reaches the destination's incoming port
-first breaks a clear migration and is dropped by a TLS one, which completes."""
+first breaks a clear migration and is dropped by a TLS one, which completes; migrate_tls_force at
+the source refuses a clear migration of the libvirt domain and lets a TLS one through; the raw QEMU
+VM reached as a non-root user whose only sudoers entry is the documented lines (rig/sudoers.py)
+moves with shared storage, its snapshot files and its disks copied, and a copy refused half-way
+leaves nothing at the destination."""
 
 import grp
 import os
@@ -137,6 +141,11 @@ def test_tls_keeps_the_guest_memory_off_the_wire(fleet, tmp_path, backend):
     seen = cap.bytes_seen()
     assert seen > clear_bytes // 2, (seen, clear_bytes)  # the stream went by the capture
     assert not cap.holds(marker.encode()), 'the TLS migration carried the guest memory in clear'
+    if backend == 'qemu':
+        # the moved VM's QEMU keeps no TLS parameter (QEMU refuses mapped-ram, an instant snapshot, while one is set)
+        vm = fleet.markers[backend][0]
+        at = _where(fleet, backend, vm)[0]
+        assert qmp(_raw_sock(at, vm)[1], 'query-migrate-parameters')['tls-creds'] == ''
 
 
 def _fault(fleet, fault, src, dst):
