@@ -152,6 +152,9 @@ options:
         anything changes.
       - Missing or unreadable certificates, or certificates of another CA, fail before the guest pauses and name
         the file and the host; the VM runs on at the source.
+      - A libvirt domain on a host whose libvirtd has C(migrate_tls_force) on (the hypervisor role's
+        C(hypervisor_migrate_tls_force)) moves only with V(true); without it the task fails naming
+        C(migrate_tls_force) before anything moves.
     type: bool
     default: false
     version_added: 1.2.0

@@ -52,6 +52,7 @@ from .ansible_run import run_tasks
 from .guest import REPO
 from .libvirt_guest import LibvirtGuest, virsh
 from .qemu_guest import QemuGuest
+from . import sudoers
 
 PREFIX = 'vmfh'
 SUBNET = '10.213'  # the default; two rigs up at once take different ones (Fleet(subnet=...))
@@ -340,7 +341,8 @@ class Host:
                 'PasswordAuthentication no',
                 'KbdInteractiveAuthentication no',
                 'PermitRootLogin no',
-                'AllowUsers %s' % USER,
+                # the narrow-sudo user of rig/sudoers.py too, when a test makes it
+                'AllowUsers %s %s' % (USER, sudoers.USER),
                 'UsePAM no',
                 'MaxStartups 100',
                 'MaxSessions 100',
@@ -626,6 +628,7 @@ class Fleet:
         else:
             if os.path.exists(SUDOERS):
                 os.unlink(SUDOERS)
+            sudoers.remove()  # what a killed test left
             try:
                 if pwd.getpwnam(USER).pw_gecos == GECOS:
                     _run(['userdel', '-r', '-f', USER], check=False)

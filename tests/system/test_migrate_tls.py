@@ -4,7 +4,11 @@ token), and an AF_PACKET capture on the source host's eth0 (its network namespac
 pass in a clear migration and not in a TLS one; bad certificates (another CA's or expired ones at
 the destination, a key missing at the source) fail before the guest pauses and the VM runs on at
 the source; an intruder at a third address (hv3) that reaches the destination's incoming port
-first breaks a clear migration and is dropped by a TLS one, which completes."""
+first breaks a clear migration and is dropped by a TLS one, which completes; migrate_tls_force at
+the source refuses a clear migration of the libvirt domain and lets a TLS one through; the raw QEMU
+VM reached as a non-root user whose only sudoers entry is the documented lines (rig/sudoers.py)
+moves with shared storage, its snapshot files and its disks copied, and a copy refused half-way
+leaves nothing at the destination."""
 
 import grp
 import os
@@ -19,7 +23,8 @@ from cryptography.hazmat.primitives import serialization
 
 from rig.accel import detect_accel
 from rig.ansible_run import run_playbook
-from rig.hypervisors import FleetView
+from rig import sudoers
+from rig.hypervisors import VENV_PYTHON, FleetView
 from rig.qmp import qmp
 from rig.targets import Target, assert_consecutive
 from rig.tls import Ca, Capture, Intruder, install
@@ -136,6 +141,11 @@ def test_tls_keeps_the_guest_memory_off_the_wire(fleet, tmp_path, backend):
     seen = cap.bytes_seen()
     assert seen > clear_bytes // 2, (seen, clear_bytes)  # the stream went by the capture
     assert not cap.holds(marker.encode()), 'the TLS migration carried the guest memory in clear'
+    if backend == 'qemu':
+        # the moved VM's QEMU keeps no TLS parameter (QEMU refuses mapped-ram, an instant snapshot, while one is set)
+        vm = fleet.markers[backend][0]
+        at = _where(fleet, backend, vm)[0]
+        assert qmp(_raw_sock(at, vm)[1], 'query-migrate-parameters')['tls-creds'] == ''
 
 
 def _fault(fleet, fault, src, dst):
@@ -263,6 +273,53 @@ def test_the_hypervisor_role_installs_the_certificates_a_tls_migration_then_uses
     assert not cap.holds(marker.encode())
 
 
+def _restart_libvirtd(host, vm):
+    """``host``'s libvirtd restarted, and answering with its QEMU driver up (it re-read qemu.conf):
+    libvirt serves a client only once its drivers are loaded, and the domain shows running again."""
+    host.stop_libvirtd()
+    host.start_libvirtd()
+    end = time.monotonic() + 60
+    while host.domstate(vm.name) != 'running':
+        assert time.monotonic() < end, '%s has no running %s after its restart' % (host.name, vm.name)
+        time.sleep(0.3)
+
+
+def test_migrate_tls_force_refuses_a_clear_migration_and_lets_a_tls_one_through(fleet, tmp_path):
+    """The hypervisor role's migrate_tls_force (its line in qemu.conf) at the source host: libvirt checks
+    it there, as the migration begins (qemuMigrationSrcBegin). A migration without tls is refused,
+    vm_migrate saying why and the fix; the domain runs on at the source; one with tls passes."""
+    vm, marker = fleet.markers['libvirt']
+    t = Target(vm, 'libvirt')
+    src, dst = _where(fleet, 'libvirt', vm)
+    conf = src.path('etc', 'qemu.conf')
+    with open(conf) as f:
+        before = f.read()
+    with open(conf, 'a') as f:
+        f.write('migrate_tls_force = 1\n')  # the line the role writes (roles/hypervisor/tasks/migration_tls.yml)
+    try:
+        _restart_libvirtd(src, vm)
+        start = t.serial_size()
+        (r,), log = fleet.play(src, [_task('libvirt', vm, src, dst, timeout=120)])
+        assert r.get('failed') is True and r.get('error') == 'InvalidArgument', r
+        assert 'Traceback' not in log
+        assert 'migrate_tls_force' in r['msg'] and 'tls: true' in r['msg'], r['msg']
+        assert r.get('source_state') == 'running', r
+        assert _runs_at('libvirt', vm, src) and _gone_from('libvirt', vm, dst)
+        t.wait_counter(t.counter() + 2, timeout=120)
+        assert_consecutive(t.counters_after(start))
+        # with tls it goes, and nothing of its memory in clear
+        with Capture(src, str(tmp_path / 'force.frames')) as cap:
+            (r,), log = fleet.play(src, [_task('libvirt', vm, src, dst, tls=True)])
+        assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+        _moved('libvirt', vm, src, dst)
+        assert not cap.holds(marker.encode())
+    finally:
+        with open(conf, 'w') as f:
+            f.write(before)
+        src.stop_libvirtd()
+        src.start_libvirtd()
+
+
 # before the copied-storage test below: it leaves the disks on one host's own storage, and this one migrates
 # with shared storage
 @pytest.mark.parametrize('backend', ['libvirt', 'qemu'])
@@ -310,6 +367,113 @@ def test_an_intruder_on_the_incoming_port_never_reaches_the_migration_state(flee
     counters = t.counters_after(start)
     assert counters[0] <= before + 1
     assert_consecutive(counters)
+
+
+def _as_narrow_user(task, dst):
+    task['vmfleet.kvm.vm_migrate']['destination_uri'] = 'ssh://%s@%s' % (sudoers.USER, dst.address)
+    return task
+
+
+def test_the_snapshot_files_go_with_the_documented_sudoers_lines_too(fleet):
+    """An instant snapshot of the raw QEMU VM (memory file and manifest, root's 0600 files in each host's
+    own memory_dir) goes with it to a destination reached as the user with only the docs' lines: the
+    checksums there (is it the same directory?), the memory file and the rewritten manifest are all
+    written or read by destination_python under sudo. Listed there, then deleted there (the
+    copied-storage tests refuse a VM with snapshots)."""
+    vm, _marker = fleet.markers['qemu']
+    src, dst = _where(fleet, 'qemu', vm)
+    for h in (src, dst):
+        h.run(['mkdir', '-p', '-m', '0700', '/var/lib/vmfleet/snapshots'])
+    (r,), log = fleet.play(src, [{'vmfleet.kvm.snapshot': {'qmp_socket': _raw_sock(src, vm)[0], 'name': 'sudo-inst',
+                                                           'mode': 'instant'}}])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    try:
+        with sudoers.NarrowSudoUser(fleet, sudoers.for_user(sudoers.documented_lines(), VENV_PYTHON)):
+            (r,), log = fleet.play(src, [_as_narrow_user(_task('qemu', vm, src, dst), dst)])
+        assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+        assert r['snapshots_carried'] == ['sudo-inst'], r
+        _moved('qemu', vm, src, dst)
+        mine = dict((h, [f for f in os.listdir(h.path('vmfleet', 'snapshots')) if vm.name in f]) for h in (src, dst))
+        assert mine[src] == [] and len(mine[dst]) >= 2, mine  # the memory file and its manifest
+        (r,), log = fleet.play(dst, [{'vmfleet.kvm.snapshot_info': {'qmp_socket': _raw_sock(dst, vm)[0]}}])
+        assert [(s['name'], s['consistent']) for s in r['snapshots']] == [('sudo-inst', True)], (r, log[-3000:])
+    finally:
+        at = _where(fleet, 'qemu', vm)[0]
+        (r,), log = fleet.play(at, [{'vmfleet.kvm.snapshot': {'qmp_socket': _raw_sock(at, vm)[0], 'name': 'sudo-inst',
+                                                              'mode': 'instant', 'state': 'absent'}}])
+        assert not r.get('failed'), (r, log[-3000:])
+
+
+def test_the_raw_qemu_route_as_a_user_with_only_the_documented_sudoers_lines(fleet, tmp_path):
+    """The raw QEMU VM reached as a non-root user (ssh://vmfleetmig@HOST) whose only sudoers entry is the
+    docs' VMFLEET_MIGRATE lines (read from migration.rst; the user and destination_python are the
+    rig's): it moves with shared storage; a copy refused half-way (the destination's certificates of
+    another CA: its copies made with qemu-img and its QEMU started, then the TLS disk copy refused)
+    leaves nothing there (rm -f through sudo: the user cannot remove root's files itself); without the
+    qemu-img line the copy is refused naming sudo and qemu-img; with the lines it moves with its
+    disks copied. The VM runs on at the source after each failure."""
+    vm, _marker = fleet.markers['qemu']
+    t = Target(vm, 'qemu')
+    lines = sudoers.for_user(sudoers.documented_lines(), VENV_PYTHON)
+
+    def move(src, dst, **args):
+        task = _as_narrow_user(_task('qemu', vm, src, dst, **args), dst)
+        start = t.serial_size()
+        before = t.wait_counter(1)
+        (r,), log = fleet.play(src, [task])
+        assert 'Traceback' not in log
+        return r, log, start, before
+
+    def ran_on(host, start, before=None):
+        assert _runs_at('qemu', vm, host)
+        t.wait_counter(t.counter() + 2, timeout=180)
+        counters = t.counters_after(start)
+        if before is not None:
+            assert counters[0] <= before + 1
+        assert_consecutive(counters)
+
+    with sudoers.NarrowSudoUser(fleet, lines) as user:
+        assert 'NOPASSWD: %s -c *' % VENV_PYTHON in user.allowed(), user.allowed()
+        # shared storage
+        src, dst = _where(fleet, 'qemu', vm)
+        r, log, start, before = move(src, dst)
+        assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+        ran_on(dst, start, before)
+        assert not os.path.exists(_raw_sock(src, vm)[1])
+
+        # storage: copy, refused half-way: the copies and the destination QEMU's socket removed (rm -f)
+        src, dst = dst, src
+        dest_dir = _copy_dir(dst, 'qemu', 'copy-sudo')
+        there = dst.path('vmfleet', 'copy-sudo')
+        Ca('another CA').install(dst)
+        try:
+            r, log, start, _before = move(src, dst, tls=True, storage='copy', destination_dir=dest_dir, timeout=120)
+        finally:
+            fleet.ca.install(dst)
+        assert r.get('failed') is True and r.get('source_state') == 'running', r
+        assert 'sudo' not in r['msg'], r['msg']  # refused by TLS, not by sudo
+        ran_on(src, start)
+        assert _gone_from('qemu', vm, dst) and not os.path.exists(_raw_sock(dst, vm)[1])
+        assert os.listdir(there) == [], ('the copies are left at the destination', os.listdir(there))
+
+        # without the qemu-img line: refused naming sudo and the command, nothing left there
+        user.write([line for line in lines if '/usr/bin/qemu-img ' not in line])
+        try:
+            r, log, start, _before = move(src, dst, storage='copy', destination_dir=dest_dir, timeout=120)
+        finally:
+            user.write(lines)
+        assert r.get('failed') is True and r.get('error') == 'DestinationProblem', r
+        assert 'sudo refused %s the command qemu-img' % sudoers.USER in r['msg'], r['msg']
+        assert 'VMFLEET_MIGRATE' in r['msg'], r['msg']  # the fix
+        ran_on(src, start)
+        assert os.listdir(there) == [] and not os.path.exists(_raw_sock(dst, vm)[1])
+
+        # storage: copy with the documented lines
+        r, log, start, before = move(src, dst, storage='copy', destination_dir=dest_dir)
+        assert r.get('changed') is True and not r.get('failed') and r['disk_bytes'] > 0, (r, log[-3000:])
+        ran_on(dst, start, before)
+        files = [b['inserted']['file'] for b in qmp(_raw_sock(dst, vm)[1], 'query-block') if b.get('inserted')]
+        assert files and all(f.startswith(dest_dir + '/') for f in files if not f.endswith('.fd')), files
 
 
 def _copy_dir(host, backend, name):

@@ -93,7 +93,7 @@ class SnapshotFiles(object):
                 hint="migrate it with shared storage (its snapshots then go with it), or delete them first "
                      "(vmfleet.kvm.snapshot state: absent)")
         paths = [s['record'] for s in self.snaps] + [s['data'] for s in self.snaps if s['data']]
-        there = self._remote_sums(paths)
+        there = self.remote.sums(paths, 'looking for the snapshot files')
         mine = dict((p, manifest_store.sha256_file(p)) for p in paths if p in there)
         same = [p for p in mine if there[p] == mine[p]]
         if len(same) == len(paths):  # paths is not empty
@@ -106,16 +106,6 @@ class SnapshotFiles(object):
                                 hint="nothing was changed; remove it there (another VM's leftover of that name?) "
                                      "or delete the snapshots here first")
         return [s['name'] for s in self.snaps]
-
-    def _remote_sums(self, paths):
-        out = self.remote.ssh(self.remote.sudo + ['sh', '-c', 'for f; do [ -e "$f" ] && sha256sum -- "$f"; done; true',
-                                                  'sh'] + paths, 'looking for the snapshot files')
-        sums = {}
-        for line in out.splitlines():
-            digest, _sep, path = line.partition('  ')
-            if path:
-                sums[path] = digest
-        return sums
 
     # -- around the migration --
     def send(self, rewrite):

@@ -455,6 +455,15 @@ class LibvirtMigrator(Migrator):
     def _failure(self, e, partial):
         code = e.get_error_code()
         msg = e.get_error_message()
+        if code == libvirt.VIR_ERR_OPERATION_INVALID and 'VIR_MIGRATE_TLS' in msg and not self.p.get('tls'):
+            # qemu.conf's migrate_tls_force: the SOURCE libvirtd checks it as the migration begins, before
+            # anything of the domain moves (libvirt's qemuMigrationSrcBegin); a destination's does not
+            return InvalidArgument(
+                "the libvirtd of this host (the source) migrates domains only over TLS (migrate_tls_force in its "
+                "qemu.conf): the migration of '%s' to %s without tls was refused before it began: %s"
+                % (self.name, self.dest_uri, msg),
+                hint="give tls: true (vmfleet_migration_tls for host_evacuate and host_maintenance), with the fleet's "
+                     "migration certificates on both hosts; the domain runs on at the source", **partial)
         if self.p.get('tls'):
             # the source QEMU's reason (a handshake refused) is in the failed job's stats; libvirt's own
             # message may only say that the destination QEMU went away (it quits on a refused handshake)

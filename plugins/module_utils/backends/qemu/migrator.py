@@ -190,6 +190,15 @@ class QemuMigrator(Migrator):
                 self.remote.qmp(self.dest_sock, [{'execute': 'nbd-server-stop'}], 'stopping the NBD server')
             except VmfleetError:
                 pass
+        if self.tls and state == 'running':
+            # the moved VM's QEMU keeps no TLS parameters: QEMU refuses mapped-ram (an instant snapshot,
+            # a save) while tls-creds is set ("Mapped-ram only available for ... non-TLS")
+            try:
+                self.remote.qmp(self.dest_sock, [
+                    {'execute': 'migrate-set-parameters', 'arguments': {'tls-creds': '', 'tls-hostname': ''}},
+                    {'execute': 'object-del', 'arguments': {'id': TLS_ID}}], 'dropping the TLS credentials')
+            except VmfleetError:
+                pass  # a later save or migration clears the parameters itself (qmp_migration.configure)
         if state != 'running':
             raise JobFailed("the migration completed but the destination QEMU is %s" % state,
                             hint="the source QEMU is kept (paused); look at the destination")

@@ -106,6 +106,21 @@ os.close(fd)
 """
 
 
+# Run over SSH by the destination's Python: "<sha256>  <path>" for each file of argv that exists there
+# (root's files: through sudo, under the one sudoers line for destination_python, not a shell's)
+SUMS = r"""
+import hashlib, os, sys
+for path in sys.argv[1:]:
+    if not os.path.exists(path):
+        continue
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    print("%s  %s" % (h.hexdigest(), path))
+"""
+
+
 class Remote(object):
     """The destination host of ``uri`` (``ssh://[USER@]HOST[:PORT]``)."""
 
@@ -142,8 +157,24 @@ class Remote(object):
             raise ConnectionFailed("the destination %s is unreachable over SSH: %s" % (self.host, err),
                                    hint="the source host's root must reach it with its SSH key (and know its host key)")
         if check and r.returncode:
+            if self.sudo and argv[:len(self.sudo)] == self.sudo and err.startswith('sudo:'):
+                raise DestinationProblem(
+                    "%s at %s failed: sudo refused %s the command %s (%s)" % (what, self.host, self.user, argv[len(self.sudo)], err),
+                    hint="give %s at %s the sudoers lines of the vm_migrate docs (VMFLEET_MIGRATE: %s -c, qemu-img create, "
+                         "rm -f; destination_python is the Python they name), or reach it as root"
+                         % (self.user, self.host, self.python))
             raise DestinationProblem("%s at %s failed (%d): %s" % (what, self.host, r.returncode, err or out.strip()))
         return out
+
+    def sums(self, paths, what):
+        """{path: sha256} of those of ``paths`` that exist there (see SUMS)."""
+        out = self.ssh(self.sudo + [self.python, '-c', SUMS] + list(paths), what)
+        sums = {}
+        for line in out.splitlines():
+            digest, _sep, path = line.partition('  ')
+            if path:
+                sums[path] = digest
+        return sums
 
     def put(self, local, path, what):
         """The file ``local`` copied to ``path`` there (see PUT), streamed: a memory file can be large."""

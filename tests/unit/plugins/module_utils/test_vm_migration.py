@@ -2,6 +2,7 @@
 destination starts with, the SSH remote that starts it, the engine's postcopy policy."""
 
 import json
+import subprocess
 
 import pytest
 
@@ -9,7 +10,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.process 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.remote import Remote
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.addresses import destination_host
-from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument
+from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import DestinationProblem, InvalidArgument
 
 SRC = ['qemu-system-x86_64', '-name', 'vm1', '-m', '256',
        '-serial', 'file:/srv/vm1/serial,log',
@@ -272,3 +273,16 @@ def test_a_raw_qemu_of_another_user_is_not_moved_to_run_as_root_at_the_destinati
     with pytest.raises(CapabilityMissing) as e:
         m.plan()
     assert 'uid 65534' in e.value.message and 'as root' in e.value.message
+
+
+def test_a_command_sudo_refuses_the_user_names_the_sudoers_lines(monkeypatch):
+    class Refused(object):
+        returncode = 1
+        stdout = b''
+        stderr = b'sudo: a password is required\n'
+    monkeypatch.setattr(subprocess, 'run', lambda cmd, **kw: Refused())
+    r = Remote('ssh://vmfleet@hv2.example.com', _Deadline(), '/opt/vmfleet/venv/bin/python')
+    with pytest.raises(DestinationProblem) as e:
+        r.ssh(r.sudo + ['qemu-img', 'create', '-q', '-f', 'qcow2', '/srv/a.qcow2', '1024'], 'creating /srv/a.qcow2')
+    assert 'sudo refused vmfleet the command qemu-img' in e.value.msg and 'a password is required' in e.value.msg
+    assert 'VMFLEET_MIGRATE' in e.value.hint and '/opt/vmfleet/venv/bin/python' in e.value.hint
