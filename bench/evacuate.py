@@ -135,7 +135,7 @@ class Bench:
         offsets = dict((vm.name, os.path.getsize(vm.serial_log)) for vm in self.vms)
         for vm in self.vms:
             off = offsets[vm.name]
-            for _ in range(SETTLE_TICKS):
+            for _tick in range(SETTLE_TICKS):
                 off = wait_serial(vm.serial_log, COUNTER, 180, off).end()
         return offsets
 
@@ -193,8 +193,8 @@ def markdown(result):
              '| case | runs | wall s | largest downtime ms | total downtime ms | where they went |',
              '|---|---|---|---|---|---|']
     for s in result['summary']:
-        lines.append('| %s | %d | %.2f | %s | %s | %s |' % (s['case'], s['runs'], s['wall_s'], s['downtime_max_ms'],
-                                                         s['downtime_sum_ms'], ', '.join(s['spread'])))
+        lines.append('| %s | %d | %.2f | %s | %s | %s |' % (
+            s['case'], s['runs'], s['wall_s'], s['downtime_max_ms'], s['downtime_sum_ms'], ', '.join(s['spread'])))
     errors = [r for r in result['rows'] if 'error' in r]
     if errors:
         lines += ['', 'Failed runs:', ''] + ['- %s round %d: %s' % (r['case'], r['round'], r['error'][:300])

@@ -280,7 +280,9 @@ class Bench:
             for rnd in range(repeats):
                 if backend == 'libvirt':
                     for case, opts, extra in CASES:
-                        for tool in list(self.tools) + ['virsh']:
+                        # the order turns each round: the first of a row ran slower in a run of ours, whichever it was
+                        tools = list(self.tools) + ['virsh']
+                        for tool in (tools if rnd % 2 == 0 else tools[::-1]):
                             row = dict(base, case=case, tool=tool, round=rnd + 1)
                             self.measure(row, self.libvirt_row, vm, row, case, opts, extra)
                             if vm in self.hv2.vms:
@@ -387,7 +389,8 @@ NOTES = (
     'for vm_migrate and virsh alike; raw QEMU: query-migrate total-time by hand, the module\'s duration_s for '
     'vm_migrate. wall s: the whole ansible-playbook run of the one vm_migrate task (start, SSH, module, and a debug '
     'task printing its result, which connects nowhere; runs before 2026-12-04 also counted a second task copying the '
-    'result through the controller, 1-2 s more) or the whole virsh command (its '
+    'result through the controller, 1-2 s more; each run opens its own SSH connection to the host, as an occasional '
+    'run does, where earlier runs reused the one of a run less than a minute before) or the whole virsh command (its '
     'SSH connection to the destination included); for virsh --copy-storage-all the images had to be created '
     'at the destination first (pre-create, not in wall s). downtime ms: libvirt\'s / QEMU\'s downtime of the '
     'switch. MiB moved: memory and disk bytes processed. mode: what vm_migrate reports it ran. Each libvirt '
