@@ -20,7 +20,10 @@ Figures, for both sides from the same source: libvirt's completed job statistics
 downtime, ram transferred). Also the wall time of the whole ansible-playbook / virsh command, and what the
 module reports (duration_s, downtime_ms, bytes, mode).
 
-Usage: python bench/migrate.py [--sizes 1024,4096] [--loads idle,dirty] [--backends libvirt,qemu]
+With --before CHECKOUT (an earlier version, its .collections linked), that version's vm_migrate runs in the
+same run too (tool 'vm_migrate (before)'): libvirt hv1 -> hv2 as the others; raw hv1 -> hv2, moved back untimed.
+
+Usage: python bench/migrate.py [--sizes 1024,4096] [--loads idle,dirty] [--backends libvirt,qemu] [--before DIR]
 Writes bench/results/migrate.json, migrate.md (and migrate.png with matplotlib).
 """
 
@@ -36,7 +39,7 @@ import time
 import libvirt
 
 from rig.accel import detect_accel
-from rig.ansible_run import run_one
+from rig.ansible_run import run_alone
 from rig.guest import COUNTER, wait_serial
 from rig.hypervisors import Fleet
 from rig.qemu_guest import QemuGuest
@@ -96,10 +99,12 @@ def fail(what, r):
 
 
 class Bench:
-    def __init__(self, fleet, timeout):
+    def __init__(self, fleet, timeout, before=None):
         self.fleet = fleet
         self.timeout = timeout
         self.rows = []
+        # the collection each vm_migrate tool runs: this checkout's, and an earlier one's (--before)
+        self.tools = dict([('vm_migrate', None)] + ([('vm_migrate (before)', before)] if before else []))
 
     @property
     def hv1(self):
@@ -150,12 +155,12 @@ class Bench:
 
     def libvirt_row(self, vm, row, case, opts, extra):
         events = SourceStats(self.hv1, vm.name)
-        if row['tool'] == 'vm_migrate':
-            t0 = time.monotonic()
-            r = run_one({'vmfleet.kvm.vm_migrate': dict(opts, domain=vm.name, timeout=self.timeout,
-                                                        destination_uri='qemu+ssh://vmfleet@%s/system' % self.hv2.address)},
-                        inventory=self.fleet.inventory, hosts=self.hv1.name, timeout=self.timeout + 300)
-            row['wall_s'] = round(time.monotonic() - t0, 2)
+        if row['tool'] in self.tools:
+            r, wall = run_alone({'vmfleet.kvm.vm_migrate': dict(opts, domain=vm.name, timeout=self.timeout,
+                                                                destination_uri='qemu+ssh://vmfleet@%s/system' % self.hv2.address)},
+                                vm.workdir, self.fleet.inventory, self.hv1.name, timeout=self.timeout + 300,
+                                collections=self.tools[row['tool']])
+            row['wall_s'] = round(wall, 2)
             if r.get('failed'):
                 fail('vm_migrate %s' % case, r)
             row.update(module=dict((k, r.get(k)) for k in ('duration_s', 'downtime_ms', 'bytes', 'disk_bytes', 'mode',
@@ -225,17 +230,17 @@ class Bench:
         vm.proc.wait(30)
         return True
 
-    def raw_module(self, vm, row, back=True):
+    def raw_module(self, vm, row, back=True, tool='vm_migrate'):
         """vm_migrate hv2 -> hv1 of the QEMU started by hand, back onto the VM's own socket; or, when the
         move by hand did not succeed (``back`` false), hv1 -> hv2 onto the socket the hand-made one has."""
         src, dst = (self.hv2, self.hv1) if back else (self.hv1, self.hv2)
         socks = ('/var/lib/vmfleet/hand.qmp', vm.qmp_socket)
-        t0 = time.monotonic()
-        r = run_one({'vmfleet.kvm.vm_migrate': dict(qmp_socket=socks[not back], destination_qmp_socket=socks[back],
-                                                    destination_uri='ssh://vmfleet@%s' % dst.address,
-                                                    timeout=self.timeout)},
-                    inventory=self.fleet.inventory, hosts=src.name, timeout=self.timeout + 300)
-        row['wall_s'] = round(time.monotonic() - t0, 2)
+        r, wall = run_alone({'vmfleet.kvm.vm_migrate': dict(qmp_socket=socks[not back], destination_qmp_socket=socks[back],
+                                                            destination_uri='ssh://vmfleet@%s' % dst.address,
+                                                            timeout=self.timeout)},
+                            vm.workdir, self.fleet.inventory, src.name, timeout=self.timeout + 300,
+                            collections=self.tools[tool])
+        row['wall_s'] = round(wall, 2)
         if r.get('failed'):
             fail('raw vm_migrate', r)
         row.update(module=dict((k, r.get(k)) for k in ('duration_s', 'downtime_ms', 'bytes', 'mode', 'why', 'rate_mib_s')),
@@ -275,7 +280,9 @@ class Bench:
             for rnd in range(repeats):
                 if backend == 'libvirt':
                     for case, opts, extra in CASES:
-                        for tool in ('vm_migrate', 'virsh'):
+                        # the order turns each round: the first of a row ran slower in a run of ours, whichever it was
+                        tools = list(self.tools) + ['virsh']
+                        for tool in (tools if rnd % 2 == 0 else tools[::-1]):
                             row = dict(base, case=case, tool=tool, round=rnd + 1)
                             self.measure(row, self.libvirt_row, vm, row, case, opts, extra)
                             if vm in self.hv2.vms:
@@ -289,6 +296,11 @@ class Bench:
                     self.measure(row, self.raw_module, vm, row, bool(moved))
                     if not moved:
                         break
+                    if 'vm_migrate (before)' in self.tools:
+                        # the earlier version the same way: hv1 -> hv2 onto the socket by hand uses, back untimed
+                        row = dict(base, case='shared', tool='vm_migrate (before)', round=rnd + 1, direction='hv1 -> hv2')
+                        self.measure(row, self.raw_module, vm, row, False, 'vm_migrate (before)')
+                        self.raw_module(vm, dict(), True)
         finally:
             for h in self.fleet.hosts:
                 if vm in h.vms:
@@ -348,7 +360,7 @@ def plot(summary, path):
         key = '%s %d MiB %s\n%s' % (s['backend'], s['size_mib'], s['load'], s['case'])
         if key not in groups:
             groups.append(key)
-    tools = ('vm_migrate', 'virsh', 'by hand')
+    tools = ('vm_migrate', 'vm_migrate (before)', 'virsh', 'by hand')
     fig, axes = plt.subplots(1, 3, figsize=(max(12, 2.2 * len(groups) * 3 / 2), 5))
     for ax, key, title in zip(axes, ('total_s', 'downtime_ms', 'mib_moved'),
                               ('total time (s)', 'guest downtime (ms)', 'MiB moved')):
@@ -358,10 +370,10 @@ def plot(summary, path):
                 s = next((s for s in summary if s['tool'] == tool and '%s %d MiB %s\n%s' % (
                     s['backend'], s['size_mib'], s['load'], s['case']) == g), None)
                 if s and s[key] is not None:
-                    xs.append(i + (j - 0.5) * 0.4)
+                    xs.append(i + (j - 1.5) * 0.8 / len(tools))
                     ys.append(s[key])
             if xs:
-                ax.bar(xs, ys, width=0.4, label=tool)
+                ax.bar(xs, ys, width=0.8 / len(tools), label=tool)
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(groups, rotation=40, ha='right', fontsize=7)
         ax.set_title(title)
@@ -375,7 +387,10 @@ NOTES = (
     'total s: libvirt\'s own time_elapsed of the migration job (the statistics the source sends when the job '
     'ends: the JOB_COMPLETED event, which vm_migrate reads too), '
     'for vm_migrate and virsh alike; raw QEMU: query-migrate total-time by hand, the module\'s duration_s for '
-    'vm_migrate. wall s: the whole ansible-playbook run (start, SSH, module) or the whole virsh command (its '
+    'vm_migrate. wall s: the whole ansible-playbook run of the one vm_migrate task (start, SSH, module, and a debug '
+    'task printing its result, which connects nowhere; runs before 2026-12-04 also counted a second task copying the '
+    'result through the controller, 1-2 s more; each run opens its own SSH connection to the host, as an occasional '
+    'run does, where earlier runs reused the one of a run less than a minute before) or the whole virsh command (its '
     'SSH connection to the destination included); for virsh --copy-storage-all the images had to be created '
     'at the destination first (pre-create, not in wall s). downtime ms: libvirt\'s / QEMU\'s downtime of the '
     'switch. MiB moved: memory and disk bytes processed. mode: what vm_migrate reports it ran. Each libvirt '
@@ -408,7 +423,10 @@ def main():
     ap.add_argument('--repeats', type=int, default=1)
     ap.add_argument('--timeout', type=int, default=300, help='seconds one migration may take')
     ap.add_argument('--name', default='migrate', help='file name (no suffix) of the results')
+    ap.add_argument('--before', help='a checkout of an earlier version (with .collections linked): its vm_migrate too, '
+                                     "as 'vm_migrate (before)'")
     args = ap.parse_args()
+    before = os.path.join(os.path.abspath(args.before), '.collections') if args.before else None
     sizes = [int(s) for s in args.sizes.split(',') if s]
     loads = [x for x in args.loads.split(',') if x]
     backends = [x for x in args.backends.split(',') if x]
@@ -424,9 +442,10 @@ def main():
                                                    libvirt.getVersion() % 1000),
                              guest_init=_guest_init(),
                              sizes_mib=sizes, loads=loads, backends=backends, repeats=args.repeats, timeout_s=args.timeout,
+                             before=args.before,
                              not_run=not_run)
     fleet = Fleet(hosts=2, vms_per_host=0, prefix='vmfb', subnet='10.216')
-    bench = Bench(fleet, args.timeout)
+    bench = Bench(fleet, args.timeout, before)
     with _results.recorded(result):
         try:
             _event_loop()

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import yaml
 
@@ -137,6 +138,32 @@ def start_tasks(tasks, directory, inventory='localhost,', hosts='localhost', **k
 def run_one(task, **kw):
     results, proc = run_tasks([task], **kw)
     return results[0]
+
+
+def run_alone(task, directory, inventory, hosts, timeout=900, collections=None, env=None):
+    """``task`` alone on ``hosts`` of ``inventory``, for a benchmark: (what it registered on the first
+    host, the wall seconds of the whole ansible-playbook run). run_tasks hands results over with a
+    task of its own (a module run on the controller, a second of wall time on a loaded host); here a
+    debug task, which connects nowhere, prints them and the default callback's JSON is read back.
+    Each run opens its own SSH connection (a control path directory of its own), as a playbook run
+    now and then does: one within a minute of another would reuse that one's (ControlPersist), about
+    1.5 s less on a loaded host, and runs measured side by side would differ by their order."""
+    task = dict(task, register='alone', ignore_errors=True)
+    play = write_play([task, {'name': 'show it', 'ansible.builtin.debug': {'var': 'alone'}}],
+                      os.path.join(str(directory), 'alone.yml'), hosts=hosts, connection=None)
+    env = dict(env or {}, ANSIBLE_STDOUT_CALLBACK='ansible.builtin.default', ANSIBLE_CALLBACK_RESULT_FORMAT='json')
+    control = tempfile.mkdtemp(prefix='cp-', dir=str(directory))
+    t0 = time.monotonic()
+    proc = run_playbook(play, inventory=inventory, timeout=timeout, collections=collections, env=env,
+                        extra_vars={'ansible_control_path_dir': control})
+    wall = time.monotonic() - t0
+    out = proc.stdout
+    at = out.find('TASK [show it]')
+    start = out.find('=> ', at) if at >= 0 else -1
+    if start < 0:
+        raise AssertionError('ansible-playbook did not show the result:\n%s' % (out + proc.stderr)[-8000:])
+    shown, _end = json.JSONDecoder().raw_decode(out[start + 3:])
+    return shown['alone'], wall
 
 
 def ok(r):

@@ -63,7 +63,7 @@ def _ssh_of(uri, deadline):
     ssh = 'ssh://%s' % user_at(u.hostname, u.username)
     if u.scheme.endswith('+ssh') and u.port:
         ssh += ':%d' % u.port
-    return Remote(ssh, deadline)
+    return Remote(ssh, deadline, reuse=True)
 
 
 def destination_uri(host, user=None):
@@ -111,6 +111,8 @@ class LibvirtMigrator(Migrator):
 
     def close(self):
         self._drop_pool()
+        if self.files.remote is not None:
+            self.files.remote.close()  # its SSH connection, if the snapshot files needed one
         for c in (self.src, self.dst):
             if c is not None:
                 close_quietly(c)

@@ -59,7 +59,7 @@ class QemuMigrator(Migrator):
         super(QemuMigrator, self).__init__(module, params, deadline, vm)
         self.sock = params['qmp_socket']
         self.dest_sock = params.get('destination_qmp_socket') or self.sock
-        self.remote = Remote(params['destination_uri'], deadline, params.get('destination_python'))
+        self.remote = Remote(params['destination_uri'], deadline, params.get('destination_python'), reuse=True)
         self.migration_address = params.get('migration_address') or self.remote.host
         self.what = "VM '%s'" % vm.name if vm is not None else "the VM of %s" % self.sock
         self.copies = []
@@ -78,6 +78,9 @@ class QemuMigrator(Migrator):
     @property
     def where(self):
         return self.remote.host
+
+    def close(self):
+        self.remote.close()
 
     def identity(self):
         return dict(qmp_socket=self.sock, destination_qmp_socket=self.dest_sock, backend='qemu')

@@ -19,6 +19,24 @@ def test_given_free_memory_is_not_read_over_ssh():
     assert measured[0]['free_mib'] == 2048 and 'error' not in measured[0]
 
 
+def test_the_destinations_are_read_at_once_each_with_its_own_answer(monkeypatch):
+    """Each read waits for the other at a barrier: read one after the other, the first would wait
+    out the barrier's timeout and fail."""
+    barrier = threading.Barrier(2, timeout=10)
+    answers = {'ssh://hv2': 3 << 30, 'ssh://hv3': None}
+
+    def available(uri, deadline):
+        barrier.wait()
+        return answers[uri]
+
+    monkeypatch.setattr(ev, 'available_memory', available)
+    measured = ev.measure_destinations([{'name': 'hv2'}, {'name': 'hv3'}, {'name': 'hv4', 'free_mib': 512}])
+    assert [d['name'] for d in measured] == ['hv2', 'hv3', 'hv4']
+    assert measured[0]['free_mib'] == 3072 and 'error' not in measured[0]
+    assert measured[1]['free_mib'] is None and 'MemAvailable' in measured[1]['error']
+    assert measured[2]['free_mib'] == 512 and 'error' not in measured[2]
+
+
 def _record(tmp_path, name, vms):
     r = VmsAway(str(tmp_path), threading.Lock(), name)
     for v in vms:
