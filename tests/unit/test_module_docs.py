@@ -1,6 +1,6 @@
 """Every module's docs, as ansible-doc merges them with the doc fragments: version_added 1.0.0, seealso,
 check_mode, diff_mode and platform attributes, and the ``error`` key its failures return, naming the error
-classes it can raise."""
+classes it can raise or linking the troubleshooting guide's table of them, which lists every class."""
 
 import ast
 import json
@@ -72,15 +72,30 @@ def test_module_docs_are_complete(docs, module):
     assert attrs['platform']['platforms'] == 'posix', module
 
 
+GUIDE = ROOT / 'docs' / 'docsite' / 'rst' / 'troubleshooting.rst'
+GUIDE_LABEL = 'ansible_collections.vmfleet.kvm.docsite.error_classes'
+
+
 @pytest.mark.parametrize('module', [m for m in MODULES if m != 'fleet_progress'])  # raises no error of its own
-def test_error_key_names_every_error_class(docs, module):
+def test_error_key_names_every_error_class_or_links_the_guide(docs, module):
     err = (merged(docs, module).get('return') or {}).get('error')
     assert err and err['returned'] == 'failed' and err['type'] == 'str', module
     text = ' '.join(err['description']) if isinstance(err['description'], list) else err['description']
+    linked = 'R(' in text and GUIDE_LABEL + ')' in text
     if module.startswith('fleet_'):
-        wanted = ['FleetFailed', 'InvalidArgument']
+        wanted = ['FleetFailed'] + ([] if linked else ['InvalidArgument'])
+    elif linked:
+        wanted = []
     else:
         wanted = [c for c in error_classes() if module in OWNERS.get(c, [module])
                   and not (c == 'VmBusy' and module.endswith('_info'))]
     missing = [c for c in wanted if 'C(%s)' % c not in text]
     assert not missing, '%s: error does not name %s' % (module, missing)
+
+
+def test_the_troubleshooting_guide_lists_every_error_class():
+    text = GUIDE.read_text()
+    assert '.. _%s:' % GUIDE_LABEL in text
+    table = text[text.index('.. _%s:' % GUIDE_LABEL):]
+    missing = [c for c in error_classes() if '``%s``' % c not in table]
+    assert not missing, 'the error classes guide does not list %s' % missing
