@@ -224,6 +224,9 @@ class LibvirtExternalSnapshots(object):
             for d in disks:
                 if not bases.get(d) or not os.path.exists(bases[d]):
                     problems.append("the image %s under disk %s's overlay is gone" % (bases.get(d), d))
+                elif overlays.get(d) and not os.path.exists(overlays[d]):
+                    # a storage move that did not tell libvirt, say: its revert and delete would look for it
+                    problems.append("overlay %s of disk %s is gone" % (overlays[d], d))
             if memory_file and not os.path.exists(memory_file):
                 problems.append("its memory file %s is gone" % memory_file)
             if meta.get('nvram_copy') and not os.path.exists(meta['nvram_copy']):
