@@ -135,6 +135,12 @@ def test_external_cycle_on_raw_disks(vms):
 def _move_the_overlays(t, snap, base, frozen):
     t.moved = os.path.join(t.vm.workdir, 'moved')
     os.mkdir(t.moved)
+    # what cannot keep the raw image under it (a raw copy) is refused, naming the snapshot; nothing changed
+    target = os.path.join(t.moved, 'root.raw')
+    failed(run_one(t.task('drive_mirror', disk='root', target=target, target_format='raw',
+                          journal_dir=os.path.join(t.vm.workdir, 'journal'), memory_dir=t.memdir)),
+           "external snapshot 'pre'", 'qcow2', 'nothing was changed')
+    assert not os.path.exists(target) and _files(t) == snap['overlays']
     r = ok(run_one({'vmfleet.kvm.fleet_storage_migration': dict(
         qmp_sockets=[t.vm.qmp_socket], target_dir=t.moved, remove_sources=True, memory_dir=t.memdir,
         journal_dir=os.path.join(t.vm.workdir, 'journal'), timeout=300)}))
