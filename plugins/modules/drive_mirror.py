@@ -63,6 +63,9 @@ options:
     description:
       - V(full) copies the whole disk (its backing chain flattened into the target).
       - V(top) copies only the top image; the target gets the same backing file.
+      - A disk that runs on the top overlay of an external snapshot chain (see M(vmfleet.kvm.snapshot)) is always
+        copied V(top), whatever this says; the snapshot keeps the image under the overlay and is pointed at the copy
+        (RV(snapshots_carried)).
     type: str
     choices: [full, top]
     default: full
@@ -132,6 +135,8 @@ options:
       - V(drop) deletes each of them from the VM before the switch (from every disk, from libvirt's metadata, and an
         instant snapshot's memory file in O(memory_dir)), so no snapshot is left missing one of its disks; the
         result's RV(snapshots_dropped) names them.
+      - External snapshots are not affected by this option; a disk on the top overlay of an external chain is copied
+        shallow and the snapshot carried to the copy (see O(sync)).
     type: str
     choices: [keep, drop]
     default: keep
@@ -139,7 +144,7 @@ options:
   memory_dir:
     description:
       - Directory of the instant snapshots' memory files and manifests (see M(vmfleet.kvm.snapshot)), for
-        O(snapshots=drop).
+        O(snapshots=drop), and of a raw QEMU's external snapshot records, pointed at the copy of a moved overlay.
     type: path
     default: /var/lib/vmfleet/snapshots
     version_added: 1.2.0
@@ -150,9 +155,16 @@ notes:
     reverts of instant snapshots) follow the switch and start QEMU on the new image.
   - The old source is left in place (and, for a raw QEMU, open) after the switch. Delete it yourself
     once the VM runs well on the target.
-  - A disk whose image holds snapshots is not moved unless O(snapshots=drop), because a live copy carries the active
-    data only. To keep a rollback point across a storage move, revert or delete it first, or take a new one on
-    the target after the move.
+  - A disk whose image holds internal snapshots is not moved unless O(snapshots=drop), because a live copy carries the
+    active data only. To keep such a rollback point across a storage move, revert or delete it first, or take a new
+    one on the target after the move.
+  - A disk on the top overlay of an external snapshot chain is moved with its snapshot, as C(virsh blockcopy --shallow)
+    does it. The target is a qcow2 image whose backing file is the image under the overlay, which stays where it
+    is. After the switch, libvirt's snapshot metadata is defined again naming the copy (C(REDEFINE)), or a raw QEMU's
+    external snapshot record in O(memory_dir) is rewritten (durably, last) and QEMU lets the old overlay go, so the
+    old overlay may be removed. A re-run after a kill between the switch and that update finishes it. A disk that does
+    not run on its chain's top overlay, an inconsistent snapshot, or a O(target_format) other than qcow2 is refused
+    before anything changes, naming the snapshot.
 seealso:
   - module: vmfleet.kvm.vm_info
   - module: vmfleet.kvm.fleet_storage_migration
@@ -280,6 +292,15 @@ snapshots_dropped:
   type: list
   elements: str
   sample: [pre-upgrade]
+snapshots_carried:
+  description:
+    - The external snapshots pointed at the copy after the switch (in check mode, that would be); their overlay on
+      this disk is now the target.
+  returned: always
+  type: list
+  elements: str
+  sample: [pre-upgrade]
+  version_added: 1.2.0
 journal:
   description: The journal of this disk's mirror (phase, history with timestamps, source, target, path).
   returned: when a journal exists

@@ -18,8 +18,9 @@ description:
   - Every disk's copy is journaled in O(journal_dir), so a re-run after an interruption carries on.
   - After its copies, each VM's disks are read back and each moved disk is checked to run on its target.
   - Old images are removed only with O(remove_sources=true), and then only the disks whose switch was verified
-    (O(verify=true)) and checked to run on the target, and never one that still holds a snapshot (it is kept and
-    the VM's record says why).
+    (O(verify=true)) and checked to run on the target, and never one that still holds a snapshot or that an external
+    snapshot still uses (it is kept and the VM's record says why). The top overlay of an external snapshot chain
+    moves with its snapshot (see M(vmfleet.kvm.drive_mirror)), so it is removed; the image under it never is.
   - The role C(vmfleet.kvm.storage_migration) is built on it.
 extends_documentation_fragment:
   - vmfleet.kvm.fleet
@@ -71,13 +72,15 @@ options:
         O(vmfleet.kvm.drive_mirror#module:snapshots)).
       - V(keep) fails the VM before anything of it changes, naming each snapshot; V(drop) deletes them from the VM
         before its disk switches.
+      - External snapshots move with the disk whatever this says (their top overlay copied shallow).
     type: str
     choices: [keep, drop]
     default: keep
     version_added: 1.2.0
   memory_dir:
     description:
-      - Directory of the instant snapshots' memory files and manifests, for O(snapshots=drop).
+      - Directory of the instant snapshots' memory files and manifests, for O(snapshots=drop), and of a raw QEMU's
+        external snapshot records, pointed at a moved overlay.
     type: path
     default: /var/lib/vmfleet/snapshots
     version_added: 1.2.0
@@ -102,9 +105,10 @@ RETURN = r'''
 vms:
   description:
     - One record per VM; C(moved) lists each disk copied (C(disk), C(source), C(target), C(changed),
-      C(on_target), C(verified), C(bytes_total), C(rate_mib_s), C(paused_ms), C(snapshots_dropped), and
-      C(source_kept) when O(remove_sources) kept an old image that holds a snapshot, saying which); C(sources_removed)
-      the images deleted.
+      C(on_target), C(verified), C(bytes_total), C(rate_mib_s), C(paused_ms), C(snapshots_dropped),
+      C(snapshots_carried) (the external snapshots whose top overlay moved with the disk), and C(source_kept) when
+      O(remove_sources) kept an old image that holds a snapshot or that an external snapshot still uses, saying which);
+      C(sources_removed) the images deleted.
     - C(wall_s) is the VM's whole pipeline in seconds; C(started_at) and C(ended_at) when it began and ended (epoch seconds).
   returned: always
   type: list

@@ -4,8 +4,10 @@ default (auto), on the domains internal snapshots cannot serve: UEFI with libvir
 default raw NVRAM, raw disk files, and a disk on a block device (a loop device)."""
 
 import glob
+import json
 import os
 import re
+import subprocess
 import time
 
 import pytest
@@ -41,7 +43,7 @@ def _active_counter(vm, formats):
 def _left_files(vm, overlay_dir):
     """Files in the VM's directory (and overlay_dir) that the rig did not put there."""
     mine = set(p for p, _fmt in vm.disks.values()) | set(os.path.join(vm.workdir, f) for f in (
-        'kernel', 'initrd.img', vm.name + '.xml', vm.name + '.serial.log', 'overlays'))
+        'kernel', 'initrd.img', vm.name + '.xml', vm.name + '.serial.log', 'overlays', 'moved'))
     found = set(glob.glob(os.path.join(vm.workdir, '*')))
     if overlay_dir:
         found |= set(glob.glob(os.path.join(overlay_dir, '*')))
@@ -114,12 +116,9 @@ def test_pre_upgrade_cycle(vms, case, tmp_path):
         assert s['nvram_copy'] and os.stat(s['nvram_copy']).st_mode & 0o777 == 0o600
     again = ok(run_one(snap()))
     assert again['changed'] is False and again['mode'] == 'external'
+    moved = os.path.join(vm.workdir, 'moved')
     if case == 'raw':
-        # a live copy of a disk on an overlay would flatten the chain: refused, nothing changed
-        r = run_one(t.task('drive_mirror', disk='vdb', target=str(tmp_path / 'moved.qcow2'),
-                           journal_dir=str(tmp_path / 'journal')))
-        failed(r, 'external snapshot', "'pre'", 'nothing was changed')
-        assert _sources(vm) == s['overlays'] and not os.path.exists(str(tmp_path / 'moved.qcow2'))
+        s = _move_the_overlays(t, s, moved, memory_dir, tmp_path, formats, after)
 
     # 2. the guest runs on and writes
     ran_to = t.wait_counter(after + 3)
@@ -146,6 +145,7 @@ def test_pre_upgrade_cycle(vms, case, tmp_path):
     assert _sources(vm, inactive=True) == originals
     assert vm.virsh('snapshot-list', vm.name, '--name').stdout.split() == []
     assert _left_files(vm, overlay_dir) == []
+    assert not os.path.isdir(moved) or os.listdir(moved) == []
     assert os.listdir(memory_dir) == []
     # the guest's later writes are in its original image, and it runs on
     base = vm.disks['root']
@@ -153,6 +153,38 @@ def test_pre_upgrade_cycle(vms, case, tmp_path):
     t.wait_counter(t.counter() + 2)
     if case == 'uefi':
         _internal_on_raw_nvram(t)
+
+
+def _move_the_overlays(t, s, moved, memory_dir, tmp_path, formats, after):
+    """The storage_migration role's module (what the role runs) moves both disks, each on snapshot 'pre''s
+    overlay, to another directory with remove_sources: each overlay is copied shallow (its raw image stays
+    under it, where it is) and libvirt's record of the snapshot names the copies; the old overlays go."""
+    vm = t.vm
+    os.mkdir(moved)
+    os.chmod(moved, 0o755)  # libvirt's QEMU runs as another user
+    _wait(lambda: _active_counter(vm, formats), after + 2)  # the guest wrote into the overlays
+    r = ok(run_one({'vmfleet.kvm.fleet_storage_migration': dict(
+        vms=[vm.name], target_dir=moved, remove_sources=True, memory_dir=memory_dir,
+        journal_dir=str(tmp_path / 'journal'), timeout=300)}))
+    [rec] = r['vms']
+    assert rec['status'] == 'ok', rec
+    copies = dict((d, os.path.join(moved, os.path.basename(f))) for d, f in s['overlays'].items())
+    assert sorted((m['disk'], m['target'], m['snapshots_carried']) for m in rec['moved']) == sorted(
+        (d, f, ['pre']) for d, f in copies.items()), rec
+    assert sorted(rec['sources_removed']) == sorted(s['overlays'].values()), rec
+    assert _sources(vm) == copies and _sources(vm, inactive=True) == copies
+    for d, f in copies.items():
+        # a new top over the same raw image, which stayed where it was
+        info = json.loads(subprocess.run(['qemu-img', 'info', '-U', '--output=json', f], capture_output=True,
+                                         text=True, check=True).stdout)
+        assert info['format'] == 'qcow2' and info['full-backing-filename'] == s['bases'][d], info
+        assert os.path.exists(s['bases'][d]) and not os.path.exists(s['overlays'][d])
+    # the guest's writes since the snapshot came along: the copy reads them, the raw image does not
+    assert disk_counter(copies['vda'], 'qcow2') >= after + 2
+    assert disk_counter(s['bases']['vda'], 'raw') <= after + 1
+    [listed] = ok(run_one(t.task('snapshot_info', name='pre', memory_dir=memory_dir)))['snapshots']
+    assert listed['consistent'] is True and listed['overlays'] == copies and listed['bases'] == s['bases'], listed
+    return dict(s, overlays=copies)
 
 
 def _internal_on_raw_nvram(t):

@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import re
+import subprocess
 import time
 
 
@@ -81,6 +82,11 @@ def test_external_cycle_on_raw_disks(vms):
     assert _counter_via(ov['root'], 'qcow2') >= after + 5
     assert _counter_via(base['root'], 'raw') == frozen
 
+    # a storage move (the storage_migration role's module, remove_sources): each overlay copied shallow
+    # to another directory over the same raw image, the record pointed at the copies, the old overlays gone
+    ov = _move_the_overlays(t, snap, base, frozen)
+    ran_to = t.wait_counter(t.counter() + 2)
+
     # rollback: the serial counter AND the disks go back
     r = ok(run_one(_snap(t, name='pre', state='reverted')))
     assert r['changed'] is True and r['state'] == 'running' and r['route'] == 'qemu-relaunch', r
@@ -114,7 +120,7 @@ def test_external_cycle_on_raw_disks(vms):
     r = ok(run_one(_snap(t, name='post', state='absent')))
     assert r['changed'] is True, r
     assert _files(t) == base
-    assert _overlays(t) == [] and os.listdir(t.memdir) == []
+    assert _overlays(t) == [] and os.listdir(t.memdir) == [] and os.listdir(t.moved) == []
     assert ok(run_one(t.task('snapshot_info', memory_dir=t.memdir)))['snapshots'] == []
     assert ok(run_one(_snap(t, name='post', state='absent')))['changed'] is False
     # the guest's later writes are in the original images, and it writes there now
@@ -124,6 +130,40 @@ def test_external_cycle_on_raw_disks(vms):
     while _counter_via(base['data'], 'raw') < now + 2 and time.time() < end:
         time.sleep(0.3)
     assert _counter_via(base['data'], 'raw') >= now + 2
+
+
+def _move_the_overlays(t, snap, base, frozen):
+    t.moved = os.path.join(t.vm.workdir, 'moved')
+    os.mkdir(t.moved)
+    # what cannot keep the raw image under it (a raw copy) is refused, naming the snapshot; nothing changed
+    target = os.path.join(t.moved, 'root.raw')
+    failed(run_one(t.task('drive_mirror', disk='root', target=target, target_format='raw',
+                          journal_dir=os.path.join(t.vm.workdir, 'journal'), memory_dir=t.memdir)),
+           "external snapshot 'pre'", 'qcow2', 'nothing was changed')
+    assert not os.path.exists(target) and _files(t) == snap['overlays']
+    r = ok(run_one({'vmfleet.kvm.fleet_storage_migration': dict(
+        qmp_sockets=[t.vm.qmp_socket], target_dir=t.moved, remove_sources=True, memory_dir=t.memdir,
+        journal_dir=os.path.join(t.vm.workdir, 'journal'), timeout=300)}))
+    [rec] = r['vms']
+    assert rec['status'] == 'ok', rec
+    copies = dict((d, os.path.join(t.moved, os.path.basename(f))) for d, f in snap['overlays'].items())
+    assert sorted((m['disk'], m['target'], m['snapshots_carried']) for m in rec['moved']) == sorted(
+        (d, f, ['pre']) for d, f in copies.items()), rec
+    assert sorted(rec['sources_removed']) == sorted(snap['overlays'].values()), rec
+    assert _files(t) == copies and _overlays(t) == []
+    # QEMU let the old overlays go: nothing holds them open
+    assert not any(n.get('file') in snap['overlays'].values() for n in t.qmp('query-named-block-nodes')), \
+        t.qmp('query-named-block-nodes')
+    for d, f in copies.items():
+        info = json.loads(subprocess.run(['qemu-img', 'info', '-U', '--output=json', f], capture_output=True,
+                                         text=True, check=True).stdout)
+        assert info['format'] == 'qcow2' and info['full-backing-filename'] == base[d], info
+    # the writes since the snapshot came along; the raw image keeps the snapshot's moment
+    assert _counter_via(copies['root'], 'qcow2') > frozen + 3
+    assert _counter_via(base['root'], 'raw') == frozen
+    [listed] = ok(run_one(t.task('snapshot_info', name='pre', memory_dir=t.memdir)))['snapshots']
+    assert listed['consistent'] is True and listed['overlays'] == copies and listed['bases'] == base, listed
+    return copies
 
 
 def _seq_written(t):

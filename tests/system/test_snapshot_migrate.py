@@ -4,7 +4,7 @@ destination and the reverts there go back in time; copied storage is refused nam
 libvirtd killed mid-migration leaves the domain at the source with its snapshot listed. Then the
 operator's chain: pre_upgrade_snapshot, host_evacuate (the VMs move live, none is saved, and come
 back; a raw QEMU VM's instant snapshot with them), snapshot_rollback (both guests go back),
-snapshot_cleanup, and the instant snapshot's revert at home."""
+snapshot_cleanup, the instant snapshot's revert at home, and its revert at the destination of a vm_migrate."""
 
 import json
 import os
@@ -249,8 +249,51 @@ def test_the_fleet_chain_snapshot_evacuate_return_rollback_cleanup(fleet, tmp_pa
     assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
     resumed = rt.counters_after_going_back(offset, was)
     assert inst[0] <= resumed[0] - 1 <= inst[1] + 1, (inst, resumed)
+    _revert_at_the_destination(fleet, rt, inst)
     (r,), log = fleet.play(hv2, [rt.task('snapshot', name='inst', mode='instant', state='absent')])
     assert r.get('changed') is True, (r, log[-3000:])
+
+
+def _resumed_after_revert(t, offset, was, timeout=180):
+    """The counters from where the guest went back: a revert that relaunched QEMU opened the serial file anew
+    (it is shorter than ``offset`` then), one that loaded in place fell back past ``was``."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if t.serial_size() < offset:
+            seen = t.counters_after(0)
+            if len(seen) >= 3:
+                return seen
+        else:
+            seen = [was] + t.counters_after(offset)
+            drops = [i for i in range(1, len(seen)) if seen[i] < seen[i - 1]]
+            if drops and len(seen) - drops[0] >= 3:
+                return seen[drops[0]:]
+        time.sleep(0.3)
+    raise AssertionError('the guest counter never went back: %s' % t.counters_after(0))
+
+
+def _revert_at_the_destination(fleet, rt, inst):
+    """The raw QEMU VM moves to hv1 with vm_migrate, its instant snapshot (taken at hv2) is reverted there,
+    at the destination, and goes back to its moment; then it moves home again."""
+    hv1, hv2 = fleet.hosts
+    _memory_dir(hv1)
+    away = os.path.join(DEST_QMP_DIR, os.path.basename(rt.vm.qmp_socket))
+    (r,), log = fleet.play(hv2, [{'vmfleet.kvm.vm_migrate': {
+        'qmp_socket': rt.vm.qmp_socket, 'destination_uri': 'ssh://vmfleet@%s' % hv1.address,
+        'destination_qmp_socket': away, 'timeout': 600}}])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    rt.wait_counter(rt.counter() + 2, timeout=180)
+    offset, was = rt.serial_size(), rt.counter()
+    (r,), log = fleet.play(hv1, [{'vmfleet.kvm.snapshot': {'qmp_socket': away, 'name': 'inst', 'mode': 'instant',
+                                                           'state': 'reverted'}}])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    resumed = _resumed_after_revert(rt, offset, was)
+    assert inst[0] <= resumed[0] - 1 <= inst[1] + 1 and resumed[0] < was, (inst, was, resumed)
+    (r,), log = fleet.play(hv1, [{'vmfleet.kvm.vm_migrate': {
+        'qmp_socket': away, 'destination_uri': 'ssh://vmfleet@%s' % hv2.address,
+        'destination_qmp_socket': rt.vm.qmp_socket, 'timeout': 600}}])
+    assert r.get('changed') is True and not r.get('failed'), (r, log[-3000:])
+    rt.wait_counter(rt.counter() + 2, timeout=180)
 
 
 def test_the_module_killed_after_the_metadata_moved_a_re_run_defines_it_where_the_domain_runs(fleet, tmp_path):

@@ -211,6 +211,14 @@ class VmHandle(object):
         the module's result."""
         raise NotImplementedError
 
+    def external_snapshot_moved(self, disk, old, new, memory_dir):
+        """drive_mirror switched ``disk`` (a Disk, as it runs now: on ``new``) off the top
+        overlay ``old`` of an external chain onto its copy ``new``, over the same backing
+        image: point the snapshot whose overlay ``old`` was at ``new`` (its record written
+        durably, last); the names of the snapshots changed (none when none names ``old``,
+        so that a re-run after a kill finishes it)."""
+        return []
+
     # -- the guest's filesystems, through the QEMU guest agent: snapshot/quiesce.py --
     def check_guest_agent(self):
         """Before anything changes: CapabilityMissing, naming the QEMU guest agent and how to

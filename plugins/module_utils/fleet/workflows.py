@@ -16,6 +16,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.common import durable
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import listed_names, open_vm
 from ansible_collections.vmfleet.kvm.plugins.module_utils.mirror.drive_mirror import drive_mirror
+from ansible_collections.vmfleet.kvm.plugins.module_utils.mirror.journal import same_file
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import InvalidArgument, JobFailed, VmfleetError
 from ansible_collections.vmfleet.kvm.plugins.module_utils.fleet.policy import (
     fleet_plan, fleet_record, fleet_retention, prefixed, stale_snapshot, vm_path,
@@ -150,11 +151,14 @@ def migrate_storage(run, target, record):
                 raise
             moved.append(dict(move, changed=r['changed'], on_target=r['on_target'], verified=r['verified'],
                               bytes_total=r['bytes_total'], rate_mib_s=r['rate_mib_s'], paused_ms=r['paused_ms'],
-                              snapshots_dropped=r['snapshots_dropped']))
+                              snapshots_dropped=r['snapshots_dropped'], snapshots_carried=r['snapshots_carried']))
             record['changed'] = record.get('changed') or r['changed']
         if run.check_mode:
             return
         disks = dict((d.name, d.file) for d in vm.disks())
+        # the files an external snapshot still reads or reverts to (a moved top overlay is no longer one)
+        named = [(s['name'], f) for s in vm.external_snapshots()
+                 for f in list(s['overlays'].values()) + list(s['bases'].values())]
     for m in moved:
         if disks.get(m['disk']) != m['target']:
             raise JobFailed("disk %s of %s does not run on %s" % (m['disk'], target['name'], m['target']))
@@ -165,6 +169,11 @@ def migrate_storage(run, target, record):
                 if held:
                     # it may hold the only copy of a rollback point: never deleted
                     m['source_kept'] = 'it holds snapshot%s %s' % ('s' if len(held) > 1 else '', ', '.join(held))
+                    continue
+                keeps = sorted(set(n for n, f in named if same_file(f, m['source'])))
+                if keeps:
+                    m['source_kept'] = 'external snapshot%s %s still use%s it' % (
+                        's' if len(keeps) > 1 else '', ', '.join(keeps), '' if len(keeps) > 1 else 's')
                     continue
                 os.unlink(m['source'])
                 removed.append(m['source'])

@@ -54,6 +54,9 @@ class DriveMirror(object):
         self.verified = None
         self.changed = False
         self.dropped = []
+        self.carried = []
+        self.sync = params['sync']
+        self.carrying = None
 
     # -- helpers --
     def _act(self, action, **kw):
@@ -84,7 +87,7 @@ class DriveMirror(object):
                  duration_s=round(dur, 3), copy_s=round(copy_s, 3) if copy_s is not None else None,
                  rate_mib_s=rate, paused_ms=self.paused_ms, verified=self.verified,
                  journal=journal.to_dict() if journal.exists else None,
-                 snapshots_dropped=self.dropped)
+                 snapshots_dropped=self.dropped, snapshots_carried=self.carried)
         if self.progress:
             r['progress'] = self.progress
         return r
@@ -124,7 +127,7 @@ class DriveMirror(object):
         """Bytes the copy needs on the target filesystem vs what is free there."""
         chain = self._img_info(self.disk.file, self.disk.format, chain=True)
         vsize = chain[0].get('virtual-size') or self.disk.virtual_size or 0
-        layers = chain[:1] if self.p['sync'] == 'top' else chain
+        layers = chain[:1] if self.sync == 'top' else chain
         data = min(sum(int(i.get('actual-size') or 0) for i in layers), vsize)
         need = int(data * (1 + SPACE_MARGIN_RATIO)) + SPACE_MARGIN_BYTES
         st = os.statvfs(os.path.dirname(self.target))
@@ -194,6 +197,7 @@ class DriveMirror(object):
         elif cfg is not None and journal.exists and journal.phase == mj.SWITCHED and not self.check:
             journal.record(mj.CONFIG_UPDATED, note='checked: the persistent definition names the target '
                                                    '(libvirt updated it at the pivot)')
+        self._carry(journal)
         if journal.exists and same_file(journal.get('target'), self.target) and journal.phase != mj.DONE \
                 and not self.check:
             journal.record(mj.DONE)
@@ -287,18 +291,7 @@ class DriveMirror(object):
         Refused before anything changes, naming each one; with snapshots: drop,
         each is deleted from the VM (every disk, libvirt's metadata, an instant
         snapshot's memory file) before the switch, so none is left half."""
-        external = [s['name'] for s in self.vm.external_snapshots() if self.disk.name in s['disks']]
-        if external:
-            # the copy would take the whole chain into one image: the snapshot would lose the image it keeps
-            raise InvalidArgument(
-                "disk '%s' of VM '%s' runs on the overlay of external snapshot%s %s, which a live copy to %s would "
-                "flatten" % (self.disk.name, self.vm.name, 's' if len(external) > 1 else '',
-                             ", ".join("'%s'" % n for n in external), self.target),
-                hint=("nothing was changed%s; delete them first (vmfleet.kvm.snapshot state: absent commits the "
-                      "overlay into the image)" % (
-                          " (the copy job %s is left running; cancel it with state: cancelled)" % job['id']
-                          if job else "")),
-                **self._result(self.disk, self.journal, False))
+        self._external_guard(job)
         held = sorted(set(s.name for s in self.vm.disk(self.disk.name).snapshots))
         if not held:
             return
@@ -321,11 +314,69 @@ class DriveMirror(object):
                                             load='full', timeout=self.deadline.remaining(1.0)), False)
             self.dropped.append(name)
 
+    def _external_guard(self, job):
+        """A disk on the top overlay of an external chain is copied shallow (``sync: top``, as
+        ``virsh blockcopy --shallow``): the copy is a new top over the same backing image, which
+        stays where it is, and the snapshot is pointed at the copy after the switch (_carry).
+        What cannot be carried is refused before anything changes, naming the snapshots."""
+        chain = [s for s in self.vm.external_snapshots() if self.disk.name in s['disks']]
+        if not chain:
+            return
+        names = ", ".join("'%s'" % s['name'] for s in chain)
+        left = " (the copy job %s is left running; cancel it with state: cancelled)" % job['id'] if job else ""
+        what = "disk '%s' of VM '%s' runs on the overlay chain of external snapshot%s %s" % (
+            self.disk.name, self.vm.name, 's' if len(chain) > 1 else '', names)
+        broken = [s for s in chain if not s.get('consistent', True)]
+        if broken:
+            raise InvalidArgument(
+                "%s; '%s' is inconsistent (%s): it cannot be carried to %s"
+                % (what, broken[0]['name'], broken[0].get('problem'), self.target),
+                hint="nothing was changed%s; delete it first (vmfleet.kvm.snapshot state: absent)" % left,
+                **self._result(self.disk, self.journal, False))
+        top = [s for s in chain if same_file(s['overlays'].get(self.disk.name), self.disk.file)]
+        if not top:
+            raise InvalidArgument(
+                "%s, but it runs on %s, which is none of their overlays: only a chain's top overlay can be copied "
+                "alone (shallow) with its snapshot pointed at the copy" % (what, self.disk.file),
+                hint="nothing was changed%s; delete the snapshots first (vmfleet.kvm.snapshot state: absent commits "
+                     "each overlay into the image under it)" % left,
+                **self._result(self.disk, self.journal, False))
+        fmt = self.p['target_format'] or self.disk.format
+        if fmt != 'qcow2':
+            raise InvalidArgument(
+                "%s: its copy to %s must be a qcow2 image to keep the image under it as its backing file, not %s"
+                % (what, self.target, fmt),
+                hint="nothing was changed%s; leave target_format unset (or qcow2)" % left,
+                **self._result(self.disk, self.journal, False))
+        self.sync = 'top'
+        self.carrying = top[0]['name']
+
+    def _carry(self, journal):
+        """After the switch: the snapshot whose overlay was the source names the copy. Also on a
+        re-run (the VM found on the target): a run killed before it did this finishes it here."""
+        source = journal.get('source') if journal.exists and same_file(journal.get('target'), self.target) else None
+        if not source or self.check:
+            return
+        try:
+            names = self.vm.external_snapshot_moved(self.disk, source, self.target, self.p['memory_dir'])
+        except VmfleetError as e:
+            raise VmfleetError(
+                "disk '%s' of VM '%s' runs on %s, but its external snapshot still names the overlay %s: %s"
+                % (self.disk.name, self.vm.name, self.target, source, e.msg),
+                hint="re-run to retry; do not remove %s meanwhile" % source,
+                **self._result(self.disk, journal, True))
+        for name in names:
+            self._act('carry_snapshot', name=name, overlay=self.target)
+            self.carried.append(name)
+
     def _predict(self, journal, job=None):
         if self.p['state'] == 'pivoted':
             self._act('switch', to=self.target)
             if self.driver.keeps_config:
                 self._act('update_config', after=self.target)
+            if self.carrying:
+                self._act('carry_snapshot', name=self.carrying, overlay=self.target)
+                self.carried.append(self.carrying)
         elif job is None or not job['ready']:
             self._act('wait_ready')
         return self._result(self.disk, journal, False)
@@ -352,18 +403,25 @@ class DriveMirror(object):
                 raise TargetProblem("mirror target %s holds %d bytes, less than disk '%s' (%d)"
                                     % (self.target, info.get('virtual-size') or 0, self.disk.name, vsize),
                                     hint="grow it with qemu-img resize or let the module create it")
-        backing = chain[0].get('full-backing-filename') if p['sync'] == 'top' else None
+        backing = chain[0].get('full-backing-filename') if self.sync == 'top' else None
         backing_fmt = chain[0].get('backing-filename-format') if backing else None
         if backing and fmt != 'qcow2':
             raise InvalidArgument("sync: top keeps the backing file %s, which a %s target cannot reference"
                                   % (backing, fmt), hint="use target_format: qcow2 or sync: full")
         if p['create_target']:
             self._act('create_target', path=self.target, format=fmt, size=vsize, backing=backing)
-        self._act('start_copy', source=self.disk.file, target=self.target, sync=p['sync'], copy_mode=p['copy_mode'])
+        if backing and not p['create_target']:
+            have = info.get('full-backing-filename')
+            if not same_file(have, backing):
+                raise TargetProblem("mirror target %s has backing file %s, not %s (the image under disk '%s')"
+                                    % (self.target, have or 'none', backing, self.disk.name),
+                                    hint="create it with qemu-img create -f qcow2 -b %s -F %s, or let the module "
+                                         "create it" % (backing, backing_fmt or 'raw'))
+        self._act('start_copy', source=self.disk.file, target=self.target, sync=self.sync, copy_mode=p['copy_mode'])
         if self.check:
             return None
         journal.start(vm=self.vm.name, backend=self.vm.backend, disk=self.disk.name, source=self.disk.file,
-                      source_format=self.disk.format, target=self.target, target_format=fmt, sync=p['sync'],
+                      source_format=self.disk.format, target=self.target, target_format=fmt, sync=self.sync,
                       copy_mode=p['copy_mode'], created_target=bool(ours), job_id=None,
                       config_before=self.driver.config_source(self.disk))
         journal.record(mj.PLANNED, space_needed=need, space_free=free)
@@ -372,7 +430,7 @@ class DriveMirror(object):
             journal.record(mj.TARGET_CREATED, created_target=True)
         backing_node = self.driver.backing_node(self.disk) if backing else None
         try:
-            job_id = self.driver.start(self.disk, self.target, fmt, p['sync'], p['copy_mode'], p['speed'],
+            job_id = self.driver.start(self.disk, self.target, fmt, self.sync, p['copy_mode'], p['speed'],
                                        p['granularity'], p['buf_size'], backing_node)
         except VmfleetError as e:
             journal.record(mj.FAILED, note='the job did not start: %s' % e.msg)

@@ -224,6 +224,9 @@ class LibvirtExternalSnapshots(object):
             for d in disks:
                 if not bases.get(d) or not os.path.exists(bases[d]):
                     problems.append("the image %s under disk %s's overlay is gone" % (bases.get(d), d))
+                elif overlays.get(d) and not os.path.exists(overlays[d]):
+                    # a storage move that did not tell libvirt, say: its revert and delete would look for it
+                    problems.append("overlay %s of disk %s is gone" % (overlays[d], d))
             if memory_file and not os.path.exists(memory_file):
                 problems.append("its memory file %s is gone" % memory_file)
             if meta.get('nvram_copy') and not os.path.exists(meta['nvram_copy']):
@@ -485,6 +488,45 @@ class LibvirtExternalSnapshots(object):
             for path in old_overlays.values():
                 if path in owned and path not in in_use and path not in fresh.values():
                     _remove(path)
+
+    # -- a storage move of the top overlay (drive_mirror) --
+    def moved(self, disk, old, new):
+        """drive_mirror switched ``disk`` off overlay ``old`` onto its copy ``new`` (a shallow block
+        copy: the same image under it). libvirt's record of the snapshot whose overlay ``old`` was
+        still names it, and its revert and delete work from that record (the delete looks the
+        overlay up in the disk's chain, the revert removes it): the snapshot is defined again
+        (REDEFINE, current again if it was) naming ``new``, as vm_migrate's SnapshotCarry does."""
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.mirror.journal import same_file
+        done = []
+        for s, _root in self._snapshot_roots():
+            root = ET.fromstring(self.vm._call('reading the snapshot', s.getXMLDesc,
+                                               libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE))
+            hit = False
+            for d in root.findall('./disks/disk'):
+                src = d.find('source')
+                if d.get('name') == disk.name and d.get('snapshot') == 'external' and src is not None \
+                        and same_file(src.get('file'), old):
+                    src.set('file', new)
+                    hit = True
+            if not hit:
+                continue
+            desc = root.find('description')
+            meta = _meta(root)
+            if desc is not None and meta:
+                # the overlays this collection owns: its delete removes what libvirt leaves of them
+                meta['overlays'] = dict((k, new if same_file(v, old) else v)
+                                        for k, v in (meta.get('overlays') or {}).items())
+                if meta.get('reverted_overlays'):
+                    meta['reverted_overlays'] = sorted(new if same_file(v, old) else v
+                                                       for v in meta['reverted_overlays'])
+                desc.text = _MARK + json.dumps(meta, sort_keys=True)
+            flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
+            if s.isCurrent(0):
+                flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT
+            self.vm._call("recording the moved overlay in snapshot '%s'" % s.getName(), self.dom.snapshotCreateXML,
+                          ET.tostring(root, encoding='unicode'), flags)
+            done.append(s.getName())
+        return done
 
     # -- delete --
     def _wait_jobs(self, disks, deadline):

@@ -413,6 +413,9 @@ class LibvirtVm(LibvirtSaveRestore, VmHandle):
     def external_snapshot_delete(self, snap, memory_dir, deadline):
         return self._external().delete(snap, memory_dir, deadline)
 
+    def external_snapshot_moved(self, disk, old, new, memory_dir):
+        return self._external().moved(disk, old, new)
+
     def internal_snapshot_refusal(self, disks):
         return self._external().internal_refusal()
 

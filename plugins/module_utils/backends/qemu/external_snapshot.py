@@ -434,3 +434,25 @@ class QemuExternal(object):
     def _phase(self, journal, d, phase):
         journal['disks'][d]['phase'] = phase
         store.write_journal(self.memory_dir, self.vm.name, journal)
+
+    # -- a storage move of the top overlay (drive_mirror) --
+    def moved(self, disk, old, new):
+        """drive_mirror switched ``disk`` (as it runs now) off overlay ``old`` onto its copy ``new``,
+        over the same image: the record whose overlay ``old`` was names ``new`` and its node now. The
+        old overlay's node is let go first (QEMU holds the file open until then), the record last."""
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.mirror.journal import same_file
+        done = []
+        for r in self.records():
+            if disk.name not in r['disks'] or not same_file(r['overlays'][disk.name], old):
+                continue
+            was = r['nodes'][disk.name]
+            if was != disk.node_name and was in self._node_names():
+                try:
+                    self.vm.qmp('blockdev-del', **{'node-name': was})
+                except QmpCommandError:
+                    pass  # still referenced: QEMU keeps the old file open, nothing reads it
+            r = dict(r, overlays=dict(r['overlays'], **{disk.name: new}),
+                     nodes=dict(r['nodes'], **{disk.name: disk.node_name}))
+            store.write_record(self.memory_dir, r)
+            done.append(r['name'])
+        return done

@@ -314,6 +314,9 @@ class QemuVm(QemuSaveRestore, VmHandle):
     def external_snapshot_delete(self, snap, memory_dir, deadline):
         return self._external(memory_dir).delete(snap, deadline)
 
+    def external_snapshot_moved(self, disk, old, new, memory_dir):
+        return self._external(memory_dir).moved(disk, old, new)
+
     def instant_memory_caps(self):
         # page-addressable: such a snapshot can be reverted with its RAM loaded in the background
         return {memory_load.FORMAT: True} if memory_load.FORMAT in self.migrate_caps() else {}
