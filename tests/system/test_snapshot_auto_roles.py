@@ -1,6 +1,8 @@
 """The pre-upgrade workflow on a mixed host with no new variable: mode auto gives a VM on qcow2 an
-internal snapshot, and VMs on raw disks and a UEFI domain (libvirt's default raw NVRAM) external ones; rollback takes every guest back, cleanup
-commits the overlays so each VM runs on its original images again, nothing left beside them."""
+internal snapshot, and VMs on raw disks and a UEFI domain (libvirt's default raw NVRAM) external ones; the
+VMs on raw disks then move to new storage (storage_migration, remove_sources) with their rollback point;
+rollback takes every guest back, cleanup commits the overlays so each VM runs on its original images again,
+nothing left beside them."""
 
 import glob
 import json
@@ -26,6 +28,14 @@ def _report(reports, role):
 def _overlays(t):
     """Overlay files beside the VM's images (libvirt's revert names its fresh ones after the old)."""
     return sorted(glob.glob(os.path.join(os.path.dirname(t.vm.disk_path('root')), '*.vmfleet-*')))
+
+
+def _files(t):
+    """The files the VM's disks run on, as QEMU or libvirt says."""
+    if t.backend == 'qemu':
+        return [b['inserted']['file'] for b in t.qmp('query-block') if b.get('inserted')]
+    lines = t.vm.virsh('domblklist', t.vm.name, '--details').stdout.splitlines()[2:]
+    return [f.split()[3] for f in lines if f.split()[1:2] == ['disk']]
 
 
 def _counters_of_relaunched(t, timeout=180):
@@ -58,6 +68,21 @@ def test_pre_upgrade_rollback_cleanup_on_a_mixed_host(vms, tmp_path):
     # its qcow2 disks (the raw varstore-like disk is left out, as the report says)
     assert len(_overlays(uefi)) == 2, _overlays(uefi)
 
+    # the VMs on raw disks move to new storage with the rollback point: each overlay copied shallow
+    # over the same raw image, the old overlay removed, the raw image under it kept
+    moved = os.path.join(raw_l.vm.workdir, 'moved')
+    os.makedirs(moved)
+    os.chmod(moved, 0o755)  # libvirt's QEMU runs as another user
+    _playbook('storage_migration', tmp_path, vmfleet_vms=[raw_q.vm.qmp_socket, raw_l.vm.name], vmfleet_target_dir=moved,
+              storage_migration_per_vm_dir=True, storage_migration_remove_sources=True,
+              storage_migration_report_dir=str(reports))
+    report = _report(reports, 'storage_migration')
+    for t in (raw_q, raw_l):
+        assert report[t.vm.name]['status'] == 'ok', report
+        assert _overlays(t) == [] and os.path.exists(t.vm.disk_path('root')), (t.vm.name, _overlays(t))
+        [on] = _files(t)
+        assert on.startswith(moved + os.sep), (t.vm.name, on)
+
     # the guests run on past the snapshot, then all go back to it
     for t in everyone:
         t.wait_counter(t.counter() + 3)
@@ -78,6 +103,8 @@ def test_pre_upgrade_rollback_cleanup_on_a_mixed_host(vms, tmp_path):
     _playbook('snapshot_cleanup', tmp_path, **common)
     for t in (raw_q, raw_l, uefi):
         assert _overlays(t) == [], (t.vm.name, _overlays(t))
+    # nothing left of the moved overlays either: committed into the raw images, then removed
+    assert glob.glob(os.path.join(moved, '**', '*.qcow2'), recursive=True) == []
     r = raw_q.qmp('query-block')
     files = [b['inserted']['file'] for b in r if b.get('inserted')]
     assert raw_q.vm.disk_path('root') in files, files
