@@ -26,7 +26,6 @@ import argparse
 import os
 import statistics
 import sys
-import threading
 import time
 
 import libvirt
@@ -37,21 +36,11 @@ from rig.guest import COUNTER, wait_serial
 from rig.hypervisors import Fleet
 import _plot
 import _results
+from migrate import VIRSH, _event_loop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, 'results')
-# vm_migrate's defaults (persistent, undefine_source, abort on error), spelled for virsh
-VIRSH = ['virsh', 'migrate', '--live', '--p2p', '--persistent', '--undefinesource', '--abort-on-error']
 SETTLE_TICKS = 3  # counter lines (one a second) each guest prints before each measured evacuation
-
-
-def _event_loop():
-    libvirt.virEventRegisterDefaultImpl()
-
-    def run():
-        while True:
-            libvirt.virEventRunDefaultImpl()
-    threading.Thread(target=run, daemon=True).start()
 
 
 class Downtimes:
