@@ -142,7 +142,7 @@ def _move_the_overlays(t, snap, base, frozen):
            "external snapshot 'pre'", 'qcow2', 'nothing was changed')
     assert not os.path.exists(target) and _files(t) == snap['overlays']
     r = ok(run_one({'vmfleet.kvm.fleet_storage_migration': dict(
-        qmp_sockets=[t.vm.qmp_socket], target_dir=t.moved, remove_sources=True, memory_dir=t.memdir,
+        vms=[t.vm.qmp_socket], target_dir=t.moved, remove_sources=True, memory_dir=t.memdir,
         journal_dir=os.path.join(t.vm.workdir, 'journal'), timeout=300)}))
     [rec] = r['vms']
     assert rec['status'] == 'ok', rec

@@ -59,7 +59,7 @@ class QemuMigrator(Migrator):
         super(QemuMigrator, self).__init__(module, params, deadline, vm)
         self.sock = params['qmp_socket']
         self.dest_sock = params.get('destination_qmp_socket') or self.sock
-        self.remote = Remote(params['destination_uri'], deadline, params.get('destination_python'), reuse=True)
+        self.remote = Remote(params['destination_uri'], deadline, params.get('destination_python'))
         self.migration_address = params.get('migration_address') or self.remote.host
         self.what = "VM '%s'" % vm.name if vm is not None else "the VM of %s" % self.sock
         self.copies = []
@@ -185,8 +185,10 @@ class QemuMigrator(Migrator):
         state = None
         while time.monotonic() < end:
             state = self.remote.alive(self.dest_sock)
-            if state in ('running', 'postmigrate') or state is None:
+            if state in ('running', 'postmigrate'):
                 break
+            # None: its monitor did not answer yet, busy taking in the last of the state (an answer
+            # asked for at once after the source's end came too soon on a loaded host)
             time.sleep(0.3)
         if self.copies:
             try:
