@@ -109,7 +109,7 @@ def summarize(rows):
             groups.setdefault((r['backend'], r['size_mib'], r['case']), []).append(r)
     out = []
     for (backend, size, case), rs in sorted(groups.items()):
-        med = dict((k, statistics.median(r[k] for r in rs)) for k in ('duration_s', 'wall_s', 'bytes', 'rate_mib_s')
+        med = dict((k, round(statistics.median(r[k] for r in rs), 2)) for k in ('duration_s', 'wall_s', 'bytes', 'rate_mib_s')
                    if all(r.get(k) is not None for r in rs))
         downs = [r['downtime_ms'] for r in rs if r.get('downtime_ms') is not None]
         out.append(dict(backend=backend, size_mib=size, case=case, runs=len(rs), duration_s=med.get('duration_s'),
