@@ -10,6 +10,7 @@ __metaclass__ = type
 import errno
 import json
 import os
+import shutil
 import stat
 import tempfile
 
@@ -112,3 +113,42 @@ def create_exclusive(path, mode=0o600, flags=os.O_WRONLY):
         return os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     finally:
         os.umask(old)
+
+
+def write_in_place(src, dst):
+    """Write the copy ``src`` over the file ``dst`` in place (fsynced): its owner, mode and label stay."""
+    with open(src, 'rb') as f:
+        data = f.read()
+    fd = os.open(dst, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def copy_private(src, dst):
+    """``src`` copied to the new file ``dst`` (0600, fsynced)."""
+    fd = create_exclusive(dst)
+    try:
+        with open(src, 'rb') as f, os.fdopen(fd, 'wb') as out:
+            fd = None
+            shutil.copyfileobj(f, out)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        remove(dst)
+        raise
+    fsync_dir(os.path.dirname(dst))
+
+
+def remove(path):
+    """Unlink ``path``: whether it was there to unlink."""
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False

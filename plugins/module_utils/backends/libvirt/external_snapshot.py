@@ -36,7 +36,6 @@ __metaclass__ = type
 import datetime
 import json
 import os
-import shutil
 import stat
 import time
 import xml.etree.ElementTree as ET
@@ -133,44 +132,6 @@ def _reachable(directory, uid, gid):
 def _is_block(path):
     try:
         return stat.S_ISBLK(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _write_back(src, dst):
-    """Write the copy ``src`` over the NVRAM file ``dst`` in place: libvirt's owner and label stay."""
-    with open(src, 'rb') as f:
-        data = f.read()
-    fd = os.open(dst, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.write(fd, data)
-        os.ftruncate(fd, len(data))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _copy_private(src, dst):
-    """``src`` copied to the new file ``dst`` (0600, fsynced)."""
-    fd = durable.create_exclusive(dst)
-    try:
-        with open(src, 'rb') as f, os.fdopen(fd, 'wb') as out:
-            fd = None
-            shutil.copyfileobj(f, out)
-            out.flush()
-            os.fsync(out.fileno())
-    except BaseException:
-        if fd is not None:
-            os.close(fd)
-        _remove(dst)
-        raise
-    durable.fsync_dir(os.path.dirname(dst))
-
-
-def _remove(path):
-    try:
-        os.unlink(path)
-        return True
     except OSError:
         return False
 
@@ -289,7 +250,7 @@ class LibvirtExternalSnapshots(object):
                                           % (f, name, self.vm.name),
                                           hint="nothing was changed; delete that snapshot first (state: absent)")
                 # a run killed before libvirt made the snapshot left it: no snapshot has it
-                _remove(f)
+                durable.remove(f)
         chosen = set(d.name for d in disks)
         root = ET.Element('domainsnapshot')
         ET.SubElement(root, 'name').text = name
@@ -320,7 +281,7 @@ class LibvirtExternalSnapshots(object):
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE
         if nvram_copy:
             # the varstore of this moment (the guest seldom writes it: only when it sets a UEFI variable)
-            _copy_private(nvram, nvram_copy)
+            durable.copy_private(nvram, nvram_copy)
         t0 = time.monotonic()
         try:
             run_blocking(lambda: self.dom.snapshotCreateXML(ET.tostring(root, encoding='unicode'), flags), deadline,
@@ -346,7 +307,7 @@ class LibvirtExternalSnapshots(object):
             # an aborted memory write can leave libvirt's partial memory file behind
             for f in (nvram_copy, memory_file):
                 if f:
-                    _remove(f)
+                    durable.remove(f)
             e.hint = None if made else "nothing changed: the snapshot is atomic (libvirt undid what it had done)"
             raise
         out = dict(route='libvirt', paused_ms=round((time.monotonic() - t0) * 1000.0, 1))
@@ -390,7 +351,7 @@ class LibvirtExternalSnapshots(object):
     def _after_revert(self, snap, was, nvram, copy, resumed_by_caller=False):
         restored = False
         if copy:
-            _write_back(copy, nvram)
+            durable.write_in_place(copy, nvram)
             restored = True
         state = self.vm.state()
         if snap.get('memory_file') or resumed_by_caller:
@@ -431,7 +392,7 @@ class LibvirtExternalSnapshots(object):
                 os.chmod(fresh[disk], 0o600)
         except BaseException:
             for path in fresh.values():
-                _remove(path)
+                durable.remove(path)
             raise
         old_overlays = dict((d, f) for d, f in snap['overlays'].items())
 
@@ -487,7 +448,7 @@ class LibvirtExternalSnapshots(object):
             in_use = _chain_files(self.vm.xml()) | _chain_files(self.vm.xml(inactive=True))
             for path in old_overlays.values():
                 if path in owned and path not in in_use and path not in fresh.values():
-                    _remove(path)
+                    durable.remove(path)
 
     # -- a storage move of the top overlay (drive_mirror) --
     def moved(self, disk, old, new):
@@ -568,13 +529,13 @@ class LibvirtExternalSnapshots(object):
                           "task again to carry on")
                 raise
         removed = []
-        if snap.get('nvram_copy') and _remove(snap['nvram_copy']):
+        if snap.get('nvram_copy') and durable.remove(snap['nvram_copy']):
             removed.append(snap['nvram_copy'])
         # libvirt removes the overlays it committed; one it left (an older libvirt) goes when nothing uses it
         in_use = _chain_files(self.vm.xml()) | _chain_files(self.vm.xml(inactive=True))
         for other in self.list():
             in_use |= set(other['overlays'].values()) | set(other['bases'].values())
         for path in sorted(owned):
-            if path and path not in in_use and os.path.isfile(path) and _remove(path):
+            if path and path not in in_use and os.path.isfile(path) and durable.remove(path):
                 removed.append(path)
         return dict(route='libvirt', removed=removed)
