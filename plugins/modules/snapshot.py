@@ -156,7 +156,8 @@ options:
   load:
     description:
       - How O(state=reverted) loads the RAM of an instant snapshot.
-      - V(full) loads all of it, then the guest runs (seconds per GiB).
+      - V(full) loads all of it, then the guest runs (seconds per GiB). A raw QEMU VM's mapped-ram memory file
+        is read by QEMU's own loader, with several threads.
       - V(background) runs the guest at once and loads its RAM behind it through QEMU's postcopy, each page the
         guest touches first fetched on demand (RV(running_after_s)); the task returns once all RAM is in
         (RV(load)). Raw QEMU VMs only, for instant snapshots this collection took with mapped-ram (QEMU >= 9.0),
@@ -320,11 +321,17 @@ load:
     mode:
       description: V(full) or V(background).
       type: str
+    loader:
+      description:
+        - V(qemu) for a full load, QEMU's own mapped-ram C(file:) loader reading with several threads (after the
+          module filled in the image's page bitmap); V(helper) for a background load, the postcopy source
+          process of this collection.
+      type: str
     seconds:
       description: Seconds from the start of the load until all RAM was in.
       type: float
     pages:
-      description: Pages sent.
+      description: Pages loaded (a full load does not count the pages the snapshot found zero, which it never wrote).
       type: int
     requested:
       description: Pages the running guest asked for before they came in the background (V(background)).
@@ -336,7 +343,7 @@ load:
       description: The load's progress, a sample every 64 MiB (what C(-v) shows).
       type: list
       elements: dict
-  sample: {mode: background, seconds: 2.4, pages: 262144, requested: 180, rate_mib_s: 426.7, progress: []}
+  sample: {mode: background, loader: helper, seconds: 2.4, pages: 262144, requested: 180, rate_mib_s: 426.7, progress: []}
 quiesced:
   description:
     - The freeze of the guest's filesystems around the disk snapshot (O(quiesce)), where this collection froze them

@@ -77,6 +77,9 @@ def test_instant_create_run_on_revert_absent(inst):
     r = ok(run_one(_snap(t, name=name, state='reverted')))
     assert r['changed'] is True and r['state'] == 'running', r
     t.relaunched.append(r['pid'])
+    # QEMU's own loader read the pages the bitmap filled in from the file marks: the 32 MiB the guest filled
+    assert r['load']['mode'] == 'full' and r['load']['loader'] == 'qemu', r['load']
+    assert r['load']['pages'] >= 32 * 256, r['load']
     # A relaunched QEMU opens its serial file anew: all it prints is after the revert.
     deadline = time.time() + 60
     while len(t.counters_after(0)) < 3 and time.time() < deadline:

@@ -54,12 +54,18 @@ class ImageError(Exception):
     pass
 
 
+def bitmap_bytes(pages):
+    """The size of a block's bitmap in the image: QEMU writes it as unsigned longs."""
+    return (pages + 63) // 64 * 8
+
+
 class Block(object):
-    def __init__(self, name, length, pages_offset):
+    def __init__(self, name, length, pages_offset, bitmap_offset):
         self.name = name
         self.length = length
         self.pages = length // PAGE
         self.pages_offset = pages_offset
+        self.bitmap_offset = bitmap_offset
         self.sent = bytearray((self.pages + 7) // 8)
 
     def was_sent(self, i):
@@ -123,15 +129,15 @@ class MappedRamImage(object):
             name = self._read(pos + 1, n).decode('ascii')
             length = struct.unpack('>Q', self._read(pos + 1 + n, 8))[0]
             pos += 9 + n
-            # the header's bitmap offset is not used: see _records
-            hversion, page_size, dummy, pages_offset = struct.unpack('>IQQQ', self._read(pos, 28))
+            hversion, page_size, bitmap_offset, pages_offset = struct.unpack('>IQQQ', self._read(pos, 28))
             if hversion != 1 or page_size != PAGE:
                 raise ImageError('%s: block %s is not mapped-ram v1 with 4 KiB pages' % (self.path, name))
             if not (0 < length <= left and length % PAGE == 0 and pages_offset % PAGE == 0
-                    and pos + 28 <= pages_offset <= size - length):
+                    and pos + 28 <= bitmap_offset <= pages_offset - bitmap_bytes(length // PAGE)
+                    and pages_offset <= size - length):
                 raise ImageError('%s: block %s (%d bytes at offset %d) does not fit the image (%d bytes, %d of RAM '
                                  'left to place)' % (self.path, name, length, pages_offset, size, left))
-            b = Block(name, length, pages_offset)
+            b = Block(name, length, pages_offset, bitmap_offset)
             self.blocks.append(b)
             left -= length
             pos = pages_offset + length

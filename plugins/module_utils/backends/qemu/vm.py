@@ -350,8 +350,10 @@ class QemuVm(QemuSaveRestore, VmHandle):
     def load_memory(vm, memory_file, memory_format, deadline, load='full', exited_at=None):
         """Feed the memory file (written as ``memory_format``) to ``vm``, a QEMU started
         with ``-incoming defer``; what the load reports for the module's result."""
+        if memory_format == memory_load.FORMAT and load == 'full':
+            return memory_load.load_in_full(vm, memory_file, deadline)
         if memory_format == memory_load.FORMAT:
-            return memory_load.load(vm, memory_file, deadline, load == 'background', exited_at or time.monotonic())
+            return memory_load.load_in_background(vm, memory_file, deadline, exited_at or time.monotonic())
         with lent(memory_file, vm.owner_uid()):
             vm.qmp('migrate-incoming', uri='file:%s' % memory_file)
             migration.wait(vm, deadline, "loading memory file %s" % memory_file)

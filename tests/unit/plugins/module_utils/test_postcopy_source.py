@@ -2,6 +2,7 @@
 image laid out as QEMU 10 writes one (migration/savevm.c, ram.c). That QEMU takes the stream
 and runs the guest is proven in tests/system/test_instant_revert_background.py."""
 
+import os
 import socket
 import struct
 import threading
@@ -15,8 +16,9 @@ DEVICES = b'\x04' + struct.pack('>I', 2) + b'\x05timer' + struct.pack('>II', 0, 
     + struct.pack('>BI', pc.FOOTER, 2)
 
 
-def _image(path, pages, caps=(b'mapped-ram',), vmdesc=True):
-    """A mapped-ram image of one block 'pc.ram' holding ``pages`` (bytes each, or None: never written)."""
+def _image(path, pages, caps=(b'mapped-ram',), vmdesc=True, sparse=False):
+    """A mapped-ram image of one block 'pc.ram' holding ``pages`` (bytes each, or None: never written,
+    a hole where ``sparse``)."""
     name = b'pc-q35-10.0'
     out = bytearray(struct.pack('>II', pc.MAGIC, pc.VERSION))
     out += struct.pack('>BI', pc.CONFIGURATION, len(name)) + name
@@ -41,6 +43,15 @@ def _image(path, pages, caps=(b'mapped-ram',), vmdesc=True):
         out += struct.pack('>BI', 0x06, len(desc)) + desc
     with open(path, 'wb') as f:
         f.write(out)
+    if sparse:
+        with open(path, 'r+b') as f:
+            f.truncate(pages_offset)
+            for i, p in enumerate(pages):
+                if p is not None:
+                    f.seek(pages_offset + i * PAGE)
+                    f.write(p)
+            f.seek(pages_offset + length)
+            f.write(out[pages_offset + length:])
     return path
 
 
@@ -132,3 +143,33 @@ def test_a_precopy_stream_sends_each_page_once_zero_pages_as_such_then_the_devic
                                 (3 * PAGE, 'page', b'c' * PAGE)]
     # precopy: the device state, EOF and QEMU's description close the stream as they close the image
     assert stream.endswith(DEVICES + b'\x00' + struct.pack('>BI', 0x06, 34) + b'{"page_size": 4096, "devices": []}')
+
+
+def test_fill_bitmap_marks_the_pages_that_hold_data_and_no_hole(tmp_path):
+    """QEMU's own loader reads only the pages the bitmap marks; a background snapshot leaves it zero."""
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import memory_load
+    probe = tmp_path / 'probe'
+    with open(probe, 'wb') as f:
+        f.truncate(1 << 20)
+    with open(probe, 'rb') as f:
+        if os.lseek(f.fileno(), 0, os.SEEK_HOLE) != 0:
+            pytest.skip('this file system reports no holes (every page would be marked)')
+    pages = [None] * 130
+    for i in (0, 3, 64, 129):
+        pages[i] = bytes([i + 1]) * PAGE
+    path = _image(str(tmp_path / 'm'), pages, sparse=True)
+    img = pc.MappedRamImage(path)
+    [b] = img.blocks
+    img.close()
+    with open(path, 'rb') as f:
+        before = f.read()
+    assert memory_load.fill_bitmap(path) == 4
+    with open(path, 'rb') as f:
+        after = f.read()
+    bitmap = after[b.bitmap_offset:b.bitmap_offset + pc.bitmap_bytes(130)]
+    assert len(bitmap) == 24  # 130 pages: three unsigned longs, as QEMU sizes it
+    assert [i for i in range(130) if bitmap[i >> 3] >> (i & 7) & 1] == [0, 3, 64, 129]
+    # nothing but the bitmap changed, and the image still reads as before
+    assert after[:b.bitmap_offset] == before[:b.bitmap_offset]
+    assert after[b.bitmap_offset + 24:] == before[b.bitmap_offset + 24:]
+    assert memory_load.fill_bitmap(path) == 4
