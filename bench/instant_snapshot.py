@@ -529,15 +529,19 @@ REVERT_NOTES = (
     "revert and each dd. exit_to_tick_s: from the old QEMU's exit (pidfd) to the first VMFLEET-COUNTER line "
     "of the relaunched QEMU in its serial file (polled every 2 ms; the guest ticks about once a second, so "
     "up to ~1 s of it is the guest's own sleep); the same for all routes. exit_to_loaded_s: to the moment "
-    "QEMU reported the incoming migration completed (stream: polled every 20 ms by the bench; module routes: "
-    "the helper process seen in /proc plus the module's load.seconds, which the module polls every 20 ms). "
+    "QEMU reported the incoming migration completed (stream: polled every 20 ms by the bench; background: "
+    "the helper process seen in /proc plus the module's load.seconds, which the module polls every 20 ms; "
+    "full, QEMU's own mapped-ram loader with 4 threads since commit d5f95ba: the old QEMU's exit plus "
+    "load.seconds, which leaves out the relaunch before the load, so compare exit_to_tick_s). "
     "load_s / rate_mib_s: RAM MiB over the load alone (stream: migrate-incoming -> completed; module: its "
     "load.seconds and load.rate_mib_s). dd_*_mb_s: dd bs=4M of the mapped-ram image (buffered, as both "
     "loaders read; and iflag=direct) and of the stream image, cache dropped, in the same disk condition. "
     "disk slow: every read of the bench and its children (ansible-playbook, the module, its helper, the "
     "relaunched QEMUs) throttled to 450 MB/s by a blkio cgroup on the disk holding the images (see "
     "slow_disk). running_after_s_module: the module's own figure for load: background (its exit time is "
-    "polled every 50 ms). Guests run under TCG on a 2-core host shared with other runs.")
+    "polled every 50 ms). Guests run under TCG on a 2-core host; load_avg_1m in each row. The full load "
+    "through the collection's helper (before d5f95ba, a run under load) is kept in "
+    "instant_revert-helper-full.{json,md,png}.")
 
 
 def main_revert(sizes):
