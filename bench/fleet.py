@@ -32,7 +32,7 @@ import time
 
 from rig import detached_guests
 from rig.accel import detect_accel
-from rig.ansible_run import run_playbook, write_inventory, write_play
+from rig.ansible_run import run_alone, run_playbook, write_inventory, write_play
 from rig.qmp import qmp
 import _plot
 
@@ -43,14 +43,16 @@ PLAYBOOKS = ('pre_upgrade_snapshot', 'snapshot_rollback', 'snapshot_cleanup')
 DISKS = (('root', 'qcow2', 64), ('data', 'qcow2', 64))
 
 
-def _playbook(name, vms, workdir, snap, mode, collections=None):
-    """One workflow playbook over ``vms``, every VM at once; (wall seconds, the role's report)."""
+def _playbook(name, vms, workdir, snap, mode, collections=None, at_once=True):
+    """One workflow playbook over ``vms``, every VM at once (``at_once``) or as many at a time as the
+    role's default concurrency; (wall seconds, the role's report)."""
     reports = os.path.join(workdir, 'reports')
     extra = dict(vmfleet_vms=[vm['connection'].get('qmp_socket') or vm['name'] for vm in vms],
                  vmfleet_snapshot_name=snap, vmfleet_snapshot_mode=mode, vmfleet_snapshot_keep=0)
     for role in PLAYBOOKS:
         extra['%s_report_dir' % role] = reports
-        extra['%s_concurrency' % role] = len(vms)
+        if at_once:
+            extra['%s_concurrency' % role] = len(vms)
     t0 = time.monotonic()
     r = run_playbook('vmfleet.kvm.' + name, inventory=write_inventory(workdir), extra_vars=extra, cwd=workdir,
                      timeout=None, collections=collections)
@@ -77,14 +79,29 @@ def _figures(wall, report):
                 paused_ms_max=round(max(paused), 1) if paused else None)
 
 
-def _workflow(vms, workdir, mode, tag, collections=None):
+def _workflow(vms, workdir, mode, tag, collections=None, at_once=True):
     out = {}
     snap = 'bench-%s-%s-%d' % (tag, mode, len(vms))
     for name in PLAYBOOKS:
-        out[name] = _figures(*_playbook(name, vms, workdir, snap, mode, collections))
+        out[name] = _figures(*_playbook(name, vms, workdir, snap, mode, collections, at_once))
         if name == 'pre_upgrade_snapshot':
             time.sleep(1)  # the guests run on a little, as during an upgrade
     return out
+
+
+def one_task(vm, workdir, mode):
+    """The wall seconds of a play of one vmfleet.kvm.snapshot task taking a snapshot of ``vm`` (the
+    fixed Ansible cost of pre_upgrade_snapshot is measured against it); the snapshot deleted, untimed."""
+    task = dict(vm['connection'], name='bench-one', mode=mode)
+    task.pop('uri', None)
+    r, wall = run_alone({'vmfleet.kvm.snapshot': task}, workdir, write_inventory(workdir), 'hypervisors')
+    if r.get('failed'):
+        raise SystemExit('one snapshot task failed: %s' % r.get('msg'))
+    r, _ = run_alone({'vmfleet.kvm.snapshot': dict(task, state='absent')}, workdir, write_inventory(workdir),
+                     'hypervisors')
+    if r.get('failed'):
+        raise SystemExit('deleting the one task\'s snapshot failed: %s' % r.get('msg'))
+    return round(wall, 2)
 
 
 def baseline(vms, snap):
@@ -144,6 +161,9 @@ def main():
     ap.add_argument('--sizes', default='1,4,8,16')
     ap.add_argument('--modes', default='internal,instant')
     ap.add_argument('--before', help='a checkout of an earlier version (with .collections linked) to run too')
+    ap.add_argument('--concurrency', choices=('all', 'default'), default='all',
+                    help='all: every VM at once (<role>_concurrency = VMs); default: the roles\' own defaults')
+    ap.add_argument('--name', default='fleet', help='file name (no suffix) of the results')
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(',') if x]
     modes = [m for m in args.modes.split(',') if m]
@@ -170,7 +190,9 @@ def main():
             for size in sizes:
                 chosen = mixed[:size]
                 row = dict(mode=mode, vms=len(chosen), backends=sorted(set(vm['backend'] for vm in chosen)))
-                row['after'] = _workflow(chosen, root, mode, 'a')
+                row['after'] = _workflow(chosen, root, mode, 'a', at_once=args.concurrency == 'all')
+                if size == 1:
+                    row['one_task_s'] = one_task(chosen[0], root, mode)
                 if before and mode == 'internal':
                     row['before'] = _workflow(chosen, root, mode, 'b', collections=before)
                 row['baseline_loop_s'] = baseline(chosen, 'bench-loop-%d' % len(chosen))
@@ -180,20 +202,25 @@ def main():
         detached_guests.down(fleet_dir)
         shutil.rmtree(root, ignore_errors=True)
     out = dict(benchmark='fleet', accel=detect_accel(), host=platform.node(), cpus=os.cpu_count(), memory_mib=256,
-               modes=modes, sizes=sizes, playbook_start_s=start, runs=runs, wall_s=round(time.monotonic() - t_start, 1),
+               modes=modes, sizes=sizes, concurrency=args.concurrency, playbook_start_s=start, runs=runs,
+               wall_s=round(time.monotonic() - t_start, 1),
                notes='wall_s: the whole ansible-playbook run on this host (start included), every VM at once '
-                     '(<role>_concurrency = VMs). work_*: the per-VM snapshot/revert/deletion as the role reports '
+                     '(<role>_concurrency = VMs), or with concurrency default at the roles\' defaults (2 for '
+                     'pre_upgrade_snapshot and snapshot_rollback, 4 for snapshot_cleanup). one_task_s: a play '
+                     'of one vmfleet.kvm.snapshot task taking the snapshot of the first VM, its whole '
+                     'ansible-playbook run, over the local connection the roles\' runs use too. work_*: the per-VM '
+                     'snapshot/revert/deletion as the role reports '
                      'it (duration_s); vm_*: each VM\'s whole pipeline in the fleet module (wall_s: act, verify, '
                      'retention, state after). paused_ms_max: the largest guest pause (QEMU\'s STOP/RESUME events). '
                      'baseline_loop_s: virsh snapshot-create-as / HMP savevm, one VM after the other. before: the '
                      'same playbooks from the version given with --before (it has no instant snapshots of libvirt '
                      'domains: its mode instant rows are not run). Guests run under TCG and share 2 cores.')
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, 'fleet.json')
+    path = os.path.join(RESULTS, args.name + '.json')
     with open(path, 'w') as f:
         json.dump(out, f, indent=1)
-    plot(out, os.path.join(RESULTS, 'fleet.png'))
-    print('wrote %s and fleet.png' % path)
+    plot(out, os.path.join(RESULTS, args.name + '.png'))
+    print('wrote %s and %s.png' % (path, args.name))
 
 
 if __name__ == '__main__':
