@@ -1,7 +1,7 @@
 """A libvirt domain with a snapshot (and an instant one) moves between two simulated hypervisors
 (shared storage) with vm_migrate, through ansible-playbook over SSH: its snapshots are listed at the
 destination and the reverts there go back in time; copied storage is refused naming the snapshot; the destination's
-libvirtd killed mid-migration leaves the domain at the source with its snapshot listed. Then the
+libvirtd killed mid-migration leaves the domain at the source with its snapshot listed and revertible. Then the
 operator's chain: pre_upgrade_snapshot, host_evacuate (the VMs move live, none is saved, and come
 back; a raw QEMU VM's instant snapshot with them), snapshot_rollback (both guests go back),
 snapshot_cleanup, the instant snapshot's revert at home, and its revert at the destination of a vm_migrate."""
@@ -151,6 +151,12 @@ def test_the_destination_libvirtd_killed_leaves_the_domain_at_the_source_with_it
     assert hv2.domstate(vm.name) == 'running'
     assert _listed(hv2, vm.name) == [SNAP]
     t.wait_counter(t.counter() + 2, timeout=120)
+    # and revertible there: the guest goes back to the snapshot's moment
+    offset, last = t.serial_size(), t.counter()
+    (r,), log = fleet.play(hv2, [{'vmfleet.kvm.snapshot': {'domain': vm.name, 'name': SNAP, 'state': 'reverted'}}])
+    assert r.get('changed') is True and r.get('state') == 'running', (r, log[-3000:])
+    resumed = t.counters_after_going_back(offset, last)
+    assert resumed[0] < last, (last, resumed)
 
 
 def _playbook(fleet, name, **extra_vars):

@@ -223,8 +223,7 @@ def _cmd(cmd, data=b''):
 class PostcopySource(object):
     """Serve ``image`` to the QEMU listening (``migrate-incoming``) on ``address``."""
 
-    def __init__(self, image, address, progress=None, postcopy=True):
-        self.postcopy = postcopy  # False: a plain precopy stream, the guest runs once all is loaded
+    def __init__(self, image, address, progress=None):
         self.image = image
         self.address = address
         self.progress = progress  # callable(dict), from the sending thread
@@ -242,21 +241,19 @@ class PostcopySource(object):
     def run(self):
         img = self.image
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if self.postcopy:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-            # the return path's reader must get the interpreter at once when a request comes, not
-            # after the sender's 5 ms time slice
-            sys.setswitchinterval(0.0005)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        # the return path's reader must get the interpreter at once when a request comes, not
+        # after the sender's 5 ms time slice
+        sys.setswitchinterval(0.0005)
         self.sock.connect(self.address)
         self.t0 = time.monotonic()
         s = self.sock
         s.sendall(struct.pack('>II', MAGIC, VERSION) + img.preamble)
-        if self.postcopy:
-            s.sendall(_cmd(CMD_OPEN_RETURN_PATH) + _cmd(CMD_PING, struct.pack('>I', 1)))
-            reader = threading.Thread(target=self._return_path, name='return-path')
-            reader.daemon = True
-            reader.start()
-            s.sendall(_cmd(CMD_POSTCOPY_ADVISE, struct.pack('>QQ', PAGE, PAGE)))
+        s.sendall(_cmd(CMD_OPEN_RETURN_PATH) + _cmd(CMD_PING, struct.pack('>I', 1)))
+        reader = threading.Thread(target=self._return_path, name='return-path')
+        reader.daemon = True
+        reader.start()
+        s.sendall(_cmd(CMD_POSTCOPY_ADVISE, struct.pack('>QQ', PAGE, PAGE)))
         setup = [struct.pack('>BIB', SECTION_START, img.section_id, 3), b'ram', struct.pack('>II', 0, 4),
                  struct.pack('>Q', img.ram_bytes | FLAG_MEM_SIZE)]
         for b in img.blocks:
@@ -265,26 +262,25 @@ class PostcopySource(object):
         setup += [struct.pack('>Q', FLAG_EOS), struct.pack('>BI', FOOTER, img.section_id)]
         s.sendall(b''.join(setup))
         start, end = img.device_state
-        if self.postcopy:
-            # QEMU 10 has a bug on the path where LISTEN follows ADVISE directly (savevm.c,
-            # loadvm_postcopy_handle_listen): it sets the state back from LISTENING to DISCARD, so
-            # every page goes through the precopy loader and the first one deadlocks on userfaultfd.
-            # A QEMU source always sends a discard first; so do we, of one page nothing has placed yet.
-            first = img.blocks[0].name.encode('ascii')
-            s.sendall(_cmd(CMD_POSTCOPY_RAM_DISCARD, struct.pack('>BB', 0, len(first)) + first
-                           + struct.pack('>BQQ', 0, 0, PAGE)))
-            # the destination took the first connection as the main stream once it answers; the
-            # second is then its preempt channel (capability postcopy-preempt), which it must have
-            # before it loads the device state
-            if not self.ponged.wait(60) or self.rp_error is not None:
-                raise IOError('the destination QEMU did not answer on the return path: %s' % self.rp_error)
-            preempt = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            preempt.connect(self.address)
-            self.preempt = preempt
-            package = (_cmd(CMD_POSTCOPY_LISTEN) + img._read(start, end - start)
-                       + _cmd(CMD_PING, struct.pack('>I', 3)) + _cmd(CMD_POSTCOPY_RUN))
-            s.sendall(_cmd(CMD_PACKAGED, struct.pack('>I', len(package))) + package)
-            self._report('running')
+        # QEMU 10 has a bug on the path where LISTEN follows ADVISE directly (savevm.c,
+        # loadvm_postcopy_handle_listen): it sets the state back from LISTENING to DISCARD, so
+        # every page goes through the precopy loader and the first one deadlocks on userfaultfd.
+        # A QEMU source always sends a discard first; so do we, of one page nothing has placed yet.
+        first = img.blocks[0].name.encode('ascii')
+        s.sendall(_cmd(CMD_POSTCOPY_RAM_DISCARD, struct.pack('>BB', 0, len(first)) + first
+                       + struct.pack('>BQQ', 0, 0, PAGE)))
+        # the destination took the first connection as the main stream once it answers; the
+        # second is then its preempt channel (capability postcopy-preempt), which it must have
+        # before it loads the device state
+        if not self.ponged.wait(60) or self.rp_error is not None:
+            raise IOError('the destination QEMU did not answer on the return path: %s' % self.rp_error)
+        preempt = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        preempt.connect(self.address)
+        self.preempt = preempt
+        package = (_cmd(CMD_POSTCOPY_LISTEN) + img._read(start, end - start)
+                   + _cmd(CMD_PING, struct.pack('>I', 3)) + _cmd(CMD_POSTCOPY_RUN))
+        s.sendall(_cmd(CMD_PACKAGED, struct.pack('>I', len(package))) + package)
+        self._report('running')
         for b in img.blocks:
             i = 0
             while i < b.pages:
@@ -294,16 +290,9 @@ class PostcopySource(object):
                 self._send(b, i, n)
                 i += n
         self._end_preempt()
-        s.sendall(struct.pack('>BIQBI', SECTION_END, img.section_id, FLAG_EOS, FOOTER, img.section_id))
-        if self.postcopy:
-            s.sendall(struct.pack('>B', EOF))
-        else:
-            # precopy: the device state after all RAM, then EOF and QEMU's description, as the image has them
-            s.sendall(img._read(start, img.size - start))
+        s.sendall(struct.pack('>BIQBI', SECTION_END, img.section_id, FLAG_EOS, FOOTER, img.section_id)
+                  + struct.pack('>B', EOF))
         self._report('sent')
-        if not self.postcopy:
-            s.close()  # the destination reads to EOF; its QMP status says when it is done
-            return
         # the destination says SHUT once it has placed everything; then the stream may close
         with self.cond:
             while not self.shut and self.rp_error is None:
@@ -411,17 +400,16 @@ class PostcopySource(object):
 
 
 def main(argv=None):
-    """python -m ...postcopy_source IMAGE SOCKET [precopy]: progress as JSON lines on stdout."""
+    """python -m ...postcopy_source IMAGE SOCKET: progress as JSON lines on stdout."""
     argv = sys.argv[1:] if argv is None else argv
     image_path, address = argv[:2]
-    postcopy = argv[2:] != ['precopy']
 
     def progress(p):
         sys.stdout.write(json.dumps(p) + '\n')
         sys.stdout.flush()
     try:
         image = MappedRamImage(image_path)
-        PostcopySource(image, address, progress, postcopy).run()
+        PostcopySource(image, address, progress).run()
     except (ImageError, IOError, OSError) as e:
         sys.stdout.write(json.dumps(dict(phase='failed', error=str(e))) + '\n')
         return 1
