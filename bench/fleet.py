@@ -97,8 +97,8 @@ def one_task(vm, workdir, mode):
     r, wall = run_alone({'vmfleet.kvm.snapshot': task}, workdir, write_inventory(workdir), 'hypervisors')
     if r.get('failed'):
         raise SystemExit('one snapshot task failed: %s' % r.get('msg'))
-    r, _ = run_alone({'vmfleet.kvm.snapshot': dict(task, state='absent')}, workdir, write_inventory(workdir),
-                     'hypervisors')
+    r = run_alone({'vmfleet.kvm.snapshot': dict(task, state='absent')}, workdir, write_inventory(workdir),
+                  'hypervisors')[0]
     if r.get('failed'):
         raise SystemExit('deleting the one task\'s snapshot failed: %s' % r.get('msg'))
     return round(wall, 2)
