@@ -284,6 +284,8 @@ class QemuExternal(object):
         uid = vm.owner_uid()
         disks = dict((d.name, d) for d in vm.disks())
         sizes = dict((d, disks[d].virtual_size) for d in rec['disks'])
+        # the memory file read and readied for its loader while the VM still runs
+        pages = type(vm).prepare_memory(memory, rec.get('memory_format', 'stream')) if memory else None
         # each overlay made anew, empty, over the same image (the writes since the snapshot are dropped): beside
         # the old one while the VM still runs, so that a failure here leaves it running as it was
         fresh = dict((d, rec['overlays'][d] + '.fresh') for d in rec['disks'])
@@ -316,7 +318,7 @@ class QemuExternal(object):
                     for d in r['disks']])
             if memory:
                 loaded.update(type(vm).load_memory(new, memory, rec.get('memory_format', 'stream'), deadline,
-                                                   exited_at=exited_at))
+                                                   exited_at=exited_at, pages=pages))
         sock = proc.qmp_socket_of(record['argv'])
         out = type(vm).relaunch(vm.module, record, sock, sock + '.log', deadline, load,
                                 state if memory else 'running', cold=not memory)

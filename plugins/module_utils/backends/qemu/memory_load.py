@@ -40,16 +40,32 @@ FORMAT = 'mapped-ram'
 CHANNELS = 4
 
 
+def _mark(bitmap, first, last):
+    """Set bits first..last-1 of ``bitmap`` (bit i: byte i // 8, bit i % 8, as QEMU's longs on a
+    little-endian host), whole bytes at once."""
+    while first < last and first & 7:
+        bitmap[first >> 3] |= 1 << (first & 7)
+        first += 1
+    whole = last & ~7
+    if first < whole:
+        bitmap[first >> 3:whole >> 3] = b'\xff' * ((whole - first) >> 3)
+        first = whole
+    while first < last:
+        bitmap[first >> 3] |= 1 << (first & 7)
+        first += 1
+
+
 def fill_bitmap(memory_file):
     """Write each RAM block's mapped-ram bitmap of ``memory_file`` from where its pages hold
     data (SEEK_DATA/SEEK_HOLE; a file system without them reports all data: every page is
     then read, holes as zeros). The same bitmap every time: a run killed half-way is made
-    whole by the next. How many pages it marks."""
+    whole by the next. It reads the image first, so a revert calls it before the VM stops: a
+    file that is no such image fails then. How many pages it marks."""
     try:
         img = postcopy_source.MappedRamImage(memory_file)
     except (OSError, postcopy_source.ImageError) as e:
         raise JobFailed("cannot read memory file %s: %s" % (memory_file, e),
-                        hint="the snapshot's memory file is damaged or not a mapped-ram image; nothing was loaded")
+                        hint="nothing was changed; the snapshot's memory file is damaged or not a mapped-ram image")
     marked = 0
     try:
         fd = os.open(memory_file, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -68,8 +84,7 @@ def fill_bitmap(memory_file):
                     hole = min(os.lseek(img.fd, data, os.SEEK_HOLE), end)
                     first = (data - b.pages_offset) // postcopy_source.PAGE
                     last = (hole - b.pages_offset + postcopy_source.PAGE - 1) // postcopy_source.PAGE
-                    for i in range(first, last):
-                        bitmap[i >> 3] |= 1 << (i & 7)
+                    _mark(bitmap, first, last)
                     marked += last - first
                     pos = hole
                 os.pwrite(fd, bytes(bitmap), b.bitmap_offset)
@@ -81,10 +96,10 @@ def fill_bitmap(memory_file):
     return marked
 
 
-def load_in_full(vm, memory_file, deadline):
-    """``memory_file`` loaded by QEMU's own mapped-ram loader into ``vm`` (just launched with
-    -incoming defer); what the load reports for the module's result."""
-    pages = fill_bitmap(memory_file)
+def load_in_full(vm, memory_file, deadline, pages):
+    """``memory_file``, its bitmap written (fill_bitmap: ``pages`` marked), loaded by QEMU's own
+    mapped-ram loader into ``vm`` (just launched with -incoming defer); what the load reports for
+    the module's result."""
     migration.configure(vm, {FORMAT: True, 'multifd': True}, {'multifd-channels': CHANNELS},
                         direct_io=opens_direct(memory_file))
     t0 = time.monotonic()
@@ -116,8 +131,8 @@ def _lines(text):
 
 def load_in_background(vm, memory_file, deadline, exited_at):
     """Feed ``memory_file`` to ``vm`` (just launched with -incoming defer) through the postcopy
-    helper: the guest runs at once. Return once all RAM is in, with when the guest ran again (``running_after_s``, from
-    ``exited_at``, the monotonic time the old QEMU exited)."""
+    helper: the guest runs at once. Return once all RAM is in, with when the guest ran again
+    (``running_after_s``, from ``exited_at``, the monotonic time the old QEMU exited)."""
     tmp = tempfile.mkdtemp(prefix='vmfleet-load-')  # a short path: a unix socket's is at most 107 bytes
     process.give_to(tmp, vm.owner_uid())  # QEMU listens there as its own user
     sock = os.path.join(tmp, 'stream.sock')

@@ -331,6 +331,7 @@ class QemuVm(QemuSaveRestore, VmHandle):
     def revert_to_memory(self, record, name, images, memory_file, state, deadline, memory_format=None, load='full'):
         """Stop QEMU, apply snapshot ``name`` to each image, relaunch ``record``
         and load ``memory_file``: the VM as it was at the snapshot."""
+        pages = self.prepare_memory(memory_file, memory_format)
         self.quit(min(30.0, deadline.remaining(5.0)))
         exited_at = time.monotonic()
         for f in images:
@@ -340,18 +341,25 @@ class QemuVm(QemuSaveRestore, VmHandle):
         loaded = {}
 
         def load_file(vm):
-            loaded.update(self.load_memory(vm, memory_file, memory_format, deadline, load, exited_at))
+            loaded.update(self.load_memory(vm, memory_file, memory_format, deadline, load, exited_at, pages))
         sock = proc.qmp_socket_of(record['argv'])
         # QEMU's own output, next to its QMP socket: the VM's place, not the snapshot's
         return dict(self.relaunch(self.module, record, sock, sock + '.log', deadline, load_file, state),
                     route='qemu-relaunch', **loaded)
 
     @staticmethod
-    def load_memory(vm, memory_file, memory_format, deadline, load='full', exited_at=None):
-        """Feed the memory file (written as ``memory_format``) to ``vm``, a QEMU started
-        with ``-incoming defer``; what the load reports for the module's result."""
+    def prepare_memory(memory_file, memory_format):
+        """Before the VM stops: a mapped-ram memory file read and its page bitmap written, for
+        QEMU's own loader (memory_load.fill_bitmap); how many pages hold data. None for a stream."""
+        return memory_load.fill_bitmap(memory_file) if memory_format == memory_load.FORMAT else None
+
+    @staticmethod
+    def load_memory(vm, memory_file, memory_format, deadline, load='full', exited_at=None, pages=None):
+        """Feed the memory file (written as ``memory_format``; prepare_memory called on it, ``pages``
+        what it gave) to ``vm``, a QEMU started with ``-incoming defer``; what the load reports for
+        the module's result."""
         if memory_format == memory_load.FORMAT and load == 'full':
-            return memory_load.load_in_full(vm, memory_file, deadline)
+            return memory_load.load_in_full(vm, memory_file, deadline, pages)
         if memory_format == memory_load.FORMAT:
             return memory_load.load_in_background(vm, memory_file, deadline, exited_at or time.monotonic())
         with lent(memory_file, vm.owner_uid()):
