@@ -90,6 +90,8 @@ def test_external_cycle_on_raw_disks(vms):
     # rollback: the serial counter AND the disks go back
     r = ok(run_one(_snap(t, name='pre', state='reverted')))
     assert r['changed'] is True and r['state'] == 'running' and r['route'] == 'qemu-relaunch', r
+    # its memory went in through QEMU's own loader (the page bitmap written before the VM stopped)
+    assert r['load']['loader'] == 'qemu' and r['load']['pages'] > 0, r.get('load')
     deadline = time.time() + 90
     while len(t.counters_after(0)) < 3 and time.time() < deadline:
         time.sleep(0.3)
