@@ -25,7 +25,7 @@ import time
 
 import ansible_collections
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qmp_migration as migration
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.save_restore import lent
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.save_restore import load_file
 from ansible_collections.vmfleet.kvm.plugins.module_utils.save.manifest_store import opens_direct
 # imported so that Ansible ships it with the module: the helper process runs it from there
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process
@@ -103,9 +103,7 @@ def load_in_full(vm, memory_file, deadline, pages):
     migration.configure(vm, {FORMAT: True, 'multifd': True}, {'multifd-channels': CHANNELS},
                         direct_io=opens_direct(memory_file))
     t0 = time.monotonic()
-    with lent(memory_file, vm.owner_uid()):
-        vm.qmp('migrate-incoming', uri='file:%s' % memory_file)
-        migration.wait(vm, deadline, "loading memory file %s" % memory_file)
+    load_file(vm, memory_file, vm.owner_uid(), deadline, "loading memory file %s" % memory_file)
     seconds = round(time.monotonic() - t0, 3)
     return dict(load=dict(mode='full', loader='qemu', seconds=seconds, pages=pages, requested=0,
                           rate_mib_s=round(pages * 4096 / 1048576.0 / seconds, 1) if seconds else None,

@@ -53,6 +53,14 @@ def lent(path, uid):
             os.chown(path, os.geteuid(), -1)
 
 
+def load_file(vm, path, uid, deadline, what):
+    """QEMU's own loader of the migration file ``path`` into ``vm`` (started with -incoming defer,
+    its capabilities set), lent to the QEMU's user ``uid`` while it reads; until it is done."""
+    with lent(path, uid):
+        vm.qmp('migrate-incoming', uri='file:%s' % path)
+        migration.wait(vm, deadline, what)
+
+
 class QemuSaveRestore(object):
     """The save and restore steps of QemuVm (which these methods are part of)."""
 
@@ -199,9 +207,7 @@ class QemuSaveRestore(object):
             used['direct_io'] = migration.configure(vm, caps, mparams, direct_io=direct)
             t0 = time.monotonic()
             if manifest['path_used'] == 'mapped-ram':
-                with lent(files[0], record.get('uid')):
-                    vm.qmp('migrate-incoming', uri='file:%s' % files[0])
-                    migration.wait(vm, deadline, "restoring from %s" % path)
+                load_file(vm, files[0], record.get('uid'), deadline, "restoring from %s" % path)
             else:
                 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.multifd_stream import ChannelSource
                 sockdir = tempfile.mkdtemp(prefix='vmfleet-restore-')

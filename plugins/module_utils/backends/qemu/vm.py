@@ -21,7 +21,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import m
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import qmp_migration as migration
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as proc
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.save_restore import QemuSaveRestore, check_record, lent
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.save_restore import QemuSaveRestore, check_record, load_file
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk, ImageSnapshot
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import VmHandle
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu.qmp_client import (
@@ -362,9 +362,7 @@ class QemuVm(QemuSaveRestore, VmHandle):
             return memory_load.load_in_full(vm, memory_file, deadline, pages)
         if memory_format == memory_load.FORMAT:
             return memory_load.load_in_background(vm, memory_file, deadline, exited_at or time.monotonic())
-        with lent(memory_file, vm.owner_uid()):
-            vm.qmp('migrate-incoming', uri='file:%s' % memory_file)
-            migration.wait(vm, deadline, "loading memory file %s" % memory_file)
+        load_file(vm, memory_file, vm.owner_uid(), deadline, "loading memory file %s" % memory_file)
         return {}
 
     @classmethod
