@@ -340,11 +340,11 @@ class QemuVm(QemuSaveRestore, VmHandle):
                                    % (self.name, manifest_store.manifest_path(memory_file)))
         loaded = {}
 
-        def load_file(vm):
+        def load_state(vm):
             loaded.update(self.load_memory(vm, memory_file, memory_format, deadline, load, exited_at, pages))
         sock = proc.qmp_socket_of(record['argv'])
         # QEMU's own output, next to its QMP socket: the VM's place, not the snapshot's
-        return dict(self.relaunch(self.module, record, sock, sock + '.log', deadline, load_file, state),
+        return dict(self.relaunch(self.module, record, sock, sock + '.log', deadline, load_state, state),
                     route='qemu-relaunch', **loaded)
 
     @staticmethod
