@@ -23,6 +23,7 @@ A quick check of the bench itself: --vms 2 --memory 128 --fill 32.
 """
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -95,19 +96,32 @@ class Bench:
         script = ' '.join(VIRSH) + ' "$0" "qemu+ssh://vmfleet@$1/system" --migrateuri "tcp://$1"'
         hv1.run(['xargs', '-P', str(parallel), '-n', '2', 'sh', '-e', '-c', script], input=pairs, timeout=self.timeout)
 
-    def evacuate(self, concurrency):
-        """The role's evacuate phase on hv1, as host_evacuate runs it; the whole ansible-playbook run."""
+    def evacuate(self, concurrency, settings=None, collections=None):
+        """The role's evacuate phase on hv1, as host_evacuate runs it; the whole ansible-playbook run.
+        ``settings``: role variables on top of its defaults; ``collections``: another version's collection.
+        Returns where the time went inside, from the run's report on hv1."""
         hv1 = self.hosts[0]
+        report = hv1.path('vmfleet', 'reports', 'host_maintenance.json')
+        if os.path.exists(report):
+            os.unlink(report)
         play = write_play([{'name': 'Move the VMs to the other hypervisors',
                             'ansible.builtin.include_role': {'name': 'vmfleet.kvm.host_maintenance'},
-                            'vars': {'host_maintenance_phase': 'evacuate',
-                                     'host_maintenance_destinations': [h.name for h in self.hosts[1:]],
-                                     'host_maintenance_concurrency': concurrency,
-                                     'host_maintenance_qmp_sockets': []}}],
+                            'vars': dict({'host_maintenance_phase': 'evacuate',
+                                          'host_maintenance_destinations': [h.name for h in self.hosts[1:]],
+                                          'host_maintenance_qmp_sockets': []},
+                                         **dict(settings or {}, **({'host_maintenance_concurrency': concurrency}
+                                                                   if concurrency else {})))}],
                           os.path.join(self.play_dir, 'evacuate.yml'), hosts=hv1.name, connection=None)
-        proc = run_playbook(play, inventory=self.fleet.inventory, cwd=self.play_dir, timeout=self.timeout)
+        proc = run_playbook(play, inventory=self.fleet.inventory, cwd=self.play_dir, timeout=self.timeout,
+                            collections=collections)
         if proc.returncode:
             raise RuntimeError('host_maintenance evacuate failed: %s' % (proc.stdout + proc.stderr)[-3000:])
+        with open(report) as f:
+            vms = json.load(f)['vms']
+        return dict(inside_s=round(max(v['ended_at'] for v in vms) - min(v['started_at'] for v in vms), 2),
+                    first_vm_at=min(v['started_at'] for v in vms), last_vm_at=max(v['ended_at'] for v in vms),
+                    vm_wall_s=statistics.median(v['wall_s'] for v in vms),
+                    vm_migration_s=statistics.median(v.get('duration_s') or 0 for v in vms))
 
     def back(self):
         """Every domain back on hv1, untimed; the evacuation's record there forgotten."""
@@ -134,8 +148,9 @@ class Bench:
         with _results.row_of(self.rows, row):
             events = Downtimes(self.hosts[0])
             t0 = time.monotonic()
-            fn(*args)
+            inside = fn(*args)
             row['wall_s'] = round(time.monotonic() - t0, 2)
+            row.update(inside or {})
             downs = events.wait([vm.name for vm in self.vms])
             where = self.where()
             row.update(downtime_max_ms=max(downs.values()), downtime_sum_ms=sum(downs.values()),
@@ -160,6 +175,9 @@ def summarize(rows):
                         downtime_sum_ms=round(statistics.median(r['downtime_sum_ms'] for r in rs)),
                         spread=sorted(set('%s: %d' % (h, list(r['destinations'].values()).count(h))
                                           for r in rs for h in r['destinations'].values()))))
+        for k in ('inside_s', 'vm_wall_s', 'vm_migration_s'):
+            if all(k in r for r in rs):
+                out[-1][k] = round(statistics.median(r[k] for r in rs), 2)
     return out
 
 
@@ -170,7 +188,9 @@ NOTES = ('wall s: the whole evacuation of hv1: the xargs loop of virsh migrate c
          'every domain on hv1, each guest having printed 3 counter lines since the last move (under TCG a guest '
          'fresh from a move runs slower for a while). The role runs with its defaults (parallel_connections 2, '
          'auto_converge), virsh with its own. Guests run under TCG on a 2-core machine: figures are noisy; '
-         'load_avg_1m is in each row.')
+         'load_avg_1m is in each row. module s: from the first VM\'s start to the last one\'s end inside the fleet module '
+         '(the run\'s report on hv1); one VM s: the median VM\'s time in it (its lock, checks, migration, record); its '
+         'migration s: the median migration\'s own duration_s as vm_migrate reports it.')
 
 
 def markdown(result):
@@ -179,11 +199,13 @@ def markdown(result):
              'filled) on hv1, to hv2 and hv3; %d round(s).' % (
                  result['date'], result['host'], result['cpus'], result['accel'], result['load_avg_start'],
                  result['load_avg_end'], result['vms'], result['memory_mib'], result['fill_mib'], result['repeats']), '',
-             '| case | runs | wall s | largest downtime ms | total downtime ms | where they went |',
-             '|---|---|---|---|---|---|']
+             '| case | runs | wall s | module s | one VM s | its migration s | largest downtime ms | total downtime ms '
+             '| where they went |',
+             '|---|---|---|---|---|---|---|---|---|']
     for s in result['summary']:
-        lines.append('| %s | %d | %.2f | %s | %s | %s |' % (
-            s['case'], s['runs'], s['wall_s'], s['downtime_max_ms'], s['downtime_sum_ms'], ', '.join(s['spread'])))
+        lines.append('| %s | %d | %.2f | %s | %s | %s | %s | %s | %s |' % (
+            s['case'], s['runs'], s['wall_s'], s.get('inside_s', ''), s.get('vm_wall_s', ''), s.get('vm_migration_s', ''),
+            s['downtime_max_ms'], s['downtime_sum_ms'], ', '.join(s['spread'])))
     errors = [r for r in result['rows'] if 'error' in r]
     if errors:
         lines += ['', 'Failed runs:', ''] + ['- %s round %d: %s' % (r['case'], r['round'], r['error'][:300])
@@ -213,7 +235,12 @@ def main():
     ap.add_argument('--memory', type=int, default=512, help='MiB of RAM each (default 512)')
     ap.add_argument('--fill', type=int, help='MiB of it filled with random data at boot (default half; a guest of '
                                              '128 MiB has room for 32)')
-    ap.add_argument('--concurrency', default='1,2', help="host_maintenance_concurrency values (default 1,2)")
+    ap.add_argument('--concurrency', default='0,1,2',
+                    help="host_maintenance_concurrency values, 0: the role's default (default 0,1,2)")
+    ap.add_argument('--like-virsh', action='store_true',
+                    help="each concurrency also with virsh's migration settings (parallel_connections 1, no auto_converge)")
+    ap.add_argument('--before', help='a checkout of an earlier version (with .collections linked): its role too, '
+                                     "as 'host_evacuate ... (before)'")
     ap.add_argument('--repeats', type=int, default=1)
     ap.add_argument('--timeout', type=int, default=1800, help='seconds one evacuation may take')
     ap.add_argument('--name', default='evacuate', help='file name (no suffix) of the results')
@@ -237,10 +264,17 @@ def main():
                     raise RuntimeError('%s: %s' % (vm.name, m.group(0)))
             bench = Bench(fleet, vms, args.timeout)
             cases = [('virsh loop x1', bench.virsh_loop, 1), ('virsh loop x2', bench.virsh_loop, 2)]
-            cases += [('host_evacuate c%d' % c, bench.evacuate, c) for c in concurrency]
+            like_virsh = {'host_maintenance_parallel_connections': 1, 'host_maintenance_auto_converge': False}
+            before = os.path.join(os.path.abspath(args.before), '.collections') if args.before else None
+            for c in concurrency:
+                name = 'host_evacuate %s' % ('c%d' % c if c else 'default')
+                for tag, collections in [('', None)] + ([(' (before)', before)] if before else []):
+                    cases.append((name + tag, bench.evacuate, (c, None, collections)))
+                    if args.like_virsh:
+                        cases.append((name + ', virsh settings' + tag, bench.evacuate, (c, like_virsh, collections)))
             for rnd in range(args.repeats):
                 for case, fn, arg in cases:
-                    bench.measure(dict(case=case, round=rnd + 1), fn, arg)
+                    bench.measure(dict(case=case, round=rnd + 1), fn, *(arg if isinstance(arg, tuple) else (arg,)))
         finally:
             fleet.down()
     result.update(rows=bench.rows if bench else [], notes=NOTES)

@@ -309,10 +309,7 @@ def work(module):
         _save_dir(module)
         run.saved = wf.VmsAway(p['save_dir'], run.lock)
         run.evacuated = wf.VmsAway(p['save_dir'], run.lock, ev.EVACUATED_VMS)
-        targets, records = run.select()
-        run.placed, run.unplaced, measured = ev.plan_evacuation(run, targets, p['destinations'])
-        run.run(targets, ev.evacuate_vm, ev.earlier_evacuations(run.evacuated, run.saved, targets, records))
-        return run.result(destinations=measured)
+        return ev.evacuate_host(run)
     elif phase == 'send_back':
         ignore_hangup()
         run.run(ev.evacuated_as_targets(p['evacuated']), ev.send_back_vm)

@@ -95,6 +95,20 @@ def destination_uris(host, user=None):
     return dict(libvirt_uri=libvirt_migrator.destination_uri(host, user), ssh_uri=remote.destination_uri(host, user))
 
 
+def shared_connections():
+    """A context within which the VMs of one run moving to one host share the connections to it
+    (backends/libvirt/connection.py; a raw QEMU's SSH shares its own master connection)."""
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.connection import shared_remotes
+    return shared_remotes()
+
+
+def prefetch_connection(uri, deadline):
+    """Open the connection to the libvirt at ``uri`` in the background, for the VMs of this run that
+    will move there (inside shared_connections(); a failure shows when a migration needs it)."""
+    from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.connection import prefetch
+    prefetch(uri, deadline, 'the destination libvirt')
+
+
 def destination_key(backend):
     """The key of a fleet record's destination that reaches a VM of ``backend`` there."""
     return 'ssh_uri' if backend == 'qemu' else 'libvirt_uri'

@@ -22,7 +22,7 @@ import os
 import threading
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import (
-    available_memory, destination_key, destination_uris, open_vm,
+    available_memory, destination_key, destination_uris, open_vm, prefetch_connection, shared_connections,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import addresses
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
@@ -67,22 +67,39 @@ def _measure(d):
             d['error'] = 'its /proc/meminfo gives no MemAvailable: give its free_mib'
 
 
-def measure_destinations(destinations, check_mode=False):
+def measure_destinations(destinations):
     """Each destination with its free memory (as given, or MemAvailable read over SSH),
-    or an ``error`` saying why it cannot take VMs. All read at once: one SSH connection
-    each, a few tenths of a second, would add up over a row of destinations."""
+    or an ``error`` saying why it cannot take VMs."""
+    return start_measuring(destinations)()
+
+
+def start_measuring(destinations):
+    """measure_destinations, started: returns at once a function that waits for the figures and
+    gives them. All read at once, while the host's VMs are listed: one SSH connection each, a few
+    tenths of a second, would add up over a row of destinations and come before any VM moves."""
     out = [host_address(d) for d in destinations or []]
     threads = [threading.Thread(target=_measure, args=(d,), name='meminfo %s' % d['name'])
                for d in out if d['free_mib'] is None]
     for t in threads:
         t.daemon = True
         t.start()
-    for t in threads:
-        t.join()  # each within MEMINFO_TIMEOUT
-    for d in out:
-        if 'bug' in d:
-            raise d['bug']
-    return out
+
+    def figures():
+        for t in threads:
+            t.join()  # each within MEMINFO_TIMEOUT
+        for d in out:
+            if 'bug' in d:
+                raise d['bug']
+        return out
+    return figures
+
+
+def start_connecting(run, destinations):
+    """The libvirt connections to every destination, opened in the background while the host's VMs
+    are listed and the destinations measured (within shared_connections, the migrations take them)."""
+    if not run.check_mode and run.p['uri']:
+        for d in destinations or []:
+            prefetch_connection(host_address(d)['libvirt_uri'], run.deadline)
 
 
 def memory_mib(run, target):
@@ -91,10 +108,10 @@ def memory_mib(run, target):
         return vm.memory_bytes() // MIB
 
 
-def plan_evacuation(run, targets, destinations):
+def plan_evacuation(run, targets, measuring):
     """Where each target goes: {vm name: destination}, {vm name: why it goes nowhere}, and the
-    destinations as measured (for the report)."""
-    measured = measure_destinations(destinations)
+    destinations as measured (for the report). ``measuring``: what start_measuring returned."""
+    measured = measuring()
     sizes, unplaced = [], {}
     for t in targets:
         try:
@@ -125,6 +142,19 @@ def _migration_params(run, connection, destination_uri, destination_qmp_socket=N
 
 def _kept(result):
     return dict((k, result[k]) for k in MIGRATION_KEYS if result.get(k) is not None)
+
+
+def evacuate_host(run):
+    """The evacuate phase: every running VM of this host to a destination (or saved); its result."""
+    p = run.p
+    with shared_connections():
+        # both while the VMs are listed, before the first one moves
+        measuring = start_measuring(p['destinations'])
+        start_connecting(run, p['destinations'])
+        targets, records = run.select(detail=False)  # a VM moves whole: its disks need no reading
+        run.placed, run.unplaced, measured = plan_evacuation(run, targets, measuring)
+        run.run(targets, evacuate_vm, earlier_evacuations(run.evacuated, run.saved, targets, records))
+    return run.result(destinations=measured)
 
 
 def evacuate_vm(run, target, record):

@@ -23,7 +23,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common import durable
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm, open_vms, reached_alone
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import open_vm, open_vms, reached_alone, shared_connections
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     ConnectionFailed, FleetFailed, InvalidArgument, OperationTimeout, VmfleetError, VmGone,
 )
@@ -35,6 +35,21 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.common.waiter import D
 SOCKET_TIMEOUT = 30.0
 # the states a VM has while its QEMU runs; one may turn into the other under another run's hands
 LIVE_STATES = ('running', 'paused')
+
+
+# VMs described at once while a host is listed
+DESCRIBE_AT_ONCE = 4
+
+
+def _described(vm, detail=True):
+    """What a fleet selects ``vm`` by; ``detail``: its disks and snapshots too (vm_info's
+    description, read with qemu-img), which only the snapshot workflows need."""
+    try:
+        if not detail:
+            return dict(name=vm.name, backend=vm.backend, state=vm.state(), connection=vm.connection())
+        return dict(vm.describe(), connection=vm.connection())
+    except VmGone:
+        return None
 
 
 class FleetRun(object):
@@ -64,9 +79,9 @@ class FleetRun(object):
         conn.update(target['connection'], timeout=self.deadline.remaining(1.0))
         return conn
 
-    def describe_host(self):
-        """Every VM this run may act on, described as vm_info does, and the raw
-        QEMU sockets that did not answer (each a failed VM, not a failed host)."""
+    def describe_host(self, detail=True):
+        """Every VM this run may act on, described as vm_info does (``detail``: _described), and
+        the raw QEMU sockets that did not answer (each a failed VM, not a failed host)."""
         p = self.p
         asked = p['vms'] or []
         alone = {}
@@ -84,26 +99,28 @@ class FleetRun(object):
             try:
                 with open_vms(self.module, dict(uri=p['uri'], domain=None, qmp_socket=None,
                                                 timeout=self.deadline.remaining(1.0))) as (vms, host):
-                    for vm in vms:
-                        try:
-                            described.append(dict(vm.describe(), connection=vm.connection()))
-                        except VmGone:
-                            continue  # shut down and undefined while we listed
+                    # at once: each VM's images are read by qemu-img, tens of milliseconds a disk
+                    with ThreadPoolExecutor(max_workers=DESCRIBE_AT_ONCE) as pool:
+                        for d in pool.map(lambda vm: _described(vm, detail), vms):
+                            if d is not None:  # None: shut down and undefined while we listed
+                                described.append(d)
             except ConnectionFailed as e:
                 # libvirtd down: its domains are reported failed, the raw QEMU VMs are still worked
                 unreachable.append(dict(item=p['uri'], msg=e.message))
         for name, conn in alone.items():
             try:
                 with open_vm(self.module, dict(conn, timeout=min(SOCKET_TIMEOUT, self.deadline.remaining(1.0)))) as vm:
-                    described.append(dict(vm.describe(), connection=vm.connection()))
+                    d = _described(vm, detail)
+                    if d is not None:
+                        described.append(d)
             except VmfleetError as e:
                 unreachable.append(dict(item=name, msg=e.message))
         return described, unreachable
 
-    def select(self, states=('running',)):
-        """(targets, records of the VMs asked for but missing or skipped)."""
+    def select(self, states=('running',), detail=True):
+        """(targets, records of the VMs asked for but missing or skipped); ``detail``: as describe_host."""
         started = time.time()
-        described, unreachable = self.describe_host()
+        described, unreachable = self.describe_host(detail)
         sel = fleet_select([described], self.p['vms'], self.p['exclude'], self.p['name_pattern'], states,
                            unreachable)
         # their outcome was decided while the host was listed: that is their time on the report's timeline
@@ -121,7 +138,7 @@ class FleetRun(object):
         self._progress()
         slots = [None] * len(targets)
         workers = max(1, min(int(self.p['concurrency']), len(targets) or 1))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with shared_connections(), ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(self._one, target, work) for target in targets]
             for i, future in enumerate(futures):
                 slots[i] = future.result()

@@ -22,7 +22,7 @@ from xml.sax.saxutils import escape
 from ansible.module_utils.six.moves.urllib.parse import urlparse
 
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.connection import (
-    close_quietly, connect, domain_running, event_loop, find_domain, open_remote,
+    close_quietly, connect, domain_running, event_loop, find_domain, release, remote_connection,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.snapshot_carry import (
     SnapshotCarry, snapshot_names,
@@ -104,7 +104,7 @@ class LibvirtMigrator(Migrator):
             self.src = connect(params['uri'])
             self.dom = find_domain(self.src, self.name)
         try:
-            self.dst = open_remote(self.dest_uri, deadline, 'the destination libvirt')
+            self.dst = remote_connection(self.dest_uri, deadline, 'the destination libvirt')
         except BaseException:
             self.close()
             raise
@@ -113,9 +113,10 @@ class LibvirtMigrator(Migrator):
         self._drop_pool()
         if self.files.remote is not None:
             self.files.remote.close()  # its SSH connection, if the snapshot files needed one
-        for c in (self.src, self.dst):
-            if c is not None:
-                close_quietly(c)
+        if self.src is not None:
+            close_quietly(self.src)
+        if self.dst is not None:
+            release(self.dst)
 
     def identity(self):
         return dict(domain=self.name, source_uri=self.p['uri'], backend='libvirt')

@@ -21,7 +21,6 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import quirks
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt import save_image as libvirt_save_image
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.save_restore import LibvirtSaveRestore
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.libvirt.connection import HAS_LIBVIRT, connect, domain_by_uuid, run_blocking
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as qemu_process
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import Disk, ImageSnapshot
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.vm_handle import VmHandle
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
@@ -429,6 +428,8 @@ class _Host(object):
         self.vms = vms
 
     def host_facts(self, timeout):
+        # here, not at the top: it brings qemu.qmp and asyncio, which a domain's other work never needs
+        from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qemu import process as qemu_process
         emulator = next((e for e in (vm.emulator() for vm in self.vms) if e), None)
         qemu = qemu_process.probe_binary(emulator or capabilities.default_emulator(self.module), timeout)
         return capabilities.host_facts(qemu, quirks.version_string(self.conn.getLibVersion()), libvirt)
