@@ -76,7 +76,11 @@ def _figures(wall, report):
     return dict(wall_s=round(wall, 2), work_sum_s=round(sum(work), 3), work_max_s=round(max(work), 3),
                 vm_sum_s=round(sum(pipeline), 3) if pipeline else None,
                 vm_max_s=round(max(pipeline), 3) if pipeline else None,
-                paused_ms_max=round(max(paused), 1) if paused else None)
+                paused_ms_max=round(max(paused), 1) if paused else None,
+                # each backend's pauses, smallest first: the 1-VM run has a libvirt domain only
+                paused_ms_by_backend=dict((b, sorted(round(x['paused_ms'], 1) for x in recs
+                                                     if x.get('backend') == b and x.get('paused_ms') is not None))
+                                          for b in sorted(set(x.get('backend') for x in recs))))
 
 
 def _workflow(vms, workdir, mode, tag, collections=None, at_once=True):

@@ -102,6 +102,13 @@ def shared_connections():
     return shared_remotes()
 
 
+def prefetch_destination(params, deadline):
+    """For a migration (vm_migrate's options): the connection to its destination, opened in the
+    background inside shared_connections() (a libvirt domain's; a raw QEMU's SSH opens as it goes)."""
+    if backend_of(params) == 'libvirt' and params.get('destination_uri'):
+        prefetch_connection(params['destination_uri'], deadline)
+
+
 def prefetch_connection(uri, deadline):
     """Open the connection to the libvirt at ``uri`` in the background, for the VMs of this run that
     will move there (inside shared_connections(); a failure shows when a migration needs it)."""

@@ -18,7 +18,9 @@ __metaclass__ = type
 import signal
 import time
 
-from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import migrator_for, open_vm
+from ansible_collections.vmfleet.kvm.plugins.module_utils.backends import (
+    migrator_for, open_vm, prefetch_destination, shared_connections,
+)
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
     ConnectionFailed, DestinationProblem, InvalidArgument, VmNotFound,
 )
@@ -131,17 +133,20 @@ def migrate(module, p):
     """Move the VM ``p`` names (vm_migrate's options) to ``p['destination_uri']``; its result."""
     _check_params(p)
     deadline = Deadline(p['timeout'])
-    try:
-        vm = open_vm(module, p)
-    except (VmNotFound, ConnectionFailed) as e:
-        # not here (any more): done when it runs at the destination
-        with migrator_for(module, p, deadline) as m:
-            return _recovered(module, m, lambda: _not_here(m, e))
-    with vm:
-        with vm.migrator(p, deadline) as m:
-            if not vm.is_running():
-                return _recovered(module, m, lambda: _not_here(m, None))
-            return _recovered(module, m, lambda: _migrate(module, p, vm, m, deadline))
+    with shared_connections():
+        # the destination reached while the VM is opened here (a few tenths of a second of SSH)
+        prefetch_destination(p, deadline)
+        try:
+            vm = open_vm(module, p)
+        except (VmNotFound, ConnectionFailed) as e:
+            # not here (any more): done when it runs at the destination
+            with migrator_for(module, p, deadline) as m:
+                return _recovered(module, m, lambda: _not_here(m, e))
+        with vm:
+            with vm.migrator(p, deadline) as m:
+                if not vm.is_running():
+                    return _recovered(module, m, lambda: _not_here(m, None))
+                return _recovered(module, m, lambda: _migrate(module, p, vm, m, deadline))
 
 
 def _recovered(module, m, then):

@@ -73,7 +73,7 @@ def open_remote(uri, deadline, what):
 
 
 _SHARED_LOCK = threading.Lock()
-_SHARED = None  # {uri: [lock, connection or None]} while shared_remotes() is open
+_SHARED = None  # {uri: [lock, connection or None, a prefetch's error]} while shared_remotes() is open
 
 
 @contextlib.contextmanager
@@ -92,7 +92,7 @@ def shared_remotes():
         if not outer:
             with _SHARED_LOCK:
                 shared, _SHARED = _SHARED, None
-            for _lock, conn in shared.values():
+            for _lock, conn, _error in shared.values():
                 if conn is not None:
                     close_quietly(conn)
 
@@ -103,8 +103,11 @@ def remote_connection(uri, deadline, what):
     with _SHARED_LOCK:
         if _SHARED is None:
             return open_remote(uri, deadline, what)
-        slot = _SHARED.setdefault(uri, [threading.Lock(), None])
+        slot = _SHARED.setdefault(uri, [threading.Lock(), None, None])
     with slot[0]:  # one opening per URI; other destinations open at the same time
+        if slot[2] is not None:
+            error, slot[2] = slot[2], None
+            raise error  # the prefetch's own failure, not a second wait for the same answer
         conn = slot[1]
         if conn is not None:
             try:
@@ -124,7 +127,7 @@ def prefetch(uri, deadline, what):
     with _SHARED_LOCK:
         if _SHARED is None or not HAS_LIBVIRT:
             return
-        slot = _SHARED.setdefault(uri, [threading.Lock(), None])
+        slot = _SHARED.setdefault(uri, [threading.Lock(), None, None])
     started = threading.Event()
 
     def target():
@@ -133,8 +136,8 @@ def prefetch(uri, deadline, what):
             if slot[1] is None:
                 try:
                     slot[1] = open_remote(uri, deadline, what)
-                except VmfleetError:
-                    pass  # the migration that needs it opens it again and reports why it cannot
+                except VmfleetError as e:
+                    slot[2] = e  # for the first migration that needs it to report
 
     threading.Thread(target=target, name='connect %s' % uri, daemon=True).start()
     started.wait(5)  # holding the lock before anyone asks
@@ -143,7 +146,7 @@ def prefetch(uri, deadline, what):
 def release(conn):
     """Close a connection remote_connection() gave, unless shared_remotes() holds it."""
     with _SHARED_LOCK:
-        shared = _SHARED is not None and any(conn is c for _lock, c in _SHARED.values())
+        shared = _SHARED is not None and any(conn is slot[1] for slot in _SHARED.values())
     if not shared:
         close_quietly(conn)
 
