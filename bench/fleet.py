@@ -197,8 +197,9 @@ def main():
                 row['after'] = _workflow(chosen, root, mode, 'a', at_once=args.concurrency == 'all')
                 if size == 1:
                     row['one_task_s'] = one_task(chosen[0], root, mode)
-                if before and mode == 'internal':
-                    row['before'] = _workflow(chosen, root, mode, 'b', collections=before)
+                if before:
+                    row['before'] = _workflow(chosen, root, mode, 'b', collections=before,
+                                              at_once=args.concurrency == 'all')
                 row['baseline_loop_s'] = baseline(chosen, 'bench-loop-%d' % len(chosen))
                 runs.append(row)
                 print(json.dumps(row), flush=True)
@@ -217,8 +218,9 @@ def main():
                      'it (duration_s); vm_*: each VM\'s whole pipeline in the fleet module (wall_s: act, verify, '
                      'retention, state after). paused_ms_max: the largest guest pause (QEMU\'s STOP/RESUME events). '
                      'baseline_loop_s: virsh snapshot-create-as / HMP savevm, one VM after the other. before: the '
-                     'same playbooks from the version given with --before (it has no instant snapshots of libvirt '
-                     'domains: its mode instant rows are not run). Guests run under TCG and share 2 cores.')
+                     'same playbooks from the version given with --before, with the same concurrency (a version '
+                     'without instant snapshots of libvirt domains fails those rows). paused_ms_by_backend: every '
+                     'VM\'s pause, per backend. Guests run under TCG and share 2 cores.')
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, args.name + '.json')
     with open(path, 'w') as f:

@@ -271,6 +271,14 @@ class VmHandle(object):
         """Before anything stops: ``record`` (relaunch_record) can bring this VM back."""
         raise NotImplementedError
 
+    def prepare_memory_write(self, path, fd, was_running):
+        """What start_memory_write needs that can be done before the guest pauses (its pause is
+        what an instant snapshot costs the guest); unprepare_memory_write undoes it if the write
+        never starts."""
+
+    def unprepare_memory_write(self, path, fd):
+        pass
+
     def start_memory_write(self, path, fd, was_running):
         """Start QEMU's migration of the (paused) VM's RAM and device state into
         the partial memory file ``path``, open (and locked) as ``fd`` by the caller."""

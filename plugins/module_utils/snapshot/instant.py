@@ -342,9 +342,11 @@ class InstantSnapshots(object):
         caller to undo."""
         vm = self.vm
         was_running = vm.state() == 'running'
-        paused_by_us = started = self.switched = False
+        paused_by_us = prepared = started = self.switched = False
         try:
             self._arm(caps)
+            vm.prepare_memory_write(tmp, fd, was_running)
+            prepared = True
             vm.drain_events()
             t0 = time.monotonic()
             if was_running:
@@ -368,6 +370,8 @@ class InstantSnapshots(object):
         except BaseException:
             if started:
                 vm.abort_memory_write(tmp, fd)
+            elif prepared:
+                vm.unprepare_memory_write(tmp, fd)
             if paused_by_us:
                 try:
                     vm.resume()

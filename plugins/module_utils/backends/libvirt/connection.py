@@ -50,6 +50,9 @@ def open_remote(uri, deadline, what):
     calls on it (and closing it) fail instead of waiting for TCP to give up (many minutes)."""
     _require_libvirt()
     _silence_libvirt()
+    # keepalive needs libvirt's event loop registered before the connection opens (else it is refused,
+    # silently here, and a lost peer hangs every call on it for as long as TCP takes)
+    event_loop()
     box = {}
 
     def target():

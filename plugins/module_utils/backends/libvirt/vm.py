@@ -304,21 +304,34 @@ class LibvirtVm(LibvirtSaveRestore, VmHandle):
                                                                                path, what),
                     hint="nothing was changed; the snapshot cannot be reverted, remove it")
 
-    def start_memory_write(self, path, fd, was_running):
+    def prepare_memory_write(self, path, fd, was_running):
+        # the header (the domain's XML: the transaction of internal snapshots leaves it as it is) and the
+        # fd handed to QEMU before the pause: two round trips through libvirtd less while the guest waits
         flags = libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_MIGRATABLE
         xml = self._call('reading the migratable XML', self.dom.XMLDesc, flags)
         libvirt_save_image.write_header(fd, xml, was_running)
         # QEMU writes through its copy of the fd from the offset the header ends at, as libvirt's own save does
         fdname = 'vmfleet-memory-%d' % os.getpid()
         self.qmp('getfd', _files=[fd], fdname=fdname)
-        try:
-            self.qmp('migrate', uri='fd:%s' % fdname)
-        except Exception:
+        self._memory_fd = fdname
+
+    def unprepare_memory_write(self, path, fd):
+        fdname, self._memory_fd = getattr(self, '_memory_fd', None), None
+        if fdname:
             try:
                 self.qmp('closefd', fdname=fdname)
             except VmfleetError:
                 pass
+
+    def start_memory_write(self, path, fd, was_running):
+        if not getattr(self, '_memory_fd', None):
+            self.prepare_memory_write(path, fd, was_running)
+        try:
+            self.qmp('migrate', uri='fd:%s' % self._memory_fd)
+        except Exception:
+            self.unprepare_memory_write(path, fd)
             raise
+        self._memory_fd = None  # QEMU's migration holds it now
 
     def finish_memory_write(self, path, fd):
         libvirt_save_image.mark_complete(fd)
