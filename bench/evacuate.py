@@ -11,7 +11,7 @@ evacuation starting from every domain running on hv1 (moved back untimed, with v
   * ``virsh loop x2``: the same list, ``xargs -P 2`` (two migrations at a time);
   * ``host_evacuate cN``: the whole ``ansible-playbook`` run (its start included) of a play on hv1 running the
     role ``vmfleet.kvm.host_maintenance`` with ``host_maintenance_phase: evacuate`` (as the host_evacuate
-    playbook does), destinations hv2 and hv3, ``host_maintenance_concurrency`` N (1 and 2 by default), the
+    playbook does), destinations hv2 and hv3, ``host_maintenance_migrations`` N (the default, 1 and 2 by default), the
     role's other defaults (its parallel_connections 2 and auto_converge: the loops use virsh's own defaults).
 
 Figures: the wall time of each evacuation, and the largest and the total guest downtime: libvirt's downtime of
@@ -109,8 +109,10 @@ class Bench:
                             'vars': dict({'host_maintenance_phase': 'evacuate',
                                           'host_maintenance_destinations': [h.name for h in self.hosts[1:]],
                                           'host_maintenance_qmp_sockets': []},
-                                         **dict(settings or {}, **({'host_maintenance_concurrency': concurrency}
-                                                                   if concurrency else {})))}],
+                                         **dict(settings or {}, **(
+                                             # the role's migrations at once (before 2026-12-04 its concurrency)
+                                             {'host_maintenance_migrations': concurrency,
+                                              'host_maintenance_concurrency': concurrency} if concurrency else {})))}],
                           os.path.join(self.play_dir, 'evacuate.yml'), hosts=hv1.name, connection=None)
         proc = run_playbook(play, inventory=self.fleet.inventory, cwd=self.play_dir, timeout=self.timeout,
                             collections=collections)
@@ -236,7 +238,7 @@ def main():
     ap.add_argument('--fill', type=int, help='MiB of it filled with random data at boot (default half; a guest of '
                                              '128 MiB has room for 32)')
     ap.add_argument('--concurrency', default='0,1,2',
-                    help="host_maintenance_concurrency values, 0: the role's default (default 0,1,2)")
+                    help="host_maintenance_migrations values, 0: the role's default (default 0,1,2)")
     ap.add_argument('--like-virsh', action='store_true',
                     help="each concurrency also with virsh's migration settings (parallel_connections 1, no auto_converge)")
     ap.add_argument('--before', help='a checkout of an earlier version (with .collections linked): its role too, '
