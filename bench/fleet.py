@@ -168,6 +168,7 @@ def main():
     ap.add_argument('--concurrency', choices=('all', 'default'), default='all',
                     help='all: every VM at once (<role>_concurrency = VMs); default: the roles\' own defaults')
     ap.add_argument('--name', default='fleet', help='file name (no suffix) of the results')
+    ap.add_argument('--before-first', action='store_true', help='with --before: that version runs first at each size')
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(',') if x]
     modes = [m for m in args.modes.split(',') if m]
@@ -194,10 +195,15 @@ def main():
             for size in sizes:
                 chosen = mixed[:size]
                 row = dict(mode=mode, vms=len(chosen), backends=sorted(set(vm['backend'] for vm in chosen)))
+                # with --before, the two versions take turns going first (the first run of a size ran slower)
+                first_before = before and args.before_first
+                if first_before:
+                    row['before'] = _workflow(chosen, root, mode, 'b', collections=before,
+                                              at_once=args.concurrency == 'all')
                 row['after'] = _workflow(chosen, root, mode, 'a', at_once=args.concurrency == 'all')
                 if size == 1:
                     row['one_task_s'] = one_task(chosen[0], root, mode)
-                if before:
+                if before and not first_before:
                     row['before'] = _workflow(chosen, root, mode, 'b', collections=before,
                                               at_once=args.concurrency == 'all')
                 row['baseline_loop_s'] = baseline(chosen, 'bench-loop-%d' % len(chosen))
@@ -207,7 +213,8 @@ def main():
         detached_guests.down(fleet_dir)
         shutil.rmtree(root, ignore_errors=True)
     out = dict(benchmark='fleet', accel=detect_accel(), host=platform.node(), cpus=os.cpu_count(), memory_mib=256,
-               modes=modes, sizes=sizes, concurrency=args.concurrency, playbook_start_s=start, runs=runs,
+               modes=modes, sizes=sizes, concurrency=args.concurrency, before_first=bool(args.before_first),
+               playbook_start_s=start, runs=runs,
                wall_s=round(time.monotonic() - t_start, 1),
                notes='wall_s: the whole ansible-playbook run on this host (start included), every VM at once '
                      '(<role>_concurrency = VMs), or with concurrency default at the roles\' defaults (2 for '
