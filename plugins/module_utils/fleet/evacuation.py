@@ -59,7 +59,7 @@ def _measure(d):
         avail = available_memory(d['ssh_uri'], Deadline(MEMINFO_TIMEOUT))
     except VmfleetError as e:
         d['error'] = e.message
-    except Exception as e:  # a bug of ours: raised by measure_destinations, as it would be without the thread
+    except Exception as e:  # a bug of ours: raised by start_measuring's figures, as it would be without the thread
         d['bug'] = e
     else:
         d['free_mib'] = avail // MIB if avail is not None else None
@@ -67,16 +67,11 @@ def _measure(d):
             d['error'] = 'its /proc/meminfo gives no MemAvailable: give its free_mib'
 
 
-def measure_destinations(destinations):
-    """Each destination with its free memory (as given, or MemAvailable read over SSH),
-    or an ``error`` saying why it cannot take VMs."""
-    return start_measuring(destinations)()
-
-
 def start_measuring(destinations):
-    """measure_destinations, started: returns at once a function that waits for the figures and
-    gives them. All read at once, while the host's VMs are listed: one SSH connection each, a few
-    tenths of a second, would add up over a row of destinations and come before any VM moves."""
+    """Each destination's free memory (as given, or MemAvailable read over SSH), or an ``error``
+    saying why it cannot take VMs: returns at once a function that waits for the figures and gives
+    them. All read at once, while the host's VMs are listed: one SSH connection each, a few tenths
+    of a second, would add up over a row of destinations and come before any VM moves."""
     out = [host_address(d) for d in destinations or []]
     threads = [threading.Thread(target=_measure, args=(d,), name='meminfo %s' % d['name'])
                for d in out if d['free_mib'] is None]

@@ -111,17 +111,22 @@ def remote_connection(uri, deadline, what):
         if slot[2] is not None:
             error, slot[2] = slot[2], None
             raise error  # the prefetch's own failure, not a second wait for the same answer
-        conn = slot[1]
-        if conn is not None:
-            try:
-                if conn.isAlive():
-                    return conn
-            except libvirt.libvirtError:
-                pass
-            close_quietly(conn)
-        slot[1] = None
-        slot[1] = open_remote(uri, deadline, what)
-        return slot[1]
+        return _live(slot, uri, deadline, what)
+
+
+def _live(slot, uri, deadline, what):
+    """Under the slot's lock: its connection while alive, else a new one put there."""
+    conn = slot[1]
+    if conn is not None:
+        try:
+            if conn.isAlive():
+                return conn
+        except libvirt.libvirtError:
+            pass
+        close_quietly(conn)
+    slot[1] = None  # a lost one never stays, even when the new one cannot open
+    slot[1] = open_remote(uri, deadline, what)
+    return slot[1]
 
 
 def prefetch(uri, deadline, what):
@@ -136,11 +141,10 @@ def prefetch(uri, deadline, what):
     def target():
         with slot[0]:
             started.set()
-            if slot[1] is None:
-                try:
-                    slot[1] = open_remote(uri, deadline, what)
-                except VmfleetError as e:
-                    slot[2] = e  # for the first migration that needs it to report
+            try:
+                _live(slot, uri, deadline, what)
+            except VmfleetError as e:
+                slot[2] = e  # for the first migration that needs it to report
 
     threading.Thread(target=target, name='connect %s' % uri, daemon=True).start()
     started.wait(5)  # holding the lock before anyone asks

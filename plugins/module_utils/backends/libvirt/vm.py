@@ -90,6 +90,7 @@ class LibvirtVm(LibvirtSaveRestore, VmHandle):
         self.dom = dom
         self.uri = uri
         self._own_conn = own_conn
+        self._memory_fd = None  # the fd name QEMU holds for an instant snapshot's memory file, once handed
 
     @classmethod
     def open(cls, module, params, conn=None):
@@ -316,7 +317,7 @@ class LibvirtVm(LibvirtSaveRestore, VmHandle):
         self._memory_fd = fdname
 
     def unprepare_memory_write(self, path, fd):
-        fdname, self._memory_fd = getattr(self, '_memory_fd', None), None
+        fdname, self._memory_fd = self._memory_fd, None
         if fdname:
             try:
                 self.qmp('closefd', fdname=fdname)
@@ -324,7 +325,7 @@ class LibvirtVm(LibvirtSaveRestore, VmHandle):
                 pass
 
     def start_memory_write(self, path, fd, was_running):
-        if not getattr(self, '_memory_fd', None):
+        if not self._memory_fd:
             self.prepare_memory_write(path, fd, was_running)
         try:
             self.qmp('migrate', uri='fd:%s' % self._memory_fd)

@@ -15,7 +15,7 @@ def test_a_host_is_reached_over_ssh_and_qemu_ssh_with_its_user_unless_uris_are_g
 
 
 def test_given_free_memory_is_not_read_over_ssh():
-    measured = ev.measure_destinations([{'name': 'hv2', 'free_mib': 2048}])
+    measured = ev.start_measuring([{'name': 'hv2', 'free_mib': 2048}])()
     assert measured[0]['free_mib'] == 2048 and 'error' not in measured[0]
 
 
@@ -30,7 +30,7 @@ def test_the_destinations_are_read_at_once_each_with_its_own_answer(monkeypatch)
         return answers[uri]
 
     monkeypatch.setattr(ev, 'available_memory', available)
-    measured = ev.measure_destinations([{'name': 'hv2'}, {'name': 'hv3'}, {'name': 'hv4', 'free_mib': 512}])
+    measured = ev.start_measuring([{'name': 'hv2'}, {'name': 'hv3'}, {'name': 'hv4', 'free_mib': 512}])()
     assert [d['name'] for d in measured] == ['hv2', 'hv3', 'hv4']
     assert measured[0]['free_mib'] == 3072 and 'error' not in measured[0]
     assert measured[1]['free_mib'] is None and 'MemAvailable' in measured[1]['error']
