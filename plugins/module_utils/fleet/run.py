@@ -41,13 +41,18 @@ LIVE_STATES = ('running', 'paused')
 DESCRIBE_AT_ONCE = 4
 
 
-def _described(vm, detail=True):
+def _description(vm, detail=True):
     """What a fleet selects ``vm`` by; ``detail``: its disks and snapshots too (vm_info's
     description, read with qemu-img), which only the snapshot workflows need."""
+    if not detail:
+        return dict(name=vm.name, backend=vm.backend, state=vm.state(), connection=vm.connection())
+    return dict(vm.describe(), connection=vm.connection())
+
+
+def _described(vm, detail=True):
+    """_description, or None for a domain shut down and undefined while the host was listed."""
     try:
-        if not detail:
-            return dict(name=vm.name, backend=vm.backend, state=vm.state(), connection=vm.connection())
-        return dict(vm.describe(), connection=vm.connection())
+        return _description(vm, detail)
     except VmGone:
         return None
 
@@ -110,9 +115,8 @@ class FleetRun(object):
         for name, conn in alone.items():
             try:
                 with open_vm(self.module, dict(conn, timeout=min(SOCKET_TIMEOUT, self.deadline.remaining(1.0)))) as vm:
-                    d = _described(vm, detail)
-                    if d is not None:
-                        described.append(d)
+                    # not _described: a socket whose VM is gone is a failed VM (below), not one left out
+                    described.append(_description(vm, detail))
             except VmfleetError as e:
                 unreachable.append(dict(item=name, msg=e.message))
         return described, unreachable
