@@ -12,10 +12,12 @@ for 1, 4, 8 and 16 VMs, in ``mode: internal`` (both backends) and ``mode: instan
     the libvirt domains and of HMP ``savevm`` over the raw QEMU VMs;
   * with ``--before DIR`` (a checkout of an earlier version, its ``.collections`` linked), the same
     playbooks run from that version, for a before/after table;
-  * the start of ``ansible-playbook`` itself (a play with one no-op task on the host).
+  * the start of ``ansible-playbook`` itself (a play with one no-op task on the host);
+  * the 1-VM workflow run ``--alone`` times (3): one VM's pause alone, the yardstick of the largest pause at
+    4, 8 and 16 VMs, varies from run to run.
 
 
-Usage: python bench/fleet.py [--sizes 1,4,8,16] [--modes internal,instant] [--before DIR]
+Usage: python bench/fleet.py [--sizes 1,4,8,16] [--modes internal,instant] [--before DIR] [--alone N]
 Writes bench/results/fleet.json and fleet.png.
 """
 
@@ -169,6 +171,8 @@ def main():
                     help='all: every VM at once (<role>_concurrency = VMs); default: the roles\' own defaults')
     ap.add_argument('--name', default='fleet', help='file name (no suffix) of the results')
     ap.add_argument('--before-first', action='store_true', help='with --before: that version runs first at each size')
+    ap.add_argument('--alone', type=int, default=3,
+                    help='how many times the 1-VM workflow runs, for the pause of one VM alone (the first is the row)')
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(',') if x]
     modes = [m for m in args.modes.split(',') if m]
@@ -206,6 +210,14 @@ def main():
                 if before and not first_before:
                     row['before'] = _workflow(chosen, root, mode, 'b', collections=before,
                                               at_once=args.concurrency == 'all')
+                if size == 1 and args.alone > 1:
+                    # one sample of one VM's pause is a noisy yardstick for the largest of 16: take it again
+                    for side, tag, coll in (('after', 'a', None), ('before', 'b', before)):
+                        if side in row:
+                            row[side + '_alone_paused_ms'] = [row[side]['pre_upgrade_snapshot']['paused_ms_max']] + [
+                                _workflow(chosen, root, mode, '%s%d' % (tag, i), collections=coll,
+                                          at_once=args.concurrency == 'all')['pre_upgrade_snapshot']['paused_ms_max']
+                                for i in range(2, args.alone + 1)]
                 row['baseline_loop_s'] = baseline(chosen, 'bench-loop-%d' % len(chosen))
                 runs.append(row)
                 print(json.dumps(row), flush=True)
@@ -214,6 +226,7 @@ def main():
         shutil.rmtree(root, ignore_errors=True)
     out = dict(benchmark='fleet', accel=detect_accel(), host=platform.node(), cpus=os.cpu_count(), memory_mib=256,
                modes=modes, sizes=sizes, concurrency=args.concurrency, before_first=bool(args.before_first),
+               alone=args.alone,
                playbook_start_s=start, runs=runs,
                wall_s=round(time.monotonic() - t_start, 1),
                notes='wall_s: the whole ansible-playbook run on this host (start included), every VM at once '
@@ -227,7 +240,10 @@ def main():
                      'baseline_loop_s: virsh snapshot-create-as / HMP savevm, one VM after the other. before: the '
                      'same playbooks from the version given with --before, with the same concurrency (a version '
                      'without instant snapshots of libvirt domains fails those rows). paused_ms_by_backend: every '
-                     'VM\'s pause, per backend. Guests run under TCG and share 2 cores.')
+                     'VM\'s pause, per backend. after_alone_paused_ms / before_alone_paused_ms: the largest pause of '
+                     'the 1-VM pre_upgrade_snapshot run --alone times, the first being the row\'s (one VM\'s pause '
+                     'alone varies from run to run: the yardstick for the largest of 4, 8 and 16 is their median). '
+                     'Guests run under TCG and share 2 cores.')
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, args.name + '.json')
     with open(path, 'w') as f:
