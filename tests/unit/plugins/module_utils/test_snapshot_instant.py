@@ -68,13 +68,18 @@ class _PausingVm(object):
         return []
 
 
-def test_one_guest_of_a_run_is_paused_at_a_time(monkeypatch):
-    """A fleet run's first VMs reach their pause together; two pauses at once stretched each other."""
-    log = []
+@pytest.fixture
+def moment_alone(monkeypatch):
+    """moment() with QEMU's side of it (capabilities, the write, its tracking) taken out."""
     monkeypatch.setattr(instant.migration, 'wait', lambda *a: {})
     monkeypatch.setattr(InstantSnapshots, '_arm', lambda self, caps: None)
     monkeypatch.setattr(InstantSnapshots, '_disarm', lambda self: None)
     monkeypatch.setattr(InstantSnapshots, '_wait_tracking', lambda self: None)
+
+
+def test_one_guest_of_a_run_is_paused_at_a_time(moment_alone):
+    """A fleet run's first VMs reach their pause together; two pauses at once stretched each other."""
+    log = []
     snaps = [InstantSnapshots(_PausingVm('vm%d' % i, log), 30, '/nonexistent') for i in range(3)]
     threads = [threading.Thread(target=s.moment, args=([], 'tmp', -1, {})) for s in snaps]
     for t in threads:
@@ -85,12 +90,8 @@ def test_one_guest_of_a_run_is_paused_at_a_time(monkeypatch):
     assert [vm for _what, vm in log[::2]] == [vm for _what, vm in log[1::2]]
 
 
-def test_a_failed_pause_lets_the_next_guest_pause(monkeypatch):
+def test_a_failed_pause_lets_the_next_guest_pause(moment_alone):
     log = []
-    monkeypatch.setattr(instant.migration, 'wait', lambda *a: {})
-    monkeypatch.setattr(InstantSnapshots, '_arm', lambda self, caps: None)
-    monkeypatch.setattr(InstantSnapshots, '_disarm', lambda self: None)
-    monkeypatch.setattr(InstantSnapshots, '_wait_tracking', lambda self: None)
 
     class Refusing(_PausingVm):
         def qmp(self, command, **kw):
