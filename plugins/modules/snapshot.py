@@ -247,6 +247,14 @@ route:
   returned: always
   type: str
   sample: qmp
+qmp_refused:
+  description:
+    - QEMU's words when it refused its own load of a libvirt domain's snapshot and libvirt's revert then took
+      the domain back (RV(route) is V(libvirt)). QEMU 10 refuses the load in a process whose outgoing migration
+      was cancelled mid-stream.
+  returned: when QEMU refused the load and libvirt's revert took the domain back
+  type: str
+  sample: "snapshot-load 'pre-upgrade' of VM 'web01' failed: Error -22 while loading VM state"
 actions:
   description: What was (or in check mode would be) done, in order.
   returned: always

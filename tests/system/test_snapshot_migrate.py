@@ -134,6 +134,12 @@ def test_the_destination_libvirtd_killed_leaves_the_domain_at_the_source_with_it
         str(tmp_path), inventory=fleet.inventory, hosts=hv2.name)
     try:
         hv1.wait_incoming(vm.name, proc)
+        # killed once the source streams: QEMU then refuses its own load of the snapshot (the revert below
+        # goes through libvirt's); killed before, as a quiet host often did, the revert never met that
+        end = time.monotonic() + 120
+        while 'Memory processed' not in hv2.virsh('domjobinfo', vm.name, check=False).stdout:
+            assert proc.poll() is None and time.monotonic() < end, 'the migration never streamed'
+            time.sleep(0.1)
         # the migration runs: libvirt migrates no domain with snapshot metadata, so it is off the source now
         assert _listed(hv2, vm.name) == []
         hv1.stop_libvirtd()

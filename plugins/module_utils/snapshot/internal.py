@@ -16,7 +16,7 @@ from ansible_collections.vmfleet.kvm.plugins.module_utils.common import qemu_img
 from ansible_collections.vmfleet.kvm.plugins.module_utils.snapshot import quiesce
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.disk import SNAPSHOT_FORMATS
 from ansible_collections.vmfleet.kvm.plugins.module_utils.common.exceptions import (
-    InvalidArgument, OperationTimeout, SnapshotInconsistent, SnapshotNotFound, VmfleetError,
+    InvalidArgument, JobFailed, OperationTimeout, SnapshotInconsistent, SnapshotNotFound, VmfleetError,
 )
 from ansible_collections.vmfleet.kvm.plugins.module_utils.backends.qmp_jobs import (
     paused_ms, start_job, wait_job,
@@ -293,9 +293,23 @@ class Snapshots(object):
             result.update(route=self.vm.backend, paused_ms=round((time.monotonic() - t0) * 1000.0, 1))
         else:
             vmstate = self.vm.disk(snap['vmstate_disk'], disks)
-            result['paused_ms'] = self._job('snapshot-load', {
-                'tag': name, 'vmstate': vmstate.node_name, 'devices': [d.node_name for d in holders]},
-                "snapshot-load '%s' of VM '%s'" % (name, self.vm.name))
-            result['route'] = 'qmp'
+            try:
+                result['paused_ms'] = self._job('snapshot-load', {
+                    'tag': name, 'vmstate': vmstate.node_name, 'devices': [d.node_name for d in holders]},
+                    "snapshot-load '%s' of VM '%s'" % (name, self.vm.name))
+                result['route'] = 'qmp'
+            except JobFailed as e:
+                if not self._native_knows(name):
+                    raise
+                # QEMU 10 refuses the load in a process whose outgoing migration was cancelled mid-stream
+                # ("Error -22 while loading VM state"); libvirt's own revert still takes the domain back
+                t0 = time.monotonic()
+                try:
+                    self.vm.native_snapshot_revert(name)
+                except VmfleetError as again:
+                    e.msg += "; libvirt's own revert failed too: %s" % again.msg
+                    raise e
+                result.update(route=self.vm.backend, paused_ms=round((time.monotonic() - t0) * 1000.0, 1),
+                              qmp_refused=e.msg)
         result['state'] = self.vm.state()
         return result, snap
