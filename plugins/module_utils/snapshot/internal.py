@@ -100,6 +100,12 @@ class Snapshots(object):
     def _native_knows(self, name):
         return name in self.vm.native_snapshot_names()
 
+    def _native_revert(self, name):
+        """The backend's own revert (libvirt's); its length bounds the guest's pause, in ms."""
+        t0 = time.monotonic()
+        self.vm.native_snapshot_revert(name)
+        return round((time.monotonic() - t0) * 1000.0, 1)
+
     def _qemu_img(self, action, name, disks):
         for d in disks:
             qemu_img.snapshot(self.vm.module, action, name, d.file)
@@ -288,9 +294,7 @@ class Snapshots(object):
             self._qemu_img('-a', name, holders)
             result['route'] = 'qemu-img'
         elif self._native_knows(name) and self.vm.native_snapshot_can_revert():
-            t0 = time.monotonic()
-            self.vm.native_snapshot_revert(name)
-            result.update(route=self.vm.backend, paused_ms=round((time.monotonic() - t0) * 1000.0, 1))
+            result.update(route=self.vm.backend, paused_ms=self._native_revert(name))
         else:
             vmstate = self.vm.disk(snap['vmstate_disk'], disks)
             try:
@@ -303,13 +307,11 @@ class Snapshots(object):
                     raise
                 # QEMU 10 refuses the load in a process whose outgoing migration was cancelled mid-stream
                 # ("Error -22 while loading VM state"); libvirt's own revert still takes the domain back
-                t0 = time.monotonic()
                 try:
-                    self.vm.native_snapshot_revert(name)
+                    took = self._native_revert(name)
                 except VmfleetError as again:
                     e.msg += "; libvirt's own revert failed too: %s" % again.msg
                     raise e
-                result.update(route=self.vm.backend, paused_ms=round((time.monotonic() - t0) * 1000.0, 1),
-                              qmp_refused=e.msg)
+                result.update(route=self.vm.backend, paused_ms=took, qmp_refused=e.msg)
         result['state'] = self.vm.state()
         return result, snap
