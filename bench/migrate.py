@@ -17,7 +17,10 @@ raw:     a raw QEMU VM: by hand (the same command line started at the destinatio
 
 Figures, for both sides from the same source: libvirt's completed job statistics at the destination
 (time_elapsed, downtime, memory and disk bytes processed); raw: the source's query-migrate (total-time,
-downtime, ram transferred). Also the wall time of the whole ansible-playbook / virsh command, and what the
+downtime, ram transferred). For libvirt also where the machine's CPU went during the job (bench/_cpu.py)
+and when each memory pass began. Each guest moves there and back once untimed first, and virsh's job
+starts as long after the guest's last move as vm_migrate's did (see NOTES: freed memory on these
+machines costs more to touch the longer it was free). Also the wall time of the whole ansible-playbook / virsh command, and what the
 module reports (duration_s, downtime_ms, bytes, mode).
 
 With --before CHECKOUT (an earlier version, its .collections linked), that version's vm_migrate runs in the
@@ -44,6 +47,7 @@ from rig.guest import COUNTER, wait_serial
 from rig.hypervisors import Fleet
 from rig.qemu_guest import QemuGuest
 from rig.qmp import qmp, quit_any
+import _cpu
 import _plot
 import _results
 
@@ -77,17 +81,27 @@ class SourceStats:
         self.conn = libvirt.open(host.uri)
         self.name = name
         self.stats = None
-        self.cb = self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, self._on, None)
+        self.ended = None      # time.monotonic() when the event came
+        self.passes = []       # time.monotonic() of each memory pass's start (MIGRATION_ITERATION events)
+        self.cbs = [self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, self._on, None),
+                    self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION,
+                                                     self._pass, None)]
 
     def _on(self, conn, dom, stats, opaque):
         if dom.name() == self.name:
+            self.ended = time.monotonic()
             self.stats = dict(stats)
+
+    def _pass(self, conn, dom, iteration, opaque):
+        if dom.name() == self.name:
+            self.passes.append(time.monotonic())
 
     def wait(self, timeout=15):
         end = time.monotonic() + timeout
         while self.stats is None and time.monotonic() < end:
             time.sleep(0.05)
-        self.conn.domainEventDeregisterAny(self.cb)
+        for cb in self.cbs:
+            self.conn.domainEventDeregisterAny(cb)
         self.conn.close()
         if self.stats is None:
             raise RuntimeError('no JOB_COMPLETED event from the source for %s' % self.name)
@@ -99,8 +113,13 @@ def fail(what, r):
 
 
 class Bench:
-    def __init__(self, fleet, timeout, before=None):
+    def __init__(self, fleet, timeout, before=None, cases=None):
         self.fleet = fleet
+        self.cases = cases or [c[0] for c in CASES]
+        self.moved_at = time.monotonic()  # when the guest's last move (or its boot) ended
+        self.module_start = {}  # case: seconds from the last move to the start of vm_migrate's last job
+        self.virsh_lag = 0.0  # seconds from virsh's start to its job's (its SSH connection to the destination)
+        self.virsh_launched = None
         self.timeout = timeout
         self.rows = []
         # the collection each vm_migrate tool runs: this checkout's, and an earlier one's (--before)
@@ -155,6 +174,38 @@ class Bench:
 
     def libvirt_row(self, vm, row, case, opts, extra):
         events = SourceStats(self.hv1, vm.name)
+        moved_at = self.moved_at
+        with _cpu.CpuUse(self.fleet.hosts) as cpu:
+            self._libvirt_migrate(vm, row, opts, extra)
+        s = events.wait()
+        row.update(total_s=s['time_elapsed'] / 1000.0, downtime_ms=s.get('downtime'),
+                   memory_bytes=s.get('memory_processed', 0), disk_bytes=s.get('disk_processed', 0),
+                   iterations=s.get('memory_iteration'))
+        row['bytes'] = row['memory_bytes'] + row['disk_bytes']
+        start = events.ended - row['total_s']
+        row['job_start_after_move_s'] = round(start - moved_at, 2)
+        if row['tool'] in self.tools:
+            self.module_start[row['case']] = row['job_start_after_move_s']
+        else:
+            self.virsh_lag = start - self.virsh_launched
+        row['passes_at_s'] = [round(t - start, 2) for t in events.passes]
+        row['cpu_s'], row['vmstat'], row['cpu_window_s'] = cpu.seconds(start, events.ended)
+
+    def start_as_late(self, row):
+        """virsh's job starts as long after the guest's last move as vm_migrate's did (its ansible-playbook
+        and module start first). On these machines the kernel hands memory freed by the last move back to
+        the outer hypervisor within seconds (free page reporting), and the destination QEMU's first touch of
+        memory handed back costs several times more: a migration started later after the last move runs
+        slower, whichever tool starts it (NOTES)."""
+        target = self.module_start.get(row['case'])
+        if target is not None:
+            wait = self.moved_at + target - self.virsh_lag - time.monotonic()
+            row['virsh_waited_s'] = round(max(0.0, wait), 2)
+            time.sleep(max(0.0, wait))
+        self.virsh_launched = time.monotonic()
+
+    def _libvirt_migrate(self, vm, row, opts, extra):
+        case = row['case']
         if row['tool'] in self.tools:
             r, wall = run_alone({'vmfleet.kvm.vm_migrate': dict(opts, domain=vm.name, timeout=self.timeout,
                                                                 destination_uri='qemu+ssh://vmfleet@%s/system' % self.hv2.address)},
@@ -178,12 +229,8 @@ class Bench:
                     self.hv2.run(['qemu-img', 'create', '-q', '-f', fmt, self.copies(vm)[p], str(size)])
                 row['precreate_s'] = round(time.monotonic() - t0, 2)
                 xml = self.copy_xml(vm, self.hv1, self.copies(vm))
+            self.start_as_late(row)
             row['wall_s'] = round(self.virsh_migrate(vm, self.hv1, self.hv2, extra, xml), 2)
-        s = events.wait()
-        row.update(total_s=s['time_elapsed'] / 1000.0, downtime_ms=s.get('downtime'),
-                   memory_bytes=s.get('memory_processed', 0), disk_bytes=s.get('disk_processed', 0),
-                   iterations=s.get('memory_iteration'))
-        row['bytes'] = row['memory_bytes'] + row['disk_bytes']
 
     # --- raw QEMU ------------------------------------------------------------------------------
     def by_hand(self, vm, row):
@@ -277,9 +324,15 @@ class Bench:
         print('%s: %d MiB, %s, ready in %.0f s' % (backend, size, load, ready_s), flush=True)
         base = dict(backend=backend, size_mib=size, load=load, fill_mib=fill, dirty_mib=dirty, ready_s=ready_s)
         try:
+            if backend == 'libvirt':
+                # untimed, there and back: the first move of a fresh guest meets destination memory the outer
+                # hypervisor never backed yet, several times slower, and would fall on whichever tool goes first
+                self.virsh_migrate(vm, self.hv1, self.hv2)
+                self.back(vm, False)
+                self.moved_at = time.monotonic()
             for rnd in range(repeats):
                 if backend == 'libvirt':
-                    for case, opts, extra in CASES:
+                    for case, opts, extra in [c for c in CASES if c[0] in self.cases]:
                         # the order turns each round: the first of a row ran slower in a run of ours, whichever it was
                         tools = list(self.tools) + ['virsh']
                         for tool in (tools if rnd % 2 == 0 else tools[::-1]):
@@ -287,6 +340,7 @@ class Bench:
                             self.measure(row, self.libvirt_row, vm, row, case, opts, extra)
                             if vm in self.hv2.vms:
                                 self.back(vm, 'storage' in opts)
+                                self.moved_at = time.monotonic()
                 else:
                     row = dict(base, case='shared', tool='by hand', round=rnd + 1, direction='hv1 -> hv2')
                     moved = self.measure(row, self.by_hand, vm, row)
@@ -318,13 +372,14 @@ def summarize(rows):
             groups.setdefault((r['backend'], r['size_mib'], r['load'], r['case'], r['tool']), []).append(r)
     out = []
     for (backend, size, load, case, tool), rs in groups.items():
-        med = dict((k, statistics.median(r[k] for r in rs)) for k in ('total_s', 'wall_s', 'bytes')
+        med = dict((k, statistics.median(r[k] for r in rs)) for k in ('total_s', 'wall_s', 'bytes', 'job_start_after_move_s')
                    if all(r.get(k) is not None for r in rs))
         downs = [r['downtime_ms'] for r in rs if r.get('downtime_ms') is not None]
         out.append(dict(backend=backend, size_mib=size, load=load, case=case, tool=tool, runs=len(rs),
                         total_s=round(med['total_s'], 2), wall_s=round(med['wall_s'], 2),
                         downtime_ms=statistics.median(downs) if downs else None,
                         mib_moved=round(med['bytes'] / MIB, 1),
+                        start_after_move_s=round(med['job_start_after_move_s'], 2) if 'job_start_after_move_s' in med else None,
                         precreate_s=rs[0].get('precreate_s'),
                         modes=sorted(set(r['module']['mode'] for r in rs if r.get('module')))))
     return out
@@ -336,13 +391,13 @@ def markdown(result):
                  result['date'], result['host'], result['cpus'], result['accel'], result['load_avg_start'],
                  result['load_avg_end'], result['sizes_mib'], result['loads']), '']
     lines += ['%s' % n for n in result['not_run']] + ([''] if result['not_run'] else [])
-    lines += ['| backend | RAM MiB | load | case | tool | total s | wall s | downtime ms | MiB moved | mode |',
-              '|---|---|---|---|---|---|---|---|---|---|']
+    lines += ['| backend | RAM MiB | load | case | tool | total s | wall s | downtime ms | MiB moved | start after move s | mode |',
+              '|---|---|---|---|---|---|---|---|---|---|---|']
     for s in result['summary']:
-        lines.append('| %s | %d | %s | %s | %s | %.2f | %.2f%s | %s | %.0f | %s |' % (
+        lines.append('| %s | %d | %s | %s | %s | %.2f | %.2f%s | %s | %.0f | %s | %s |' % (
             s['backend'], s['size_mib'], s['load'], s['case'], s['tool'], s['total_s'], s['wall_s'],
             ' (+%.2f pre-create)' % s['precreate_s'] if s['precreate_s'] is not None else '', s['downtime_ms'],
-            s['mib_moved'], ', '.join(s['modes'])))
+            s['mib_moved'], s.get('start_after_move_s'), ', '.join(s['modes'])))
     errors = [r for r in result['rows'] if 'error' in r]
     if errors:
         lines += ['', 'Failed runs:', ''] + ['- %s %d MiB %s %s %s: %s' % (
@@ -402,7 +457,18 @@ NOTES = (
     'migrates at QEMU\'s default max-bandwidth (128 MiB/s); vm_migrate lifts the limit (as libvirt does). The '
     'raw vm_migrate total is its duration_s, which includes starting the destination QEMU over SSH; by hand, '
     'wall s includes starting it (locally, in hv2\'s namespaces). Guests run under TCG on a 2-core machine '
-    'that other people\'s tests use at the same time (load_avg_1m in each row): figures are noisy.')
+    'that other people\'s tests use at the same time (load_avg_1m in each row): figures are noisy. '
+    'start after move s: from the end of the guest\'s last move to the start of the measured job. These machines '
+    'are themselves VMs whose kernel hands freed memory back to the outer hypervisor (free page reporting, '
+    'in 8 MiB chunks, from 2 s after the free on); touching 2 GiB again took 0.25 s at once, 3.9 s after 2 s, '
+    '6.7 s after 4 s, 8.8 s after 8 s and 15.7 s after 16 s. The destination QEMU spends about 87% of its '
+    'time zeroing the guest\'s new memory (perf: clear_page_erms), so a migration started later after the '
+    'last move (which freed the guest\'s old memory) runs slower whichever tool starts it. Hence each guest '
+    'moves there and back once, untimed, before the first measured migration (a fresh guest\'s first '
+    'destination meets memory never backed yet), and virsh waits (virsh_waited_s) until its job starts as '
+    'long after the last move as vm_migrate\'s did after its ansible-playbook and module start. cpu_s in each row: '
+    'CPU seconds [total, system, waited runnable] per host, process and thread during the job (bench/_cpu.py); '
+    'vmstat: the kernel\'s memory counters over it.')
 
 
 def _guest_init():
@@ -421,6 +487,8 @@ def main():
     ap.add_argument('--loads', default='idle,dirty', help='idle, dirty (default both)')
     ap.add_argument('--backends', default='libvirt,qemu', help='libvirt, qemu (default both)')
     ap.add_argument('--repeats', type=int, default=1)
+    ap.add_argument('--cases', default=','.join(c[0] for c in CASES),
+                    help='libvirt cases, comma-separated (default all: %s)' % ', '.join(c[0] for c in CASES))
     ap.add_argument('--timeout', type=int, default=300, help='seconds one migration may take')
     ap.add_argument('--name', default='migrate', help='file name (no suffix) of the results')
     ap.add_argument('--before', help='a checkout of an earlier version (with .collections linked): its vm_migrate too, '
@@ -442,10 +510,11 @@ def main():
                                                    libvirt.getVersion() % 1000),
                              guest_init=_guest_init(),
                              sizes_mib=sizes, loads=loads, backends=backends, repeats=args.repeats, timeout_s=args.timeout,
+                             cases=args.cases,
                              before=args.before,
                              not_run=not_run)
     fleet = Fleet(hosts=2, vms_per_host=0, prefix='vmfb', subnet='10.216')
-    bench = Bench(fleet, args.timeout, before)
+    bench = Bench(fleet, args.timeout, before, [c for c in args.cases.split(',') if c])
     with _results.recorded(result):
         try:
             _event_loop()
