@@ -53,8 +53,8 @@ def main():
         result['date'], result['host'], result['cpus'], args.gib), '',
         '| seconds after the free | touch s | GiB/s |', '|---|---|---|']
     for r in rows:
-        md.append('| %s | %.2f | %.1f |' % ('first (before the run)' if r['wait_s'] is None else '%g' % r['wait_s'],
-                                           r['touch_s'], args.gib / max(r['touch_s'], 0.001)))
+        when = 'first (before the run)' if r['wait_s'] is None else '%g' % r['wait_s']
+        md.append('| %s | %.2f | %.1f |' % (when, r['touch_s'], args.gib / max(r['touch_s'], 0.001)))
     md += ['', __doc__.split('\n\n')[1].replace('\n', ' '), '']
     _results.write(os.path.join(HERE, 'results'), 'freed_memory', result, '\n'.join(md))
     print('\n'.join(md))
