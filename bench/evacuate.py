@@ -126,8 +126,8 @@ class Bench:
         first = min(v['started_at'] for v in vms)
         self.module_starts.append(first - self.moved_at)
         return dict(first_start_after_move_s=round(first - self.moved_at, 2),
-                    inside_s=round(max(v['ended_at'] for v in vms) - min(v['started_at'] for v in vms), 2),
-                    first_vm_at=min(v['started_at'] for v in vms), last_vm_at=max(v['ended_at'] for v in vms),
+                    inside_s=round(max(v['ended_at'] for v in vms) - first, 2),
+                    first_vm_at=first, last_vm_at=max(v['ended_at'] for v in vms),
                     vm_wall_s=statistics.median(v['wall_s'] for v in vms),
                     vm_migration_s=statistics.median(v.get('duration_s') or 0 for v in vms))
 

@@ -172,7 +172,7 @@ class Bench:
             for p in self.copies(vm):
                 os.unlink(self.hv2.path('lib', 'images', os.path.basename(p)))
 
-    def libvirt_row(self, vm, row, case, opts, extra):
+    def libvirt_row(self, vm, row, opts, extra):
         events = SourceStats(self.hv1, vm.name)
         moved_at = self.moved_at
         with _cpu.CpuUse(self.fleet.hosts) as cpu:
@@ -337,7 +337,7 @@ class Bench:
                         tools = list(self.tools) + ['virsh']
                         for tool in (tools if rnd % 2 == 0 else tools[::-1]):
                             row = dict(base, case=case, tool=tool, round=rnd + 1)
-                            self.measure(row, self.libvirt_row, vm, row, case, opts, extra)
+                            self.measure(row, self.libvirt_row, vm, row, opts, extra)
                             if vm in self.hv2.vms:
                                 self.back(vm, 'storage' in opts)
                                 self.moved_at = time.monotonic()
